@@ -1,0 +1,154 @@
+//! The model spec: what a model expects as input and what its output means.
+//!
+//! A spec travels beside every model (a `<model>.spec.json` file today, inside the signed bundle manifest later), so
+//! the code that serves a model never guesses its input size, normalisation or labels.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use super::InferenceError;
+
+/// Largest input tensor a spec may ask for (elements). A spec comes from outside (a file, a bundle), so the size of
+/// the buffer it makes us allocate is capped: 4 x 3 x 1024 x 1024 floats is far above any edge model.
+pub const MAX_INPUT_ELEMENTS: usize = 4 * 3 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    #[serde(default)]
+    pub version: u64,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+    pub preprocess: Preprocess,
+    pub labels: Vec<String>,
+    /// What the model scored on the held-out split when it was produced (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<Accuracy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub name: String,
+    /// Fixed batch-1 shape the runtime binds the model to, e.g. `[1, 1, 28, 28]`.
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    pub name: String,
+    pub kind: OutputKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Raw scores: the engine applies softmax.
+    Logits,
+    /// Already a probability distribution.
+    Probabilities,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Gray,
+    Rgb,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    pub color: Color,
+    pub width: u32,
+    pub height: u32,
+    /// Pixels are divided by this first (255 maps them to 0..1).
+    pub scale: f32,
+    /// Per channel, applied after scaling: `(p / scale - mean) / std`.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub split: String,
+    pub n: u64,
+    pub top1: f64,
+}
+
+impl ModelSpec {
+    /// Reads a spec file and checks that it is self-consistent.
+    pub fn from_file(path: &Path) -> Result<ModelSpec, InferenceError> {
+        let bytes = std::fs::read(path).map_err(|source| InferenceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let spec: ModelSpec =
+            serde_json::from_slice(&bytes).map_err(|e| InferenceError::Spec(format!("{}: {e}", path.display())))?;
+        spec.validate()
+            .map_err(|e| InferenceError::Spec(format!("{}: {e}", path.display())))?;
+        Ok(spec)
+    }
+
+    /// Where a model's spec lives by convention: `models/edge-int8.onnx` -> `models/edge-int8.spec.json`.
+    pub fn default_path_for(model: &Path) -> PathBuf {
+        let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        model.with_file_name(format!("{stem}.spec.json"))
+    }
+
+    pub fn channels(&self) -> usize {
+        match self.preprocess.color {
+            Color::Gray => 1,
+            Color::Rgb => 3,
+        }
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.input.shape.iter().product()
+    }
+
+    /// Checks the relations a loader relies on, so that a bad spec is a clear error rather than a wrong answer.
+    pub fn validate(&self) -> Result<(), String> {
+        let shape = &self.input.shape;
+        if shape.len() != 4 {
+            return Err(format!("input.shape must have 4 dimensions (batch, ...), got {shape:?}"));
+        }
+        if shape[0] != 1 {
+            return Err(format!("input.shape must have batch 1, got {shape:?}"));
+        }
+        let n = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n > 0 && n <= MAX_INPUT_ELEMENTS)
+            .ok_or_else(|| format!("input.shape {shape:?} is empty or larger than {MAX_INPUT_ELEMENTS} elements"))?;
+        let c = self.channels();
+        let (w, h) = (self.preprocess.width as usize, self.preprocess.height as usize);
+        let expected = match self.input.layout {
+            Layout::Nchw => [1, c, h, w],
+            Layout::Nhwc => [1, h, w, c],
+        };
+        if shape[..] != expected[..] || n != c * h * w {
+            return Err(format!(
+                "input.shape {shape:?} does not match preprocess ({c} channel(s), {w}x{h}, {:?}): expected {expected:?}",
+                self.input.layout
+            ));
+        }
+        if self.preprocess.mean.len() != c || self.preprocess.std.len() != c {
+            return Err(format!("preprocess.mean and preprocess.std need {c} value(s) each"));
+        }
+        if self.preprocess.std.iter().any(|s| !s.is_finite() || *s == 0.0) || !(self.preprocess.scale > 0.0) {
+            return Err("preprocess.std values and preprocess.scale must be finite and non-zero".into());
+        }
+        if self.labels.is_empty() {
+            return Err("labels must not be empty".into());
+        }
+        Ok(())
+    }
+}
