@@ -59,7 +59,11 @@ fn infer(args: InferArgs) -> Result<ExitCode> {
         let start = std::time::Instant::now();
         let result = std::fs::read(path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| engine.tensor_from_image(&bytes, &limits).map_err(|e| e.to_string()))
+            .and_then(|bytes| {
+                engine
+                    .tensor_from_image(&bytes, &limits)
+                    .map_err(|e| e.to_string())
+            })
             .and_then(|t| session.classify(&t).map_err(|e| e.to_string()));
         let latency_us = start.elapsed().as_micros() as u64;
         match result {
@@ -89,5 +93,9 @@ fn infer(args: InferArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

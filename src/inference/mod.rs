@@ -23,7 +23,10 @@ pub use spec::ModelSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
     #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("bad model spec: {0}")]
     Spec(String),
     #[error("cannot load the model: {0}")]
@@ -31,14 +34,38 @@ pub enum InferenceError {
     #[error("{0}")]
     Image(String),
     #[error("{what} is {size} bytes, more than the limit of {limit} bytes")]
-    TooLarge { what: &'static str, size: u64, limit: u64 },
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("input tensor has {got} values, the model takes {expected} ({shape:?})")]
-    InputShape { expected: usize, got: usize, shape: Vec<usize> },
+    InputShape {
+        expected: usize,
+        got: usize,
+        shape: Vec<usize>,
+    },
     #[error("inference failed: {0}")]
     Run(String),
 }
 
 type Plan = TypedSimplePlan;
+
+/// Errors from tract and the decoders can span lines and dump tensors; callers print one line per failure, so the
+/// cause is folded onto one line and cut at a readable length.
+pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
+    let text = format!("{e:#}");
+    let mut folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if folded.len() > 300 {
+        let cut = (0..=300)
+            .rev()
+            .find(|&i| folded.is_char_boundary(i))
+            .unwrap_or(0);
+        folded.truncate(cut);
+        folded.push_str("...");
+    }
+    folded
+}
 
 /// A loaded, optimised model. Cheap to clone (the plan is shared).
 #[derive(Clone)]
@@ -51,7 +78,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("model", &self.spec.name).field("digest", &self.digest).finish()
+        f.debug_struct("Engine")
+            .field("model", &self.spec.name)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -63,7 +93,9 @@ pub fn digest_hex(bytes: &[u8]) -> String {
 impl Engine {
     /// Loads `model` with the spec beside it (or `spec` when given).
     pub fn load_files(model: &Path, spec: Option<&Path>) -> Result<Engine, InferenceError> {
-        let spec_path = spec.map(Path::to_path_buf).unwrap_or_else(|| ModelSpec::default_path_for(model));
+        let spec_path = spec
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| ModelSpec::default_path_for(model));
         if !spec_path.exists() {
             return Err(InferenceError::Spec(format!(
                 "no spec file at {} (pass --spec <file>; every model needs one describing its input and labels)",
@@ -82,18 +114,34 @@ impl Engine {
     pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
         spec.validate().map_err(InferenceError::Spec)?;
         let start = Instant::now();
-        let model_err = |stage: &str, e: TractError| InferenceError::Model(format!("{stage}: {e:#}"));
+        let model_err = |stage: &str, e: TractError| {
+            InferenceError::Model(format!("{stage}: {}", one_line(&e)))
+        };
         let mut inference = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(model_bytes))
             .map_err(|e| model_err("not a readable ONNX model", e))?;
-        if inference.input_outlets().map_err(|e| model_err("inputs", e))?.len() != 1 {
-            return Err(InferenceError::Model("the model must have exactly one input".into()));
+        if inference
+            .input_outlets()
+            .map_err(|e| model_err("inputs", e))?
+            .len()
+            != 1
+        {
+            return Err(InferenceError::Model(
+                "the model must have exactly one input".into(),
+            ));
         }
         // Keep only the declared output, so an extra debugging output in the file cannot change what we read.
         inference
             .select_outputs_by_name([spec.output.name.as_str()])
-            .map_err(|e| model_err(&format!("the model has no output named '{}'", spec.output.name), e))?;
-        let typed = inference.into_typed().map_err(|e| model_err("typing the graph", e))?;
+            .map_err(|e| {
+                model_err(
+                    &format!("the model has no output named '{}'", spec.output.name),
+                    e,
+                )
+            })?;
+        let typed = inference
+            .into_typed()
+            .map_err(|e| model_err("typing the graph", e))?;
         // Files exported with a dynamic batch name it with a symbol (often `N`). tract cannot unify a symbol with
         // the concrete input fact, so every symbol is bound to 1 on the whole graph first.
         let subs: HashMap<Symbol, TDim> = typed
@@ -105,14 +153,20 @@ impl Engine {
         let typed = if subs.is_empty() {
             typed
         } else {
-            typed.set_symbols(&subs).map_err(|e| model_err("binding the batch dimension to 1", e))?
+            typed
+                .set_symbols(&subs)
+                .map_err(|e| model_err("binding the batch dimension to 1", e))?
         };
         let shape: TVec<usize> = spec.input.shape.iter().copied().collect();
         let typed = typed
             .with_input_fact(0, f32::fact(&shape))
             .map_err(|e| model_err(&format!("input shape {:?}", spec.input.shape), e))?;
-        let optimized = typed.into_optimized().map_err(|e| model_err("optimising", e))?;
-        let plan = optimized.into_runnable().map_err(|e| model_err("planning", e))?;
+        let optimized = typed
+            .into_optimized()
+            .map_err(|e| model_err("optimising", e))?;
+        let plan = optimized
+            .into_runnable()
+            .map_err(|e| model_err("planning", e))?;
         let engine = Engine {
             plan,
             spec: Arc::new(spec),
@@ -121,7 +175,15 @@ impl Engine {
         };
         // One dry run: a model that types but cannot run (wrong output size, unsupported kernel) fails here, at
         // load, not on the first request.
-        let out = engine.session()?.run(&vec![0.0; engine.spec.input_len()])?;
+        let out = engine
+            .session()?
+            .run(&vec![0.0; engine.spec.input_len()])
+            .map_err(|e| {
+                InferenceError::Model(format!(
+                    "the model does not run on input shape {:?}: {e}",
+                    engine.spec.input.shape
+                ))
+            })?;
         if out.len() != engine.spec.labels.len() {
             return Err(InferenceError::Model(format!(
                 "the model outputs {} values but the spec lists {} labels",
@@ -148,8 +210,12 @@ impl Engine {
 
     /// A per-thread runner over the shared plan.
     pub fn session(&self) -> Result<Session, InferenceError> {
-        let state = SimpleState::new(&self.plan).map_err(|e| InferenceError::Run(format!("{e:#}")))?;
-        Ok(Session { engine: self.clone(), state })
+        let state =
+            TypedSimpleState::new(&self.plan).map_err(|e| InferenceError::Run(one_line(&e)))?;
+        Ok(Session {
+            engine: self.clone(),
+            state,
+        })
     }
 
     /// Convenience for one-off calls; workers keep a [`Session`] instead.
@@ -162,7 +228,11 @@ impl Engine {
     }
 
     /// Decodes and preprocesses an encoded image for this model.
-    pub fn tensor_from_image(&self, bytes: &[u8], limits: &DecodeLimits) -> Result<Vec<f32>, InferenceError> {
+    pub fn tensor_from_image(
+        &self,
+        bytes: &[u8],
+        limits: &DecodeLimits,
+    ) -> Result<Vec<f32>, InferenceError> {
         preprocess::image_to_tensor(bytes, &self.spec, limits)
     }
 }
@@ -188,16 +258,24 @@ impl Session {
                 shape: spec.input.shape.clone(),
             });
         }
-        let tensor = Tensor::from_shape(&spec.input.shape, input).map_err(|e| InferenceError::Run(format!("{e:#}")))?;
-        let out = self.state.run(tvec!(tensor.into())).map_err(|e| InferenceError::Run(format!("{e:#}")))?;
-        let view = out[0].to_plain_array_view::<f32>().map_err(|e| InferenceError::Run(format!("{e:#}")))?;
+        let tensor = Tensor::from_shape(&spec.input.shape, input)
+            .map_err(|e| InferenceError::Run(one_line(&e)))?;
+        let out = self
+            .state
+            .run(tvec!(tensor.into()))
+            .map_err(|e| InferenceError::Run(one_line(&e)))?;
+        let view = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| InferenceError::Run(one_line(&e)))?;
         Ok(view.iter().copied().collect())
     }
 
     pub fn classify(&mut self, input: &[f32]) -> Result<Prediction, InferenceError> {
         let out = self.run(input)?;
         if out.is_empty() || out.iter().any(|x| !x.is_finite()) {
-            return Err(InferenceError::Run("the model produced an empty or non-finite output".into()));
+            return Err(InferenceError::Run(
+                "the model produced an empty or non-finite output".into(),
+            ));
         }
         Ok(postprocess::predict(&out, &self.engine.spec, 5))
     }

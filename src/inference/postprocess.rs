@@ -31,12 +31,20 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 /// Indices of the k largest values, largest first (NaN sorts last).
 pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].partial_cmp(&probs[a]).unwrap_or(std::cmp::Ordering::Equal));
+    idx.sort_by(|&a, &b| {
+        probs[b]
+            .partial_cmp(&probs[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }
 
 pub fn entropy(probs: &[f32]) -> f32 {
-    probs.iter().filter(|&&p| p > 0.0).map(|&p| -p * p.ln()).sum()
+    probs
+        .iter()
+        .filter(|&&p| p > 0.0)
+        .map(|&p| -p * p.ln())
+        .sum()
 }
 
 /// Builds the prediction for one output vector. `output` must not be empty (the engine checks its length).
@@ -48,7 +56,11 @@ pub fn predict(output: &[f32], spec: &ModelSpec, k: usize) -> Prediction {
     let top = top_k(&probs, k.max(2));
     let (index, confidence) = top[0];
     let margin = confidence - top.get(1).map(|t| t.1).unwrap_or(0.0);
-    let label = spec.labels.get(index).cloned().unwrap_or_else(|| index.to_string());
+    let label = spec
+        .labels
+        .get(index)
+        .cloned()
+        .unwrap_or_else(|| index.to_string());
     Prediction {
         label,
         index,

@@ -41,7 +41,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Infer
             limit: limits.max_bytes as u64,
         });
     }
-    let format = image::guess_format(bytes).ok().filter(|f| matches!(f, ImageFormat::Png | ImageFormat::Jpeg));
+    let format = image::guess_format(bytes)
+        .ok()
+        .filter(|f| matches!(f, ImageFormat::Png | ImageFormat::Jpeg));
     let Some(format) = format else {
         return Err(InferenceError::Image("not a PNG or JPEG image".into()));
     };
@@ -56,7 +58,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Infer
             "image exceeds the decoder limits ({l}; at most {}x{} pixels)",
             limits.max_width, limits.max_height
         )),
-        other => InferenceError::Image(format!("cannot decode {format:?} image: {other}")),
+        other => InferenceError::Image(format!(
+            "cannot decode {format:?} image: {}",
+            super::one_line(&other)
+        )),
     })
 }
 
@@ -77,8 +82,9 @@ pub fn to_tensor(img: &DynamicImage, spec: &ModelSpec) -> Vec<f32> {
         Color::Rgb => img.to_rgb8().into_raw(),
     };
     // Precompute per channel: x = p * a + b with a = 1 / (scale * std), b = -mean / std.
-    let coef: Vec<(f32, f32)> =
-        (0..c).map(|ch| (1.0 / (p.scale * p.std[ch]), -p.mean[ch] / p.std[ch])).collect();
+    let coef: Vec<(f32, f32)> = (0..c)
+        .map(|ch| (1.0 / (p.scale * p.std[ch]), -p.mean[ch] / p.std[ch]))
+        .collect();
     let mut out = vec![0f32; c * h * w];
     for (i, px) in pixels.chunks_exact(c).enumerate() {
         for (ch, &v) in px.iter().enumerate() {
@@ -95,6 +101,10 @@ pub fn to_tensor(img: &DynamicImage, spec: &ModelSpec) -> Vec<f32> {
 }
 
 /// Decode then preprocess: the path every request takes.
-pub fn image_to_tensor(bytes: &[u8], spec: &ModelSpec, limits: &DecodeLimits) -> Result<Vec<f32>, InferenceError> {
+pub fn image_to_tensor(
+    bytes: &[u8],
+    spec: &ModelSpec,
+    limits: &DecodeLimits,
+) -> Result<Vec<f32>, InferenceError> {
     Ok(to_tensor(&decode(bytes, limits)?, spec))
 }

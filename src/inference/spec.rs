@@ -90,8 +90,8 @@ impl ModelSpec {
             path: path.to_path_buf(),
             source,
         })?;
-        let spec: ModelSpec =
-            serde_json::from_slice(&bytes).map_err(|e| InferenceError::Spec(format!("{}: {e}", path.display())))?;
+        let spec: ModelSpec = serde_json::from_slice(&bytes)
+            .map_err(|e| InferenceError::Spec(format!("{}: {e}", path.display())))?;
         spec.validate()
             .map_err(|e| InferenceError::Spec(format!("{}: {e}", path.display())))?;
         Ok(spec)
@@ -99,7 +99,10 @@ impl ModelSpec {
 
     /// Where a model's spec lives by convention: `models/edge-int8.onnx` -> `models/edge-int8.spec.json`.
     pub fn default_path_for(model: &Path) -> PathBuf {
-        let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         model.with_file_name(format!("{stem}.spec.json"))
     }
 
@@ -118,7 +121,9 @@ impl ModelSpec {
     pub fn validate(&self) -> Result<(), String> {
         let shape = &self.input.shape;
         if shape.len() != 4 {
-            return Err(format!("input.shape must have 4 dimensions (batch, ...), got {shape:?}"));
+            return Err(format!(
+                "input.shape must have 4 dimensions (batch, ...), got {shape:?}"
+            ));
         }
         if shape[0] != 1 {
             return Err(format!("input.shape must have batch 1, got {shape:?}"));
@@ -127,9 +132,16 @@ impl ModelSpec {
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .filter(|&n| n > 0 && n <= MAX_INPUT_ELEMENTS)
-            .ok_or_else(|| format!("input.shape {shape:?} is empty or larger than {MAX_INPUT_ELEMENTS} elements"))?;
+            .ok_or_else(|| {
+                format!(
+                    "input.shape {shape:?} is empty or larger than {MAX_INPUT_ELEMENTS} elements"
+                )
+            })?;
         let c = self.channels();
-        let (w, h) = (self.preprocess.width as usize, self.preprocess.height as usize);
+        let (w, h) = (
+            self.preprocess.width as usize,
+            self.preprocess.height as usize,
+        );
         let expected = match self.input.layout {
             Layout::Nchw => [1, c, h, w],
             Layout::Nhwc => [1, h, w, c],
@@ -141,10 +153,20 @@ impl ModelSpec {
             ));
         }
         if self.preprocess.mean.len() != c || self.preprocess.std.len() != c {
-            return Err(format!("preprocess.mean and preprocess.std need {c} value(s) each"));
+            return Err(format!(
+                "preprocess.mean and preprocess.std need {c} value(s) each"
+            ));
         }
-        if self.preprocess.std.iter().any(|s| !s.is_finite() || *s == 0.0) || !(self.preprocess.scale > 0.0) {
-            return Err("preprocess.std values and preprocess.scale must be finite and non-zero".into());
+        if self
+            .preprocess
+            .std
+            .iter()
+            .any(|s| !s.is_finite() || *s == 0.0)
+            || !(self.preprocess.scale > 0.0)
+        {
+            return Err(
+                "preprocess.std values and preprocess.scale must be finite and non-zero".into(),
+            );
         }
         if self.labels.is_empty() {
             return Err("labels must not be empty".into());
