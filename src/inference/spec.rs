@@ -162,7 +162,8 @@ impl ModelSpec {
             .std
             .iter()
             .any(|s| !s.is_finite() || *s == 0.0)
-            || !(self.preprocess.scale > 0.0)
+            || !self.preprocess.scale.is_finite()
+            || self.preprocess.scale <= 0.0
         {
             return Err(
                 "preprocess.std values and preprocess.scale must be finite and non-zero".into(),
