@@ -1,1 +1,10 @@
+//! Outpost: an edge inference agent. The binaries in `src/bin/` are thin shells over this library.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod fsutil;
 pub mod inference;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -16,6 +16,36 @@ struct Cli {
 enum Command {
     /// Classify image files with a local model and print one result per image.
     Infer(InferArgs),
+    /// Run the agent: serve the local inference API until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration file (see deploy/outpost.toml for every key and its default).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address of the local HTTP API (overrides api.listen); port 0 picks a free one.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// State directory (overrides agent.state_dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// ONNX model to serve (overrides model.path); default: the built-in edge model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Model spec (overrides model.spec).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Inference worker threads (overrides workers.count; 0 = one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Queue length before 503 (overrides workers.queue).
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Log format, plain or json (overrides log.format).
+    #[arg(long)]
+    log_format: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -38,6 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Infer(args) => infer(args),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(code) => code,
@@ -98,4 +129,62 @@ fn infer(args: InferArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    use outpost::config::{Config, LogFormat};
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.api.listen = v;
+    }
+    if let Some(v) = args.state_dir {
+        config.agent.state_dir = v;
+    }
+    if let Some(v) = args.model {
+        config.model.path = Some(v);
+    }
+    if let Some(v) = args.spec {
+        config.model.spec = Some(v);
+    }
+    if let Some(v) = args.workers {
+        config.workers.count = v;
+    }
+    if let Some(v) = args.queue {
+        config.workers.queue = v;
+    }
+    if let Some(v) = args.log_format {
+        config.log.format = match v.as_str() {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("--log-format {other}: use plain or json"),
+        };
+    }
+    config.validate()?;
+    outpost::telemetry::init_tracing(config.log.format, &config.log.level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        outpost::agent::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

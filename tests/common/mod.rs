@@ -69,3 +69,110 @@ impl Golden {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A real `outpost run` process on a free port with its own state dir; SIGKILLed when dropped.
+pub struct Daemon {
+    pub child: Option<std::process::Child>,
+    pub addr: String,
+    pub state_dir: PathBuf,
+}
+
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections(0)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+impl Daemon {
+    pub fn start(state_dir: &Path, extra: &[&str]) -> Daemon {
+        let addr_file = state_dir.join("api.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut args = vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start outpost run");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                break a;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("outpost run exited early: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "outpost run did not become ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Daemon {
+            child: Some(child),
+            addr,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// POSTs bytes to /v1/infer; returns (status, JSON body).
+    pub fn infer(
+        &self,
+        agent: &ureq::Agent,
+        body: &[u8],
+        content_type: &str,
+    ) -> (u16, serde_json::Value) {
+        let mut resp = agent
+            .post(&self.url("/v1/infer"))
+            .header("content-type", content_type)
+            .send(body)
+            .expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let mut resp = http().get(&self.url(path)).call().expect("GET");
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.child.take().unwrap().wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

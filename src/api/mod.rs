@@ -1,0 +1,181 @@
+//! The local HTTP API (JSON on loopback): a thin mapping from HTTP to [`Service`].
+//!
+//! Every failure is a JSON body `{"error": "...", "code": "..."}` with a 4xx that says what the caller should change,
+//! or 503 with `Retry-After` when the agent is saturated or stopping.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+
+use crate::agent::{Service, ServiceError};
+use crate::inference::InferenceError;
+use crate::worker::PoolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Client {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, retry) = match &self {
+            ApiError::Client { status, code, .. } => (*status, *code, false),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", true),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
+        };
+        let body = Json(serde_json::json!({"error": self.to_string(), "code": code}));
+        if retry {
+            (status, [(header::RETRY_AFTER, "1")], body).into_response()
+        } else {
+            (status, body).into_response()
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::BadInput(InferenceError::TooLarge { .. }) => ApiError::Client {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: e.to_string(),
+            },
+            ServiceError::BadInput(inner) => ApiError::Client {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "bad_image",
+                message: format!("{inner}; send one PNG or JPEG image as the request body"),
+            },
+            ServiceError::Busy(PoolError::Closed) => {
+                ApiError::Busy("the agent is shutting down".into())
+            }
+            ServiceError::Busy(p) => ApiError::Busy(p.to_string()),
+            ServiceError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/infer", post(infer))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        // The handler enforces the configured limit itself, answering in JSON.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(service)
+}
+
+const ACCEPTED: [&str; 4] = [
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "application/octet-stream",
+];
+
+async fn infer(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<crate::agent::InferResponse>, ApiError> {
+    let start = std::time::Instant::now();
+    let result = read_body(&service, &headers, body).await;
+    match result {
+        Ok(body) => Ok(Json(service.infer(body).await?)),
+        Err(e) => {
+            // Refused before reaching the service: counted here so /metrics sees every request.
+            service
+                .counters
+                .record(crate::telemetry::Outcome::BadInput, start.elapsed());
+            Err(e)
+        }
+    }
+}
+
+/// Checks the content type and reads the body within the configured limit.
+async fn read_body(
+    service: &Service,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    let max = service.max_body_bytes();
+    let too_large = |what: String| ApiError::Client {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "too_large",
+        message: format!(
+            "{what}, more than the limit of {max} bytes (api.max_body_bytes): send a smaller image"
+        ),
+    };
+    // Refuse from the announced length alone: the body is never read, so a 50 MB upload costs nothing.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = announced.filter(|&l| l > max as u64) {
+        return Err(too_large(format!("the body is {len} bytes")));
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !ACCEPTED.contains(&ct.as_str()) {
+            return Err(ApiError::Client {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "unsupported_media_type",
+                message: format!(
+                    "content type `{ct}` is not accepted: send the image bytes as image/png, image/jpeg or application/octet-stream"
+                ),
+            });
+        }
+    }
+    // Without a length (chunked), read at most the limit.
+    let body = axum::body::to_bytes(body, max).await.map_err(|e| {
+        if announced.is_none() {
+            too_large("the chunked body grew past the limit".into())
+        } else {
+            ApiError::Client {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_body",
+                message: format!("cannot read the request body: {e}"),
+            }
+        }
+    })?;
+    if body.is_empty() {
+        return Err(ApiError::Client {
+            status: StatusCode::BAD_REQUEST,
+            code: "empty",
+            message: "the request body is empty: send one PNG or JPEG image as the body".into(),
+        });
+    }
+    Ok(body)
+}
+
+async fn status(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
+    Json(service.status())
+}
+
+async fn metrics() -> Response {
+    match crate::telemetry::prometheus() {
+        Ok(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}

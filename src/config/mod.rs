@@ -1,0 +1,265 @@
+//! Configuration: one TOML file with documented defaults (see `deploy/outpost.toml`), overridable by flags.
+//!
+//! Every key has a default, so `outpost run` with no file at all serves the bundled model on localhost. Unknown keys
+//! are errors (a typo must not silently fall back to a default), and each check names the key and the fix.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub model: ModelConfig,
+    pub api: ApiConfig,
+    pub workers: WorkersConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the slots, cache and outbox live. Default: `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else
+    /// `./outpost-state`.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// ONNX file to serve. Unset: the edge model built into the binary.
+    pub path: Option<PathBuf>,
+    /// Its spec; unset: `<model stem>.spec.json` beside it.
+    pub spec: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the local HTTP API. Port 0 picks a free port (written to `<state_dir>/api.addr`).
+    pub listen: SocketAddr,
+    /// Largest request body accepted (bytes); larger gets 413.
+    pub max_body_bytes: usize,
+    /// Largest decoded image accepted (pixels per side); larger gets 422.
+    pub max_image_side: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Inference threads; 0 means one per core.
+    pub count: usize,
+    /// Requests waiting for a worker before new ones get 503.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Most entries kept; the oldest are evicted beyond it.
+    pub max_entries: u64,
+    /// Most bytes of keys and values kept; the oldest are evicted beyond it.
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `plain` or `json`, to stderr.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `outpost=debug,info`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        let state_dir = std::env::var_os("STATE_DIRECTORY")
+            .map(|v| {
+                // systemd may list several directories separated by ':'; the first is ours.
+                let v = v.to_string_lossy().into_owned();
+                PathBuf::from(v.split(':').next().unwrap_or_default())
+            })
+            .unwrap_or_else(|| PathBuf::from("outpost-state"));
+        AgentConfig { state_dir }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_image_side: 4096,
+        }
+    }
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            count: 0,
+            queue: 64,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Plain,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Worker threads to start: the configured count, or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers.count == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.workers.count
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_string(),
+        };
+        if self.agent.state_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "agent.state_dir",
+                "must not be empty; set a writable directory",
+            ));
+        }
+        if self.api.max_body_bytes < 1024 || self.api.max_body_bytes > 256 * 1024 * 1024 {
+            return Err(invalid(
+                "api.max_body_bytes",
+                "must be between 1024 and 268435456 (256 MiB)",
+            ));
+        }
+        if !(16..=16384).contains(&self.api.max_image_side) {
+            return Err(invalid(
+                "api.max_image_side",
+                "must be between 16 and 16384 pixels",
+            ));
+        }
+        if self.workers.count > 256 {
+            return Err(invalid(
+                "workers.count",
+                "must be at most 256 (0 = one per core)",
+            ));
+        }
+        if self.workers.queue == 0 || self.workers.queue > 100_000 {
+            return Err(invalid("workers.queue", "must be between 1 and 100000"));
+        }
+        if self.cache.enabled && (self.cache.max_entries == 0 || self.cache.max_bytes < 4096) {
+            return Err(invalid(
+                "cache.max_entries",
+                "cache.max_entries must be at least 1 and cache.max_bytes at least 4096 (or set cache.enabled = false)",
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty; try \"info\""));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::from_toml("").unwrap().api, ApiConfig::default());
+    }
+
+    #[test]
+    fn the_example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../../deploy/outpost.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            (c.api, c.workers, c.cache, c.log),
+            (d.api, d.workers, d.cache, d.log)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[workers]\nqueue = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers.queue"), "{e}");
+        let e = Config::from_toml("[api]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::from_toml("[cache]\nmax_entires = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_entires"), "{e}");
+    }
+}

@@ -1,0 +1,261 @@
+//! The result cache: the same input for the same model is answered without running the model.
+//!
+//! Key = SHA-256 of the model file + SHA-256 of the decoded input tensor, so a re-encoded copy of an image still hits
+//! and a result of one model can never be returned for another. Bounded by entries and bytes; the oldest entries
+//! (by insertion) are evicted first.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, Transactional};
+use sled::Tree;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::StoreError;
+
+/// Cache key: model digest then input digest (64 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 64]);
+
+impl CacheKey {
+    /// `model_digest_hex` is the engine's hex SHA-256 of the model file.
+    pub fn new(model_digest_hex: &str, input: &[f32]) -> CacheKey {
+        let mut key = [0u8; 64];
+        let model = Sha256::digest(model_digest_hex.as_bytes());
+        key[..32].copy_from_slice(&model);
+        let mut h = Sha256::new();
+        for x in input {
+            h.update(x.to_le_bytes());
+        }
+        key[32..].copy_from_slice(&h.finalize());
+        CacheKey(key)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn input_digest_hex(&self) -> String {
+        hex::encode(&self.0[32..])
+    }
+}
+
+/// What a cache entry holds (postcard-encoded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedResult {
+    pub label: String,
+    pub index: u32,
+    pub confidence: f32,
+    pub margin: f32,
+    pub entropy: f32,
+    /// Which tier produced the answer (`edge` or `cloud`).
+    pub tier: String,
+}
+
+const META_BYTES: &[u8] = b"bytes";
+const META_COUNT: &[u8] = b"count";
+/// Per-entry bookkeeping counted against `max_bytes`: the order record and the sequence prefix.
+const OVERHEAD: u64 = 8 + 8;
+
+pub struct ResultCache {
+    db: sled::Db,
+    entries: Tree,
+    order: Tree,
+    meta: Tree,
+    max_entries: u64,
+    max_bytes: u64,
+    evictions: AtomicU64,
+}
+
+fn read_u64(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl ResultCache {
+    pub(super) fn open(
+        db: &sled::Db,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> Result<ResultCache, StoreError> {
+        let cache = ResultCache {
+            db: db.clone(),
+            entries: db.open_tree("cache.entries")?,
+            order: db.open_tree("cache.order")?,
+            meta: db.open_tree("cache.meta")?,
+            max_entries,
+            max_bytes,
+            evictions: AtomicU64::new(0),
+        };
+        // The bounds may have shrunk since the last run.
+        cache.evict()?;
+        Ok(cache)
+    }
+
+    pub fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, StoreError> {
+        let Some(v) = self.entries.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        if v.len() < 8 {
+            return Err(StoreError::Corrupt(
+                "cache entry shorter than its header".into(),
+            ));
+        }
+        match postcard::from_bytes(&v[8..]) {
+            Ok(r) => Ok(Some(r)),
+            // A value written by an incompatible version is a miss, not a failure.
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Inserts (or replaces) an entry, then evicts the oldest entries beyond the bounds. Returns how many were
+    /// evicted.
+    pub fn insert(&self, key: &CacheKey, value: &CachedResult) -> Result<u64, StoreError> {
+        let body = postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let seq = self.db.generate_id()?.to_be_bytes();
+        let mut stored = Vec::with_capacity(8 + body.len());
+        stored.extend_from_slice(&seq);
+        stored.extend_from_slice(&body);
+        let k = key.as_bytes();
+        let size = k.len() as u64 + stored.len() as u64 + OVERHEAD;
+        (&self.entries, &self.order, &self.meta).transaction(|(e, o, m)| -> TxResult<()> {
+            let mut bytes = read_u64(m.get(META_BYTES)?);
+            let mut count = read_u64(m.get(META_COUNT)?);
+            if let Some(old) = e.insert(k, stored.as_slice())? {
+                if old.len() >= 8 {
+                    o.remove(&old[..8])?;
+                }
+                bytes = bytes.saturating_sub(k.len() as u64 + old.len() as u64 + OVERHEAD);
+                count = count.saturating_sub(1);
+            }
+            o.insert(&seq, k)?;
+            m.insert(META_BYTES, &(bytes + size).to_be_bytes())?;
+            m.insert(META_COUNT, &(count + 1).to_be_bytes())?;
+            Ok(())
+        })?;
+        self.evict()
+    }
+
+    /// Removes oldest entries until both bounds hold.
+    fn evict(&self) -> Result<u64, StoreError> {
+        let mut evicted = 0;
+        while self.len() > self.max_entries || self.bytes() > self.max_bytes {
+            let Some((seq, k)) = self.order.first()? else {
+                break;
+            };
+            (&self.entries, &self.order, &self.meta).transaction(|(e, o, m)| -> TxResult<()> {
+                // Another thread may have evicted or replaced it meanwhile: only remove what still matches.
+                if o.remove(&seq)?.is_none() {
+                    return Ok(());
+                }
+                if let Some(old) = e.get(&k)? {
+                    if old.len() >= 8 && old[..8] == seq[..] {
+                        e.remove(&k)?;
+                        let bytes = read_u64(m.get(META_BYTES)?);
+                        let count = read_u64(m.get(META_COUNT)?);
+                        let size = k.len() as u64 + old.len() as u64 + OVERHEAD;
+                        m.insert(META_BYTES, &bytes.saturating_sub(size).to_be_bytes())?;
+                        m.insert(META_COUNT, &count.saturating_sub(1).to_be_bytes())?;
+                    }
+                }
+                Ok(())
+            })?;
+            evicted += 1;
+        }
+        self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        Ok(evicted)
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> u64 {
+        read_u64(self.meta.get(META_COUNT).ok().flatten())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of keys, values and bookkeeping held (what `max_bytes` bounds).
+    pub fn bytes(&self) -> u64 {
+        read_u64(self.meta.get(META_BYTES).ok().flatten())
+    }
+
+    /// Evictions since this process opened the cache.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Drops every entry (the fleet's `purge-cache` command).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        (&self.entries, &self.order, &self.meta).transaction(|(_, _, m)| -> TxResult<()> {
+            m.insert(META_BYTES, &0u64.to_be_bytes())?;
+            m.insert(META_COUNT, &0u64.to_be_bytes())?;
+            Ok(())
+        })?;
+        self.entries.clear()?;
+        self.order.clear()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(label: &str) -> CachedResult {
+        CachedResult {
+            label: label.into(),
+            index: 1,
+            confidence: 0.9,
+            margin: 0.5,
+            entropy: 0.3,
+            tier: "edge".into(),
+        }
+    }
+
+    #[test]
+    fn hit_miss_and_model_separation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(dir.path()).unwrap();
+        let cache = store.result_cache(100, 1 << 20).unwrap();
+        let a = CacheKey::new("model-a", &[1.0, 2.0]);
+        let b = CacheKey::new("model-b", &[1.0, 2.0]);
+        cache.insert(&a, &result("7")).unwrap();
+        assert_eq!(cache.get(&a).unwrap().unwrap().label, "7");
+        assert!(
+            cache.get(&b).unwrap().is_none(),
+            "another model's entry must never be returned"
+        );
+        cache.insert(&a, &result("8")).unwrap();
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.get(&a).unwrap().unwrap().label, "8");
+    }
+
+    #[test]
+    fn bounds_evict_oldest_first_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = super::super::Store::open(dir.path()).unwrap();
+            let cache = store.result_cache(10, 1 << 20).unwrap();
+            for i in 0..25 {
+                cache
+                    .insert(&CacheKey::new("m", &[i as f32]), &result(&i.to_string()))
+                    .unwrap();
+            }
+            assert_eq!(cache.len(), 10);
+            assert_eq!(cache.evictions(), 15);
+            assert!(cache.get(&CacheKey::new("m", &[14.0])).unwrap().is_none());
+            assert!(cache.get(&CacheKey::new("m", &[15.0])).unwrap().is_some());
+            store.flush().unwrap();
+        }
+        let store = super::super::Store::open(dir.path()).unwrap();
+        // Reopening with a smaller byte bound evicts down to it.
+        let cache = store.result_cache(10, 5 * 100).unwrap();
+        assert!(cache.bytes() <= 500 && cache.len() < 10 && !cache.is_empty());
+        assert!(cache.get(&CacheKey::new("m", &[24.0])).unwrap().is_some());
+        cache.clear().unwrap();
+        assert!(cache.is_empty() && cache.get(&CacheKey::new("m", &[24.0])).unwrap().is_none());
+    }
+}

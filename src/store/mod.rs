@@ -1,0 +1,77 @@
+//! Durable local state in sled: the only module that imports sled.
+//!
+//! sled gives crash-consistent multi-tree transactions, so an entry and its bookkeeping are written together or not
+//! at all: a SIGKILL at any instant leaves a database that opens and agrees with itself.
+
+pub mod cache;
+
+use std::path::{Path, PathBuf};
+
+pub use cache::{CacheKey, CachedResult, ResultCache};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database at {}: {message} (is another outpost using this state dir?)", path.display())]
+    Open { path: PathBuf, message: String },
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+/// The agent's database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. sled's page cache is capped (sled issue 1410: large RSS after
+    /// opening a large database), and writes reach disk at least every 500 ms.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(16 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| StoreError::Open {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Store { db })
+    }
+
+    pub fn result_cache(
+        &self,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> Result<ResultCache, StoreError> {
+        ResultCache::open(&self.db, max_entries, max_bytes)
+    }
+
+    /// Forces everything written so far to disk (fsync); blocking, so call it off the async threads.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}

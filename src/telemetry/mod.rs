@@ -1,0 +1,172 @@
+//! Logs, metrics and service-manager notifications.
+//!
+//! Metrics go through the `metrics` facade and are rendered in Prometheus text format by
+//! `metrics-exporter-prometheus`; the few numbers that `/v1/status` and fleet telemetry also show are kept in atomics
+//! here, because a recorder cannot be read back.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::config::LogFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("bad log filter `{0}`: {1} (try \"info\")")]
+    Filter(String, String),
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(String),
+}
+
+/// Logs to stderr, plain or JSON. `RUST_LOG` wins over `level`.
+pub fn init_tracing(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => {
+            EnvFilter::try_new(&v).map_err(|e| TelemetryError::Filter(v, e.to_string()))?
+        }
+        _ => EnvFilter::try_new(level)
+            .map_err(|e| TelemetryError::Filter(level.into(), e.to_string()))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(())
+}
+
+pub const REQUEST_SECONDS: &str = "outpost_request_duration_seconds";
+pub const REQUESTS: &str = "outpost_requests_total";
+pub const CACHE_HITS: &str = "outpost_cache_hits_total";
+pub const CACHE_MISSES: &str = "outpost_cache_misses_total";
+pub const CACHE_EVICTIONS: &str = "outpost_cache_evictions_total";
+pub const QUEUE_DEPTH: &str = "outpost_queue_depth";
+pub const MODEL_INFO: &str = "outpost_model_info";
+
+/// The process-wide Prometheus recorder (installed once; later calls get the same handle).
+pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_SECONDS.into()), &buckets)
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?;
+    metrics::describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer POST /v1/infer"
+    );
+    metrics::describe_counter!(REQUESTS, "Inference requests by outcome");
+    metrics::describe_counter!(CACHE_HITS, "Requests answered from the result cache");
+    metrics::describe_counter!(CACHE_MISSES, "Requests that ran a model");
+    metrics::describe_counter!(CACHE_EVICTIONS, "Cache entries evicted by the size bounds");
+    metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for an inference worker");
+    metrics::describe_gauge!(MODEL_INFO, "The model being served (labels), value 1");
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Counters that status reports read back.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub ok: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub bad_input: AtomicU64,
+    pub busy: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// How a request ended, for the counters and the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Edge,
+    Cache,
+    BadInput,
+    Busy,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Edge => "edge",
+            Outcome::Cache => "cache",
+            Outcome::BadInput => "bad_input",
+            Outcome::Busy => "busy",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl Counters {
+    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let c = match outcome {
+            Outcome::Edge => {
+                self.cache_misses.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(CACHE_MISSES).increment(1);
+                &self.ok
+            }
+            Outcome::Cache => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(CACHE_HITS).increment(1);
+                &self.ok
+            }
+            Outcome::BadInput => &self.bad_input,
+            Outcome::Busy => &self.busy,
+            Outcome::Error => &self.errors,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(REQUESTS, "outcome" => outcome.as_str()).increment(1);
+        if matches!(outcome, Outcome::Edge | Outcome::Cache) {
+            metrics::histogram!(REQUEST_SECONDS).record(elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "requests": g(&self.requests),
+            "ok": g(&self.ok),
+            "cache_hits": g(&self.cache_hits),
+            "cache_misses": g(&self.cache_misses),
+            "bad_input": g(&self.bad_input),
+            "busy": g(&self.busy),
+            "errors": g(&self.errors),
+        })
+    }
+}
+
+/// systemd notifications; each is a no-op outside systemd (no `NOTIFY_SOCKET`).
+pub mod notify {
+    use std::time::Duration;
+
+    pub fn ready() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+
+    pub fn stopping() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    }
+
+    pub fn watchdog() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+    }
+
+    /// Half the watchdog period systemd asked for, when it asked (`WATCHDOG_USEC`).
+    pub fn watchdog_interval() -> Option<Duration> {
+        let mut usec = 0u64;
+        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    }
+}
