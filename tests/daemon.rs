@@ -347,3 +347,39 @@ fn a_bad_config_is_refused_with_the_key_named() {
         "{err}"
     );
 }
+
+#[test]
+fn tells_systemd_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let state = dir.path().join("state");
+    let daemon = Daemon::start_with_env(
+        &state,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(), "READY=1\n");
+    // READY comes only once the API answers.
+    assert_eq!(daemon.get_json("/v1/status")["slot"], "builtin");
+    assert_eq!(recv(), "WATCHDOG=1\n");
+    assert_eq!(recv(), "WATCHDOG=1\n");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut seen = recv();
+    while seen == "WATCHDOG=1\n" {
+        seen = recv();
+    }
+    assert_eq!(seen, "STOPPING=1\n");
+    assert!(daemon.stop_wait().success());
+}

@@ -164,9 +164,20 @@ pub mod notify {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
     }
 
-    /// Half the watchdog period systemd asked for, when it asked (`WATCHDOG_USEC`).
+    /// Half the watchdog period systemd asked for, when it asked (`WATCHDOG_USEC`). As in libsystemd's
+    /// `sd_watchdog_enabled`, `WATCHDOG_PID` restricts it to one process when set; the sd-notify crate instead
+    /// requires it, which would silently disable the watchdog under managers that only set `WATCHDOG_USEC`.
     pub fn watchdog_interval() -> Option<Duration> {
-        let mut usec = 0u64;
-        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+        let usec: u64 = std::env::var("WATCHDOG_USEC")
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|&u| u > 0)?;
+        if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+            if pid.parse::<u32>().ok() != Some(std::process::id()) {
+                return None;
+            }
+        }
+        Some(Duration::from_micros(usec / 2))
     }
 }

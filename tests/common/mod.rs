@@ -88,6 +88,10 @@ pub fn http() -> ureq::Agent {
 
 impl Daemon {
     pub fn start(state_dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(state_dir, extra, &[])
+    }
+
+    pub fn start_with_env(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let addr_file = state_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
         let mut args = vec![
@@ -101,6 +105,7 @@ impl Daemon {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
             .args(&args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .spawn()
             .expect("start outpost run");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -159,6 +164,11 @@ impl Daemon {
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for an exit already requested.
+    pub fn stop_wait(mut self) -> std::process::ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
     }
 
     /// SIGTERM and wait; returns the exit status.
