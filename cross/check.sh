@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Run the cross-built `outpost` under qemu user-mode emulation and compare its predictions with the native build's.
+#
+#   cross/check.sh aarch64|armv7 [N]     N: number of test images (default: all 1500 of models/data/test)
+#
+# Builds (if needed) the native dev binary in ${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target} and uses the cross
+# binary from cross/build.sh (run it first; OUTPOST_PROFILE selects the same profile). Labels must be identical for
+# every image; confidences are compared too (reported, not enforced: the generic kernels tract uses under qemu may
+# round differently from the native SIMD ones).
+# For aarch64 (static glibc) it also checks that getaddrinfo("localhost") works in a static binary (cross/nss-probe.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+arch="${1:-}"
+n="${2:-}"
+profile="${OUTPOST_PROFILE:-release}"
+model=models/edge-int8.onnx
+case "$arch" in
+  aarch64 | arm64) arch=aarch64; target=aarch64-unknown-linux-gnu; qemu=qemu-aarch64-static
+    [ "${OUTPOST_CROSS_LIBC:-gnu}" = musl ] && target=aarch64-unknown-linux-musl ;;
+  armv7 | armhf) arch=armv7; target=armv7-unknown-linux-musleabihf; qemu=qemu-arm-static ;;
+  *) echo "usage: cross/check.sh aarch64|armv7 [N]" >&2; exit 2 ;;
+esac
+base="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
+base="${base%-cross}"
+cross_bin="$base-cross/$target/$profile/outpost"
+[ -x "$cross_bin" ] || { echo "cross/check.sh: no $cross_bin: run cross/build.sh $arch first" >&2; exit 1; }
+if ! command -v "$qemu" >/dev/null; then
+  echo "cross/check.sh: running: apt-get install -y --no-install-recommends qemu-user-static" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user-static >&2
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+mapfile -t images < <(ls models/data/test/*.png | sort)
+[ -n "$n" ] && images=("${images[@]:0:$n}")
+echo "=== ${#images[@]} images, model $model"
+
+echo "=== native: cargo build --bin outpost (dev profile, $base)"
+CARGO_TARGET_DIR="$base" nice -n 15 cargo build --locked --bin outpost >&2
+native_bin="$base/debug/outpost"
+
+t0=$(date +%s)
+"$native_bin" infer --json --model "$model" "${images[@]}" >"$out/native.jsonl"
+t1=$(date +%s)
+echo "native: $(wc -l <"$out/native.jsonl") predictions in $((t1 - t0))s"
+
+echo "=== $arch under $qemu: $cross_bin"
+"$qemu" "$cross_bin" --version
+"$qemu" "$cross_bin" infer --json --model "$model" "${images[@]}" >"$out/cross.jsonl"
+t2=$(date +%s)
+echo "$arch:  $(wc -l <"$out/cross.jsonl") predictions in $((t2 - t1))s"
+
+python3 - "$out/native.jsonl" "$out/cross.jsonl" "${#images[@]}" "$arch" <<'PY'
+import json, sys
+native_path, cross_path, expected, arch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+load = lambda p: {r["image"]: r for r in map(json.loads, open(p))}
+native, cross = load(native_path), load(cross_path)
+same = [k for k in native if k in cross and native[k]["label"] == cross[k]["label"]]
+diff = [k for k in native if k in cross and native[k]["label"] != cross[k]["label"]]
+missing = sorted(set(native) ^ set(cross))
+max_dc = max((abs(native[k]["confidence"] - cross[k]["confidence"]) for k in native if k in cross), default=0.0)
+# Ground truth is the digit after the underscore in the file name (NNNN_L.png).
+truth = lambda k: k.rsplit("_", 1)[-1].split(".")[0]
+acc = lambda d: sum(str(r["label"]) == truth(k) for k, r in d.items()) / max(len(d), 1)
+print(f"images: {expected}  native: {len(native)}  {arch}: {len(cross)}")
+print(f"identical labels: {len(same)}  different: {len(diff)}  missing on one side: {len(missing)}")
+print(f"max |confidence difference|: {max_dc:.3g}")
+print(f"accuracy vs file-name labels: native {acc(native):.4f}  {arch} {acc(cross):.4f}")
+for k in diff[:10]:
+    print(f"  DIFF {k}: native {native[k]['label']} {arch} {cross[k]['label']}")
+for k in missing[:10]:
+    print(f"  MISSING {k}")
+ok = not diff and not missing and len(native) == expected
+print("labels identical: " + ("yes" if ok else "NO"))
+sys.exit(0 if ok else 1)
+PY
+
+if [ "$target" = aarch64-unknown-linux-gnu ] && [ "${OUTPOST_SKIP_NSS_PROBE:-0}" != 1 ]; then
+  echo "=== static glibc name resolution (cross/nss-probe.rs, same link settings) under $qemu"
+  rustc=rustc
+  [ -d /usr/lib/rustlib/$target/lib ] && rustc=/usr/bin/rustc
+  "$rustc" --edition 2021 -O --target "$target" -C linker=aarch64-linux-gnu-gcc -C target-feature=+crt-static \
+    -o "$out/nss-probe" cross/nss-probe.rs 2>"$out/probe.log" || { cat "$out/probe.log"; exit 1; }
+  grep -h "statically linked applications" "$out/probe.log" | sed 's/^/  linker: /' | head -1 || true
+  "$qemu" "$out/nss-probe" localhost 127.0.0.1 ::1
+fi
+echo "cross/check.sh: ok"
