@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# CI step for issue 7: the systemd unit's static checks, the aarch64 static cross build, and its label comparison
+# under qemu against the native build. Called from .ci/run; also runnable by hand.
+#   OUTPOST_CI_IMAGES=N   compare on the first N test images only (default: all 1500)
+# Target dirs persist in ~/.cache (outpost-target, outpost-target-cross), so a warm run only relinks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo; echo "=== cross/ci.sh: $* ($(( $(date +%s) - start ))s)"; }
+
+step "deploy/check.sh"
+deploy/check.sh
+
+step "cross/build.sh aarch64"
+bin=$(cross/build.sh aarch64 | tee /dev/stderr | tail -1)
+
+step "deploy/check.sh with ExecStart = the aarch64 binary"
+OUTPOST_BIN="$bin" deploy/check.sh >/dev/null
+
+step "cross/check.sh aarch64"
+cross/check.sh aarch64 ${OUTPOST_CI_IMAGES:-}
+
+step "done"
