@@ -17,6 +17,7 @@
 # Environment:
 #   OUTPOST_PROFILE   cargo profile: release (default; no LTO, what CI builds) or dist (thin LTO + strip, artifacts)
 #   CARGO_TARGET_DIR  base target dir; this script uses "${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}-cross"
+#                     (cargo locks it: two cross builds at once need OUTPOST_CROSS_TARGET_DIR, which overrides it)
 #   OUTPOST_CROSS_TOOLCHAIN  auto (default) | rustup | debian
 #
 # Output: the binary path, `file` output (must say statically linked) and its stripped size. The binary itself is
@@ -29,7 +30,7 @@ profile="${OUTPOST_PROFILE:-release}"
 toolchain_pref="${OUTPOST_CROSS_TOOLCHAIN:-auto}"
 libc="${OUTPOST_CROSS_LIBC:-}"
 base_target_dir="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
-export CARGO_TARGET_DIR="${base_target_dir%-cross}-cross"
+export CARGO_TARGET_DIR="${OUTPOST_CROSS_TARGET_DIR:-${base_target_dir%-cross}-cross}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 venv="${OUTPOST_CROSS_VENV:-$HOME/.cache/outpost-cross-venv}"
 

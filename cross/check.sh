@@ -23,7 +23,7 @@ case "$arch" in
 esac
 base="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
 base="${base%-cross}"
-cross_bin="$base-cross/$target/$profile/outpost"
+cross_bin="${OUTPOST_CROSS_TARGET_DIR:-$base-cross}/$target/$profile/outpost"
 [ -x "$cross_bin" ] || { echo "cross/check.sh: no $cross_bin: run cross/build.sh $arch first" >&2; exit 1; }
 if ! command -v "$qemu" >/dev/null; then
   echo "cross/check.sh: running: apt-get install -y --no-install-recommends qemu-user-static" >&2
