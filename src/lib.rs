@@ -2,9 +2,11 @@
 
 pub mod agent;
 pub mod api;
+pub mod bundle;
 pub mod config;
 pub mod fsutil;
 pub mod inference;
+pub mod slots;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

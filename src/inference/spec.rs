@@ -21,8 +21,9 @@ pub struct ModelSpec {
     pub output: OutputSpec,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
-    /// What the model scored on the held-out split when it was produced (informational).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What the model scored on the held-out split when it was produced (informational). No
+    /// `skip_serializing_if`: the spec travels in postcard manifests, which need every field present.
+    #[serde(default)]
     pub accuracy: Option<Accuracy>,
 }
 

@@ -1,0 +1,312 @@
+//! A/B model slots and the record that says which one is live.
+//!
+//! As in bottlerocket's signpost, every change is a pure function from one [`SlotState`] to the next, and
+//! [`SlotStore::save`] is the one explicit, atomic write (temp file, fsync, rename, fsync dir). A slot's files are only
+//! written while the record says the slot is empty, so a SIGKILL at any instant leaves a record that points at
+//! complete files: the old model's or the new one's, never a mix.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SlotError {
+    #[error("version {offered} is not newer than version {highest}, the highest ever accepted (older or replayed bundle)")]
+    NotNewer { offered: u64, highest: u64 },
+    #[error("a trial of version {0} is in progress: promote or roll it back first")]
+    TrialPending(u64),
+    #[error("nothing to roll back to")]
+    NothingToRollBack,
+    #[error("the slot record at {path} is unreadable: {message}")]
+    Corrupt { path: String, message: String },
+    #[error("I/O error on {path}: {message}")]
+    Io { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotId {
+    A,
+    B,
+}
+
+impl SlotId {
+    pub fn other(self) -> SlotId {
+        match self {
+            SlotId::A => SlotId::B,
+            SlotId::B => SlotId::A,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotId::A => "a",
+            SlotId::B => "b",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    pub name: String,
+    pub version: u64,
+    /// Hex SHA-256 of the installed model file.
+    pub digest: String,
+    /// Which variant of the bundle was chosen, and why.
+    pub variant: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub slot: SlotId,
+    /// What was live before the flip (None: the built-in or configured model).
+    pub previous: Option<SlotId>,
+    /// Agent starts while this trial was pending.
+    pub boots: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SlotState {
+    /// None: the built-in or configured model serves.
+    pub active: Option<SlotId>,
+    pub slots: [Option<SlotInfo>; 2],
+    pub highest_version: u64,
+    pub trial: Option<Trial>,
+    /// Counts writes, for logs and tests.
+    pub generation: u64,
+}
+
+/// What a start-up found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BootAction {
+    Normal,
+    /// The trial is still pending; this is start number `boots`.
+    TrialContinues {
+        boots: u32,
+    },
+    /// The trial crashed the agent too often and was rolled back.
+    RolledBack {
+        version: u64,
+        boots: u32,
+    },
+}
+
+impl SlotState {
+    pub fn slot(&self, id: SlotId) -> Option<&SlotInfo> {
+        self.slots[id.index()].as_ref()
+    }
+
+    pub fn active_info(&self) -> Option<&SlotInfo> {
+        self.active.and_then(|s| self.slot(s))
+    }
+
+    fn next(&self) -> SlotState {
+        let mut s = self.clone();
+        s.generation += 1;
+        s
+    }
+
+    /// Step 1 of an install: choose the inactive slot and mark it empty, so its files may be overwritten.
+    pub fn begin_install(&self, version: u64) -> Result<(SlotState, SlotId), SlotError> {
+        if let Some(t) = &self.trial {
+            return Err(SlotError::TrialPending(
+                self.slot(t.slot).map(|i| i.version).unwrap_or(0),
+            ));
+        }
+        if version <= self.highest_version {
+            return Err(SlotError::NotNewer {
+                offered: version,
+                highest: self.highest_version,
+            });
+        }
+        let target = self.active.map(SlotId::other).unwrap_or(SlotId::A);
+        let mut s = self.next();
+        s.slots[target.index()] = None;
+        Ok((s, target))
+    }
+
+    /// Step 2, once the files are complete and checked: make the slot live, on trial.
+    pub fn flip(&self, target: SlotId, info: SlotInfo) -> SlotState {
+        let mut s = self.next();
+        s.highest_version = s.highest_version.max(info.version);
+        s.slots[target.index()] = Some(info);
+        s.trial = Some(Trial {
+            slot: target,
+            previous: self.active,
+            boots: 0,
+        });
+        s.active = Some(target);
+        s
+    }
+
+    /// The trial passed.
+    pub fn commit(&self) -> SlotState {
+        let mut s = self.next();
+        s.trial = None;
+        s
+    }
+
+    /// Back to what served before: the trial's previous model, or (no trial) the other slot, else the built-in.
+    pub fn rollback(&self) -> Result<SlotState, SlotError> {
+        let mut s = self.next();
+        match &self.trial {
+            Some(t) => {
+                s.active = t.previous;
+                s.trial = None;
+            }
+            None => {
+                let cur = self.active.ok_or(SlotError::NothingToRollBack)?;
+                let other = cur.other();
+                s.active = self.slot(other).map(|_| other);
+            }
+        }
+        // The abandoned version stays counted in highest_version: it can never be replayed.
+        Ok(s)
+    }
+
+    /// At start-up: count a start during a trial, and roll back once it exceeds `max_boots`.
+    pub fn boot(&self, max_boots: u32) -> (SlotState, BootAction) {
+        let Some(t) = &self.trial else {
+            return (self.clone(), BootAction::Normal);
+        };
+        let boots = t.boots + 1;
+        if boots > max_boots {
+            let version = self.slot(t.slot).map(|i| i.version).unwrap_or(0);
+            let rolled = self.rollback().expect("a trial can always be rolled back");
+            return (rolled, BootAction::RolledBack { version, boots });
+        }
+        let mut s = self.next();
+        if let Some(t) = s.trial.as_mut() {
+            t.boots = boots;
+        }
+        (s, BootAction::TrialContinues { boots })
+    }
+}
+
+/// Where slots live: `<state>/slots/{a,b}/model.onnx`, `spec.json`, and `state.json`.
+#[derive(Debug, Clone)]
+pub struct SlotStore {
+    dir: PathBuf,
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> SlotError {
+    SlotError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl SlotStore {
+    pub fn new(state_dir: &Path) -> Result<SlotStore, SlotError> {
+        let dir = state_dir.join("slots");
+        for d in [dir.clone(), dir.join("a"), dir.join("b")] {
+            std::fs::create_dir_all(&d).map_err(|e| io_err(&d, e))?;
+        }
+        Ok(SlotStore { dir })
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn slot_dir(&self, id: SlotId) -> PathBuf {
+        self.dir.join(id.name())
+    }
+
+    pub fn model_path(&self, id: SlotId) -> PathBuf {
+        self.slot_dir(id).join("model.onnx")
+    }
+
+    pub fn spec_path(&self, id: SlotId) -> PathBuf {
+        self.slot_dir(id).join("spec.json")
+    }
+
+    /// The record, or the empty state on a fresh device.
+    pub fn load(&self) -> Result<SlotState, SlotError> {
+        let path = self.record_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SlotError::Corrupt {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SlotState::default()),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// The one write: atomic and durable.
+    pub fn save(&self, state: &SlotState) -> Result<(), SlotError> {
+        let path = self.record_path();
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(&path, e))?;
+        crate::fsutil::write_atomic(&path, &bytes).map_err(|e| io_err(&path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(v: u64) -> SlotInfo {
+        SlotInfo {
+            name: "m".into(),
+            version: v,
+            digest: format!("d{v}"),
+            variant: "int8".into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn install_trial_commit_rollback() {
+        let s0 = SlotState::default();
+        let (s1, t) = s0.begin_install(2).unwrap();
+        assert_eq!(t, SlotId::A);
+        let s2 = s1.flip(t, info(2));
+        assert_eq!(s2.active, Some(SlotId::A));
+        assert_eq!(s2.begin_install(3).unwrap_err(), SlotError::TrialPending(2));
+        let s3 = s2.commit();
+        assert_eq!(
+            s3.begin_install(2).unwrap_err(),
+            SlotError::NotNewer {
+                offered: 2,
+                highest: 2
+            }
+        );
+        let (s4, t) = s3.begin_install(3).unwrap();
+        assert_eq!(t, SlotId::B);
+        let s5 = s4.flip(t, info(3));
+        let s6 = s5.rollback().unwrap();
+        assert_eq!(s6.active, Some(SlotId::A));
+        assert_eq!(
+            s6.highest_version, 3,
+            "a rolled-back version can never be replayed"
+        );
+        assert!(s6.trial.is_none());
+    }
+
+    #[test]
+    fn boot_counting_rolls_back_after_k_starts() {
+        let s = SlotState::default()
+            .begin_install(5)
+            .unwrap()
+            .0
+            .flip(SlotId::A, info(5));
+        let (s, a) = s.boot(2);
+        assert_eq!(a, BootAction::TrialContinues { boots: 1 });
+        let (s, a) = s.boot(2);
+        assert_eq!(a, BootAction::TrialContinues { boots: 2 });
+        let (s, a) = s.boot(2);
+        assert_eq!(
+            a,
+            BootAction::RolledBack {
+                version: 5,
+                boots: 3
+            }
+        );
+        assert_eq!(s.active, None);
+        assert_eq!(s.boot(2).1, BootAction::Normal);
+    }
+}
