@@ -12,7 +12,12 @@ step "deploy/check.sh"
 deploy/check.sh
 
 step "cross/build.sh aarch64"
-bin=$(cross/build.sh aarch64 | tee /dev/stderr | tail -1)
+# (No `tee /dev/stderr`: when stdout and stderr are one file, reopening /dev/stderr truncates it.)
+build_out=$(mktemp)
+trap 'rm -f "$build_out"' EXIT
+cross/build.sh aarch64 >"$build_out"
+cat "$build_out"
+bin=$(tail -1 "$build_out")
 
 step "deploy/check.sh with ExecStart = the aarch64 binary"
 OUTPOST_BIN="$bin" deploy/check.sh >/dev/null
