@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod bundle;
 pub mod config;
+pub mod fault;
 pub mod fsutil;
 pub mod inference;
 pub mod slots;

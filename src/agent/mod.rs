@@ -98,7 +98,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let _ = std::fs::remove_file(&addr_file);
 
     let cfg = config.clone();
-    let engine = blocking(move || load_model(&cfg)).await??;
+    let sd = state_dir.clone();
+    let (engine, slot_name) = blocking(move || start_model(&cfg, &sd)).await??;
     tracing::info!(
         model = %engine.spec().name,
         version = engine.spec().version,
@@ -122,6 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 
     let pool = Arc::new(Pool::start(config.worker_count(), config.workers.queue));
     let service = Arc::new(Service::new(engine, pool.clone(), cache, &config)?);
+    service.set_slot(&slot_name);
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -151,6 +153,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     });
 
     crate::telemetry::notify::ready();
+    let watcher = tokio::spawn(watch_slots(
+        service.clone(),
+        state_dir.clone(),
+        shutdown.clone(),
+    ));
     let watchdog = crate::telemetry::notify::watchdog_interval().map(|every| {
         let token = shutdown.clone();
         tokio::spawn(async move {
@@ -168,6 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     tracing::info!("shutting down: finishing requests in flight");
     crate::telemetry::notify::stopping();
     let served = server.await;
+    let _ = watcher.await;
     if let Some(w) = watchdog {
         let _ = w.await;
     }
@@ -182,5 +190,113 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
         Ok(Err(e)) => Err(AgentError::Internal(format!("API server failed: {e}"))),
         Err(e) => Err(AgentError::Internal(format!("API task failed: {e}"))),
+    }
+}
+
+/// At start: count the start against a pending trial (boot counting), then load the live slot's model, falling back
+/// to the configured or built-in model. Returns the engine and where it came from.
+fn start_model(config: &Config, state_dir: &Path) -> Result<(Engine, String), AgentError> {
+    use crate::slots::{install::load_active, BootAction, SlotStore};
+    let slots = SlotStore::new(state_dir).map_err(|e| AgentError::Internal(e.to_string()))?;
+    let state = slots
+        .load()
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
+    let (state, action) = state.boot(config.slots.max_boots);
+    if action != BootAction::Normal {
+        // Persisted before the model loads: a model that crashes the agent on load still gets counted.
+        slots
+            .save(&state)
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
+    }
+    match &action {
+        BootAction::RolledBack { version, boots } => {
+            tracing::warn!(
+                version,
+                boots,
+                "the model on trial crashed the agent too often: rolled back"
+            )
+        }
+        BootAction::TrialContinues { boots } => tracing::info!(boots, "model on trial"),
+        BootAction::Normal => {}
+    }
+    crate::fault::maybe_abort_on_load(state.active_info().map(|i| i.digest.as_str()));
+    match load_active(&slots, &state) {
+        Ok(Some(engine)) => {
+            let slot = state
+                .active
+                .map(|s| s.name())
+                .unwrap_or("builtin")
+                .to_string();
+            Ok((engine, slot))
+        }
+        Ok(None) => {
+            let slot = if config.model.path.is_some() {
+                "file"
+            } else {
+                "builtin"
+            };
+            Ok((load_model(config)?, slot.to_string()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the live slot cannot be loaded; serving the configured or built-in model");
+            Ok((load_model(config)?, "fallback".to_string()))
+        }
+    }
+}
+
+/// Picks up slot changes made by `outpost install` / `outpost rollback` while the daemon runs.
+async fn watch_slots(service: Arc<Service>, state_dir: PathBuf, shutdown: CancellationToken) {
+    use crate::slots::{install::load_active, SlotStore};
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut seen: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sd = state_dir.clone();
+        let Ok(Ok(Some((generation, loaded)))) = tokio::task::spawn_blocking(move || {
+            let slots = SlotStore::new(&sd).map_err(|e| e.to_string())?;
+            let state = slots.load().map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some((
+                state.generation,
+                (state.active, load_active_if(&slots, &state)),
+            )))
+        })
+        .await
+        else {
+            continue;
+        };
+        if seen.is_none() {
+            seen = Some(generation);
+            continue;
+        }
+        if seen == Some(generation) {
+            continue;
+        }
+        seen = Some(generation);
+        match loaded {
+            (Some(slot), Ok(Some(engine))) if engine.digest() != service.engine().digest() => {
+                tracing::info!(slot = slot.name(), digest = %engine.digest(), "switching to the new live slot");
+                service.swap(engine, slot.name());
+            }
+            (None, _) => {
+                if let Ok(engine) = load_model(service.config()) {
+                    if engine.digest() != service.engine().digest() {
+                        service.swap(engine, "builtin");
+                    }
+                }
+            }
+            (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot load the new live slot; keeping the current model")
+            }
+            _ => {}
+        }
+    }
+    fn load_active_if(
+        slots: &crate::slots::SlotStore,
+        state: &crate::slots::SlotState,
+    ) -> Result<Option<Engine>, String> {
+        load_active(slots, state)
     }
 }

@@ -61,8 +61,9 @@ pub struct Service {
     limits: DecodeLimits,
     pub counters: Counters,
     started: Instant,
-    /// Where the served model came from: `builtin` or `file` (slots `a`/`b` arrive with signed bundles).
-    slot: String,
+    /// Where the served model came from: `builtin`, `file`, or slot `a`/`b`.
+    slot: arc_swap::ArcSwap<String>,
+    config: Config,
 }
 
 impl Service {
@@ -85,12 +86,8 @@ impl Service {
             limits,
             counters: Counters::default(),
             started: Instant::now(),
-            slot: if config.model.path.is_some() {
-                "file"
-            } else {
-                "builtin"
-            }
-            .into(),
+            slot: ArcSwap::from_pointee(String::new()),
+            config: config.clone(),
         };
         service.publish_model_info();
         Ok(service)
@@ -99,6 +96,21 @@ impl Service {
     fn publish_model_info(&self) {
         let m = ModelInfo::of(&self.model.load());
         metrics::gauge!(crate::telemetry::MODEL_INFO, "name" => m.name, "version" => m.version.to_string(), "digest" => m.digest).set(1.0);
+    }
+
+    pub fn set_slot(&self, slot: &str) {
+        self.slot.store(Arc::new(slot.to_string()));
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Makes `engine` serve new requests; requests already admitted finish on the engine they started with.
+    pub fn swap(&self, engine: Engine, slot: &str) {
+        self.model.store(Arc::new(engine));
+        self.set_slot(slot);
+        self.publish_model_info();
     }
 
     /// Largest request body accepted (`api.max_body_bytes`).
@@ -219,7 +231,7 @@ impl Service {
         serde_json::json!({
             "agent_version": env!("CARGO_PKG_VERSION"),
             "model": ModelInfo::of(&engine),
-            "slot": self.slot,
+            "slot": self.slot.load().as_str(),
             "uptime_s": self.started.elapsed().as_secs(),
             "workers": self.pool.workers(),
             "queue_depth": self.pool.depth(),

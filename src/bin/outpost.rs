@@ -18,6 +18,49 @@ enum Command {
     Infer(InferArgs),
     /// Run the agent: serve the local inference API until SIGTERM or Ctrl-C.
     Run(RunArgs),
+    /// Install a signed bundle into the inactive slot and make it live on trial (a running agent picks it up).
+    Install {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Trusted operator keys (overrides slots.trusted_keys).
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+        /// Distinct trusted keys required (overrides slots.threshold).
+        #[arg(long)]
+        threshold: Option<usize>,
+        bundle: PathBuf,
+    },
+    /// Go back to the model that served before (a running agent picks it up).
+    Rollback {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Print the slot record as JSON.
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct StateArgs {
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn config(&self) -> Result<outpost::config::Config> {
+        let mut c = match &self.config {
+            Some(p) => outpost::config::Config::from_file(p)?,
+            None => outpost::config::Config::default(),
+        };
+        if let Some(d) = &self.state_dir {
+            c.agent.state_dir = d.clone();
+        }
+        Ok(c)
+    }
 }
 
 #[derive(clap::Args)]
@@ -69,6 +112,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Infer(args) => infer(args),
         Command::Run(args) => run(args),
+        Command::Install {
+            state,
+            trusted_keys,
+            threshold,
+            bundle,
+        } => install(state, trusted_keys, threshold, bundle),
+        Command::Rollback { state } => rollback(state),
+        Command::Status { state } => status(state),
     };
     match result {
         Ok(code) => code,
@@ -187,4 +238,60 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+fn install(
+    state: StateArgs,
+    keys: Option<PathBuf>,
+    threshold: Option<usize>,
+    bundle: PathBuf,
+) -> Result<ExitCode> {
+    use outpost::bundle::{now_unix, Policy, TrustedKeys};
+    use outpost::slots::{install::install, SlotStore};
+    let config = state.config()?;
+    let keys_path = keys.or(config.slots.trusted_keys.clone()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no trusted keys: pass --trusted-keys <file> or set slots.trusted_keys in the config"
+        )
+    })?;
+    let keys = TrustedKeys::from_file(&keys_path)?;
+    let policy = Policy {
+        keys: &keys,
+        threshold: threshold.unwrap_or(config.slots.threshold),
+        now_unix: now_unix(),
+        agent_version: env!("CARGO_PKG_VERSION"),
+    };
+    let store = SlotStore::new(&config.agent.state_dir)?;
+    let file =
+        std::fs::File::open(&bundle).map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
+    let (installed, _) = install(&store, &mut std::io::BufReader::new(file), &policy)
+        .map_err(|e| anyhow::anyhow!("{}: refused: {e}", bundle.display()))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "installed": installed.info,
+            "slot": installed.slot.name(),
+            "variants": installed.trials.iter().map(|(n, r)| match r {
+                Ok(us) => serde_json::json!({"variant": n, "median_us": us}),
+                Err(e) => serde_json::json!({"variant": n, "rejected": e}),
+            }).collect::<Vec<_>>(),
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rollback(state: StateArgs) -> Result<ExitCode> {
+    let config = state.config()?;
+    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    let next = store.load()?.rollback()?;
+    store.save(&next)?;
+    println!("{}", serde_json::to_string(&next)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(state: StateArgs) -> Result<ExitCode> {
+    let config = state.config()?;
+    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    println!("{}", serde_json::to_string(&store.load()?)?);
+    Ok(ExitCode::SUCCESS)
 }

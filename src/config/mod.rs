@@ -29,6 +29,28 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub slots: SlotsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlotsConfig {
+    /// File of trusted operator public keys (`outpostctl keygen` lines). Unset: no bundle can be installed.
+    pub trusted_keys: Option<PathBuf>,
+    /// Distinct trusted keys that must sign a bundle.
+    pub threshold: usize,
+    /// Starts allowed while a new model is on trial before it is rolled back (boot counting).
+    pub max_boots: u32,
+}
+
+impl Default for SlotsConfig {
+    fn default() -> Self {
+        SlotsConfig {
+            trusted_keys: None,
+            threshold: 1,
+            max_boots: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,8 @@
 //! written while the record says the slot is empty, so a SIGKILL at any instant leaves a record that points at
 //! complete files: the old model's or the new one's, never a mix.
 
+pub mod install;
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,205 @@
+//! The install path shared by `outpost install` (and, later, the fleet link): verify, stream into the inactive
+//! slot, check, pick a variant, flip.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use super::{SlotError, SlotId, SlotInfo, SlotState, SlotStore};
+use crate::bundle::{self, BundleError, Manifest, Policy};
+use crate::inference::{Engine, InferenceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error("no variant passed the quality gate: {0}")]
+    QualityGate(String),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What an install did.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub state: SlotState,
+    pub slot: SlotId,
+    pub info: SlotInfo,
+    /// (variant, median µs or the reason it was rejected)
+    pub trials: Vec<(String, Result<f64, String>)>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
+    move |source| InstallError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Runs a variant's golden vectors; returns the median latency (µs) of a short timing when it passes.
+fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    let expected = &manifest.variants[variant].golden_outputs;
+    for (i, (input, want)) in manifest.golden_inputs.iter().zip(expected).enumerate() {
+        let got = session
+            .run(input)
+            .map_err(|e: InferenceError| e.to_string())?;
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|x| x.0)
+        };
+        if got.len() != want.len()
+            || worst > manifest.golden_tolerance
+            || argmax(&got) != argmax(want)
+        {
+            return Err(format!(
+                "golden case {i}: max difference {worst} > tolerance {}",
+                manifest.golden_tolerance
+            ));
+        }
+    }
+    let input = manifest
+        .golden_inputs
+        .first()
+        .cloned()
+        .unwrap_or_else(|| vec![0.0; manifest.spec.input_len()]);
+    let mut times = Vec::new();
+    let deadline = Instant::now() + std::time::Duration::from_millis(300);
+    while times.len() < 5 || (times.len() < 50 && Instant::now() < deadline) {
+        let t = Instant::now();
+        session.run(&input).map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Installs a bundle read from `r` into the inactive slot and makes it live on trial.
+pub fn install(
+    store: &SlotStore,
+    r: &mut impl Read,
+    policy: &Policy,
+) -> Result<(Installed, Engine), InstallError> {
+    let header = bundle::read_header(r, policy)?;
+    let manifest = &header.manifest;
+    let (state, target) = store.load()?.begin_install(manifest.version)?;
+    // From here the target slot's files may be overwritten: the record says it is empty.
+    store.save(&state)?;
+    let dir = store.slot_dir(target);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let mut files = Vec::new();
+    for (i, v) in manifest.variants.iter().enumerate() {
+        let path = dir.join(format!("variant-{i}.onnx"));
+        let mut f = std::fs::File::create(&path).map_err(io(&path))?;
+        bundle::copy_variant(r, &mut f, v)?;
+        f.flush().map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))?;
+        files.push(path);
+    }
+    bundle::expect_end(r)?;
+
+    let mut trials = Vec::new();
+    let mut best: Option<(usize, f64, Engine)> = None;
+    for (i, path) in files.iter().enumerate() {
+        let name = manifest.variants[i].name.clone();
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let outcome = Engine::load(&bytes, manifest.spec.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|engine| gate(&engine, manifest, i).map(|us| (us, engine)));
+        match outcome {
+            Ok((us, engine)) => {
+                trials.push((name, Ok(us)));
+                if best.as_ref().is_none_or(|b| us < b.1) {
+                    best = Some((i, us, engine));
+                }
+            }
+            Err(e) => trials.push((name, Err(e))),
+        }
+    }
+    let Some((chosen, us, engine)) = best else {
+        let why = trials
+            .iter()
+            .map(|(n, r)| format!("{n}: {}", r.as_ref().err().cloned().unwrap_or_default()))
+            .collect::<Vec<_>>();
+        return Err(InstallError::QualityGate(why.join("; ")));
+    };
+    let model_path = store.model_path(target);
+    std::fs::rename(&files[chosen], &model_path).map_err(io(&model_path))?;
+    let spec_bytes = serde_json::to_vec_pretty(&manifest.spec).unwrap_or_default();
+    crate::fsutil::write_atomic(&store.spec_path(target), &spec_bytes).map_err(io(&model_path))?;
+    for (i, f) in files.iter().enumerate() {
+        if i != chosen {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    crate::fsutil::sync_dir(&dir).map_err(io(&dir))?;
+    let reason = if manifest.variants.len() == 1 {
+        "only variant".to_string()
+    } else {
+        format!(
+            "fastest variant passing the quality gate on this device ({})",
+            trials
+                .iter()
+                .map(|(n, r)| match r {
+                    Ok(us) => format!("{n} {us:.0} us"),
+                    Err(_) => format!("{n} failed"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let info = SlotInfo {
+        name: manifest.name.clone(),
+        version: manifest.version,
+        digest: engine.digest().to_string(),
+        variant: manifest.variants[chosen].name.clone(),
+        reason,
+    };
+    tracing::info!(version = info.version, variant = %info.variant, median_us = us, slot = target.name(), "bundle installed");
+    let state = state.flip(target, info.clone());
+    store.save(&state)?;
+    Ok((
+        Installed {
+            state,
+            slot: target,
+            info,
+            trials,
+        },
+        engine,
+    ))
+}
+
+/// Loads the model of the live slot, checking that its file is the one the record names.
+pub fn load_active(store: &SlotStore, state: &SlotState) -> Result<Option<Engine>, String> {
+    let Some(slot) = state.active else {
+        return Ok(None);
+    };
+    let info = state
+        .slot(slot)
+        .ok_or_else(|| format!("slot {} is live but empty in the record", slot.name()))?;
+    let engine = Engine::load_files(&store.model_path(slot), Some(&store.spec_path(slot)))
+        .map_err(|e| e.to_string())?;
+    if engine.digest() != info.digest {
+        return Err(format!(
+            "slot {} holds a model whose digest differs from the record",
+            slot.name()
+        ));
+    }
+    Ok(Some(engine))
+}
