@@ -260,7 +260,7 @@ async fn watch_slots(service: Arc<Service>, state_dir: PathBuf, shutdown: Cancel
             let state = slots.load().map_err(|e| e.to_string())?;
             Ok::<_, String>(Some((
                 state.generation,
-                (state.active, load_active_if(&slots, &state)),
+                (state.active, load_active(&slots, &state)),
             )))
         })
         .await
@@ -292,11 +292,5 @@ async fn watch_slots(service: Arc<Service>, state_dir: PathBuf, shutdown: Cancel
             }
             _ => {}
         }
-    }
-    fn load_active_if(
-        slots: &crate::slots::SlotStore,
-        state: &crate::slots::SlotState,
-    ) -> Result<Option<Engine>, String> {
-        load_active(slots, state)
     }
 }
