@@ -10,3 +10,20 @@ pub fn maybe_abort_on_load(digest: Option<&str>) {
         }
     }
 }
+
+/// `OUTPOST_FAULT_FAIL_RUN=<model digest>` makes every run of that model fail, standing in for a model that errors
+/// at run time, so probation's error check can be tested on a real daemon.
+pub fn maybe_fail_run(digest: &str) -> Result<(), crate::inference::InferenceError> {
+    static TARGET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let target = TARGET.get_or_init(|| {
+        std::env::var("OUTPOST_FAULT_FAIL_RUN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    match target {
+        Some(t) if t == digest => Err(crate::inference::InferenceError::Run(format!(
+            "fault injection: runs of model {digest} fail"
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -168,7 +168,9 @@ fn attack_matrix_leaves_the_device_untouched() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Commit the trial by rolling forward: simplest is to read the record and clear the trial through the library.
     let store = SlotStore::new(&state).unwrap();
-    store.save(&store.load().unwrap().commit()).unwrap();
+    store
+        .save(&store.load().unwrap().commit().unwrap())
+        .unwrap();
 
     let v7 = f.bundle("v7.bundle", "edge-qdq", 7, &[&f.key1], &[]);
     let (man_at, models_at) = header_len(&v7);

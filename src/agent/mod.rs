@@ -4,6 +4,8 @@
 //! clone of it. The API stops accepting, in-flight requests finish, the pool drains its queue, the database is
 //! flushed, then `run` returns.
 
+mod controller;
+pub mod probation;
 mod service;
 
 use std::path::{Path, PathBuf};
@@ -99,7 +101,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 
     let cfg = config.clone();
     let sd = state_dir.clone();
-    let (engine, slot_name) = blocking(move || start_model(&cfg, &sd)).await??;
+    let started = blocking(move || start_model(&cfg, &sd)).await??;
+    let engine = started.engine;
     tracing::info!(
         model = %engine.spec().name,
         version = engine.spec().version,
@@ -122,8 +125,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     };
 
     let pool = Arc::new(Pool::start(config.worker_count(), config.workers.queue));
-    let service = Arc::new(Service::new(engine, pool.clone(), cache, &config)?);
-    service.set_slot(&slot_name);
+    let service = Arc::new(Service::new(engine, pool.clone(), cache, &config));
+    service.set_slot(&started.slot);
+    if started.on_trial {
+        // A trial found at start: no baseline from this run, but the previous model is kept for failed runs.
+        let current = service.engine();
+        service.begin_trial(current, &started.slot, started.previous.map(Arc::new));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -153,9 +161,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     });
 
     crate::telemetry::notify::ready();
-    let watcher = tokio::spawn(watch_slots(
+    let watcher = tokio::spawn(controller::run(
         service.clone(),
         state_dir.clone(),
+        started.generation,
         shutdown.clone(),
     ));
     let watchdog = crate::telemetry::notify::watchdog_interval().map(|every| {
@@ -193,21 +202,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
 }
 
+/// What start-up chose to serve.
+struct Started {
+    engine: Engine,
+    /// `a`/`b`, `builtin`, `file` or `fallback`.
+    slot: String,
+    /// The live slot is a model on trial.
+    on_trial: bool,
+    /// The model that served before the trial, when it loads.
+    previous: Option<Engine>,
+    /// The record's generation after start-up's own write.
+    generation: u64,
+}
+
 /// At start: count the start against a pending trial (boot counting), then load the live slot's model, falling back
-/// to the configured or built-in model. Returns the engine and where it came from.
-fn start_model(config: &Config, state_dir: &Path) -> Result<(Engine, String), AgentError> {
+/// to the configured or built-in model.
+fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError> {
     use crate::slots::{install::load_active, BootAction, SlotStore};
-    let slots = SlotStore::new(state_dir).map_err(|e| AgentError::Internal(e.to_string()))?;
-    let state = slots
-        .load()
-        .map_err(|e| AgentError::Internal(e.to_string()))?;
-    let (state, action) = state.boot(config.slots.max_boots);
-    if action != BootAction::Normal {
-        // Persisted before the model loads: a model that crashes the agent on load still gets counted.
-        slots
-            .save(&state)
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
-    }
+    let internal = |e: crate::slots::SlotError| AgentError::Internal(e.to_string());
+    let slots = SlotStore::new(state_dir).map_err(internal)?;
+    // Persisted before the model loads: a model that crashes the agent on load still gets counted.
+    let (state, action) = slots
+        .update(|s| Ok(s.boot(config.slots.max_boots)))
+        .map_err(internal)?;
     match &action {
         BootAction::RolledBack { version, boots } => {
             tracing::warn!(
@@ -220,14 +237,14 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<(Engine, String), Ag
         BootAction::Normal => {}
     }
     crate::fault::maybe_abort_on_load(state.active_info().map(|i| i.digest.as_str()));
-    match load_active(&slots, &state) {
+    let (engine, slot, on_trial) = match load_active(&slots, &state) {
         Ok(Some(engine)) => {
             let slot = state
                 .active
                 .map(|s| s.name())
                 .unwrap_or("builtin")
                 .to_string();
-            Ok((engine, slot))
+            (engine, slot, state.trial.is_some())
         }
         Ok(None) => {
             let slot = if config.model.path.is_some() {
@@ -235,62 +252,30 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<(Engine, String), Ag
             } else {
                 "builtin"
             };
-            Ok((load_model(config)?, slot.to_string()))
+            (load_model(config)?, slot.to_string(), false)
         }
         Err(e) => {
             tracing::error!(error = %e, "the live slot cannot be loaded; serving the configured or built-in model");
-            Ok((load_model(config)?, "fallback".to_string()))
+            (load_model(config)?, "fallback".to_string(), false)
         }
-    }
-}
-
-/// Picks up slot changes made by `outpost install` / `outpost rollback` while the daemon runs.
-async fn watch_slots(service: Arc<Service>, state_dir: PathBuf, shutdown: CancellationToken) {
-    use crate::slots::{install::load_active, SlotStore};
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-    let mut seen: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let sd = state_dir.clone();
-        let Ok(Ok(Some((generation, loaded)))) = tokio::task::spawn_blocking(move || {
-            let slots = SlotStore::new(&sd).map_err(|e| e.to_string())?;
-            let state = slots.load().map_err(|e| e.to_string())?;
-            Ok::<_, String>(Some((
-                state.generation,
-                (state.active, load_active(&slots, &state)),
-            )))
-        })
-        .await
-        else {
-            continue;
-        };
-        if seen.is_none() {
-            seen = Some(generation);
-            continue;
-        }
-        if seen == Some(generation) {
-            continue;
-        }
-        seen = Some(generation);
-        match loaded {
-            (Some(slot), Ok(Some(engine))) if engine.digest() != service.engine().digest() => {
-                tracing::info!(slot = slot.name(), digest = %engine.digest(), "switching to the new live slot");
-                service.swap(engine, slot.name());
+    };
+    let previous = match state.trial.as_ref().filter(|_| on_trial) {
+        Some(t) => {
+            let mut before = state.clone();
+            before.active = t.previous;
+            match load_active(&slots, &before) {
+                Ok(Some(e)) => Some(e),
+                Ok(None) => load_model(config).ok(),
+                Err(_) => None,
             }
-            (None, _) => {
-                if let Ok(engine) = load_model(service.config()) {
-                    if engine.digest() != service.engine().digest() {
-                        service.swap(engine, "builtin");
-                    }
-                }
-            }
-            (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot load the new live slot; keeping the current model")
-            }
-            _ => {}
         }
-    }
+        None => None,
+    };
+    Ok(Started {
+        engine,
+        slot,
+        on_trial,
+        previous,
+        generation: state.generation,
+    })
 }

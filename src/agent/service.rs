@@ -1,12 +1,13 @@
 //! What a request does, independent of how it arrived: decode, look up the cache, queue for a worker, cache the
 //! answer. The HTTP API is a thin mapping over this.
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::AgentError;
+use super::probation::{Probation, Verdict, Window};
+
 use crate::config::Config;
 use crate::inference::{DecodeLimits, Engine, InferenceError};
 use crate::store::{CacheKey, CachedResult, ResultCache};
@@ -64,6 +65,20 @@ pub struct Service {
     /// Where the served model came from: `builtin`, `file`, or slot `a`/`b`.
     slot: arc_swap::ArcSwap<String>,
     config: Config,
+    /// Recent runs of the serving model (digest, runs): the baseline of the next trial.
+    window: Mutex<(String, Window)>,
+    /// The trial in progress, if the serving model is on probation.
+    trial: Mutex<Option<Probation>>,
+    /// During a trial, the model that served before: a failed run is answered again on it, so a bad model costs
+    /// the client nothing while probation rolls it back.
+    fallback: ArcSwapOption<Engine>,
+    /// Woken when a run makes the trial decisive, so the controller acts at once rather than at its next tick.
+    pub(crate) decided: tokio::sync::Notify,
+    last_transition: Mutex<Option<serde_json::Value>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Service {
@@ -72,15 +87,21 @@ impl Service {
         pool: Arc<Pool>,
         cache: Option<ResultCache>,
         config: &Config,
-    ) -> Result<Service, AgentError> {
+    ) -> Service {
         let limits = DecodeLimits {
             max_bytes: config.api.max_body_bytes,
             max_width: config.api.max_image_side,
             max_height: config.api.max_image_side,
             ..DecodeLimits::default()
         };
+        let digest = engine.digest().to_string();
         let service = Service {
             model: ArcSwap::from_pointee(engine),
+            window: Mutex::new((digest, Window::default())),
+            trial: Mutex::new(None),
+            fallback: ArcSwapOption::empty(),
+            decided: tokio::sync::Notify::new(),
+            last_transition: Mutex::new(None),
             pool,
             cache: cache.map(Arc::new),
             limits,
@@ -90,7 +111,7 @@ impl Service {
             config: config.clone(),
         };
         service.publish_model_info();
-        Ok(service)
+        service
     }
 
     fn publish_model_info(&self) {
@@ -102,15 +123,123 @@ impl Service {
         self.slot.store(Arc::new(slot.to_string()));
     }
 
+    /// Where the serving model came from: `builtin`, `file`, `fallback` or slot `a`/`b`.
+    pub fn slot(&self) -> Arc<String> {
+        self.slot.load_full()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Makes `engine` serve new requests; requests already admitted finish on the engine they started with.
-    pub fn swap(&self, engine: Engine, slot: &str) {
-        self.model.store(Arc::new(engine));
+    /// Makes `engine` serve new requests; requests already admitted finish on the engine they started with. Ends
+    /// any trial.
+    pub fn swap(&self, engine: Arc<Engine>, slot: &str) {
+        *lock(&self.trial) = None;
+        self.fallback.store(None);
+        self.serve(engine, slot);
+    }
+
+    fn serve(&self, engine: Arc<Engine>, slot: &str) {
+        *lock(&self.window) = (engine.digest().to_string(), Window::default());
+        self.model.store(engine);
         self.set_slot(slot);
         self.publish_model_info();
+        metrics::gauge!(crate::telemetry::TRIAL_ACTIVE).set(if self.on_trial() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
+    /// Puts `engine` on trial: the serving model's recent runs become the baseline, and `fallback` (the model that
+    /// served before) answers any run that fails on the new one.
+    pub fn begin_trial(&self, engine: Arc<Engine>, slot: &str, fallback: Option<Arc<Engine>>) {
+        let current = self.engine();
+        let baseline = {
+            let w = lock(&self.window);
+            if w.0 == current.digest() {
+                w.1.clone()
+            } else {
+                Window::default()
+            }
+        };
+        let probation = Probation::new(
+            engine.digest().to_string(),
+            engine.spec().version,
+            baseline,
+            &self.config.probation,
+            Instant::now(),
+        );
+        *lock(&self.trial) = Some(probation);
+        self.fallback.store(fallback);
+        self.serve(engine, slot);
+    }
+
+    /// Ends the trial of `digest` (committed) and keeps serving it.
+    pub fn end_trial(&self, digest: &str) -> bool {
+        let mut t = lock(&self.trial);
+        if t.as_ref().is_some_and(|p| p.digest == digest) {
+            *t = None;
+            self.fallback.store(None);
+            metrics::gauge!(crate::telemetry::TRIAL_ACTIVE).set(0.0);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn on_trial(&self) -> bool {
+        lock(&self.trial).is_some()
+    }
+
+    /// The model that served before the trial, kept for a rollback.
+    pub fn fallback(&self) -> Option<Arc<Engine>> {
+        self.fallback.load_full()
+    }
+
+    /// The trial's digest and verdict now, if a trial runs.
+    pub fn trial_verdict(&self, now: Instant) -> Option<(String, Verdict)> {
+        lock(&self.trial)
+            .as_ref()
+            .map(|p| (p.digest.clone(), p.verdict(now)))
+    }
+
+    /// Remembered for status and telemetry.
+    pub fn note_transition(&self, transition: &str, cause: &str, detail: &str) {
+        metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => transition.to_string(), "cause" => cause.to_string()).increment(1);
+        *lock(&self.last_transition) = Some(serde_json::json!({
+            "transition": transition,
+            "cause": cause,
+            "detail": detail,
+            "unix": crate::bundle::now_unix(),
+        }));
+    }
+
+    fn record_run(&self, digest: &str, run: Duration, confidence: f32) {
+        let us = micros(run);
+        {
+            let mut t = lock(&self.trial);
+            if let Some(p) = t.as_mut().filter(|p| p.digest == digest) {
+                p.record_run(us, confidence);
+                if p.verdict(Instant::now()) != Verdict::Continue {
+                    self.decided.notify_one();
+                }
+                return;
+            }
+        }
+        let mut w = lock(&self.window);
+        if w.0 == digest {
+            w.1.push(us, confidence);
+        }
+    }
+
+    fn record_error(&self, digest: &str, message: &str) {
+        let mut t = lock(&self.trial);
+        if let Some(p) = t.as_mut().filter(|p| p.digest == digest) {
+            p.record_error(message);
+            self.decided.notify_one();
+        }
     }
 
     /// Largest request body accepted (`api.max_body_bytes`).
@@ -149,6 +278,7 @@ impl Service {
         let limits = self.limits;
         let cache = self.cache.clone();
         let e = engine.clone();
+        let raw = body.clone();
         // Decoding and the cache lookup are blocking work too.
         let (tensor, key, hit) = tokio::task::spawn_blocking(move || {
             let tensor = e
@@ -167,8 +297,8 @@ impl Service {
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))??;
 
-        let model = ModelInfo::of(&engine);
         if let Some(hit) = hit {
+            let model = ModelInfo::of(&engine);
             return Ok(InferResponse {
                 label: hit.label,
                 confidence: hit.confidence,
@@ -180,17 +310,36 @@ impl Service {
             });
         }
 
-        let rx = self
-            .pool
-            .submit((*engine).clone(), tensor)
-            .map_err(ServiceError::Busy)?;
-        let prediction = rx
-            .await
-            .map_err(|_| ServiceError::Internal("the worker stopped before answering".into()))?
-            .map_err(|e| match e {
-                InferenceError::InputShape { .. } => ServiceError::BadInput(e),
-                other => ServiceError::Internal(other.to_string()),
-            })?;
+        let (engine, key, ran) = match self.run(&engine, tensor.clone()).await {
+            Ok(ran) => (engine, key, ran),
+            Err(ServiceError::Internal(message)) => {
+                self.record_error(engine.digest(), &message);
+                match self.fallback().filter(|f| f.digest() != engine.digest()) {
+                    Some(previous) => {
+                        tracing::warn!(error = %message, "the model on trial failed; answering with the previous model");
+                        let tensor = if previous.spec().input == engine.spec().input
+                            && previous.spec().preprocess == engine.spec().preprocess
+                        {
+                            tensor
+                        } else {
+                            let p = previous.clone();
+                            tokio::task::spawn_blocking(move || p.tensor_from_image(&raw, &limits))
+                                .await
+                                .map_err(|e| ServiceError::Internal(e.to_string()))?
+                                .map_err(ServiceError::BadInput)?
+                        };
+                        let key = CacheKey::new(previous.digest(), &tensor);
+                        let ran = self.run(&previous, tensor).await?;
+                        (previous, key, ran)
+                    }
+                    None => return Err(ServiceError::Internal(message)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        self.record_run(engine.digest(), ran.run, ran.prediction.confidence);
+        let prediction = ran.prediction;
+        let model = ModelInfo::of(&engine);
         if let Some(cache) = self.cache.clone() {
             let entry = CachedResult {
                 label: prediction.label.clone(),
@@ -222,6 +371,23 @@ impl Service {
         })
     }
 
+    async fn run(
+        &self,
+        engine: &Arc<Engine>,
+        tensor: Vec<f32>,
+    ) -> Result<crate::worker::Ran, ServiceError> {
+        let rx = self
+            .pool
+            .submit((**engine).clone(), tensor)
+            .map_err(ServiceError::Busy)?;
+        rx.await
+            .map_err(|_| ServiceError::Internal("the worker stopped before answering".into()))?
+            .map_err(|e| match e {
+                InferenceError::InputShape { .. } => ServiceError::BadInput(e),
+                other => ServiceError::Internal(other.to_string()),
+            })
+    }
+
     /// What `GET /v1/status` shows.
     pub fn status(&self) -> serde_json::Value {
         let engine = self.engine();
@@ -237,6 +403,8 @@ impl Service {
             "queue_depth": self.pool.depth(),
             "counters": self.counters.snapshot(),
             "cache": cache,
+            "trial": lock(&self.trial).as_ref().map(|p| p.summary(Instant::now())),
+            "last_transition": lock(&self.last_transition).clone(),
         })
     }
 }

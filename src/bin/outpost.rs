@@ -35,6 +35,11 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// End the trial of the new model now and keep it (a running agent picks it up).
+    Promote {
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Print the slot record as JSON.
     Status {
         #[command(flatten)]
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
         } => install(state, trusted_keys, threshold, bundle),
         Command::Rollback { state } => rollback(state),
         Command::Status { state } => status(state),
+        Command::Promote { state } => promote(state),
     };
     match result {
         Ok(code) => code,
@@ -283,8 +289,15 @@ fn install(
 fn rollback(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
     let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
-    let next = store.load()?.rollback()?;
-    store.save(&next)?;
+    let (next, ()) = store.update(|s| Ok((s.rollback()?, ())))?;
+    println!("{}", serde_json::to_string(&next)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn promote(state: StateArgs) -> Result<ExitCode> {
+    let config = state.config()?;
+    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    let (next, ()) = store.update(|s| Ok((s.commit()?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -30,6 +30,47 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub slots: SlotsConfig,
+    pub probation: ProbationConfig,
+}
+
+/// How a newly activated model is judged on live traffic before it is committed.
+///
+/// The trial ends with a commit after `requests` model runs or `seconds`, whichever comes first, unless a check
+/// fails first: then the previous model comes back at once. Latency and confidence are compared with the previous
+/// model's last runs on this device (its baseline); with fewer than `min_samples` runs on either side those two
+/// checks wait, and with no baseline at all (a trial found at start-up) only errors and boot counting judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbationConfig {
+    /// Model runs on the new model after which it is committed.
+    pub requests: u64,
+    /// Seconds after which it is committed, however few requests came.
+    pub seconds: u64,
+    /// Failed runs tolerated; one more rolls back.
+    pub max_errors: u64,
+    /// Rolled back when its p99 run time exceeds the previous model's p99 times this...
+    pub max_latency_ratio: f64,
+    /// ...plus this many milliseconds (absorbs scheduler noise on sub-millisecond models).
+    pub latency_slack_ms: f64,
+    /// Rolled back when the Kolmogorov-Smirnov distance between its confidences and the previous model's exceeds
+    /// this (0..1) while its mean confidence is lower.
+    pub max_confidence_drift: f64,
+    /// Runs needed on each side before latency and drift are judged.
+    pub min_samples: u64,
+}
+
+impl Default for ProbationConfig {
+    fn default() -> Self {
+        ProbationConfig {
+            requests: 500,
+            seconds: 600,
+            max_errors: 0,
+            max_latency_ratio: 2.0,
+            latency_slack_ms: 2.0,
+            max_confidence_drift: 0.3,
+            min_samples: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +283,34 @@ impl Config {
                 "cache.max_entries must be at least 1 and cache.max_bytes at least 4096 (or set cache.enabled = false)",
             ));
         }
+        let p = &self.probation;
+        if p.requests == 0 && p.seconds == 0 {
+            return Err(invalid(
+                "probation.requests",
+                "probation.requests and probation.seconds cannot both be 0",
+            ));
+        }
+        if !(p.max_latency_ratio >= 1.0) || !p.max_latency_ratio.is_finite() {
+            return Err(invalid(
+                "probation.max_latency_ratio",
+                "must be at least 1.0",
+            ));
+        }
+        if !(p.latency_slack_ms >= 0.0) || !p.latency_slack_ms.is_finite() {
+            return Err(invalid("probation.latency_slack_ms", "must be 0 or more"));
+        }
+        if !(0.0..=1.0).contains(&p.max_confidence_drift) {
+            return Err(invalid(
+                "probation.max_confidence_drift",
+                "must be between 0 and 1 (1 disables the check)",
+            ));
+        }
+        if p.min_samples == 0 || p.min_samples > 100_000 {
+            return Err(invalid(
+                "probation.min_samples",
+                "must be between 1 and 100000",
+            ));
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty; try \"info\""));
         }
@@ -267,6 +336,7 @@ mod tests {
             (c.api, c.workers, c.cache, c.log),
             (d.api, d.workers, d.cache, d.log)
         );
+        assert_eq!((c.slots, c.probation), (d.slots, d.probation));
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub fn install(
 ) -> Result<(Installed, Engine), InstallError> {
     let header = bundle::read_header(r, policy)?;
     let manifest = &header.manifest;
+    // Held to the final write: nothing else may change the record while the slot is being filled.
+    let _lock = store.lock()?;
     let (state, target) = store.load()?.begin_install(manifest.version)?;
     // From here the target slot's files may be overwritten: the record says it is empty.
     store.save(&state)?;

@@ -18,6 +18,8 @@ pub enum SlotError {
     TrialPending(u64),
     #[error("nothing to roll back to")]
     NothingToRollBack,
+    #[error("no model is on trial: nothing to promote")]
+    NoTrial,
     #[error("the slot record at {path} is unreadable: {message}")]
     Corrupt { path: String, message: String },
     #[error("I/O error on {path}: {message}")]
@@ -144,11 +146,22 @@ impl SlotState {
         s
     }
 
-    /// The trial passed.
-    pub fn commit(&self) -> SlotState {
+    /// The trial passed (or an operator promoted it).
+    pub fn commit(&self) -> Result<SlotState, SlotError> {
+        if self.trial.is_none() {
+            return Err(SlotError::NoTrial);
+        }
         let mut s = self.next();
         s.trial = None;
-        s
+        Ok(s)
+    }
+
+    /// The version on trial, if any.
+    pub fn trial_version(&self) -> Option<u64> {
+        self.trial
+            .as_ref()
+            .and_then(|t| self.slot(t.slot))
+            .map(|i| i.version)
     }
 
     /// Back to what served before: the trial's previous model, or (no trial) the other slot, else the built-in.
@@ -186,6 +199,12 @@ impl SlotState {
         }
         (s, BootAction::TrialContinues { boots })
     }
+}
+
+/// Held while a writer reads, changes and writes the record; released on drop.
+#[derive(Debug)]
+pub struct SlotLock {
+    _file: std::fs::File,
 }
 
 /// Where slots live: `<state>/slots/{a,b}/model.onnx`, `spec.json`, and `state.json`.
@@ -239,7 +258,33 @@ impl SlotStore {
         }
     }
 
-    /// The one write: atomic and durable.
+    /// Takes the record's lock (blocking). Every writer holds it from the read to the write, so the daemon's
+    /// probation verdicts, `outpost install` and `outpost rollback` never interleave a read-modify-write. The lock
+    /// is an OS file lock: a writer killed while holding it releases it with its last descriptor.
+    pub fn lock(&self) -> Result<SlotLock, SlotError> {
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        file.lock().map_err(|e| io_err(&path, e))?;
+        Ok(SlotLock { _file: file })
+    }
+
+    /// One locked transition: read the record, apply `f`, write the result. `f` returning an error writes nothing.
+    pub fn update<T>(
+        &self,
+        f: impl FnOnce(&SlotState) -> Result<(SlotState, T), SlotError>,
+    ) -> Result<(SlotState, T), SlotError> {
+        let _lock = self.lock()?;
+        let (next, out) = f(&self.load()?)?;
+        self.save(&next)?;
+        Ok((next, out))
+    }
+
+    /// The one write: atomic and durable. Callers hold [`SlotStore::lock`].
     pub fn save(&self, state: &SlotState) -> Result<(), SlotError> {
         let path = self.record_path();
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(&path, e))?;
@@ -269,7 +314,8 @@ mod tests {
         let s2 = s1.flip(t, info(2));
         assert_eq!(s2.active, Some(SlotId::A));
         assert_eq!(s2.begin_install(3).unwrap_err(), SlotError::TrialPending(2));
-        let s3 = s2.commit();
+        let s3 = s2.commit().unwrap();
+        assert_eq!(s3.commit().unwrap_err(), SlotError::NoTrial);
         assert_eq!(
             s3.begin_install(2).unwrap_err(),
             SlotError::NotNewer {

@@ -46,6 +46,8 @@ pub const CACHE_MISSES: &str = "outpost_cache_misses_total";
 pub const CACHE_EVICTIONS: &str = "outpost_cache_evictions_total";
 pub const QUEUE_DEPTH: &str = "outpost_queue_depth";
 pub const MODEL_INFO: &str = "outpost_model_info";
+pub const SLOT_TRANSITIONS: &str = "outpost_slot_transitions_total";
+pub const TRIAL_ACTIVE: &str = "outpost_trial_active";
 
 /// The process-wide Prometheus recorder (installed once; later calls get the same handle).
 pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
@@ -72,6 +74,11 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
     metrics::describe_counter!(CACHE_EVICTIONS, "Cache entries evicted by the size bounds");
     metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for an inference worker");
     metrics::describe_gauge!(MODEL_INFO, "The model being served (labels), value 1");
+    metrics::describe_counter!(
+        SLOT_TRANSITIONS,
+        "Model slot transitions (trial, commit, rollback) by cause"
+    );
+    metrics::describe_gauge!(TRIAL_ACTIVE, "1 while a new model is on probation");
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

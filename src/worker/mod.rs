@@ -23,7 +23,15 @@ pub enum PoolError {
 struct Job {
     engine: Engine,
     tensor: Vec<f32>,
-    reply: oneshot::Sender<Result<Prediction, InferenceError>>,
+    reply: oneshot::Sender<Result<Ran, InferenceError>>,
+}
+
+/// A finished run: the prediction and the time the model itself took (queueing excluded), which probation compares
+/// across models.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub prediction: Prediction,
+    pub run: std::time::Duration,
 }
 
 pub struct Pool {
@@ -63,7 +71,7 @@ impl Pool {
         &self,
         engine: Engine,
         tensor: Vec<f32>,
-    ) -> Result<oneshot::Receiver<Result<Prediction, InferenceError>>, PoolError> {
+    ) -> Result<oneshot::Receiver<Result<Ran, InferenceError>>, PoolError> {
         let (reply, rx) = oneshot::channel();
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(PoolError::Closed)?;
@@ -118,10 +126,16 @@ fn work(rx: Receiver<Job>, depth: Arc<AtomicUsize>) {
             if session.is_none() {
                 session = Some(job.engine.session()?);
             }
-            session
+            crate::fault::maybe_fail_run(job.engine.digest())?;
+            let start = std::time::Instant::now();
+            let prediction = session
                 .as_mut()
                 .expect("session was just set")
-                .classify(&job.tensor)
+                .classify(&job.tensor)?;
+            Ok(Ran {
+                prediction,
+                run: start.elapsed(),
+            })
         }))
         .unwrap_or_else(|_| {
             // A panic inside the runtime must cost one request, not a worker.

@@ -1,0 +1,304 @@
+//! Judging a newly activated model on live traffic: pure bookkeeping, no I/O, so every verdict is unit-tested.
+//!
+//! The service feeds every model run (its run time and top-1 confidence) into a [`Window`] for the model that serves
+//! normally, or into the [`Probation`] while a trial runs. At the flip the old model's window becomes the trial's
+//! baseline. The verdict compares like with like: run time on this device, and the confidence distribution on this
+//! device's traffic, which is what "quality" can mean without labels.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::ProbationConfig;
+
+/// The most recent runs of one model.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    runs: VecDeque<(u64, f32)>,
+}
+
+/// Runs kept per model: enough for a p99 and a distribution, small enough to copy at a flip.
+pub const WINDOW: usize = 1024;
+
+impl Window {
+    pub fn push(&mut self, run_us: u64, confidence: f32) {
+        if self.runs.len() == WINDOW {
+            self.runs.pop_front();
+        }
+        self.runs.push_back((run_us, confidence));
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    fn latencies(&self) -> Vec<u64> {
+        self.runs.iter().map(|r| r.0).collect()
+    }
+
+    fn confidences(&self) -> Vec<f32> {
+        self.runs.iter().map(|r| r.1).collect()
+    }
+}
+
+/// Nearest-rank percentile (q in 0..=1) of unsorted values.
+pub fn percentile(values: &[u64], q: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+/// Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical distribution functions.
+pub fn ks_distance(a: &[f32], b: &[f32]) -> f64 {
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort_by(f32::total_cmp);
+    b.sort_by(f32::total_cmp);
+    let (mut i, mut j, mut d) = (0usize, 0usize, 0f64);
+    while i < a.len() && j < b.len() {
+        let x = a[i].min(b[j]);
+        while i < a.len() && a[i] <= x {
+            i += 1;
+        }
+        while j < b.len() && b[j] <= x {
+            j += 1;
+        }
+        d = d.max((i as f64 / a.len() as f64 - j as f64 / b.len() as f64).abs());
+    }
+    d
+}
+
+fn mean(v: &[f32]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Continue,
+    Commit(String),
+    Rollback(String),
+}
+
+/// One trial in progress.
+#[derive(Debug, Clone)]
+pub struct Probation {
+    /// Digest of the model on trial.
+    pub digest: String,
+    pub version: u64,
+    config: ProbationConfig,
+    started: Instant,
+    baseline: Window,
+    runs: Window,
+    requests: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+impl Probation {
+    pub fn new(
+        digest: String,
+        version: u64,
+        baseline: Window,
+        config: &ProbationConfig,
+        now: Instant,
+    ) -> Probation {
+        Probation {
+            digest,
+            version,
+            config: config.clone(),
+            started: now,
+            baseline,
+            runs: Window::default(),
+            requests: 0,
+            errors: 0,
+            last_error: None,
+        }
+    }
+
+    pub fn record_run(&mut self, run_us: u64, confidence: f32) {
+        self.requests += 1;
+        self.runs.push(run_us, confidence);
+    }
+
+    pub fn record_error(&mut self, message: &str) {
+        self.requests += 1;
+        self.errors += 1;
+        self.last_error = Some(message.to_string());
+    }
+
+    /// What the evidence so far says. Failures are checked before the commit conditions, so a trial that reaches
+    /// its request count with a bad last run still rolls back.
+    pub fn verdict(&self, now: Instant) -> Verdict {
+        let c = &self.config;
+        if self.errors > c.max_errors {
+            return Verdict::Rollback(format!(
+                "{} failed run(s) on trial (tolerated: {}); last: {}",
+                self.errors,
+                c.max_errors,
+                self.last_error.as_deref().unwrap_or("?")
+            ));
+        }
+        let enough = |w: &Window| w.len() as u64 >= c.min_samples;
+        if enough(&self.runs) && enough(&self.baseline) {
+            let (new, old) = (
+                percentile(&self.runs.latencies(), 0.99).unwrap_or(0),
+                percentile(&self.baseline.latencies(), 0.99).unwrap_or(0),
+            );
+            let bound = old as f64 * c.max_latency_ratio + c.latency_slack_ms * 1000.0;
+            if new as f64 > bound {
+                return Verdict::Rollback(format!(
+                    "latency p99 {new} us exceeds the bound {bound:.0} us (previous model p99 {old} us x {} + {} ms)",
+                    c.max_latency_ratio, c.latency_slack_ms
+                ));
+            }
+            let (tc, bc) = (self.runs.confidences(), self.baseline.confidences());
+            let d = ks_distance(&tc, &bc);
+            let (tm, bm) = (mean(&tc), mean(&bc));
+            if d > c.max_confidence_drift && tm < bm {
+                return Verdict::Rollback(format!(
+                    "confidence drifted: KS distance {d:.3} > {} with mean confidence {tm:.3} against {bm:.3} before",
+                    c.max_confidence_drift
+                ));
+            }
+        }
+        if c.requests > 0 && self.requests >= c.requests {
+            return Verdict::Commit(format!("passed {} requests on trial", self.requests));
+        }
+        let elapsed = now.saturating_duration_since(self.started);
+        if c.seconds > 0 && elapsed >= Duration::from_secs(c.seconds) {
+            return Verdict::Commit(format!(
+                "passed {} s on trial ({} requests)",
+                elapsed.as_secs(),
+                self.requests
+            ));
+        }
+        Verdict::Continue
+    }
+
+    /// What status and telemetry show about the trial.
+    pub fn summary(&self, now: Instant) -> serde_json::Value {
+        serde_json::json!({
+            "version": self.version,
+            "digest": self.digest,
+            "requests": self.requests,
+            "errors": self.errors,
+            "elapsed_s": now.saturating_duration_since(self.started).as_secs(),
+            "baseline_runs": self.baseline.len(),
+            "p99_us": percentile(&self.runs.latencies(), 0.99),
+            "baseline_p99_us": percentile(&self.baseline.latencies(), 0.99),
+            "mean_confidence": mean(&self.runs.confidences()),
+            "baseline_mean_confidence": mean(&self.baseline.confidences()),
+            "requests_to_commit": self.config.requests,
+            "seconds_to_commit": self.config.seconds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ProbationConfig {
+        ProbationConfig {
+            requests: 100,
+            seconds: 60,
+            max_errors: 0,
+            max_latency_ratio: 2.0,
+            latency_slack_ms: 1.0,
+            max_confidence_drift: 0.3,
+            min_samples: 20,
+        }
+    }
+
+    fn baseline(us: u64, conf: f32) -> Window {
+        let mut w = Window::default();
+        for i in 0..50 {
+            w.push(us + i % 5, conf - (i % 7) as f32 * 0.01);
+        }
+        w
+    }
+
+    #[test]
+    fn percentile_and_ks() {
+        assert_eq!(percentile(&[], 0.5), None);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.99), Some(99));
+        assert_eq!(percentile(&v, 0.5), Some(50));
+        assert_eq!(ks_distance(&[0.1, 0.2], &[0.1, 0.2]), 0.0);
+        assert_eq!(ks_distance(&[0.1, 0.2], &[0.8, 0.9]), 1.0);
+        let d = ks_distance(&[0.1, 0.5, 0.9], &[0.5, 0.9, 0.95]);
+        assert!((d - 1.0 / 3.0).abs() < 1e-9, "{d}");
+    }
+
+    #[test]
+    fn a_healthy_model_commits_after_its_requests_or_its_seconds() {
+        let t0 = Instant::now();
+        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        for _ in 0..99 {
+            p.record_run(110, 0.95);
+        }
+        assert_eq!(p.verdict(t0), Verdict::Continue);
+        p.record_run(110, 0.95);
+        assert!(matches!(p.verdict(t0), Verdict::Commit(_)));
+
+        let p = Probation::new("d".into(), 2, Window::default(), &config(), t0);
+        assert_eq!(p.verdict(t0 + Duration::from_secs(59)), Verdict::Continue);
+        assert!(matches!(
+            p.verdict(t0 + Duration::from_secs(60)),
+            Verdict::Commit(_)
+        ));
+    }
+
+    #[test]
+    fn errors_latency_and_drift_roll_back() {
+        let t0 = Instant::now();
+        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        p.record_error("boom");
+        assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("boom")));
+
+        let mut p = Probation::new("d".into(), 2, baseline(1000, 0.95), &config(), t0);
+        for _ in 0..19 {
+            p.record_run(5000, 0.95);
+        }
+        assert_eq!(p.verdict(t0), Verdict::Continue, "too few runs to judge");
+        p.record_run(5000, 0.95);
+        assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("latency")));
+
+        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        for _ in 0..20 {
+            p.record_run(100, 0.4);
+        }
+        assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("drift")));
+
+        // A more confident model is not a degradation.
+        let mut p = Probation::new("d".into(), 2, baseline(100, 0.6), &config(), t0);
+        for _ in 0..20 {
+            p.record_run(100, 0.99);
+        }
+        assert_eq!(p.verdict(t0), Verdict::Continue);
+    }
+
+    #[test]
+    fn without_a_baseline_only_errors_and_time_judge() {
+        let t0 = Instant::now();
+        let mut p = Probation::new("d".into(), 2, Window::default(), &config(), t0);
+        for _ in 0..50 {
+            p.record_run(1_000_000, 0.1);
+        }
+        assert_eq!(p.verdict(t0), Verdict::Continue);
+    }
+}
