@@ -8,119 +8,7 @@ use outpost::slots::{install::load_active, SlotStore};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn outpost(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn outpostctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    key1: PathBuf,
-    key2: PathBuf,
-    trusted: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let key1 = dir.path().join("k1.key");
-        let key2 = dir.path().join("k2.key");
-        let mut trusted = String::new();
-        for k in [&key1, &key2] {
-            let out = outpostctl(&["keygen", "--out", s(k)]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            trusted.push_str(&String::from_utf8(out.stdout).unwrap());
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(k).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
-        }
-        let path = dir.path().join("trusted-keys");
-        std::fs::write(&path, trusted).unwrap();
-        Fixture {
-            dir,
-            key1,
-            key2,
-            trusted: path,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A bundle of one of the committed models, made by `outpostctl bundle`.
-    fn bundle(
-        &self,
-        name: &str,
-        model: &str,
-        version: u64,
-        keys: &[&Path],
-        extra: &[&str],
-    ) -> PathBuf {
-        let out = self.path(name);
-        let models = common::models();
-        let mut args = vec![
-            "bundle".to_string(),
-            "--model".into(),
-            models.join(format!("{model}.onnx")).display().to_string(),
-            "--spec".into(),
-            models.join("edge-int8.spec.json").display().to_string(),
-            "--version".into(),
-            version.to_string(),
-            "--golden-images".into(),
-            models.join("data/calib").display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-        ];
-        for k in keys {
-            args.push("--key".into());
-            args.push(k.display().to_string());
-        }
-        args.extend(extra.iter().map(|x| x.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = outpostctl(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        out
-    }
-
-    fn install(&self, state: &Path, bundle: &Path, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "install",
-            "--state-dir",
-            s(state),
-            "--trusted-keys",
-            s(&self.trusted),
-        ];
-        args.extend_from_slice(extra);
-        args.push(s(bundle));
-        outpost(&args)
-    }
-}
-
-fn status(state: &Path) -> serde_json::Value {
-    let o = outpost(&["status", "--state-dir", s(state)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
+use common::{outpost, outpostctl, s, status, Fixture};
 
 fn slot_files(state: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v = Vec::new();
@@ -428,14 +316,18 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
         .collect();
     let bundle_path = f.path("b.bundle");
     let mut rng = rand::rng();
-    let (mut installs, mut rollbacks, mut killed) = (0, 0, 0);
+    let (mut installs, mut rollbacks, mut promotes, mut killed) = (0, 0, 0, 0);
+    let mut longest = std::time::Duration::ZERO;
     for i in 0..iterations {
         let store = SlotStore::new(&state).unwrap();
         let before = store.load().expect("the record decodes");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
-        if before.trial.is_some() {
+        if before.trial.is_some() && rng.random_bool(0.5) {
             rollbacks += 1;
             cmd.args(["rollback", "--state-dir", s(&state)]);
+        } else if before.trial.is_some() {
+            promotes += 1;
+            cmd.args(["promote", "--state-dir", s(&state)]);
         } else {
             installs += 1;
             let m = &models[i % models.len()];
@@ -473,14 +365,23 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_micros(
-            rng.random_range(0..40_000),
-        ));
-        if child.try_wait().unwrap().is_none() {
-            killed += 1;
-            let _ = child.kill(); // SIGKILL
+        // Every tenth operation runs to completion: it moves the state on and measures how long an operation
+        // takes here, so the kills of the others land anywhere from the first instruction to just after the end.
+        let started = std::time::Instant::now();
+        if i % 10 == 0 {
+            let _ = child.wait();
+            longest = longest.max(started.elapsed());
+        } else {
+            let window = longest
+                .max(std::time::Duration::from_millis(20))
+                .mul_f64(1.2);
+            std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
+            if child.try_wait().unwrap().is_none() {
+                killed += 1;
+                let _ = child.kill(); // SIGKILL
+            }
+            let _ = child.wait();
         }
-        let _ = child.wait();
         // What the agent does at start: decode the record, load the live slot, check its digest.
         let after = store
             .load()
@@ -501,7 +402,8 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
             "iteration {i}: live model changed without a record write"
         );
     }
-    eprintln!("{iterations} iterations: {installs} installs, {rollbacks} rollbacks, {killed} killed mid-way");
+    eprintln!("{iterations} iterations: {installs} installs, {rollbacks} rollbacks, {promotes} promotes, {killed} killed mid-way");
+    assert!(installs > 0 && rollbacks > 0 && promotes > 0);
     assert!(
         killed > iterations / 10,
         "too few kills landed mid-operation ({killed})"

@@ -290,13 +290,13 @@ impl Config {
                 "probation.requests and probation.seconds cannot both be 0",
             ));
         }
-        if !(p.max_latency_ratio >= 1.0) || !p.max_latency_ratio.is_finite() {
+        if !p.max_latency_ratio.is_finite() || p.max_latency_ratio < 1.0 {
             return Err(invalid(
                 "probation.max_latency_ratio",
                 "must be at least 1.0",
             ));
         }
-        if !(p.latency_slack_ms >= 0.0) || !p.latency_slack_ms.is_finite() {
+        if !p.latency_slack_ms.is_finite() || p.latency_slack_ms < 0.0 {
             return Err(invalid("probation.latency_slack_ms", "must be 0 or more"));
         }
         if !(0.0..=1.0).contains(&p.max_confidence_drift) {

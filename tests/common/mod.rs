@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -185,4 +186,135 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+pub fn outpost(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn outpostctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Two operator keys made by `outpostctl keygen` and a trusted-key file listing both.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub key1: PathBuf,
+    pub key2: PathBuf,
+    pub trusted: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let key1 = dir.path().join("k1.key");
+        let key2 = dir.path().join("k2.key");
+        let mut trusted = String::new();
+        for k in [&key1, &key2] {
+            let out = outpostctl(&["keygen", "--out", s(k)]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            trusted.push_str(&String::from_utf8(out.stdout).unwrap());
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(k).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let path = dir.path().join("trusted-keys");
+        std::fs::write(&path, trusted).unwrap();
+        Fixture {
+            dir,
+            key1,
+            key2,
+            trusted: path,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A bundle of one of the committed models with the edge spec, made by `outpostctl bundle`.
+    pub fn bundle(
+        &self,
+        name: &str,
+        model: &str,
+        version: u64,
+        keys: &[&Path],
+        extra: &[&str],
+    ) -> PathBuf {
+        self.bundle_with_spec(name, model, "edge-int8", version, keys, extra)
+    }
+
+    /// The same with `<spec>.spec.json`.
+    pub fn bundle_with_spec(
+        &self,
+        name: &str,
+        model: &str,
+        spec: &str,
+        version: u64,
+        keys: &[&Path],
+        extra: &[&str],
+    ) -> PathBuf {
+        let out = self.path(name);
+        let models = models();
+        let mut args = vec![
+            "bundle".to_string(),
+            "--model".into(),
+            models.join(format!("{model}.onnx")).display().to_string(),
+            "--spec".into(),
+            models
+                .join(format!("{spec}.spec.json"))
+                .display()
+                .to_string(),
+            "--version".into(),
+            version.to_string(),
+            "--golden-images".into(),
+            models.join("data/calib").display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        for k in keys {
+            args.push("--key".into());
+            args.push(k.display().to_string());
+        }
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = outpostctl(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    }
+
+    pub fn install(&self, state: &Path, bundle: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "install",
+            "--state-dir",
+            s(state),
+            "--trusted-keys",
+            s(&self.trusted),
+        ];
+        args.extend_from_slice(extra);
+        args.push(s(bundle));
+        outpost(&args)
+    }
+}
+
+pub fn status(state: &Path) -> serde_json::Value {
+    let o = outpost(&["status", "--state-dir", s(state)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
 }

@@ -1,0 +1,336 @@
+//! Probation on a real daemon: a healthy model commits; a model that errors, slows down or loses confidence is
+//! rolled back by the daemon itself; and continuous traffic across a swap and a rollback never fails a request.
+
+mod common;
+
+use common::{outpost, s, status, Daemon, Fixture};
+use outpost::inference::{DecodeLimits, Engine};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn digest_of(model: &str) -> String {
+    outpost::inference::digest_hex(
+        &std::fs::read(common::models().join(format!("{model}.onnx"))).unwrap(),
+    )
+}
+
+fn write_config(f: &Fixture, body: &str) -> String {
+    let path = f.path("outpost.toml");
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+const PROBATION: &str = "[cache]\nenabled = false\n\n[probation]\nrequests = 40\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 2.0\n";
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Sends `n` test images; every one must be answered 200. Returns the answers.
+fn send(daemon: &Daemon, n: usize) -> Vec<serde_json::Value> {
+    let agent = common::http();
+    common::test_images()
+        .iter()
+        .take(n)
+        .map(|(p, _)| {
+            let (code, v) = daemon.infer(&agent, &std::fs::read(p).unwrap(), "image/png");
+            assert_eq!(code, 200, "{v}");
+            v
+        })
+        .collect()
+}
+
+fn metrics(daemon: &Daemon) -> String {
+    common::http()
+        .get(&daemon.url("/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+fn counted(metrics: &str, transition: &str, cause: &str) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with("outpost_slot_transitions_total")
+            && l.contains(&format!("transition=\"{transition}\""))
+            && l.contains(&format!("cause=\"{cause}\""))
+            && l.ends_with(" 1")
+    })
+}
+
+/// Installs `bundle` with the CLI and waits until the daemon serves `digest` on trial.
+fn install_and_wait(f: &Fixture, daemon: &Daemon, state: &Path, bundle: &Path, digest: &str) {
+    let out = f.install(state, bundle, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the daemon puts the new model on trial",
+        Duration::from_secs(20),
+        || {
+            let st = daemon.get_json("/v1/status");
+            st["model"]["digest"] == digest && !st["trial"].is_null()
+        },
+    );
+}
+
+#[test]
+fn a_healthy_model_is_committed_after_its_trial() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    let config = write_config(&f, PROBATION);
+    let daemon = Daemon::start(&state, &["--config", &config]);
+    send(&daemon, 40); // the built-in model's baseline
+    let fp32 = digest_of("edge-fp32");
+    let b = f.bundle("v2.bundle", "edge-fp32", 2, &[&f.key1], &[]);
+    install_and_wait(&f, &daemon, &state, &b, &fp32);
+    let answers = send(&daemon, 40);
+    assert!(answers
+        .iter()
+        .all(|a| a["model"]["digest"] == fp32.as_str()));
+    wait_until("the trial is committed", Duration::from_secs(10), || {
+        status(&state)["trial"].is_null()
+    });
+    let st = daemon.get_json("/v1/status");
+    assert!(st["trial"].is_null(), "{st}");
+    assert_eq!(st["model"]["digest"], fp32.as_str());
+    assert_eq!(st["last_transition"]["transition"], "commit", "{st}");
+    let m = metrics(&daemon);
+    assert!(counted(&m, "trial", "install"), "{m}");
+    assert!(counted(&m, "commit", "probation"), "{m}");
+    assert!(m.contains("outpost_trial_active 0"), "{m}");
+    assert!(daemon.stop().success());
+}
+
+/// Installs a model that passes its install gate but fails on live traffic; returns the rollback reason.
+fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)]) -> String {
+    let f = Fixture::new();
+    let state = f.path("state");
+    let config = write_config(&f, PROBATION);
+    let daemon = Daemon::start_with_env(&state, &["--config", &config], env);
+    let builtin = daemon.get_json("/v1/status")["model"]["digest"].clone();
+    send(&daemon, 40);
+    let digest = digest_of(model);
+    let b = f.bundle_with_spec("v2.bundle", model, spec, 2, &[&f.key1], &[]);
+    install_and_wait(&f, &daemon, &state, &b, &digest);
+    // Every request is answered, by the model on trial or, after the verdict, by the previous one.
+    send(&daemon, 40);
+    wait_until("the daemon rolls back", Duration::from_secs(20), || {
+        daemon.get_json("/v1/status")["model"]["digest"] == builtin
+    });
+    let record = status(&state);
+    assert!(record["trial"].is_null(), "{record}");
+    assert!(
+        record["active"].is_null(),
+        "back to the built-in model: {record}"
+    );
+    assert_eq!(
+        record["highest_version"], 2,
+        "the bad version can never return"
+    );
+    let st = daemon.get_json("/v1/status");
+    assert_eq!(st["last_transition"]["transition"], "rollback", "{st}");
+    let m = metrics(&daemon);
+    assert!(counted(&m, "rollback", "probation"), "{m}");
+    assert!(m.contains("outpost_trial_active 0"), "{m}");
+    // A reinstall of the same version is refused as a replay.
+    let again = f.install(&state, &b, &[]);
+    assert!(!again.status.success());
+    assert!(daemon.stop().success());
+    st["last_transition"]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_model_whose_confidence_collapses_is_rolled_back() {
+    let why = rolled_back("edge-flat", "edge-flat", &[]);
+    assert!(why.contains("confidence drifted"), "{why}");
+}
+
+#[test]
+fn a_model_much_slower_than_the_previous_one_is_rolled_back() {
+    let why = rolled_back("mobilenetv2-fp32", "mobilenetv2-fp32", &[]);
+    assert!(why.contains("latency p99"), "{why}");
+}
+
+#[test]
+fn a_model_that_fails_its_runs_is_rolled_back_and_no_request_fails() {
+    let digest = digest_of("edge-fp32");
+    let why = rolled_back(
+        "edge-fp32",
+        "edge-int8",
+        &[("OUTPOST_FAULT_FAIL_RUN", digest.as_str())],
+    );
+    assert!(why.contains("failed run"), "{why}");
+}
+
+/// What each model answers for each image, computed in-process with the same library.
+fn expected(models: &[&str], images: &[Vec<u8>]) -> HashMap<String, Vec<(String, f32)>> {
+    let mut out = HashMap::new();
+    for m in models {
+        let engine = Engine::load_files(
+            &common::models().join(format!("{m}.onnx")),
+            Some(&common::models().join("edge-int8.spec.json")),
+        )
+        .unwrap();
+        let mut session = engine.session().unwrap();
+        let answers = images
+            .iter()
+            .map(|img| {
+                let t = engine
+                    .tensor_from_image(img, &DecodeLimits::default())
+                    .unwrap();
+                let p = session.classify(&t).unwrap();
+                (p.label, p.confidence)
+            })
+            .collect();
+        out.insert(engine.digest().to_string(), answers);
+    }
+    out
+}
+
+#[test]
+fn continuous_requests_across_a_swap_and_a_rollback_never_fail() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    // A long trial, so that only the install and the operator's rollback change the model.
+    let config = write_config(
+        &f,
+        "[cache]\nenabled = false\n\n[probation]\nrequests = 1000000\nseconds = 3600\n",
+    );
+    let daemon = Arc::new(Daemon::start(&state, &["--config", &config]));
+    let images: Arc<Vec<Vec<u8>>> = Arc::new(
+        common::test_images()
+            .iter()
+            .take(200)
+            .map(|(p, _)| std::fs::read(p).unwrap())
+            .collect(),
+    );
+    let want = expected(&["edge-int8", "edge-fp32"], &images);
+    let (int8, fp32) = (digest_of("edge-int8"), digest_of("edge-fp32"));
+    assert_eq!(
+        daemon.get_json("/v1/status")["model"]["digest"],
+        int8.as_str()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // (client, image, status, body)
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (daemon, images, stop, log) =
+                (daemon.clone(), images.clone(), stop.clone(), log.clone());
+            std::thread::spawn(move || {
+                let agent = common::http();
+                let mut i = c * 50;
+                while !stop.load(Ordering::SeqCst) {
+                    let idx = i % images.len();
+                    let (code, v) = daemon.infer(&agent, &images[idx], "image/png");
+                    log.lock().unwrap().push((c, idx, code, v));
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let seen = |digest: &str| {
+        let d = digest.to_string();
+        let log = log.clone();
+        move || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(20)
+                .filter(|e| e.3["model"]["digest"] == d.as_str())
+                .count()
+                == 20
+        }
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let b = f.bundle("v2.bundle", "edge-fp32", 2, &[&f.key1], &[]);
+    let out = f.install(&state, &b, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "answers come from the new model",
+        Duration::from_secs(20),
+        seen(&fp32),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(outpost(&["rollback", "--state-dir", s(&state)])
+        .status
+        .success());
+    wait_until(
+        "answers come from the old model again",
+        Duration::from_secs(20),
+        seen(&int8),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    let log = log.lock().unwrap();
+    let failed: Vec<_> = log.iter().filter(|e| e.2 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        log.len(),
+        failed.first()
+    );
+    let mut per_model: HashMap<String, usize> = HashMap::new();
+    let mut changes = [0usize; 4];
+    let mut last: [Option<String>; 4] = Default::default();
+    for (c, idx, _, v) in log.iter() {
+        let digest = v["model"]["digest"].as_str().unwrap().to_string();
+        let answers = want
+            .get(&digest)
+            .unwrap_or_else(|| panic!("an answer names an unknown model {digest}"));
+        let (label, confidence) = &answers[*idx];
+        assert_eq!(v["label"], label.as_str(), "image {idx} on {digest}");
+        assert_eq!(
+            v["confidence"].as_f64().unwrap() as f32,
+            *confidence,
+            "image {idx}: the answer does not come from the model it names ({digest})"
+        );
+        if last[*c].as_ref().is_some_and(|l| *l != digest) {
+            changes[*c] += 1;
+        }
+        last[*c] = Some(digest.clone());
+        *per_model.entry(digest).or_default() += 1;
+    }
+    // Each client sees int8, then fp32, then int8: a swap is clean, answers never flip back and forth.
+    assert!(
+        changes.iter().all(|&n| n == 2),
+        "model changes per client: {changes:?}"
+    );
+    eprintln!(
+        "{} requests, {:?} per model, 0 failed",
+        log.len(),
+        per_model
+    );
+    assert!(per_model.get(&fp32).copied().unwrap_or(0) >= 20);
+    assert!(per_model.get(&int8).copied().unwrap_or(0) >= 40);
+    let daemon = Arc::try_unwrap(daemon).ok().unwrap();
+    assert!(daemon.stop().success());
+}
