@@ -5,6 +5,7 @@ pub mod api;
 pub mod bundle;
 pub mod config;
 pub mod fault;
+pub mod fleet;
 pub mod fsutil;
 pub mod inference;
 pub mod slots;

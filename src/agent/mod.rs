@@ -160,6 +160,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             .await
     });
 
+    let link = match &config.fleet.broker {
+        Some(_) => {
+            let s = store.clone();
+            let records = blocking(move || s.records()).await??;
+            let link = crate::fleet::link::Link::new(service.clone(), &config, records)
+                .map_err(|e| AgentError::Internal(e.to_string()))?;
+            let token = shutdown.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = link.run(token).await {
+                    tracing::error!(error = %e, "the fleet link stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
     crate::telemetry::notify::ready();
     let watcher = tokio::spawn(controller::run(
         service.clone(),
@@ -185,6 +201,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     crate::telemetry::notify::stopping();
     let served = server.await;
     let _ = watcher.await;
+    if let Some(l) = link {
+        let _ = l.await;
+    }
     if let Some(w) = watchdog {
         let _ = w.await;
     }

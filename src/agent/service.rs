@@ -75,6 +75,9 @@ pub struct Service {
     /// Woken when a run makes the trial decisive, so the controller acts at once rather than at its next tick.
     pub(crate) decided: tokio::sync::Notify,
     last_transition: Mutex<Option<serde_json::Value>>,
+    /// Settings changed at run time by the fleet (`set`), by key.
+    settings: Mutex<std::collections::BTreeMap<String, String>>,
+    last_transfer: Mutex<Option<serde_json::Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +105,8 @@ impl Service {
             fallback: ArcSwapOption::empty(),
             decided: tokio::sync::Notify::new(),
             last_transition: Mutex::new(None),
+            settings: Mutex::new(Default::default()),
+            last_transfer: Mutex::new(None),
             pool,
             cache: cache.map(Arc::new),
             limits,
@@ -203,6 +208,32 @@ impl Service {
         lock(&self.trial)
             .as_ref()
             .map(|p| (p.digest.clone(), p.verdict(now)))
+    }
+
+    /// A runtime setting changed by the fleet.
+    pub fn set_setting(&self, key: &str, value: &str) {
+        lock(&self.settings).insert(key.to_string(), value.to_string());
+    }
+
+    pub fn setting(&self, key: &str) -> Option<String> {
+        lock(&self.settings).get(key).cloned()
+    }
+
+    /// Empties the result cache; returns the entries removed (blocking).
+    pub fn purge_cache(&self) -> Result<u64, String> {
+        match &self.cache {
+            Some(c) => {
+                let n = c.len();
+                c.clear().map_err(|e| e.to_string())?;
+                Ok(n)
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// The summary of the last finished download, for status.
+    pub fn set_last_transfer(&self, summary: serde_json::Value) {
+        *lock(&self.last_transfer) = Some(summary);
     }
 
     /// Remembered for status and telemetry.
@@ -405,6 +436,10 @@ impl Service {
             "cache": cache,
             "trial": lock(&self.trial).as_ref().map(|p| p.summary(Instant::now())),
             "last_transition": lock(&self.last_transition).clone(),
+            "last_transfer": lock(&self.last_transfer).clone(),
+            "settings": lock(&self.settings).clone(),
+            "latency_us": self.counters.latency_percentiles(),
+            "cache_hit_rate": self.counters.cache_hit_rate(),
         })
     }
 }

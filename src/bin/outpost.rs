@@ -17,7 +17,7 @@ enum Command {
     /// Classify image files with a local model and print one result per image.
     Infer(InferArgs),
     /// Run the agent: serve the local inference API until SIGTERM or Ctrl-C.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Install a signed bundle into the inactive slot and make it live on trial (a running agent picks it up).
     Install {
         #[command(flatten)]
@@ -94,6 +94,26 @@ struct RunArgs {
     /// Log format, plain or json (overrides log.format).
     #[arg(long)]
     log_format: Option<String>,
+    /// MQTT broker of the fleet, mqtt://host:port or mqtts://host:port (overrides fleet.broker).
+    #[arg(long)]
+    broker: Option<String>,
+    /// This device's id in the fleet (overrides fleet.device_id).
+    #[arg(long)]
+    device_id: Option<String>,
+    /// Fleet group (overrides fleet.group).
+    #[arg(long)]
+    group: Option<String>,
+    /// CA certificate of the broker, PEM (overrides fleet.ca_file).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS, PEM (override fleet.cert_file and fleet.key_file).
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Trusted operator keys (overrides slots.trusted_keys).
+    #[arg(long)]
+    trusted_keys: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -116,7 +136,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Infer(args) => infer(args),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Install {
             state,
             trusted_keys,
@@ -211,6 +231,27 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(v) = args.queue {
         config.workers.queue = v;
+    }
+    if let Some(v) = args.broker {
+        config.fleet.broker = Some(v);
+    }
+    if let Some(v) = args.device_id {
+        config.fleet.device_id = v;
+    }
+    if let Some(v) = args.group {
+        config.fleet.group = Some(v);
+    }
+    if let Some(v) = args.ca_file {
+        config.fleet.ca_file = Some(v);
+    }
+    if let Some(v) = args.cert_file {
+        config.fleet.cert_file = Some(v);
+    }
+    if let Some(v) = args.key_file {
+        config.fleet.key_file = Some(v);
+    }
+    if let Some(v) = args.trusted_keys {
+        config.slots.trusted_keys = Some(v);
     }
     if let Some(v) = args.log_format {
         config.log.format = match v.as_str() {

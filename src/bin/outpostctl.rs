@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[command(
     name = "outpostctl",
     version,
-    about = "Operator tool for Outpost: keys, bundles"
+    about = "Operator tool for Outpost: keys, bundles, fleet commands, updates and status"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +44,127 @@ enum Command {
         json: bool,
         bundle: PathBuf,
     },
+    /// Offer a signed bundle to a device or group over MQTT, serve its chunks, and wait for the install.
+    Publish {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        #[command(flatten)]
+        to: TargetArgs,
+        /// Signing key(s) for the offer.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Chunk size in bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        chunk_size: u32,
+        /// Seconds to wait for the device's acknowledgement (for a group: to collect them).
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+        /// Do not serve chunks from this process (other `outpostctl serve` processes do).
+        #[arg(long)]
+        no_serve: bool,
+        /// Print acknowledgements as JSON lines, no progress bar.
+        #[arg(long)]
+        json: bool,
+        bundle: PathBuf,
+    },
+    /// Send a signed command: status, rollback, promote, set KEY VALUE, purge-cache.
+    Cmd {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        #[command(flatten)]
+        to: TargetArgs,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Sequence number (default: Unix milliseconds).
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Seconds until the command expires.
+        #[arg(long, default_value_t = 300)]
+        expires_in: u64,
+        /// Seconds to wait for acknowledgements.
+        #[arg(long, default_value_t = 15)]
+        wait: u64,
+        /// status | rollback | promote | set KEY VALUE | purge-cache
+        #[arg(required = true, num_args = 1..=3)]
+        command: Vec<String>,
+    },
+    /// Show the live status of every device (retained status messages).
+    Watch {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds.
+        #[arg(long = "for")]
+        duration: Option<u64>,
+    },
+    /// Serve bundle chunks to devices through the broker (several servers may run at once).
+    Serve {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        #[arg(long, default_value_t = 64 * 1024)]
+        chunk_size: u32,
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct MqttArgs {
+    /// mqtt://host:port or mqtts://host:port
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// CA certificate of the broker (PEM), for mqtts://.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+impl MqttArgs {
+    fn settings(&self, role: &str) -> Result<outpost::fleet::mqtt::Settings> {
+        let mut id = [0u8; 4];
+        let _ = getrandom::fill(&mut id);
+        Ok(outpost::fleet::mqtt::Settings {
+            broker: outpost::fleet::mqtt::Broker::parse(&self.broker)?,
+            client_id: format!("outpostctl-{role}-{}", hex::encode(id)),
+            tls: outpost::fleet::mqtt::TlsFiles {
+                ca: self.ca_file.clone(),
+                cert: self.cert_file.clone(),
+                key: self.key_file.clone(),
+            },
+            keep_alive: std::time::Duration::from_secs(30),
+            max_packet: 8 * 1024 * 1024,
+            session_expiry_s: 0,
+            last_will: None,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct TargetArgs {
+    /// Target device id.
+    #[arg(long)]
+    device: Option<String>,
+    /// Target group.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> outpost::fleet::command::Target {
+        use outpost::fleet::command::Target;
+        match (&self.device, &self.group) {
+            (Some(d), _) => Target::Device(d.clone()),
+            (None, Some(g)) => Target::Group(g.clone()),
+            (None, None) => unreachable!("clap requires one of --device and --group"),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -87,6 +208,16 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        c @ (Command::Publish { .. }
+        | Command::Cmd { .. }
+        | Command::Watch { .. }
+        | Command::Serve { .. }) => {
+            let _ = outpost::telemetry::init_tracing(outpost::config::LogFormat::Plain, "warn");
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(fleet(c))
+        }
         Command::Keygen { out, name } => {
             let key = SigningKeyFile::generate()?;
             key.save(&out)?;
@@ -241,4 +372,290 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
         keys.len()
     );
     Ok(())
+}
+
+fn load_keys(paths: &[PathBuf]) -> Result<Vec<SigningKeyFile>> {
+    paths
+        .iter()
+        .map(|p| SigningKeyFile::load(p).with_context(|| p.display().to_string()))
+        .collect()
+}
+
+/// Shows a download's progress from the device's status, and acknowledgements.
+struct Shown {
+    bar: Option<indicatif::ProgressBar>,
+    json: bool,
+}
+
+impl outpost::fleet::operator::Progress for Shown {
+    fn status(&mut self, device: &str, status: &serde_json::Value) {
+        let d = &status["download"];
+        if let (Some(bar), Some(done), Some(total)) = (
+            &self.bar,
+            d["chunks_done"].as_u64(),
+            d["chunks_total"].as_u64(),
+        ) {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(format!("{device}: version {}", d["version"]));
+        }
+    }
+
+    fn ack(&mut self, ack: &serde_json::Value) {
+        if self.json {
+            println!("{ack}");
+        }
+    }
+}
+
+async fn fleet(c: Command) -> Result<()> {
+    use outpost::fleet::command::Action;
+    use outpost::fleet::operator::{self, Outgoing};
+    use std::time::Duration;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+    match c {
+        Command::Serve {
+            mqtt,
+            chunk_size,
+            bundles,
+        } => {
+            let mut offers = Vec::new();
+            for b in &bundles {
+                let o = outpost::fleet::serve::make_offer(b, chunk_size)?;
+                eprintln!(
+                    "serving {} version {} ({} bytes, {} chunks) as {}",
+                    o.name,
+                    o.version,
+                    o.size,
+                    o.chunks.len(),
+                    o.bundle_hex()
+                );
+                offers.push((o, b.clone()));
+            }
+            let served = std::sync::Arc::new(outpost::fleet::serve::Served::default());
+            outpost::fleet::serve::serve(mqtt.settings("serve")?, offers, served.clone(), shutdown)
+                .await?;
+            eprintln!(
+                "served {} chunks",
+                served.chunks.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            Ok(())
+        }
+        Command::Watch {
+            mqtt,
+            json,
+            duration,
+        } => {
+            let (client, mut events) =
+                operator::connect(&mqtt.settings("watch")?, shutdown.clone()).await?;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            operator::watch(
+                &client,
+                &mut events,
+                duration.map(Duration::from_secs),
+                shutdown,
+                |table, last| {
+                    if json {
+                        println!("{last}");
+                        return;
+                    }
+                    if tty {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    println!(
+                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7}",
+                        "DEVICE",
+                        "STATE",
+                        "MODEL",
+                        "VERSION",
+                        "SLOT",
+                        "TRIAL",
+                        "P50_US",
+                        "P99_US",
+                        "REQ/S"
+                    );
+                    for (device, s) in table {
+                        let trial = if s["trial"].is_null() {
+                            "-".to_string()
+                        } else {
+                            format!("{}", s["trial"]["requests"])
+                        };
+                        let dl = &s["download"];
+                        let state = if dl.is_null() {
+                            s["state"].as_str().unwrap_or("?").to_string()
+                        } else {
+                            format!("dl {}/{}", dl["chunks_done"], dl["chunks_total"])
+                        };
+                        println!(
+                            "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7}",
+                            device,
+                            state,
+                            s["model"]["name"].as_str().unwrap_or("-"),
+                            s["model"]["version"],
+                            s["slot"].as_str().unwrap_or("-"),
+                            trial,
+                            s["latency_us"]["p50"],
+                            s["latency_us"]["p99"],
+                            s["request_rate"]
+                        );
+                    }
+                },
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Cmd {
+            mqtt,
+            to,
+            keys,
+            seq,
+            expires_in,
+            wait,
+            command,
+        } => {
+            let action = match command.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["status"] => Action::Status,
+                ["rollback"] => Action::Rollback,
+                ["promote"] => Action::Promote,
+                ["purge-cache"] => Action::PurgeCache,
+                ["set", key, value] => Action::Set { key: key.to_string(), value: value.to_string() },
+                other => bail!("unknown command {other:?}: use status, rollback, promote, set KEY VALUE or purge-cache"),
+            };
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&SigningKeyFile> = keys.iter().collect();
+            let (client, mut events) = operator::connect(&mqtt.settings("cmd")?, shutdown).await?;
+            let out = Outgoing {
+                target: to.target(),
+                action,
+                seq: seq.unwrap_or_else(operator::default_seq),
+                expires_in: Duration::from_secs(expires_in),
+            };
+            let mut shown = Shown {
+                bar: None,
+                json: true,
+            };
+            let acks = operator::send(
+                &client,
+                &mut events,
+                &out,
+                &refs,
+                Duration::from_secs(wait),
+                &mut shown,
+            )
+            .await?;
+            let _ = client.disconnect().await;
+            if acks.is_empty() {
+                bail!("no acknowledgement within {wait} s (is the device online? see `outpostctl watch`)");
+            }
+            if acks.iter().any(|a| a["ok"] == false) {
+                bail!(
+                    "refused or failed: {}",
+                    acks.iter()
+                        .filter(|a| a["ok"] == false)
+                        .map(|a| a["error"].to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            Ok(())
+        }
+        Command::Publish {
+            mqtt,
+            to,
+            keys,
+            chunk_size,
+            wait,
+            no_serve,
+            json,
+            bundle,
+        } => {
+            let offer = outpost::fleet::serve::make_offer(&bundle, chunk_size)?;
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&SigningKeyFile> = keys.iter().collect();
+            let settings = mqtt.settings("publish")?;
+            if !no_serve {
+                let (s, o, b, t) = (
+                    mqtt.settings("serve")?,
+                    offer.clone(),
+                    bundle.clone(),
+                    shutdown.clone(),
+                );
+                let served = std::sync::Arc::new(outpost::fleet::serve::Served::default());
+                tokio::spawn(async move {
+                    if let Err(e) = outpost::fleet::serve::serve(s, vec![(o, b)], served, t).await {
+                        eprintln!("error: serving chunks: {e}");
+                    }
+                });
+            }
+            let (client, mut events) = operator::connect(&settings, shutdown.clone()).await?;
+            let bar = (!json).then(|| {
+                let b = indicatif::ProgressBar::new(offer.chunks.len() as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:40}] {pos}/{len} chunks {elapsed}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            if !json {
+                eprintln!(
+                    "offering {} version {} ({} bytes, {} chunks of {chunk_size})",
+                    offer.name,
+                    offer.version,
+                    offer.size,
+                    offer.chunks.len()
+                );
+            }
+            let started = std::time::Instant::now();
+            let out = Outgoing {
+                target: to.target(),
+                action: Action::Update(offer),
+                seq: operator::default_seq(),
+                expires_in: Duration::from_secs(wait.max(60)),
+            };
+            let mut shown = Shown { bar, json };
+            let acks = operator::send(
+                &client,
+                &mut events,
+                &out,
+                &refs,
+                Duration::from_secs(wait),
+                &mut shown,
+            )
+            .await?;
+            if let Some(b) = &shown.bar {
+                b.finish_and_clear();
+            }
+            shutdown.cancel();
+            let _ = client.disconnect().await;
+            if acks.is_empty() {
+                bail!("no device acknowledged the update within {wait} s (is it online? see `outpostctl watch`)");
+            }
+            for a in &acks {
+                if !json {
+                    match a["ok"].as_bool() {
+                        Some(true) => eprintln!(
+                            "{}: installed version {} in slot {} after {:.1} s",
+                            a["device"],
+                            a["result"]["installed"]["version"],
+                            a["result"]["slot"],
+                            started.elapsed().as_secs_f64()
+                        ),
+                        _ => eprintln!("{}: refused: {}", a["device"], a["error"]),
+                    }
+                }
+            }
+            if acks.iter().any(|a| a["ok"] == false) {
+                bail!("the update was refused");
+            }
+            Ok(())
+        }
+        _ => unreachable!("only fleet commands come here"),
+    }
 }

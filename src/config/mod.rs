@@ -31,6 +31,74 @@ pub struct Config {
     pub log: LogConfig,
     pub slots: SlotsConfig,
     pub probation: ProbationConfig,
+    pub fleet: FleetConfig,
+}
+
+/// The link to the fleet through an MQTT broker. Without `broker` the agent runs alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS). Unset: no fleet link.
+    pub broker: Option<String>,
+    /// This device's id in topics (`outpost/v1/device/<id>/...`). Default: the host name.
+    pub device_id: String,
+    /// A group whose commands and updates this device also takes (`outpost/v1/group/<group>/...`).
+    pub group: Option<String>,
+    /// CA certificate (PEM) that signs the broker's certificate, for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Operator keys that may sign commands and update offers. Default: `slots.trusted_keys`.
+    pub command_keys: Option<PathBuf>,
+    /// MQTT keep-alive; the broker publishes the last will (`offline`) within about 1.5x this after a crash.
+    pub keep_alive_s: u64,
+    /// Status is republished at least this often.
+    pub heartbeat_s: u64,
+    /// A requested chunk that has not arrived after this long is requested again.
+    pub chunk_timeout_ms: u64,
+    /// Chunks requested at once during an update.
+    pub window: usize,
+    /// Largest bundle an update offer may announce.
+    pub max_bundle_bytes: u64,
+    /// Largest MQTT packet accepted from the broker.
+    pub max_packet_bytes: u32,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            broker: None,
+            device_id: default_device_id(),
+            group: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            command_keys: None,
+            keep_alive_s: 30,
+            heartbeat_s: 30,
+            chunk_timeout_ms: 3000,
+            window: 8,
+            max_bundle_bytes: 512 * 1024 * 1024,
+            max_packet_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+fn default_device_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "outpost".to_string())
+}
+
+/// A topic level: no wildcards, separators or control characters, so an id can never widen a subscription.
+pub fn valid_topic_level(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// How a newly activated model is judged on live traffic before it is committed.
@@ -311,6 +379,51 @@ impl Config {
                 "must be between 1 and 100000",
             ));
         }
+        let f = &self.fleet;
+        if !valid_topic_level(&f.device_id) {
+            return Err(invalid(
+                "fleet.device_id",
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if f.group.as_deref().is_some_and(|g| !valid_topic_level(g)) {
+            return Err(invalid(
+                "fleet.group",
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if let Some(b) = &f.broker {
+            if !(b.starts_with("mqtt://") || b.starts_with("mqtts://")) {
+                return Err(invalid(
+                    "fleet.broker",
+                    "must look like mqtt://host:port or mqtts://host:port",
+                ));
+            }
+        }
+        if f.cert_file.is_some() != f.key_file.is_some() {
+            return Err(invalid(
+                "fleet.cert_file",
+                "fleet.cert_file and fleet.key_file go together (mutual TLS needs both)",
+            ));
+        }
+        if !(5..=3600).contains(&f.keep_alive_s) || !(1..=86_400).contains(&f.heartbeat_s) {
+            return Err(invalid(
+                "fleet.keep_alive_s",
+                "keep_alive_s must be 5..3600 and heartbeat_s 1..86400",
+            ));
+        }
+        if f.window == 0 || f.window > 256 || f.chunk_timeout_ms < 50 {
+            return Err(invalid(
+                "fleet.window",
+                "window must be 1..256 and chunk_timeout_ms at least 50",
+            ));
+        }
+        if f.max_packet_bytes < 64 * 1024 {
+            return Err(invalid(
+                "fleet.max_packet_bytes",
+                "must be at least 65536 (a chunk and its envelope must fit)",
+            ));
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty; try \"info\""));
         }
@@ -337,6 +450,9 @@ mod tests {
             (d.api, d.workers, d.cache, d.log)
         );
         assert_eq!((c.slots, c.probation), (d.slots, d.probation));
+        let mut f = c.fleet.clone();
+        f.device_id = d.fleet.device_id.clone(); // the example names one; the default is the host name
+        assert_eq!(f, d.fleet);
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! at all: a SIGKILL at any instant leaves a database that opens and agrees with itself.
 
 pub mod cache;
+pub mod records;
 
 use std::path::{Path, PathBuf};
 
 pub use cache::{CacheKey, CachedResult, ResultCache};
+pub use records::Records;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,6 +64,11 @@ impl Store {
         max_bytes: u64,
     ) -> Result<ResultCache, StoreError> {
         ResultCache::open(&self.db, max_entries, max_bytes)
+    }
+
+    /// Small durable records (fleet link state).
+    pub fn records(&self) -> Result<Records, StoreError> {
+        Records::open(&self.db)
     }
 
     /// Forces everything written so far to disk (fsync); blocking, so call it off the async threads.

@@ -48,6 +48,7 @@ pub const QUEUE_DEPTH: &str = "outpost_queue_depth";
 pub const MODEL_INFO: &str = "outpost_model_info";
 pub const SLOT_TRANSITIONS: &str = "outpost_slot_transitions_total";
 pub const TRIAL_ACTIVE: &str = "outpost_trial_active";
+pub const COMMANDS: &str = "outpost_fleet_commands_total";
 
 /// The process-wide Prometheus recorder (installed once; later calls get the same handle).
 pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
@@ -79,6 +80,10 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
         "Model slot transitions (trial, commit, rollback) by cause"
     );
     metrics::describe_gauge!(TRIAL_ACTIVE, "1 while a new model is on probation");
+    metrics::describe_counter!(
+        COMMANDS,
+        "Fleet commands by name and whether they succeeded"
+    );
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -92,6 +97,8 @@ pub struct Counters {
     pub bad_input: AtomicU64,
     pub busy: AtomicU64,
     pub errors: AtomicU64,
+    /// The last request latencies (µs), for the p50/p99 that status reports.
+    recent: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
 
 /// How a request ended, for the counters and the `outcome` label.
@@ -117,8 +124,38 @@ impl Outcome {
 }
 
 impl Counters {
+    /// p50 and p99 of the last 1024 requests (µs).
+    pub fn latency_percentiles(&self) -> serde_json::Value {
+        let v: Vec<u64> = self
+            .recent
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default();
+        let p = |q: f64| crate::agent::probation::percentile(&v, q);
+        serde_json::json!({"p50": p(0.5), "p99": p(0.99), "n": v.len()})
+    }
+
+    /// Hits over lookups since start.
+    pub fn cache_hit_rate(&self) -> f64 {
+        let h = self.cache_hits.load(Ordering::Relaxed) as f64;
+        let m = self.cache_misses.load(Ordering::Relaxed) as f64;
+        if h + m == 0.0 {
+            0.0
+        } else {
+            h / (h + m)
+        }
+    }
+
     pub fn record(&self, outcome: Outcome, elapsed: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        if matches!(outcome, Outcome::Edge | Outcome::Cache) {
+            if let Ok(mut r) = self.recent.lock() {
+                if r.len() == 1024 {
+                    r.pop_front();
+                }
+                r.push_back(elapsed.as_micros().min(u64::MAX as u128) as u64);
+            }
+        }
         let c = match outcome {
             Outcome::Edge => {
                 self.cache_misses.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,274 @@
+//! Signed fleet commands: the envelope, its bounded decoding, and the checks every command passes before it runs.
+//!
+//! A command is a postcard [`CommandBody`] (target, sequence number, expiry, action) signed with the same operator
+//! keys as bundles, under its own domain tag, so a bundle signature can never be replayed as a command or back. An
+//! update offer is a command too: its chunk digests are covered by the signature, so every chunk can be checked the
+//! moment it arrives.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{BundleSignature, SigningKeyFile, TrustedKeys};
+
+/// Largest encoded command accepted (an update offer for a 512 MiB bundle in 64 KiB chunks is ~260 KiB).
+pub const MAX_COMMAND: usize = 1024 * 1024;
+/// Most signatures looked at.
+pub const MAX_SIGNATURES: usize = 16;
+/// Most chunks an offer may list.
+pub const MAX_CHUNKS: usize = 65_536;
+
+const DOMAIN: &[u8] = b"outpost-command-v1\0";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    Device(String),
+    Group(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Device(d) => write!(f, "device {d}"),
+            Target::Group(g) => write!(f, "group {g}"),
+        }
+    }
+}
+
+/// A bundle offered for download, chunk by chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// SHA-256 of the whole bundle file; also its name on the chunk topics.
+    pub bundle: [u8; 32],
+    pub size: u64,
+    pub chunk_size: u32,
+    /// Bytes of the bundle's signed header (fetched and checked before the rest).
+    pub header_len: u32,
+    /// SHA-256 of each chunk, in order.
+    pub chunks: Vec<[u8; 32]>,
+    /// The manifest's name and version, for logs and early refusal.
+    pub name: String,
+    pub version: u64,
+}
+
+impl Offer {
+    pub fn bundle_hex(&self) -> String {
+        hex::encode(self.bundle)
+    }
+
+    /// Length of chunk `i` (the last one may be short).
+    pub fn chunk_len(&self, i: usize) -> u64 {
+        let start = i as u64 * self.chunk_size as u64;
+        (self.size.saturating_sub(start)).min(self.chunk_size as u64)
+    }
+
+    /// Chunks that hold the signed header.
+    pub fn header_chunks(&self) -> usize {
+        (self.header_len as usize).div_ceil(self.chunk_size as usize)
+    }
+
+    /// Internal consistency, before anything is allocated from it.
+    pub fn check(&self, max_bundle: u64) -> Result<(), CommandError> {
+        let bad = |m: String| Err(CommandError::BadOffer(m));
+        if self.size == 0 || self.size > max_bundle {
+            return bad(format!(
+                "bundle of {} bytes (this device takes 1..={max_bundle})",
+                self.size
+            ));
+        }
+        if !(1024..=4 * 1024 * 1024).contains(&self.chunk_size) {
+            return bad(format!(
+                "chunk size {} outside 1 KiB..4 MiB",
+                self.chunk_size
+            ));
+        }
+        let n = self.size.div_ceil(self.chunk_size as u64);
+        if n != self.chunks.len() as u64 {
+            return bad(format!(
+                "{} chunk digests for {n} chunks",
+                self.chunks.len()
+            ));
+        }
+        if self.header_len == 0 || self.header_len as u64 > self.size {
+            return bad(format!("header length {}", self.header_len));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Publish status now and put it in the acknowledgement.
+    Status,
+    /// Back to the model that served before.
+    Rollback,
+    /// End the trial now and keep the new model.
+    Promote,
+    /// Set a whitelisted runtime setting.
+    Set { key: String, value: String },
+    /// Empty the result cache.
+    PurgeCache,
+    /// Fetch and install a bundle.
+    Update(Offer),
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Status => "status",
+            Action::Rollback => "rollback",
+            Action::Promote => "promote",
+            Action::Set { .. } => "set",
+            Action::PurgeCache => "purge-cache",
+            Action::Update(_) => "update",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandBody {
+    pub target: Target,
+    /// Strictly increasing per fleet (`outpostctl cmd` uses Unix milliseconds): a device refuses any sequence number
+    /// not above the last one it accepted, so a captured command cannot be replayed.
+    pub seq: u64,
+    pub issued_unix: u64,
+    pub expires_unix: u64,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedCommand {
+    /// The postcard bytes of a [`CommandBody`], exactly as signed.
+    pub body: Vec<u8>,
+    pub signatures: Vec<BundleSignature>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CommandError {
+    #[error("command of {0} bytes is larger than {MAX_COMMAND}")]
+    TooLarge(usize),
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    #[error("only {valid} valid signature(s) from trusted keys, {needed} needed (unsigned, tampered or unknown key)")]
+    TooFewSignatures { valid: usize, needed: usize },
+    #[error("addressed to {0}, not to this device")]
+    NotForMe(String),
+    #[error("expired at {expires} (now {now})")]
+    Expired { expires: u64, now: u64 },
+    #[error(
+        "sequence number {seq} is not above {last}, the last accepted (replayed or out of order)"
+    )]
+    Replayed { seq: u64, last: u64 },
+    #[error("bad update offer: {0}")]
+    BadOffer(String),
+}
+
+fn message(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN.len() + body.len());
+    m.extend_from_slice(DOMAIN);
+    m.extend_from_slice(body);
+    m
+}
+
+/// Encodes and signs a command (operator side).
+pub fn sign(body: &CommandBody, keys: &[&SigningKeyFile]) -> Vec<u8> {
+    let bytes = postcard::to_stdvec(body).expect("a command body always encodes");
+    let msg = message(&bytes);
+    let signed = SignedCommand {
+        body: bytes,
+        signatures: keys.iter().map(|k| k.sign(&msg)).collect(),
+    };
+    postcard::to_stdvec(&signed).expect("a signed command always encodes")
+}
+
+/// Decodes untrusted bytes into the envelope and its body, without judging the signatures.
+pub fn decode(bytes: &[u8]) -> Result<(SignedCommand, CommandBody), CommandError> {
+    if bytes.len() > MAX_COMMAND {
+        return Err(CommandError::TooLarge(bytes.len()));
+    }
+    // postcard allocates at most what the input holds, and the input is capped above.
+    let (signed, rest): (SignedCommand, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CommandError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    if signed.signatures.len() > MAX_SIGNATURES {
+        return Err(CommandError::Malformed(format!(
+            "{} signatures (at most {MAX_SIGNATURES})",
+            signed.signatures.len()
+        )));
+    }
+    let (body, rest): (CommandBody, _) = postcard::take_from_bytes(&signed.body)
+        .map_err(|e| CommandError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CommandError::Malformed("trailing bytes in the body".into()));
+    }
+    if let Action::Update(o) = &body.action {
+        if o.chunks.len() > MAX_CHUNKS {
+            return Err(CommandError::BadOffer(format!(
+                "{} chunks (at most {MAX_CHUNKS})",
+                o.chunks.len()
+            )));
+        }
+    }
+    Ok((signed, body))
+}
+
+/// Who is checking: this device, its keys, and the last sequence number it accepted.
+pub struct Checker<'a> {
+    pub keys: &'a TrustedKeys,
+    pub threshold: usize,
+    pub device: &'a str,
+    pub group: Option<&'a str>,
+    pub now_unix: u64,
+    pub last_seq: u64,
+}
+
+/// Decodes and checks a command: signatures first (nothing unsigned is looked at further), then target, expiry and
+/// sequence.
+pub fn verify(bytes: &[u8], c: &Checker) -> Result<CommandBody, CommandError> {
+    let (signed, body) = decode(bytes)?;
+    let msg = message(&signed.body);
+    let mut signers: Vec<&str> = Vec::new();
+    for s in &signed.signatures {
+        if signers.contains(&s.key_id.as_str()) {
+            continue;
+        }
+        if c.keys.verify(&s.key_id, &msg, &s.signature) {
+            signers.push(&s.key_id);
+        }
+    }
+    let needed = c.threshold.max(1);
+    if signers.len() < needed {
+        return Err(CommandError::TooFewSignatures {
+            valid: signers.len(),
+            needed,
+        });
+    }
+    let mine = match &body.target {
+        Target::Device(d) => d == c.device,
+        Target::Group(g) => Some(g.as_str()) == c.group,
+    };
+    if !mine {
+        return Err(CommandError::NotForMe(body.target.to_string()));
+    }
+    if c.now_unix >= body.expires_unix {
+        return Err(CommandError::Expired {
+            expires: body.expires_unix,
+            now: c.now_unix,
+        });
+    }
+    if body.seq <= c.last_seq {
+        return Err(CommandError::Replayed {
+            seq: body.seq,
+            last: c.last_seq,
+        });
+    }
+    Ok(body)
+}
+
+/// The best-effort sequence number of bytes that failed verification, so the refusal can name it.
+pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
+    decode(bytes).ok().map(|(_, b)| b.seq)
+}

@@ -1,0 +1,75 @@
+//! The fleet link: commands, updates and telemetry through the operator's MQTT broker.
+//!
+//! The broker is the only server: devices, bundle servers (`outpostctl serve`) and operators are all clients of
+//! it. Topic scheme (version 1, see `docs/topics.md`), with `<id>` a device id and `<g>` a group:
+//!
+//! | topic | who publishes | payload |
+//! |---|---|---|
+//! | `outpost/v1/device/<id>/cmd`, `outpost/v1/group/<g>/cmd` | operator | postcard [`command::SignedCommand`] |
+//! | `outpost/v1/device/<id>/ack` | device | JSON acknowledgement of each command, accepted or refused |
+//! | `outpost/v1/device/<id>/status` | device (retained; last will `offline`) | JSON status |
+//! | `outpost/v1/bundles/<sha256>/get` | device | postcard [`transfer::ChunkRequest`] |
+//! | `outpost/v1/device/<id>/chunk` | bundle server | postcard [`transfer::Chunk`] |
+
+pub mod command;
+pub mod link;
+pub mod mqtt;
+pub mod operator;
+pub mod serve;
+pub mod transfer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("broker URL {0}: {1}")]
+    BrokerUrl(String, String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot reach the broker: {0} (is it running, and are fleet.broker and the TLS files right?)")]
+    Connect(String),
+    #[error("MQTT client: {0}")]
+    Client(String),
+    #[error("bundle {0}")]
+    Bundle(String),
+    #[error("I/O error on {path}: {message}")]
+    Io { path: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Keys(String),
+}
+
+impl From<rumqttc::v5::ClientError> for FleetError {
+    fn from(e: rumqttc::v5::ClientError) -> Self {
+        FleetError::Client(e.to_string())
+    }
+}
+
+/// Topic names, in one place.
+pub mod topics {
+    pub const PREFIX: &str = "outpost/v1";
+
+    pub fn device_cmd(device: &str) -> String {
+        format!("{PREFIX}/device/{device}/cmd")
+    }
+    pub fn group_cmd(group: &str) -> String {
+        format!("{PREFIX}/group/{group}/cmd")
+    }
+    pub fn ack(device: &str) -> String {
+        format!("{PREFIX}/device/{device}/ack")
+    }
+    pub fn status(device: &str) -> String {
+        format!("{PREFIX}/device/{device}/status")
+    }
+    pub fn chunk(device: &str) -> String {
+        format!("{PREFIX}/device/{device}/chunk")
+    }
+    pub fn bundle_get(bundle_hex: &str) -> String {
+        format!("{PREFIX}/bundles/{bundle_hex}/get")
+    }
+    /// Bundle servers share the requests for a bundle: each request goes to one of them.
+    pub fn bundle_get_shared(bundle_hex: &str) -> String {
+        format!("$share/outpost-serve/{PREFIX}/bundles/{bundle_hex}/get")
+    }
+    pub const ALL_STATUS: &str = "outpost/v1/device/+/status";
+    pub const ALL_ACKS: &str = "outpost/v1/device/+/ack";
+}

@@ -1,0 +1,355 @@
+//! Resumable bundle downloads over MQTT: the chunk messages and the device's download state.
+//!
+//! A download writes each chunk at its offset in `<state>/incoming/<sha256>.part` (so duplicates and reordering
+//! are harmless), syncs it, and only then sets the chunk's bit in a durable bitmap. After a broker restart, a lost
+//! connection or a SIGKILL, the bitmap says exactly which chunks are still needed: nothing is fetched twice and
+//! nothing is trusted that was not synced. Every chunk is checked against its digest in the signed offer before a
+//! byte of it is written; the finished file then goes through the same install path as `outpost install`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::command::Offer;
+use crate::store::Records;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    pub bundle: [u8; 32],
+    pub index: u32,
+    /// Where the chunk goes: must be a device's chunk topic (`outpost/v1/device/<id>/chunk`).
+    pub reply_to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub bundle: [u8; 32],
+    pub index: u32,
+    pub data: Vec<u8>,
+}
+
+/// Decodes a chunk, refusing anything larger than `max` bytes before decoding.
+pub fn decode_chunk(bytes: &[u8], max: usize) -> Result<Chunk, String> {
+    if bytes.len() > max {
+        return Err(format!(
+            "chunk message of {} bytes exceeds {max}",
+            bytes.len()
+        ));
+    }
+    postcard::from_bytes(bytes).map_err(|e| format!("malformed chunk message: {e}"))
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<ChunkRequest, String> {
+    if bytes.len() > 1024 {
+        return Err(format!("chunk request of {} bytes", bytes.len()));
+    }
+    let r: ChunkRequest =
+        postcard::from_bytes(bytes).map_err(|e| format!("malformed chunk request: {e}"))?;
+    let ok = r
+        .reply_to
+        .strip_prefix("outpost/v1/device/")
+        .and_then(|rest| rest.strip_suffix("/chunk"))
+        .is_some_and(crate::config::valid_topic_level);
+    if !ok {
+        return Err(format!(
+            "reply topic {:?} is not a device chunk topic",
+            r.reply_to
+        ));
+    }
+    Ok(r)
+}
+
+const OFFER: &str = "transfer.offer";
+const DONE: &str = "transfer.done";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recorded {
+    offer: Offer,
+    seq: u64,
+}
+
+/// What happened to one arriving chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    New,
+    Duplicate,
+}
+
+/// One download in progress.
+pub struct Download {
+    pub offer: Offer,
+    /// The sequence number of the update command, for its acknowledgement.
+    pub seq: u64,
+    pub path: PathBuf,
+    done: Vec<bool>,
+    /// Chunks already on disk when this process took the download over.
+    pub resumed_from: usize,
+    /// Chunks received and written by this process.
+    pub fetched: usize,
+    pub duplicates: usize,
+    pub retries: usize,
+    pub rejected: usize,
+    outstanding: BTreeMap<u32, Instant>,
+    /// The signed header was verified.
+    pub header_checked: bool,
+    pub started: Instant,
+    records: Records,
+}
+
+fn io(path: &Path, e: std::io::Error) -> String {
+    format!("{}: {e}", path.display())
+}
+
+fn bits(done: &[bool]) -> Vec<u8> {
+    let mut v = vec![0u8; done.len().div_ceil(8)];
+    for (i, d) in done.iter().enumerate() {
+        if *d {
+            v[i / 8] |= 1 << (i % 8);
+        }
+    }
+    v
+}
+
+fn unbits(v: &[u8], n: usize) -> Vec<bool> {
+    (0..n)
+        .map(|i| v.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+        .collect()
+}
+
+impl Download {
+    pub fn part_path(dir: &Path, offer: &Offer) -> PathBuf {
+        dir.join(format!("{}.part", offer.bundle_hex()))
+    }
+
+    /// Starts a new download (blocking): an empty file of the bundle's size and an empty bitmap, both durable.
+    pub fn start(records: Records, dir: &Path, offer: Offer, seq: u64) -> Result<Download, String> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let path = Self::part_path(dir, &offer);
+        let f = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+        f.set_len(offer.size).map_err(|e| io(&path, e))?;
+        f.sync_all().map_err(|e| io(&path, e))?;
+        crate::fsutil::sync_dir(dir).map_err(|e| io(dir, e))?;
+        let done = vec![false; offer.chunks.len()];
+        records
+            .put(
+                OFFER,
+                &Recorded {
+                    offer: offer.clone(),
+                    seq,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        records.put(DONE, &bits(&done)).map_err(|e| e.to_string())?;
+        Ok(Download::new(records, path, offer, seq, done))
+    }
+
+    fn new(records: Records, path: PathBuf, offer: Offer, seq: u64, done: Vec<bool>) -> Download {
+        let resumed_from = done.iter().filter(|d| **d).count();
+        Download {
+            offer,
+            seq,
+            path,
+            done,
+            resumed_from,
+            fetched: 0,
+            duplicates: 0,
+            retries: 0,
+            rejected: 0,
+            outstanding: BTreeMap::new(),
+            header_checked: false,
+            started: Instant::now(),
+            records,
+        }
+    }
+
+    /// The download recorded before a restart, if any (blocking).
+    pub fn resume(records: Records, dir: &Path) -> Result<Option<Download>, String> {
+        let Some(rec) = records.get::<Recorded>(OFFER).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let n = rec.offer.chunks.len();
+        let path = Self::part_path(dir, &rec.offer);
+        let intact = std::fs::metadata(&path).is_ok_and(|m| m.len() == rec.offer.size);
+        let done = if intact {
+            let raw: Vec<u8> = records
+                .get(DONE)
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            unbits(&raw, n)
+        } else {
+            // The file went missing or was cut: start it over rather than trust the bitmap.
+            let f = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+            f.set_len(rec.offer.size).map_err(|e| io(&path, e))?;
+            f.sync_all().map_err(|e| io(&path, e))?;
+            vec![false; n]
+        };
+        Ok(Some(Download::new(records, path, rec.offer, rec.seq, done)))
+    }
+
+    pub fn done_count(&self) -> usize {
+        self.done.iter().filter(|d| **d).count()
+    }
+
+    pub fn total(&self) -> usize {
+        self.done.len()
+    }
+
+    pub fn complete(&self) -> bool {
+        self.done.iter().all(|d| *d)
+    }
+
+    pub fn header_ready(&self) -> bool {
+        self.done[..self.offer.header_chunks().min(self.done.len())]
+            .iter()
+            .all(|d| *d)
+    }
+
+    /// Chunks to request now, keeping at most `window` in flight; the header's chunks come first and alone, so
+    /// nothing else is fetched for a bundle whose signature does not hold.
+    pub fn next_requests(&mut self, window: usize, now: Instant) -> Vec<u32> {
+        let limit = if self.header_checked {
+            self.done.len()
+        } else {
+            self.offer.header_chunks().min(self.done.len())
+        };
+        let mut out = Vec::new();
+        for i in 0..limit {
+            if self.outstanding.len() >= window {
+                break;
+            }
+            let idx = i as u32;
+            if !self.done[i] && !self.outstanding.contains_key(&idx) {
+                self.outstanding.insert(idx, now);
+                out.push(idx);
+            }
+        }
+        out
+    }
+
+    /// Forgets requests older than `timeout` so they are asked again; returns how many.
+    pub fn expire(&mut self, now: Instant, timeout: Duration) -> usize {
+        let before = self.outstanding.len();
+        self.outstanding
+            .retain(|_, at| now.saturating_duration_since(*at) < timeout);
+        let n = before - self.outstanding.len();
+        self.retries += n;
+        n
+    }
+
+    /// After a reconnect every request in flight may be lost.
+    pub fn forget_in_flight(&mut self) {
+        self.outstanding.clear();
+    }
+
+    /// Checks a chunk against the signed offer, writes it at its offset, syncs, and records it (blocking).
+    pub fn accept(&mut self, c: &Chunk) -> Result<Accepted, String> {
+        let i = c.index as usize;
+        if c.bundle != self.offer.bundle {
+            return Err("chunk of another bundle".into());
+        }
+        if i >= self.done.len() {
+            self.rejected += 1;
+            return Err(format!(
+                "chunk index {i} out of range (0..{})",
+                self.done.len()
+            ));
+        }
+        if self.done[i] {
+            self.duplicates += 1;
+            self.outstanding.remove(&c.index);
+            return Ok(Accepted::Duplicate);
+        }
+        let want = self.offer.chunk_len(i);
+        if c.data.len() as u64 != want {
+            self.rejected += 1;
+            return Err(format!(
+                "chunk {i} has {} bytes, {want} expected",
+                c.data.len()
+            ));
+        }
+        if crate::bundle::sha256(&c.data) != self.offer.chunks[i] {
+            self.rejected += 1;
+            self.outstanding.remove(&c.index);
+            return Err(format!(
+                "chunk {i} does not match its signed digest; asking again"
+            ));
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| io(&self.path, e))?;
+        f.write_all_at(&c.data, i as u64 * self.offer.chunk_size as u64)
+            .map_err(|e| io(&self.path, e))?;
+        f.sync_data().map_err(|e| io(&self.path, e))?;
+        self.done[i] = true;
+        self.records
+            .put(DONE, &bits(&self.done))
+            .map_err(|e| e.to_string())?;
+        self.outstanding.remove(&c.index);
+        self.fetched += 1;
+        Ok(Accepted::New)
+    }
+
+    /// Removes the file and the record (blocking).
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.records.remove(OFFER);
+        let _ = self.records.remove(DONE);
+    }
+
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bundle": self.offer.bundle_hex(),
+            "name": self.offer.name,
+            "version": self.offer.version,
+            "size": self.offer.size,
+            "chunks_total": self.total(),
+            "chunks_done": self.done_count(),
+            "resumed_from": self.resumed_from,
+            "fetched": self.fetched,
+            "duplicates": self.duplicates,
+            "retries": self.retries,
+            "rejected": self.rejected,
+            "elapsed_ms": self.started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_round_trips() {
+        let d = vec![true, false, true, true, false, false, false, false, true];
+        assert_eq!(unbits(&bits(&d), d.len()), d);
+    }
+
+    #[test]
+    fn requests_must_reply_to_a_device_chunk_topic() {
+        let ok = ChunkRequest {
+            bundle: [0; 32],
+            index: 1,
+            reply_to: "outpost/v1/device/d1/chunk".into(),
+        };
+        assert!(decode_request(&postcard::to_stdvec(&ok).unwrap()).is_ok());
+        for bad in [
+            "outpost/v1/device/+/chunk",
+            "outpost/v1/device/a/b/chunk",
+            "elsewhere/chunk",
+            "outpost/v1/device//chunk",
+        ] {
+            let r = ChunkRequest {
+                reply_to: bad.into(),
+                ..ok.clone()
+            };
+            assert!(
+                decode_request(&postcard::to_stdvec(&r).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(decode_request(&[0xff; 3]).is_err());
+    }
+}
