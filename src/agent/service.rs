@@ -78,6 +78,7 @@ pub struct Service {
     /// Settings changed at run time by the fleet (`set`), by key.
     settings: Mutex<std::collections::BTreeMap<String, String>>,
     last_transfer: Mutex<Option<serde_json::Value>>,
+    download: Mutex<Option<serde_json::Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,6 +108,7 @@ impl Service {
             last_transition: Mutex::new(None),
             settings: Mutex::new(Default::default()),
             last_transfer: Mutex::new(None),
+            download: Mutex::new(None),
             pool,
             cache: cache.map(Arc::new),
             limits,
@@ -234,6 +236,11 @@ impl Service {
     /// The summary of the last finished download, for status.
     pub fn set_last_transfer(&self, summary: serde_json::Value) {
         *lock(&self.last_transfer) = Some(summary);
+    }
+
+    /// The fleet download in progress, for status.
+    pub fn set_download(&self, summary: Option<serde_json::Value>) {
+        *lock(&self.download) = summary;
     }
 
     /// Remembered for status and telemetry.
@@ -437,6 +444,7 @@ impl Service {
             "trial": lock(&self.trial).as_ref().map(|p| p.summary(Instant::now())),
             "last_transition": lock(&self.last_transition).clone(),
             "last_transfer": lock(&self.last_transfer).clone(),
+            "download": lock(&self.download).clone(),
             "settings": lock(&self.settings).clone(),
             "latency_us": self.counters.latency_percentiles(),
             "cache_hit_rate": self.counters.cache_hit_rate(),

@@ -63,6 +63,8 @@ pub struct FleetConfig {
     pub max_bundle_bytes: u64,
     /// Largest MQTT packet accepted from the broker.
     pub max_packet_bytes: u32,
+    /// Cap on update download speed (bytes/s), for metered or shared links; 0 = no cap.
+    pub max_download_bytes_per_s: u64,
 }
 
 impl Default for FleetConfig {
@@ -81,6 +83,7 @@ impl Default for FleetConfig {
             window: 8,
             max_bundle_bytes: 512 * 1024 * 1024,
             max_packet_bytes: 4 * 1024 * 1024,
+            max_download_bytes_per_s: 0,
         }
     }
 }

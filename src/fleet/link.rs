@@ -154,10 +154,12 @@ impl Link {
         };
         if let Some(d) = &self.download {
             tracing::info!(bundle = %d.offer.bundle_hex(), done = d.done_count(), total = d.total(), "resuming a download");
+            self.service.set_download(Some(d.summary()));
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = false;
+        let mut ever_connected = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -166,6 +168,7 @@ impl Link {
                     match ev {
                         LinkEvent::Connected { session_present } => {
                             connected = true;
+                            ever_connected = true;
                             tracing::info!(session_present, "connected to the broker");
                             if !session_present {
                                 self.subscribe(&client).await?;
@@ -174,11 +177,13 @@ impl Link {
                                 d.forget_in_flight();
                             }
                             self.publish_status(&client, true).await;
-                            self.pump(&client).await;
+                            self.advance(&client).await;
                         }
                         LinkEvent::Disconnected { error, retry_in } => {
                             if connected {
                                 tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "lost the broker; reconnecting");
+                            } else if ever_connected {
+                                tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "the broker is still unreachable; retrying");
                             } else {
                                 tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "cannot connect to the broker (check fleet.broker, fleet.ca_file, fleet.cert_file and fleet.key_file)");
                             }
@@ -285,10 +290,6 @@ impl Link {
         let body = match command::verify(payload, &checker) {
             Ok(b) => b,
             Err(e) => {
-                // A command for another device of the group is none of our business: no acknowledgement.
-                if matches!(e, command::CommandError::NotForMe(_)) {
-                    return;
-                }
                 self.ack(
                     client,
                     command::peek_seq(payload),
@@ -446,7 +447,17 @@ impl Link {
         };
         let reply_to = topics::chunk(&self.device);
         let topic = topics::bundle_get(&d.offer.bundle_hex());
-        for index in d.next_requests(self.config.fleet.window, Instant::now()) {
+        let mut window = self.config.fleet.window;
+        let rate = self.config.fleet.max_download_bytes_per_s;
+        if rate > 0 {
+            // Token bucket: what this run may have fetched by now, plus one chunk of burst.
+            let chunk = d.offer.chunk_size as u64;
+            let budget = (rate as f64 * d.started.elapsed().as_secs_f64()) as u64 + chunk;
+            let used = (d.fetched + d.in_flight()) as u64 * chunk;
+            let room = (budget.saturating_sub(used) / chunk) as usize;
+            window = window.min(d.in_flight() + room);
+        }
+        for index in d.next_requests(window, Instant::now()) {
             let req = ChunkRequest {
                 bundle: d.offer.bundle,
                 index,
@@ -475,23 +486,38 @@ impl Link {
             self.download = Some(d);
             return;
         }
-        let (d2, res) = tokio::task::spawn_blocking(move || {
+        let joined = tokio::task::spawn_blocking(move || {
             let r = d.accept(&chunk);
             (d, r)
         })
-        .await
-        .expect("chunk writer task");
-        let mut d = d2;
+        .await;
+        let Ok((d, res)) = joined else {
+            // The download stays recorded on disk; the next start resumes it.
+            tracing::error!("the chunk writer failed; the download resumes at the next start");
+            return;
+        };
         match res {
             Ok(Accepted::New) | Ok(Accepted::Duplicate) => {}
             Err(e) => tracing::warn!(error = %e, "chunk refused"),
         }
+        self.service.set_download(Some(d.summary()));
+        self.download = Some(d);
+        self.advance(client).await;
+    }
+
+    /// Moves the download on: checks the header once its chunks are in, installs once all are, else requests more.
+    /// Also the first step after a restart, when the recorded chunks may already hold the header or everything.
+    async fn advance(&mut self, client: &AsyncClient) {
+        let Some(mut d) = self.download.take() else {
+            return;
+        };
         if !d.header_checked && d.header_ready() {
             match self.check_header(&d).await {
                 Ok(()) => d.header_checked = true,
                 Err(e) => {
                     let seq = d.seq;
                     let _ = tokio::task::spawn_blocking(move || d.discard()).await;
+                    self.service.set_download(None);
                     self.ack(
                         client,
                         Some(seq),
@@ -571,6 +597,7 @@ impl Link {
         .map_err(|e| e.to_string())
         .and_then(|r| r);
         self.service.set_last_transfer(summary.clone());
+        self.service.set_download(None);
         match result {
             Ok(installed) => {
                 tracing::info!(
@@ -603,8 +630,9 @@ impl Link {
         }
         if expired > 0 {
             tracing::debug!(expired, "chunk requests timed out; asking again");
-            self.pump(client).await;
         }
+        // Also refills the window when the download-speed cap held requests back.
+        self.pump(client).await;
         self.publish_status(client, false).await;
     }
 

@@ -83,7 +83,7 @@ pub async fn send(
         target: out.target.clone(),
         seq: out.seq,
         issued_unix: now,
-        expires_unix: now + out.expires_in.as_secs().max(1),
+        expires_unix: now + out.expires_in.as_secs(),
         action: out.action.clone(),
     };
     let bytes = command::sign(&body, keys);
@@ -106,7 +106,18 @@ pub async fn send(
             Ok(Some(ev)) => ev,
             Ok(None) | Err(_) => break,
         };
-        let LinkEvent::Message(p) = ev else { continue };
+        let p = match ev {
+            LinkEvent::Message(p) => p,
+            LinkEvent::Connected {
+                session_present: false,
+            } => {
+                // The broker restarted without our session: listen again.
+                client.subscribe(&ack_topic, QoS::AtLeastOnce).await?;
+                client.subscribe(&status_topic, QoS::AtMostOnce).await?;
+                continue;
+            }
+            _ => continue,
+        };
         let t = mqtt::topic_of(&p);
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
             continue;

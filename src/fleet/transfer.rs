@@ -238,6 +238,11 @@ impl Download {
         n
     }
 
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.outstanding.len()
+    }
+
     /// After a reconnect every request in flight may be lost.
     pub fn forget_in_flight(&mut self) {
         self.outstanding.clear();

@@ -143,7 +143,10 @@ pub fn install(
     };
     let model_path = store.model_path(target);
     std::fs::rename(&files[chosen], &model_path).map_err(io(&model_path))?;
-    let spec_bytes = serde_json::to_vec_pretty(&manifest.spec).unwrap_or_default();
+    // The served model reports the bundle's version, whatever the spec file said when it was bundled.
+    let mut spec = manifest.spec.clone();
+    spec.version = manifest.version;
+    let spec_bytes = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     crate::fsutil::write_atomic(&store.spec_path(target), &spec_bytes).map_err(io(&model_path))?;
     for (i, f) in files.iter().enumerate() {
         if i != chosen {

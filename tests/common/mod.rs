@@ -318,3 +318,119 @@ pub fn status(state: &Path) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
 }
+
+/// A real mosquitto on a free loopback port, with its config and persistence in a temp dir; killed by pid on drop.
+pub struct Mosquitto {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Mosquitto {
+    /// Plain MQTT with persistence (so a restart keeps sessions and queued messages).
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_with(|_, port| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n")
+        })
+    }
+
+    /// `listener` builds the listener section from the temp dir and the port.
+    pub fn start_with(listener: impl Fn(&Path, u16) -> String) -> Mosquitto {
+        let which = Command::new("mosquitto").arg("-h").output();
+        assert!(
+            which.is_ok(),
+            "mosquitto is not installed: run scripts/test.sh (it installs it), or apt-get install -y mosquitto"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        let text = format!(
+            "{}set_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest stderr\nlog_type error\n",
+            listener(dir.path(), port),
+            dir.path().display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+            conf,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash or power loss of the broker host would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port with the same persistence.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The retained message on `topic`, if one arrives within `timeout_s` (read with mosquitto_sub).
+    pub fn retained(&self, topic: &str, timeout_s: u32) -> Option<serde_json::Value> {
+        let out = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", topic])
+            .args(["-C", "1", "-W", &timeout_s.to_string()])
+            .output()
+            .expect("mosquitto_sub (apt-get install -y mosquitto-clients)");
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}

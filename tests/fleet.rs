@@ -1,0 +1,605 @@
+//! The fleet link against a real mosquitto: updates end to end, resumption across a broker restart and an agent
+//! SIGKILL, signed commands and their refusals, the last will, and mutual TLS.
+
+mod common;
+
+use common::{outpostctl, s, wait_until, Daemon, Fixture, Mosquitto};
+use outpost::bundle::SigningKeyFile;
+use outpost::fleet::command::{self, Action, CommandBody, Target};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn digest_of(model: &str) -> String {
+    outpost::inference::digest_hex(
+        &std::fs::read(common::models().join(format!("{model}.onnx"))).unwrap(),
+    )
+}
+
+/// An agent on the broker as device `id`, with the fixture's trusted keys and an optional config file body.
+fn agent(f: &Fixture, broker: &Mosquitto, id: &str, config: &str) -> Daemon {
+    let state = f.path(&format!("state-{id}"));
+    let conf = f.path(&format!("{id}.toml"));
+    std::fs::write(&conf, config).unwrap();
+    Daemon::start(
+        &state,
+        &[
+            "--config",
+            s(&conf),
+            "--broker",
+            &broker.url(),
+            "--device-id",
+            id,
+            "--trusted-keys",
+            s(&f.trusted),
+        ],
+    )
+}
+
+fn wait_online(broker: &Mosquitto, id: &str) -> serde_json::Value {
+    let topic = format!("outpost/v1/device/{id}/status");
+    let mut last = None;
+    wait_until(
+        "the agent's retained status says online",
+        Duration::from_secs(20),
+        || {
+            last = broker.retained(&topic, 2);
+            last.as_ref().is_some_and(|v| v["state"] == "online")
+        },
+    );
+    last.unwrap()
+}
+
+fn ctl(broker: &Mosquitto, args: &[&str]) -> Output {
+    let mut a = args.to_vec();
+    let url = broker.url();
+    a.extend_from_slice(&["--broker", &url]);
+    outpostctl(&a)
+}
+
+fn cmd(
+    f: &Fixture,
+    broker: &Mosquitto,
+    device: &str,
+    extra: &[&str],
+) -> (bool, Vec<serde_json::Value>, String) {
+    let mut a = vec!["cmd", "--device", device, "--key", s(&f.key1)];
+    a.extend_from_slice(extra);
+    let out = ctl(broker, &a);
+    let acks = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (
+        out.status.success(),
+        acks,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A big bundle: MobileNetV2 fp32 (14 MB) with its own spec.
+fn big_bundle(f: &Fixture, version: u64) -> PathBuf {
+    f.bundle_with_spec(
+        &format!("mnv2-{version}.bundle"),
+        "mobilenetv2-fp32",
+        "mobilenetv2-fp32",
+        version,
+        &[&f.key1],
+        &[],
+    )
+}
+
+#[test]
+fn publish_installs_a_big_bundle_and_the_retained_status_reports_it() {
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let daemon = agent(&f, &broker, "d1", "");
+    wait_online(&broker, "d1");
+    let b = big_bundle(&f, 2);
+    assert!(std::fs::metadata(&b).unwrap().len() > 5_000_000);
+    let out = ctl(
+        &broker,
+        &[
+            "publish",
+            "--device",
+            "d1",
+            "--key",
+            s(&f.key1),
+            "--json",
+            "--wait",
+            "120",
+            s(&b),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ack: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["result"]["installed"]["version"], 2);
+    let mnv2 = digest_of("mobilenetv2-fp32");
+    wait_until(
+        "the retained status names the new model",
+        Duration::from_secs(30),
+        || {
+            broker
+                .retained("outpost/v1/device/d1/status", 2)
+                .is_some_and(|v| {
+                    v["model"]["digest"] == mnv2.as_str() && v["model"]["version"] == 2
+                })
+        },
+    );
+    assert_eq!(
+        daemon.get_json("/v1/status")["model"]["digest"],
+        mnv2.as_str()
+    );
+    assert!(daemon.stop().success());
+    let last = broker.retained("outpost/v1/device/d1/status", 2).unwrap();
+    assert_eq!(
+        last["state"], "offline",
+        "a clean stop says offline: {last}"
+    );
+}
+
+/// A helper process stopped with the test, even when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn download(daemon: &Daemon) -> serde_json::Value {
+    daemon.get_json("/v1/status")["download"].clone()
+}
+
+#[test]
+fn a_transfer_survives_a_broker_restart_and_resumes_after_an_agent_sigkill() {
+    let mut broker = Mosquitto::start();
+    let f = Fixture::new();
+    // Download speed capped, so the transfer lasts long enough to interrupt twice.
+    let config = "[fleet]\nwindow = 4\nchunk_timeout_ms = 500\nmax_download_bytes_per_s = 400000\n";
+    let daemon = agent(&f, &broker, "d2", config);
+    wait_online(&broker, "d2");
+    let b = f.bundle_with_spec(
+        "cloud.bundle",
+        "cloud-fp32",
+        "cloud-fp32",
+        2,
+        &[&f.key1],
+        &[],
+    );
+    let total = std::fs::metadata(&b).unwrap().len().div_ceil(4096);
+    let url = broker.url();
+    let _serve = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(["serve", "--broker", &url, "--chunk-size", "4096", s(&b)])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // The publisher only sends the offer here; the device carries on by itself.
+    let _publisher = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args([
+                "publish",
+                "--device",
+                "d2",
+                "--key",
+                s(&f.key1),
+                "--json",
+                "--no-serve",
+            ])
+            .args([
+                "--chunk-size",
+                "4096",
+                "--wait",
+                "60",
+                "--broker",
+                &url,
+                s(&b),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let done = |d: &Daemon| download(d)["chunks_done"].as_u64().unwrap_or(0);
+    wait_until(
+        "a fifth of the chunks arrived",
+        Duration::from_secs(60),
+        || done(&daemon) >= total / 5,
+    );
+
+    broker.kill();
+    let at_kill = done(&daemon);
+    std::thread::sleep(Duration::from_millis(500));
+    broker.restart();
+    wait_until(
+        "the transfer moves on after the broker restart",
+        Duration::from_secs(60),
+        || done(&daemon) >= at_kill + total / 5,
+    );
+
+    // SIGKILL the agent mid-transfer, then start it again on the same state.
+    let state = daemon.state_dir.clone();
+    let before_kill = done(&daemon);
+    drop(daemon); // SIGKILL
+    let conf = f.path("d2.toml");
+    let daemon = Daemon::start(
+        &state,
+        &[
+            "--config",
+            s(&conf),
+            "--broker",
+            &url,
+            "--device-id",
+            "d2",
+            "--trusted-keys",
+            s(&f.trusted),
+        ],
+    );
+    let mnv2 = digest_of("cloud-fp32");
+    wait_until(
+        "the resumed transfer installs the model",
+        Duration::from_secs(120),
+        || daemon.get_json("/v1/status")["model"]["digest"] == mnv2.as_str(),
+    );
+    let t = daemon.get_json("/v1/status")["last_transfer"].clone();
+    let (resumed, fetched) = (
+        t["resumed_from"].as_u64().unwrap(),
+        t["fetched"].as_u64().unwrap(),
+    );
+    eprintln!("transfer of {total} chunks: killed at {before_kill}, resumed from {resumed}, fetched {fetched} after the restart");
+    assert_eq!(t["chunks_total"], total);
+    assert!(
+        resumed >= before_kill,
+        "progress recorded before the kill is kept: {t}"
+    );
+    assert_eq!(
+        resumed + fetched,
+        total,
+        "nothing fetched twice after the restart: {t}"
+    );
+    assert!(daemon.stop().success());
+}
+
+/// Publishes raw bytes on a topic with mosquitto_pub.
+fn raw_publish(broker: &Mosquitto, topic: &str, bytes: &[u8], dir: &Path) {
+    let file = dir.join("raw.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+            s(&file),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The next acknowledgement the device publishes (subscribe first, then act).
+fn next_ack(broker: &Mosquitto, device: &str, act: impl FnOnce()) -> serde_json::Value {
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .args([
+            "-t",
+            &format!("outpost/v1/device/{device}/ack"),
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    act();
+    let out = sub.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no acknowledgement: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn commands_are_verified_refusals_are_reported_and_rollback_works() {
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let daemon = agent(&f, &broker, "d3", "");
+    wait_online(&broker, "d3");
+    let builtin = daemon.get_json("/v1/status")["model"]["digest"].clone();
+
+    // status: acknowledged with the status.
+    let (ok, acks, err) = cmd(&f, &broker, "d3", &["status"]);
+    assert!(ok, "{err}");
+    assert_eq!(acks[0]["ok"], true);
+    assert_eq!(acks[0]["result"]["device"], "d3");
+
+    // Replayed: the same sequence number twice.
+    let (ok, _, err) = cmd(&f, &broker, "d3", &["--seq", "42", "status"]);
+    assert!(!ok && err.contains("not above"), "{err}");
+    let (ok, _, err) = cmd(&f, &broker, "d3", &["--seq", "99999999999999", "status"]);
+    assert!(ok, "{err}");
+    let (ok, acks, err) = cmd(&f, &broker, "d3", &["--seq", "99999999999999", "status"]);
+    assert!(!ok && err.contains("replayed"), "{err} {acks:?}");
+
+    // Expired.
+    let (ok, _, err) = cmd(
+        &f,
+        &broker,
+        "d3",
+        &["--expires-in", "0", "--seq", "99999999999999999", "status"],
+    );
+    assert!(!ok && err.contains("expired"), "{err}");
+
+    // Unknown key (not in the trusted list).
+    let stranger = f.path("stranger.key");
+    assert!(outpostctl(&["keygen", "--out", s(&stranger)])
+        .status
+        .success());
+    let out = ctl(
+        &broker,
+        &["cmd", "--device", "d3", "--key", s(&stranger), "status"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("signature"), "{err}");
+
+    // Mis-targeted: signed for d9, delivered on d3's topic.
+    let key = SigningKeyFile::load(&f.key1).unwrap();
+    let now = outpost::bundle::now_unix();
+    let body = |target: Target, seq: u64| CommandBody {
+        target,
+        seq,
+        issued_unix: now,
+        expires_unix: now + 60,
+        action: Action::Status,
+    };
+    let bytes = command::sign(&body(Target::Device("d9".into()), u64::MAX - 10), &[&key]);
+    let ack = next_ack(&broker, "d3", || {
+        raw_publish(&broker, "outpost/v1/device/d3/cmd", &bytes, f.dir.path())
+    });
+    assert_eq!(ack["ok"], false);
+    assert!(
+        ack["error"].as_str().unwrap().contains("device d9"),
+        "{ack}"
+    );
+
+    // Tampered: one flipped byte in a signed command.
+    let mut bytes = command::sign(&body(Target::Device("d3".into()), u64::MAX - 9), &[&key]);
+    let n = bytes.len();
+    bytes[n / 3] ^= 0x01;
+    let ack = next_ack(&broker, "d3", || {
+        raw_publish(&broker, "outpost/v1/device/d3/cmd", &bytes, f.dir.path())
+    });
+    assert_eq!(ack["ok"], false, "{ack}");
+
+    // Garbage and an oversized message: refused, the link lives on.
+    let ack = next_ack(&broker, "d3", || {
+        raw_publish(
+            &broker,
+            "outpost/v1/device/d3/cmd",
+            b"\xff\xfe not a command",
+            f.dir.path(),
+        )
+    });
+    assert_eq!(ack["ok"], false);
+    let big = vec![7u8; 2 * 1024 * 1024];
+    let ack = next_ack(&broker, "d3", || {
+        raw_publish(&broker, "outpost/v1/device/d3/cmd", &big, f.dir.path())
+    });
+    assert_eq!(ack["ok"], false, "{ack}");
+
+    // set: whitelisted keys only.
+    let (ok, _, err) = cmd(
+        &f,
+        &broker,
+        "d3",
+        &[
+            "--seq",
+            &(u64::MAX - 8).to_string(),
+            "set",
+            "api.listen",
+            "0.0.0.0:80",
+        ],
+    );
+    assert!(!ok && err.contains("cannot be set remotely"), "{err}");
+
+    // A valid rollback after a local install: acknowledged, and the agent serves the old model again.
+    let b = f.bundle("v2.bundle", "edge-fp32", 2, &[&f.key1], &[]);
+    assert!(f.install(&daemon.state_dir, &b, &[]).status.success());
+    let fp32 = digest_of("edge-fp32");
+    wait_until("the agent serves v2", Duration::from_secs(10), || {
+        daemon.get_json("/v1/status")["model"]["digest"] == fp32.as_str()
+    });
+    // The sequence numbers above used u64::MAX - 9: the next default (Unix ms) would be refused, so go higher.
+    let (ok, acks, err) = cmd(
+        &f,
+        &broker,
+        "d3",
+        &["--seq", &(u64::MAX - 5).to_string(), "rollback"],
+    );
+    assert!(ok, "{err} {acks:?}");
+    wait_until(
+        "the agent serves the built-in model again",
+        Duration::from_secs(10),
+        || daemon.get_json("/v1/status")["model"]["digest"] == builtin,
+    );
+    let (ok, acks, err) = cmd(
+        &f,
+        &broker,
+        "d3",
+        &["--seq", &(u64::MAX - 4).to_string(), "purge-cache"],
+    );
+    assert!(ok && acks[0]["result"]["purged"].is_u64(), "{err}");
+    let (ok, _, err) = cmd(
+        &f,
+        &broker,
+        "d3",
+        &[
+            "--seq",
+            &(u64::MAX - 3).to_string(),
+            "set",
+            "hardness.threshold",
+            "0.8",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        daemon.get_json("/v1/status")["settings"]["hardness.threshold"],
+        "0.8"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn the_last_will_says_offline_after_a_sigkill() {
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let daemon = agent(&f, &broker, "d4", "[fleet]\nkeep_alive_s = 5\n");
+    wait_online(&broker, "d4");
+    let killed = std::time::Instant::now();
+    drop(daemon); // SIGKILL
+    wait_until(
+        "the retained status says offline",
+        Duration::from_secs(8),
+        || {
+            broker
+                .retained("outpost/v1/device/d4/status", 1)
+                .is_some_and(|v| v["state"] == "offline")
+        },
+    );
+    eprintln!(
+        "offline seen {} ms after SIGKILL",
+        killed.elapsed().as_millis()
+    );
+}
+
+fn pem_certs(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "outpost test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, cn: &str, file: &str| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let k = KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), c.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), k.serialize_pem()).unwrap();
+    };
+    leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        "broker",
+        "server",
+    );
+    leaf(vec![], "d5", "client");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+}
+
+#[test]
+fn mutual_tls_connects_with_a_client_certificate_and_fails_clearly_without() {
+    let certs = tempfile::tempdir().unwrap();
+    pem_certs(certs.path());
+    let c = certs.path().to_path_buf();
+    let broker = Mosquitto::start_with(move |_, port| {
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\nuse_identity_as_username true\n",
+            c.display()
+        )
+    });
+    let f = Fixture::new();
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let p = |n: &str| certs.path().join(n).display().to_string();
+    let state = f.path("state-d5");
+    let daemon = Daemon::start(
+        &state,
+        &[
+            "--broker",
+            &url,
+            "--device-id",
+            "d5",
+            "--trusted-keys",
+            s(&f.trusted),
+            "--ca-file",
+            &p("ca.pem"),
+            "--cert-file",
+            &p("client.pem"),
+            "--key-file",
+            &p("client.key"),
+        ],
+    );
+    // Read the retained status over TLS with the C client and the same client certificate.
+    let read = || {
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-t",
+                "outpost/v1/device/d5/status",
+            ])
+            .args([
+                "--cafile",
+                &p("ca.pem"),
+                "--cert",
+                &p("client.pem"),
+                "--key",
+                &p("client.key"),
+            ])
+            .args(["-C", "1", "-W", "2"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+    };
+    wait_until(
+        "the agent is online over mutual TLS",
+        Duration::from_secs(20),
+        || read().is_some_and(|v| v["state"] == "online"),
+    );
+    assert!(daemon.stop().success());
+
+    // Without a client certificate: the agent keeps serving locally and says why the link is down.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            s(&f.path("state-d6")),
+        ])
+        .args([
+            "--broker",
+            &url,
+            "--device-id",
+            "d6",
+            "--ca-file",
+            &p("ca.pem"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the broker"), "{err}");
+}
