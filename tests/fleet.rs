@@ -470,8 +470,48 @@ fn commands_are_verified_refusals_are_reported_and_rollback_works() {
 fn the_last_will_says_offline_after_a_sigkill() {
     let broker = Mosquitto::start();
     let f = Fixture::new();
-    let daemon = agent(&f, &broker, "d4", "[fleet]\nkeep_alive_s = 5\n");
+    let daemon = agent(
+        &f,
+        &broker,
+        "d4",
+        "[fleet]\nkeep_alive_s = 5\ngroup = \"g1\"\n",
+    );
     wait_online(&broker, "d4");
+    // A group command reaches the device; the operator collects the acknowledgements for --wait seconds.
+    let out = ctl(
+        &broker,
+        &[
+            "cmd",
+            "--group",
+            "g1",
+            "--key",
+            s(&f.key1),
+            "--wait",
+            "3",
+            "status",
+        ],
+    );
+    let acks = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        acks.contains("\"device\":\"d4\"") && acks.contains("\"ok\":true"),
+        "{acks}"
+    );
+    // `watch --json` prints the fleet's retained status.
+    let out = ctl(&broker, &["watch", "--json", "--for", "2"]);
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success());
+    let line: serde_json::Value =
+        serde_json::from_str(seen.lines().next().unwrap_or("null")).unwrap();
+    assert_eq!(
+        (line["device"].as_str(), line["state"].as_str()),
+        (Some("d4"), Some("online")),
+        "{seen}"
+    );
     let killed = std::time::Instant::now();
     drop(daemon); // SIGKILL
     wait_until(
