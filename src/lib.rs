@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod config;
 pub mod fault;
 pub mod fleet;
+pub mod forward;
 pub mod fsutil;
 pub mod inference;
 pub mod slots;

@@ -164,8 +164,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         Some(_) => {
             let s = store.clone();
             let records = blocking(move || s.records()).await??;
-            let link = crate::fleet::link::Link::new(service.clone(), &config, records)
+            let mut link = crate::fleet::link::Link::new(service.clone(), &config, records)
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
+            if config.forward.enabled {
+                let (s, me, mb) = (
+                    store.clone(),
+                    config.forward.outbox_max_entries,
+                    config.forward.outbox_max_bytes,
+                );
+                let outbox = blocking(move || s.outbox(me, mb)).await??;
+                let (f, rx) =
+                    crate::forward::Forwarder::new(outbox, service.cache(), &config.forward);
+                if let Some(t) = service
+                    .setting("hardness.threshold")
+                    .and_then(|v| v.parse().ok())
+                {
+                    f.set_threshold(t);
+                }
+                service.set_forwarder(f.clone());
+                link = link.with_forwarder(f, rx);
+            }
             let token = shutdown.clone();
             Some(tokio::spawn(async move {
                 if let Err(e) = link.run(token).await {
@@ -246,6 +264,7 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError>
         .map_err(internal)?;
     match &action {
         BootAction::RolledBack { version, boots } => {
+            metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => "rollback", "cause" => "boot_count").increment(1);
             tracing::warn!(
                 version,
                 boots,

@@ -38,10 +38,18 @@ pub struct InferResponse {
     pub confidence: f32,
     pub margin: f32,
     pub entropy: f32,
-    /// `edge` (the local model ran) or `cache`.
+    /// `edge` (the local model ran), `cloud` (the cloud tier answered a hard case) or `cache`.
     pub source: String,
     pub model: ModelInfo,
     pub latency_us: u64,
+    /// For a hard case: the edge model's label, beside the cloud's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_label: Option<String>,
+    /// For a hard case: `answered` (the cloud answered in time) or `queued` (it will, from the outbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +87,7 @@ pub struct Service {
     settings: Mutex<std::collections::BTreeMap<String, String>>,
     last_transfer: Mutex<Option<serde_json::Value>>,
     download: Mutex<Option<serde_json::Value>>,
+    forwarder: std::sync::OnceLock<Arc<crate::forward::Forwarder>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,6 +118,7 @@ impl Service {
             settings: Mutex::new(Default::default()),
             last_transfer: Mutex::new(None),
             download: Mutex::new(None),
+            forwarder: std::sync::OnceLock::new(),
             pool,
             cache: cache.map(Arc::new),
             limits,
@@ -214,7 +224,21 @@ impl Service {
 
     /// A runtime setting changed by the fleet.
     pub fn set_setting(&self, key: &str, value: &str) {
+        if key == "hardness.threshold" {
+            if let (Some(f), Ok(t)) = (self.forwarder.get(), value.parse::<f32>()) {
+                f.set_threshold(t);
+            }
+        }
         lock(&self.settings).insert(key.to_string(), value.to_string());
+    }
+
+    /// Turns on forwarding of hard cases (done once, when the fleet link starts).
+    pub fn set_forwarder(&self, f: Arc<crate::forward::Forwarder>) {
+        let _ = self.forwarder.set(f);
+    }
+
+    pub fn cache(&self) -> Option<Arc<ResultCache>> {
+        self.cache.clone()
     }
 
     pub fn setting(&self, key: &str) -> Option<String> {
@@ -295,7 +319,7 @@ impl Service {
         let start = Instant::now();
         let result = self.infer_inner(body, start).await;
         let outcome = match &result {
-            Ok(r) if r.source == "cache" => Outcome::Cache,
+            Ok(r) if r.source == "cache" || r.source == "cloud-cache" => Outcome::Cache,
             Ok(_) => Outcome::Edge,
             Err(ServiceError::BadInput(_)) => Outcome::BadInput,
             Err(ServiceError::Busy(_)) => Outcome::Busy,
@@ -317,6 +341,7 @@ impl Service {
         let cache = self.cache.clone();
         let e = engine.clone();
         let raw = body.clone();
+        let raw_for_cloud = body.clone();
         // Decoding and the cache lookup are blocking work too.
         let (tensor, key, hit) = tokio::task::spawn_blocking(move || {
             let tensor = e
@@ -342,9 +367,18 @@ impl Service {
                 confidence: hit.confidence,
                 margin: hit.margin,
                 entropy: hit.entropy,
-                source: "cache".into(),
+                // A cached cloud answer says so: the client learns which tier decided.
+                source: if hit.tier == "cloud" {
+                    "cloud-cache"
+                } else {
+                    "cache"
+                }
+                .into(),
                 model,
                 latency_us: micros(start.elapsed()),
+                edge_label: None,
+                forwarded: None,
+                case_id: None,
             });
         }
 
@@ -375,6 +409,7 @@ impl Service {
             }
             Err(e) => return Err(e),
         };
+        let cache_key = key;
         self.record_run(engine.digest(), ran.run, ran.prediction.confidence);
         let prediction = ran.prediction;
         let model = ModelInfo::of(&engine);
@@ -398,7 +433,7 @@ impl Service {
                 _ => {}
             }
         }
-        Ok(InferResponse {
+        let mut response = InferResponse {
             label: prediction.label,
             confidence: prediction.confidence,
             margin: prediction.margin,
@@ -406,7 +441,43 @@ impl Service {
             source: "edge".into(),
             model,
             latency_us: micros(start.elapsed()),
-        })
+            edge_label: None,
+            forwarded: None,
+            case_id: None,
+        };
+        if let Some(f) = self.forwarder.get() {
+            if f.is_hard(response.confidence, response.margin, response.entropy) {
+                let case = crate::forward::Case {
+                    id: crate::forward::new_id(),
+                    device: self.config.fleet.device_id.clone(),
+                    image: raw_for_cloud.to_vec(),
+                    edge_label: response.label.clone(),
+                    edge_confidence: response.confidence,
+                    edge_model: response.model.digest.clone(),
+                    cache_key: cache_key.as_bytes().to_vec(),
+                    created_unix: crate::bundle::now_unix(),
+                };
+                response.case_id = Some(case.id.clone());
+                response.edge_label = Some(response.label.clone());
+                match f.forward(case).await {
+                    Ok(Some(answer)) => {
+                        response.source = "cloud".into();
+                        response.label = answer.label;
+                        response.confidence = answer.confidence;
+                        response.margin = answer.margin;
+                        response.entropy = answer.entropy;
+                        response.forwarded = Some("answered".into());
+                    }
+                    Ok(None) => response.forwarded = Some("queued".into()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
+                        response.forwarded = Some("failed".into());
+                    }
+                }
+                response.latency_us = micros(start.elapsed());
+            }
+        }
+        Ok(response)
     }
 
     async fn run(
@@ -448,6 +519,7 @@ impl Service {
             "settings": lock(&self.settings).clone(),
             "latency_us": self.counters.latency_percentiles(),
             "cache_hit_rate": self.counters.cache_hit_rate(),
+            "forward": self.forwarder.get().map(|f| f.status()),
         })
     }
 }

@@ -114,6 +114,13 @@ struct RunArgs {
     /// Trusted operator keys (overrides slots.trusted_keys).
     #[arg(long)]
     trusted_keys: Option<PathBuf>,
+    /// When an input is hard enough for the cloud: SCORE:THRESHOLD with SCORE max-prob, margin or entropy
+    /// (overrides forward.score and forward.threshold), e.g. max-prob:0.9.
+    #[arg(long)]
+    hardness: Option<String>,
+    /// How long a hard request waits for the cloud before answering from the edge (overrides forward.deadline_ms).
+    #[arg(long)]
+    cloud_deadline_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -252,6 +259,20 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(v) = args.trusted_keys {
         config.slots.trusted_keys = Some(v);
+    }
+    if let Some(v) = args.hardness {
+        let (score, t) = v.split_once(':').unwrap_or((v.as_str(), ""));
+        config.forward.score = outpost::config::HardnessScore::parse(score).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--hardness {v}: the score must be max-prob, margin or entropy (e.g. max-prob:0.9)"
+            )
+        })?;
+        config.forward.threshold = Some(t.parse().map_err(|_| {
+            anyhow::anyhow!("--hardness {v}: give a number after the colon (e.g. max-prob:0.9)")
+        })?);
+    }
+    if let Some(v) = args.cloud_deadline_ms {
+        config.forward.deadline_ms = v;
     }
     if let Some(v) = args.log_format {
         config.log.format = match v.as_str() {

@@ -99,6 +99,19 @@ enum Command {
         #[arg(long = "for")]
         duration: Option<u64>,
     },
+    /// Run a reference cloud-tier worker: answer hard cases with the bigger model and keep them as a dataset.
+    Cloud {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        #[arg(long, default_value = "models/cloud-fp32.onnx")]
+        model: PathBuf,
+        /// Its spec (default: <model stem>.spec.json beside it).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Where the received cases go (cases.jsonl and the images).
+        #[arg(long, default_value = "cloud-dataset")]
+        dataset: PathBuf,
+    },
     /// Serve bundle chunks to devices through the broker (several servers may run at once).
     Serve {
         #[command(flatten)]
@@ -211,7 +224,8 @@ fn run(cli: Cli) -> Result<()> {
         c @ (Command::Publish { .. }
         | Command::Cmd { .. }
         | Command::Watch { .. }
-        | Command::Serve { .. }) => {
+        | Command::Serve { .. }
+        | Command::Cloud { .. }) => {
             let _ = outpost::telemetry::init_tracing(outpost::config::LogFormat::Plain, "warn");
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -654,6 +668,41 @@ async fn fleet(c: Command) -> Result<()> {
             if acks.iter().any(|a| a["ok"] == false) {
                 bail!("the update was refused");
             }
+            Ok(())
+        }
+        Command::Cloud {
+            mqtt,
+            model,
+            spec,
+            dataset,
+        } => {
+            let engine = std::sync::Arc::new(
+                Engine::load_files(&model, spec.as_deref())
+                    .with_context(|| model.display().to_string())?,
+            );
+            eprintln!(
+                "cloud worker: {} ({}), dataset in {}",
+                engine.spec().name,
+                engine.digest(),
+                dataset.display()
+            );
+            let stats = std::sync::Arc::new(outpost::forward::cloud::WorkerStats::default());
+            outpost::forward::cloud::run_worker(
+                mqtt.settings("cloud")?,
+                engine,
+                dataset,
+                stats.clone(),
+                shutdown,
+            )
+            .await?;
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!(
+                "answered {}, stored {}, duplicates {}, refused {}",
+                stats.answered.load(Relaxed),
+                stats.stored.load(Relaxed),
+                stats.duplicates.load(Relaxed),
+                stats.refused.load(Relaxed)
+            );
             Ok(())
         }
         _ => unreachable!("only fleet commands come here"),

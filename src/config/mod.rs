@@ -32,6 +32,92 @@ pub struct Config {
     pub slots: SlotsConfig,
     pub probation: ProbationConfig,
     pub fleet: FleetConfig,
+    pub forward: ForwardConfig,
+}
+
+/// Which score decides that an input is hard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HardnessScore {
+    /// Hard when the top probability is below the threshold.
+    #[default]
+    MaxProb,
+    /// Hard when top-1 minus top-2 probability is below the threshold.
+    Margin,
+    /// Hard when the entropy of the distribution (nats) is above the threshold.
+    Entropy,
+}
+
+impl HardnessScore {
+    pub fn parse(s: &str) -> Option<HardnessScore> {
+        match s {
+            "max-prob" => Some(HardnessScore::MaxProb),
+            "margin" => Some(HardnessScore::Margin),
+            "entropy" => Some(HardnessScore::Entropy),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HardnessScore::MaxProb => "max-prob",
+            HardnessScore::Margin => "margin",
+            HardnessScore::Entropy => "entropy",
+        }
+    }
+
+    /// Is a prediction with these scores hard at `threshold`?
+    pub fn is_hard(self, threshold: f32, confidence: f32, margin: f32, entropy: f32) -> bool {
+        match self {
+            HardnessScore::MaxProb => confidence < threshold,
+            HardnessScore::Margin => margin < threshold,
+            HardnessScore::Entropy => entropy > threshold,
+        }
+    }
+}
+
+/// Hard cases to the cloud tier (needs `fleet.broker`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardConfig {
+    pub enabled: bool,
+    pub score: HardnessScore,
+    /// Unset: the bundle manifest's hardness threshold, else 0.9 (max-prob), 0.2 (margin) or 0.5 (entropy).
+    pub threshold: Option<f32>,
+    /// How long a request waits for the cloud before answering from the edge (the case stays queued).
+    pub deadline_ms: u64,
+    /// Outbox bounds; beyond them the oldest cases are dropped and counted.
+    pub outbox_max_entries: u64,
+    pub outbox_max_bytes: u64,
+    /// Queued cases resent per second after a reconnect (pacing, so a backlog does not flood the cloud).
+    pub resend_per_s: u32,
+    /// A sent case with no answer after this long is sent again (the cloud drops duplicates by id).
+    pub retry_ms: u64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            enabled: true,
+            score: HardnessScore::MaxProb,
+            threshold: None,
+            deadline_ms: 300,
+            outbox_max_entries: 10_000,
+            outbox_max_bytes: 64 * 1024 * 1024,
+            resend_per_s: 50,
+            retry_ms: 10_000,
+        }
+    }
+}
+
+impl ForwardConfig {
+    pub fn default_threshold(score: HardnessScore) -> f32 {
+        match score {
+            HardnessScore::MaxProb => 0.9,
+            HardnessScore::Margin => 0.2,
+            HardnessScore::Entropy => 0.5,
+        }
+    }
 }
 
 /// The link to the fleet through an MQTT broker. Without `broker` the agent runs alone.
@@ -427,6 +513,28 @@ impl Config {
                 "must be at least 65536 (a chunk and its envelope must fit)",
             ));
         }
+        let w = &self.forward;
+        if w.threshold
+            .is_some_and(|t| !t.is_finite() || !(0.0..=100.0).contains(&t))
+        {
+            return Err(invalid(
+                "forward.threshold",
+                "must be a number from 0 to 100",
+            ));
+        }
+        if !(1..=60_000).contains(&w.deadline_ms) {
+            return Err(invalid("forward.deadline_ms", "must be 1..60000"));
+        }
+        if w.outbox_max_entries == 0
+            || w.outbox_max_bytes < 4096
+            || w.resend_per_s == 0
+            || w.retry_ms < 100
+        {
+            return Err(invalid(
+                "forward.outbox_max_entries",
+                "outbox_max_entries and resend_per_s must be at least 1, outbox_max_bytes at least 4096, retry_ms at least 100",
+            ));
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty; try \"info\""));
         }
@@ -456,6 +564,7 @@ mod tests {
         let mut f = c.fleet.clone();
         f.device_id = d.fleet.device_id.clone(); // the example names one; the default is the host name
         assert_eq!(f, d.fleet);
+        assert_eq!(c.forward, d.forward);
     }
 
     #[test]

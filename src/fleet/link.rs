@@ -65,6 +65,12 @@ pub struct Link {
     last_status: Option<serde_json::Value>,
     last_published: Instant,
     last_requests: (u64, Instant),
+    /// Hard cases: the forwarder, new cases from the request path, and cases sent and not yet answered.
+    forward: Option<(
+        Arc<crate::forward::Forwarder>,
+        tokio::sync::mpsc::Receiver<Vec<u8>>,
+    )>,
+    in_flight: std::collections::HashMap<String, Instant>,
 }
 
 /// Connection settings for the agent, from the config.
@@ -113,9 +119,14 @@ impl Link {
             path: state_dir.display().to_string(),
             message: e.to_string(),
         })?;
-        let heartbeat = records
+        let stored = records
             .get::<Vec<(String, String)>>(SETTINGS)?
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // Settings made by `set` survive restarts.
+        for (k, v) in &stored {
+            service.set_setting(k, v);
+        }
+        let heartbeat = stored
             .iter()
             .find(|(k, _)| k == "telemetry.heartbeat_s")
             .and_then(|(_, v)| v.parse().ok())
@@ -134,7 +145,19 @@ impl Link {
             last_status: None,
             last_published: Instant::now(),
             last_requests: (0, Instant::now()),
+            forward: None,
+            in_flight: std::collections::HashMap::new(),
         })
+    }
+
+    /// Carries hard cases to the cloud tier.
+    pub fn with_forwarder(
+        mut self,
+        f: Arc<crate::forward::Forwarder>,
+        rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Link {
+        self.forward = Some((f, rx));
+        self
     }
 
     /// Runs until `shutdown`; the last status published says `offline`.
@@ -199,6 +222,18 @@ impl Link {
                 _ = tick.tick() => {
                     if connected {
                         self.on_tick(&client).await;
+                        self.resend(&client).await;
+                    }
+                }
+                case = async {
+                    match self.forward.as_mut() {
+                        Some((_, rx)) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Offline, the case waits in the outbox for the paced resend.
+                    if let (Some(case), true) = (case, connected) {
+                        self.send_case(&client, case).await;
                     }
                 }
             }
@@ -228,6 +263,11 @@ impl Link {
                 .subscribe(topics::group_cmd(g), QoS::AtLeastOnce)
                 .await?;
         }
+        if self.forward.is_some() {
+            client
+                .subscribe(topics::cloud_reply(&self.device), QoS::AtLeastOnce)
+                .await?;
+        }
         Ok(())
     }
 
@@ -235,10 +275,84 @@ impl Link {
         let topic = mqtt::topic_of(&p);
         if topic == topics::chunk(&self.device) {
             self.on_chunk(client, &p.payload).await;
+        } else if topic == topics::cloud_reply(&self.device) {
+            self.on_answer(&p.payload).await;
         } else if topic.ends_with("/cmd") {
             self.on_command(client, &p.payload).await;
         } else {
             tracing::debug!(%topic, "ignored a message on an unexpected topic");
+        }
+    }
+
+    async fn send_case(&mut self, client: &AsyncClient, case: Vec<u8>) {
+        let Some(id) = crate::store::outbox::case_id(&case) else {
+            return;
+        };
+        let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            response_topic: Some(topics::cloud_reply(&self.device)),
+            correlation_data: Some(id.clone().into_bytes().into()),
+            ..Default::default()
+        };
+        match client
+            .publish_with_properties(topics::CLOUD_REQUESTS, QoS::AtLeastOnce, false, case, props)
+            .await
+        {
+            Ok(()) => {
+                self.in_flight.insert(id, Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot send a hard case; it stays queued"),
+        }
+    }
+
+    /// Resends queued cases that are not in flight (or whose answer is overdue), at most `resend_per_s`.
+    async fn resend(&mut self, client: &AsyncClient) {
+        let Some((f, _)) = &self.forward else {
+            return;
+        };
+        if f.outbox_len() == 0 {
+            self.in_flight.clear();
+            return;
+        }
+        let per_tick = (self.config.forward.resend_per_s as usize / 10).max(1);
+        let retry = Duration::from_millis(self.config.forward.retry_ms);
+        let f = f.clone();
+        let scan = per_tick + self.in_flight.len();
+        let queued = tokio::task::spawn_blocking(move || f.queued(scan))
+            .await
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut sent = 0;
+        for case in queued {
+            if sent >= per_tick {
+                break;
+            }
+            let Some(id) = crate::store::outbox::case_id(&case) else {
+                continue;
+            };
+            if self
+                .in_flight
+                .get(&id)
+                .is_some_and(|t| now.saturating_duration_since(*t) < retry)
+            {
+                continue;
+            }
+            self.send_case(client, case).await;
+            sent += 1;
+        }
+    }
+
+    async fn on_answer(&mut self, payload: &[u8]) {
+        let answer = match crate::forward::decode_answer(payload) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropped a cloud answer");
+                return;
+            }
+        };
+        self.in_flight.remove(&answer.id);
+        if let Some((f, _)) = &self.forward {
+            let f = f.clone();
+            let _ = tokio::task::spawn_blocking(move || f.answered(answer)).await;
         }
     }
 
@@ -278,6 +392,9 @@ impl Link {
     }
 
     async fn on_command(&mut self, client: &AsyncClient, payload: &[u8]) {
+        if !self.in_flight.is_empty() && self.in_flight.len() > 100_000 {
+            self.in_flight.clear(); // bounded: a lost answer only costs a resend
+        }
         let last_seq: u64 = self.records.get(LAST_SEQ).ok().flatten().unwrap_or(0);
         let checker = Checker {
             keys: &self.keys,

@@ -10,6 +10,8 @@
 //! | `outpost/v1/device/<id>/status` | device (retained; last will `offline`) | JSON status |
 //! | `outpost/v1/bundles/<sha256>/get` | device | postcard [`transfer::ChunkRequest`] |
 //! | `outpost/v1/device/<id>/chunk` | bundle server | postcard [`transfer::Chunk`] |
+//! | `outpost/v1/cloud/infer` | device | postcard [`crate::forward::Case`], MQTT 5 request |
+//! | `outpost/v1/device/<id>/cloud` | cloud worker | postcard [`crate::forward::Answer`], correlation data = case id |
 
 pub mod command;
 pub mod link;
@@ -69,6 +71,13 @@ pub mod topics {
     /// Bundle servers share the requests for a bundle: each request goes to one of them.
     pub fn bundle_get_shared(bundle_hex: &str) -> String {
         format!("$share/outpost-serve/{PREFIX}/bundles/{bundle_hex}/get")
+    }
+    /// Hard cases for the cloud tier (MQTT 5 requests with a response topic and correlation data).
+    pub const CLOUD_REQUESTS: &str = "outpost/v1/cloud/infer";
+    /// Cloud workers share the requests: each reaches one of them.
+    pub const CLOUD_SHARED: &str = "$share/outpost-cloud/outpost/v1/cloud/infer";
+    pub fn cloud_reply(device: &str) -> String {
+        format!("{PREFIX}/device/{device}/cloud")
     }
     pub const ALL_STATUS: &str = "outpost/v1/device/+/status";
     pub const ALL_ACKS: &str = "outpost/v1/device/+/ack";

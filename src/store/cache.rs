@@ -30,6 +30,11 @@ impl CacheKey {
         CacheKey(key)
     }
 
+    /// The key back from its bytes (e.g. kept in an outbox case so a late cloud answer can be cached).
+    pub fn from_bytes(b: &[u8]) -> Option<CacheKey> {
+        <[u8; 64]>::try_from(b).ok().map(CacheKey)
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

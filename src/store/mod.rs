@@ -4,11 +4,13 @@
 //! at all: a SIGKILL at any instant leaves a database that opens and agrees with itself.
 
 pub mod cache;
+pub mod outbox;
 pub mod records;
 
 use std::path::{Path, PathBuf};
 
 pub use cache::{CacheKey, CachedResult, ResultCache};
+pub use outbox::Outbox;
 pub use records::Records;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,11 @@ impl Store {
         max_bytes: u64,
     ) -> Result<ResultCache, StoreError> {
         ResultCache::open(&self.db, max_entries, max_bytes)
+    }
+
+    /// The outbox of hard cases for the cloud tier.
+    pub fn outbox(&self, max_entries: u64, max_bytes: u64) -> Result<Outbox, StoreError> {
+        Outbox::open(&self.db, max_entries, max_bytes)
     }
 
     /// Small durable records (fleet link state).

@@ -49,6 +49,9 @@ pub const MODEL_INFO: &str = "outpost_model_info";
 pub const SLOT_TRANSITIONS: &str = "outpost_slot_transitions_total";
 pub const TRIAL_ACTIVE: &str = "outpost_trial_active";
 pub const COMMANDS: &str = "outpost_fleet_commands_total";
+pub const FORWARDED: &str = "outpost_forwarded_total";
+pub const OUTBOX_DROPPED: &str = "outpost_outbox_dropped_total";
+pub const OUTBOX_PENDING: &str = "outpost_outbox_pending";
 
 /// The process-wide Prometheus recorder (installed once; later calls get the same handle).
 pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {

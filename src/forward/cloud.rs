@@ -1,0 +1,166 @@
+//! The reference cloud tier (`outpostctl cloud`): runs the bigger model on hard cases, answers through the broker,
+//! and keeps every case it receives, with the edge and cloud labels, as a dataset for retraining.
+//!
+//! Workers join one MQTT 5 shared subscription, so any number of them split the load and each request reaches one
+//! of them. A case that comes again (a device resent it after a reconnect) is answered again but stored once: the
+//! dataset is keyed by case id.
+
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use super::{decode_case, Answer};
+use crate::fleet::mqtt::{self, LinkEvent, Settings};
+use crate::fleet::{topics, FleetError};
+use crate::inference::{DecodeLimits, Engine};
+
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub answered: AtomicU64,
+    pub stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// `<dataset>/cases.jsonl` (one line per case) and `<dataset>/<id>.img` (the image as sent).
+pub fn dataset_ids(dataset: &std::path::Path) -> HashSet<String> {
+    std::fs::read_to_string(dataset.join("cases.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+pub async fn run_worker(
+    settings: Settings,
+    engine: Arc<Engine>,
+    dataset: PathBuf,
+    stats: Arc<WorkerStats>,
+    shutdown: CancellationToken,
+) -> Result<(), FleetError> {
+    std::fs::create_dir_all(&dataset).map_err(|e| FleetError::Io {
+        path: dataset.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut seen = dataset_ids(&dataset);
+    let (client, mut events) = mqtt::connect(&settings, shutdown.clone())?;
+    let mut connected_once = false;
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = events.recv() => match ev { Some(ev) => ev, None => break },
+        };
+        let p = match ev {
+            LinkEvent::Connected { session_present } => {
+                connected_once = true;
+                if !session_present {
+                    client
+                        .subscribe(topics::CLOUD_SHARED, QoS::AtLeastOnce)
+                        .await?;
+                }
+                tracing::info!("cloud worker ready");
+                continue;
+            }
+            LinkEvent::Disconnected { error, .. } => {
+                if !connected_once {
+                    return Err(FleetError::Connect(error));
+                }
+                tracing::warn!(%error, "lost the broker; reconnecting");
+                continue;
+            }
+            LinkEvent::Message(p) => p,
+        };
+        let props = p.properties.clone().unwrap_or_default();
+        let (Some(reply_to), Some(corr)) =
+            (props.response_topic.clone(), props.correlation_data.clone())
+        else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if !reply_to.starts_with("outpost/v1/device/") || !reply_to.ends_with("/cloud") {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let case = match decode_case(&p.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a case");
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let e = engine.clone();
+        let image = case.image.clone();
+        let ran = tokio::task::spawn_blocking(move || {
+            let t = e.tensor_from_image(&image, &DecodeLimits::default())?;
+            e.session()?.classify(&t)
+        })
+        .await;
+        let prediction = match ran {
+            Ok(Ok(p)) => p,
+            other => {
+                tracing::warn!(result = ?other.map(|r| r.map(|_| ())), id = %case.id, "the cloud model cannot answer this case");
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let answer = Answer {
+            id: case.id.clone(),
+            label: prediction.label.clone(),
+            index: prediction.index as u32,
+            confidence: prediction.confidence,
+            margin: prediction.margin,
+            entropy: prediction.entropy,
+            model: engine.digest().to_string(),
+        };
+        let props = PublishProperties {
+            correlation_data: Some(corr),
+            ..Default::default()
+        };
+        let bytes = postcard::to_stdvec(&answer).map_err(|e| FleetError::Client(e.to_string()))?;
+        client
+            .publish_with_properties(reply_to, QoS::AtLeastOnce, false, bytes, props)
+            .await?;
+        stats.answered.fetch_add(1, Ordering::Relaxed);
+        if !seen.insert(case.id.clone()) {
+            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let line = serde_json::json!({
+            "id": case.id,
+            "device": case.device,
+            "edge_label": case.edge_label,
+            "edge_confidence": case.edge_confidence,
+            "edge_model": case.edge_model,
+            "cloud_label": answer.label,
+            "cloud_confidence": answer.confidence,
+            "image": format!("{}.img", case.id),
+            "created_unix": case.created_unix,
+        });
+        let ds = dataset.clone();
+        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::write(ds.join(format!("{}.img", case.id)), &case.image)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(ds.join("cases.jsonl"))?;
+            writeln!(f, "{line}")?;
+            f.sync_data()
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {
+                stats.stored.fetch_add(1, Ordering::Relaxed);
+            }
+            other => tracing::error!(result = ?other, "cannot store a case in the dataset"),
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The durable outbox of hard cases waiting for the cloud tier.
+//!
+//! A case is written (and flushed) before it is sent and removed only when the cloud answers it, so broker outages,
+//! lost links and SIGKILL lose nothing. Keys are a big-endian arrival number, so iteration is oldest first; a second
+//! tree maps case ids to their key for removal. Both bounds (count and bytes) drop the oldest cases first, and the
+//! drops are counted: a full outbox is a decision, not an accident.
+
+use sled::Transactional;
+
+use super::StoreError;
+
+#[derive(Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    cases: sled::Tree,
+    ids: sled::Tree,
+    meta: sled::Tree,
+    max_entries: u64,
+    max_bytes: u64,
+}
+
+const NEXT: &[u8] = b"next";
+const BYTES: &[u8] = b"bytes";
+const DROPPED: &[u8] = b"dropped";
+
+fn get_u64(t: &sled::Tree, k: &[u8]) -> Result<u64, StoreError> {
+    Ok(t.get(k)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+impl Outbox {
+    pub(super) fn open(
+        db: &sled::Db,
+        max_entries: u64,
+        max_bytes: u64,
+    ) -> Result<Outbox, StoreError> {
+        Ok(Outbox {
+            db: db.clone(),
+            cases: db.open_tree("outbox.cases")?,
+            ids: db.open_tree("outbox.ids")?,
+            meta: db.open_tree("outbox.meta")?,
+            max_entries,
+            max_bytes,
+        })
+    }
+
+    /// Stores a case and flushes (blocking). Returns how many old cases the bounds dropped to make room.
+    pub fn push(&self, id: &str, case: &[u8]) -> Result<u64, StoreError> {
+        if case.len() as u64 > self.max_bytes {
+            return Err(StoreError::Db(format!(
+                "a case of {} bytes exceeds the outbox bound of {} bytes",
+                case.len(),
+                self.max_bytes
+            )));
+        }
+        let mut dropped = 0;
+        // Make room first, oldest first.
+        while self.cases.len() as u64 >= self.max_entries
+            || get_u64(&self.meta, BYTES)? + case.len() as u64 > self.max_bytes
+        {
+            let Some((k, v)) = self.cases.first()? else {
+                break;
+            };
+            self.remove_key(&k, Some(v.len() as u64), true)?;
+            dropped += 1;
+        }
+        (&self.cases, &self.ids, &self.meta)
+            .transaction(|(cases, ids, meta)| {
+                let next = meta
+                    .get(NEXT)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let bytes = meta
+                    .get(BYTES)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let key = next.to_be_bytes();
+                cases.insert(&key, case)?;
+                ids.insert(id.as_bytes(), &key)?;
+                meta.insert(NEXT, &(next + 1).to_be_bytes())?;
+                meta.insert(BYTES, &(bytes + case.len() as u64).to_be_bytes())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| {
+                StoreError::Db(format!("{e:?}"))
+            })?;
+        self.db.flush()?;
+        Ok(dropped)
+    }
+
+    fn remove_key(&self, key: &[u8], len: Option<u64>, count_drop: bool) -> Result<(), StoreError> {
+        let id_of = |v: &[u8]| -> Option<String> { crate::store::outbox::case_id(v) };
+        (&self.cases, &self.ids, &self.meta)
+            .transaction(|(cases, ids, meta)| {
+                let Some(v) = cases.remove(key)? else {
+                    return Ok(());
+                };
+                if let Some(id) = id_of(&v) {
+                    ids.remove(id.as_bytes())?;
+                }
+                let bytes = meta
+                    .get(BYTES)?
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let n = len.unwrap_or(v.len() as u64);
+                meta.insert(BYTES, &bytes.saturating_sub(n).to_be_bytes())?;
+                if count_drop {
+                    let d = meta
+                        .get(DROPPED)?
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    meta.insert(DROPPED, &(d + 1).to_be_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| {
+                StoreError::Db(format!("{e:?}"))
+            })?;
+        Ok(())
+    }
+
+    /// Removes an answered case (blocking, flushed). Unknown ids (answered twice) are fine.
+    pub fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.take(id)?.is_some())
+    }
+
+    /// Removes an answered case and returns it (blocking, flushed).
+    pub fn take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(key) = self.ids.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let case = self.cases.get(&key)?.map(|v| v.to_vec());
+        self.remove_key(&key, None, false)?;
+        self.db.flush()?;
+        Ok(case)
+    }
+
+    /// Up to `n` cases, oldest first.
+    pub fn oldest(&self, n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.cases.iter().take(n) {
+            out.push(item?.1.to_vec());
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.cases.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cases.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        get_u64(&self.meta, BYTES).unwrap_or(0)
+    }
+
+    /// Cases dropped by the bounds since the outbox was created.
+    pub fn dropped(&self) -> u64 {
+        get_u64(&self.meta, DROPPED).unwrap_or(0)
+    }
+}
+
+/// Cases start with their id as a postcard string, so the outbox can index them without knowing their type.
+pub fn case_id(case: &[u8]) -> Option<String> {
+    postcard::take_from_bytes::<String>(case)
+        .ok()
+        .map(|(s, _)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(id: &str, pad: usize) -> Vec<u8> {
+        let mut v = postcard::to_stdvec(&id.to_string()).unwrap();
+        v.extend(std::iter::repeat_n(0u8, pad));
+        v
+    }
+
+    #[test]
+    fn bounds_drop_oldest_first_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let o = Outbox::open(&db, 3, 1 << 20).unwrap();
+            for i in 0..5 {
+                o.push(&format!("c{i}"), &case(&format!("c{i}"), 10))
+                    .unwrap();
+            }
+            assert_eq!(o.len(), 3);
+            assert_eq!(o.dropped(), 2);
+            assert!(o.remove("c3").unwrap());
+            assert!(!o.remove("c3").unwrap());
+            let left: Vec<_> = o
+                .oldest(10)
+                .unwrap()
+                .iter()
+                .map(|c| case_id(c).unwrap())
+                .collect();
+            assert_eq!(left, ["c2", "c4"]);
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let o = Outbox::open(&db, 3, 1 << 20).unwrap();
+        assert_eq!(o.len(), 2);
+        assert_eq!(o.dropped(), 2);
+        assert_eq!(o.bytes(), 2 * case("c2", 10).len() as u64);
+    }
+}
