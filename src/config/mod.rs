@@ -82,7 +82,7 @@ impl HardnessScore {
 pub struct ForwardConfig {
     pub enabled: bool,
     pub score: HardnessScore,
-    /// Unset: the bundle manifest's hardness threshold, else 0.9 (max-prob), 0.2 (margin) or 0.5 (entropy).
+    /// Unset: 0.9 (max-prob), 0.4 (margin) or 0.5 (entropy); see the cascade table in BENCHMARKS.md.
     pub threshold: Option<f32>,
     /// How long a request waits for the cloud before answering from the edge (the case stays queued).
     pub deadline_ms: u64,
@@ -114,7 +114,7 @@ impl ForwardConfig {
     pub fn default_threshold(score: HardnessScore) -> f32 {
         match score {
             HardnessScore::MaxProb => 0.9,
-            HardnessScore::Margin => 0.2,
+            HardnessScore::Margin => 0.4,
             HardnessScore::Entropy => 0.5,
         }
     }
