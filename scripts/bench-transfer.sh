@@ -15,6 +15,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
 chunk="${CHUNK:-65536}"
+window="${WINDOW:-8}"
 profile=release
 [ -x "$CARGO_TARGET_DIR/release/outpost" ] && [ -x "$CARGO_TARGET_DIR/release/outpostctl" ] || profile=debug
 bin="$CARGO_TARGET_DIR/$profile"
@@ -53,8 +54,9 @@ for run in 1 2 3; do
     ref+=("$(python3 -c "print(f'{$size/($t1-$t0)/1e6:.1f}')")")
 done
 
-echo "== agent fetch + install, chunks of $chunk bytes" >&2
-"$bin/outpost" run --listen 127.0.0.1:0 --state-dir "$work/state" --broker "$broker" --device-id bench \
+echo "== agent fetch + install, chunks of $chunk bytes, $window in flight" >&2
+printf '[fleet]\nwindow = %s\n' "$window" >"$work/agent.toml"
+"$bin/outpost" run --config "$work/agent.toml" --listen 127.0.0.1:0 --state-dir "$work/state" --broker "$broker" --device-id bench \
     --trusted-keys "$work/trusted" 2>"$work/agent.log" &
 pids+=($!)
 for _ in $(seq 200); do [ -f "$work/state/api.addr" ] && break; sleep 0.05; done
@@ -68,14 +70,14 @@ want="$(python3 -c "import json; print(json.load(open('$work/ack.json'))['result
 while ! curl -s "$api/v1/status" | grep -q "$want"; do sleep 0.01; done
 t2=$(now)
 
-python3 - "$work/ack.json" "$size" "$t0" "$t1" "$t2" "$chunk" "$profile" "${ref[@]}" <<'EOF'
+python3 - "$work/ack.json" "$size" "$t0" "$t1" "$t2" "$chunk" "$profile" "$window" "${ref[@]}" <<'EOF'
 import json, sys
 ack = json.load(open(sys.argv[1]))
 size, t0, t1, t2, chunk, profile = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
-ref = [float(x) for x in sys.argv[8:]]
+ref = [float(x) for x in sys.argv[9:]]
 t = ack["result"]["transfer"]
 fetch_s = t["elapsed_ms"] / 1000
-print(f"bundle: {size} bytes ({size/2**20:.1f} MiB), {t['chunks_total']} chunks of {chunk} bytes; binaries: {profile}")
+print(f"bundle: {size} bytes ({size/2**20:.1f} MiB), {t['chunks_total']} chunks of {chunk} bytes, window {sys.argv[8]}; binaries: {profile}")
 print()
 print("| path | MB/s | notes |")
 print("|---|---|---|")

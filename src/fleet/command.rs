@@ -137,6 +137,7 @@ pub struct CommandBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignedCommand {
     /// The postcard bytes of a [`CommandBody`], exactly as signed.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub signatures: Vec<BundleSignature>,
 }

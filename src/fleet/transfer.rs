@@ -28,6 +28,7 @@ pub struct ChunkRequest {
 pub struct Chunk {
     pub bundle: [u8; 32],
     pub index: u32,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -34,11 +34,13 @@ pub struct Case {
     pub id: String,
     pub device: String,
     /// The encoded image as the client sent it: the cloud model preprocesses for itself.
+    #[serde(with = "serde_bytes")]
     pub image: Vec<u8>,
     pub edge_label: String,
     pub edge_confidence: f32,
     pub edge_model: String,
     /// Where the device caches the cloud's answer.
+    #[serde(with = "serde_bytes")]
     pub cache_key: Vec<u8>,
     pub created_unix: u64,
 }
