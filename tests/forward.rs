@@ -228,3 +228,63 @@ fn the_outbox_bound_drops_the_oldest_and_counts_it() {
     assert!(m.contains("outpost_outbox_dropped_total 7"), "{m}");
     assert!(d.stop().success());
 }
+
+#[test]
+fn the_threshold_comes_from_the_manifest_unless_the_config_or_set_overrides_it() {
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let url = broker.url();
+    let state = f.path("state-f5");
+    let d = Daemon::start(
+        &state,
+        &[
+            "--broker",
+            &url,
+            "--device-id",
+            "f5",
+            "--trusted-keys",
+            s(&f.trusted),
+        ],
+    );
+    let threshold = |d: &Daemon| {
+        d.get_json("/v1/status")["forward"]["threshold"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((threshold(&d) - 0.9).abs() < 1e-6, "the max-prob default");
+    let b = f.bundle(
+        "v2.bundle",
+        "edge-fp32",
+        2,
+        &[&f.key1],
+        &["--hardness-threshold", "0.42"],
+    );
+    assert!(f.install(&state, &b, &[]).status.success());
+    wait_until(
+        "the manifest's threshold applies",
+        Duration::from_secs(10),
+        || (threshold(&d) - 0.42).abs() < 1e-6,
+    );
+    assert!(d.stop().success());
+    // The config wins over the manifest, also after a restart.
+    let d = Daemon::start(
+        &state,
+        &[
+            "--broker",
+            &url,
+            "--device-id",
+            "f5",
+            "--trusted-keys",
+            s(&f.trusted),
+            "--hardness",
+            "margin:0.3",
+        ],
+    );
+    let st = d.get_json("/v1/status")["forward"].clone();
+    assert_eq!(st["score"], "margin");
+    assert!(
+        (st["threshold"].as_f64().unwrap() - 0.3).abs() < 1e-6,
+        "{st}"
+    );
+    assert!(d.stop().success());
+}

@@ -111,7 +111,10 @@ async fn rollback(service: &Service, store: &SlotStore, digest: &str, reason: &s
         Ok(Ok((state, ()))) => {
             tracing::warn!(%reason, "model on trial rolled back");
             match engine_for(service, store, &state).await {
-                Some((engine, slot)) => service.swap(engine, &slot),
+                Some((engine, slot)) => {
+                    service.swap(engine, &slot);
+                    service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
+                }
                 None => tracing::error!("the previous model cannot be loaded; still serving the model that failed its trial"),
             }
             service.note_transition("rollback", "probation", reason);
@@ -200,10 +203,12 @@ async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
         let version = engine.spec().version;
         tracing::info!(slot = %slot, version, digest = %engine.digest(), "new model live, on trial");
         service.begin_trial(engine, &slot, Some(serving));
+        service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
         service.note_transition("trial", "install", &format!("version {version}"));
     } else {
         tracing::info!(slot = %slot, digest = %engine.digest(), "switching to the model the slot record names");
         service.swap(engine, &slot);
+        service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
         service.note_transition("rollback", "operator", "changed by an operator");
     }
 }

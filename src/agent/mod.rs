@@ -127,6 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let pool = Arc::new(Pool::start(config.worker_count(), config.workers.queue));
     let service = Arc::new(Service::new(engine, pool.clone(), cache, &config));
     service.set_slot(&started.slot);
+    service.set_model_threshold(started.hardness_threshold);
     if started.on_trial {
         // A trial found at start: no baseline from this run, but the previous model is kept for failed runs.
         let current = service.engine();
@@ -250,6 +251,8 @@ struct Started {
     previous: Option<Engine>,
     /// The record's generation after start-up's own write.
     generation: u64,
+    /// The live slot's manifest hardness threshold.
+    hardness_threshold: Option<f32>,
 }
 
 /// At start: count the start against a pending trial (boot counting), then load the live slot's model, falling back
@@ -309,11 +312,17 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError>
         }
         None => None,
     };
+    let hardness_threshold = if matches!(slot.as_str(), "a" | "b") {
+        state.active_info().and_then(|i| i.hardness_threshold)
+    } else {
+        None
+    };
     Ok(Started {
         engine,
         slot,
         on_trial,
         previous,
         generation: state.generation,
+        hardness_threshold,
     })
 }

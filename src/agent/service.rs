@@ -88,6 +88,7 @@ pub struct Service {
     last_transfer: Mutex<Option<serde_json::Value>>,
     download: Mutex<Option<serde_json::Value>>,
     forwarder: std::sync::OnceLock<Arc<crate::forward::Forwarder>>,
+    model_threshold: Mutex<Option<f32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +120,7 @@ impl Service {
             last_transfer: Mutex::new(None),
             download: Mutex::new(None),
             forwarder: std::sync::OnceLock::new(),
+            model_threshold: Mutex::new(None),
             pool,
             cache: cache.map(Arc::new),
             limits,
@@ -234,7 +236,16 @@ impl Service {
 
     /// Turns on forwarding of hard cases (done once, when the fleet link starts).
     pub fn set_forwarder(&self, f: Arc<crate::forward::Forwarder>) {
+        f.set_manifest_threshold(*lock(&self.model_threshold));
         let _ = self.forwarder.set(f);
+    }
+
+    /// The serving model's manifest hardness threshold (from its slot record).
+    pub fn set_model_threshold(&self, t: Option<f32>) {
+        *lock(&self.model_threshold) = t;
+        if let Some(f) = self.forwarder.get() {
+            f.set_manifest_threshold(t);
+        }
     }
 
     pub fn cache(&self) -> Option<Arc<ResultCache>> {

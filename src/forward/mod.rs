@@ -87,7 +87,10 @@ pub struct Forwarder {
     to_link: mpsc::Sender<Vec<u8>>,
     waiters: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
     score: HardnessScore,
-    threshold: Mutex<f32>,
+    /// Precedence: `set` at run time, then the config, then the serving model's manifest, then the default.
+    runtime: Mutex<Option<f32>>,
+    configured: Option<f32>,
+    manifest: Mutex<Option<f32>>,
     deadline: Duration,
 }
 
@@ -103,9 +106,6 @@ impl Forwarder {
         config: &ForwardConfig,
     ) -> (Arc<Forwarder>, mpsc::Receiver<Vec<u8>>) {
         let (tx, rx) = mpsc::channel(1024);
-        let threshold = config
-            .threshold
-            .unwrap_or_else(|| ForwardConfig::default_threshold(config.score));
         (
             Arc::new(Forwarder {
                 outbox,
@@ -113,19 +113,31 @@ impl Forwarder {
                 to_link: tx,
                 waiters: Mutex::new(HashMap::new()),
                 score: config.score,
-                threshold: Mutex::new(threshold),
+                runtime: Mutex::new(None),
+                configured: config.threshold,
+                manifest: Mutex::new(None),
                 deadline: Duration::from_millis(config.deadline_ms),
             }),
             rx,
         )
     }
 
+    /// The `set hardness.threshold` command.
     pub fn set_threshold(&self, t: f32) {
-        *lock(&self.threshold) = t;
+        *lock(&self.runtime) = Some(t);
+    }
+
+    /// The serving model's manifest threshold (None for the built-in model or a bundle without one).
+    pub fn set_manifest_threshold(&self, t: Option<f32>) {
+        *lock(&self.manifest) = t;
     }
 
     pub fn policy(&self) -> (HardnessScore, f32) {
-        (self.score, *lock(&self.threshold))
+        let t = (*lock(&self.runtime))
+            .or(self.configured)
+            .or(*lock(&self.manifest))
+            .unwrap_or_else(|| ForwardConfig::default_threshold(self.score));
+        (self.score, t)
     }
 
     pub fn is_hard(&self, confidence: f32, margin: f32, entropy: f32) -> bool {

@@ -175,6 +175,7 @@ pub fn install(
         digest: engine.digest().to_string(),
         variant: manifest.variants[chosen].name.clone(),
         reason,
+        hardness_threshold: manifest.hardness_threshold,
     };
     tracing::info!(version = info.version, variant = %info.variant, median_us = us, slot = target.name(), "bundle installed");
     let state = state.flip(target, info.clone());

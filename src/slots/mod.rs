@@ -61,6 +61,9 @@ pub struct SlotInfo {
     /// Which variant of the bundle was chosen, and why.
     pub variant: String,
     pub reason: String,
+    /// The manifest's hardness threshold for forwarding to the cloud (config and `set` override it).
+    #[serde(default)]
+    pub hardness_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,6 +312,7 @@ mod tests {
             digest: format!("d{v}"),
             variant: "int8".into(),
             reason: String::new(),
+            hardness_threshold: None,
         }
     }
 
