@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use outpost::bundle::{self, Manifest, Policy, SigningKeyFile, TrustedKeys, Variant};
-use outpost::inference::{DecodeLimits, Engine, ModelSpec};
+use outpost::bundle::{self, Policy, SigningKeyFile, TrustedKeys};
+use outpost::inference::{Engine, ModelSpec};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -316,7 +316,7 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
     if named.is_empty() {
         bail!("give the model with --model <onnx> or --variant NAME=PATH");
     }
-    let mut golden_inputs: Vec<Vec<f32>> = Vec::new();
+    let mut golden_images = Vec::new();
     if let Some(dir) = &args.golden_images {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| dir.display().to_string())?
@@ -327,54 +327,31 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
             })
             .collect();
         paths.sort();
-        for p in paths.into_iter().take(8) {
-            let bytes = std::fs::read(&p)?;
-            golden_inputs.push(outpost::inference::preprocess::image_to_tensor(
-                &bytes,
-                &spec,
-                &DecodeLimits::default(),
-            )?);
+        for p in paths.into_iter().take(bundle::build::MAX_GOLDEN) {
+            golden_images.push(std::fs::read(&p).with_context(|| p.display().to_string())?);
         }
     }
-    let mut models = Vec::new();
     let mut variants = Vec::new();
     for (name, path) in &named {
         let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-        let engine =
-            Engine::load(&bytes, spec.clone()).with_context(|| path.display().to_string())?;
-        let golden_outputs = golden_inputs
-            .iter()
-            .map(|i| engine.run(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        variants.push(Variant {
-            name: name.clone(),
-            size: bytes.len() as u64,
-            sha256: bundle::sha256(&bytes),
-            golden_outputs,
-        });
-        models.push(bytes);
+        variants.push((name.clone(), bytes));
     }
-    let now = bundle::now_unix();
-    let manifest = Manifest {
-        name: spec.name.clone(),
-        version: args.version,
-        created_unix: now,
-        expires_unix: now + args.expires_days * 86_400,
-        min_agent_version: env!("CARGO_PKG_VERSION").into(),
-        spec,
-        hardness_threshold: args.hardness_threshold,
-        golden_inputs,
-        golden_tolerance: args.tolerance,
-        variants,
-    };
     let keys = args
         .keys
         .iter()
         .map(|k| SigningKeyFile::load(k))
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&SigningKeyFile> = keys.iter().collect();
-    let mut buf = Vec::new();
-    bundle::write_bundle(&mut buf, &manifest, &models, &refs)?;
+    let buf = bundle::build::build(bundle::build::Build {
+        spec,
+        variants,
+        golden_images,
+        version: args.version,
+        expires_in_s: args.expires_days * 86_400,
+        tolerance: args.tolerance,
+        hardness_threshold: args.hardness_threshold,
+        keys: &refs,
+    })?;
     outpost::fsutil::write_atomic(&args.out, &buf)
         .with_context(|| args.out.display().to_string())?;
     eprintln!(
@@ -382,7 +359,7 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
         args.out.display(),
         buf.len(),
         args.version,
-        models.len(),
+        named.len(),
         keys.len()
     );
     Ok(())

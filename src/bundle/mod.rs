@@ -9,6 +9,7 @@
 //! Only the manifest is signed; it pins every variant's size and SHA-256, so the (large) model bytes can be streamed
 //! to disk and checked as they arrive, and nothing past the signed size is ever read.
 
+pub mod build;
 pub mod keys;
 
 use serde::{Deserialize, Serialize};
@@ -95,8 +96,11 @@ pub struct BundleSignature {
 }
 
 impl Manifest {
+    /// Saturating: sizes come from outside, and a wrapped sum would slip under the cap (found by fuzzing).
     pub fn total_model_bytes(&self) -> u64 {
-        self.variants.iter().map(|v| v.size).sum()
+        self.variants
+            .iter()
+            .fold(0u64, |a, v| a.saturating_add(v.size))
     }
 
     /// Structural checks on decoded (not yet trusted) content.
@@ -187,8 +191,12 @@ fn read_section(r: &mut impl Read, what: &'static str, cap: usize) -> Result<Vec
             cap: cap as u64,
         });
     }
-    let mut buf = vec![0u8; len];
-    read_exact_or(r, &mut buf, what)?;
+    // Allocation follows the bytes actually present, not the declared length.
+    let mut buf = Vec::new();
+    r.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(BundleError::Truncated(format!("ends inside the {what}")));
+    }
     Ok(buf)
 }
 
@@ -205,6 +213,14 @@ pub struct VerifiedHeader {
 pub fn read_header_unverified(
     r: &mut impl Read,
 ) -> Result<(Manifest, Vec<u8>, Vec<BundleSignature>), BundleError> {
+    let (manifest_bytes, sigs) = read_sections(r)?;
+    let manifest: Manifest =
+        postcard::from_bytes(&manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    Ok((manifest, manifest_bytes, sigs))
+}
+
+/// The raw manifest bytes and the decoded (small, capped) signature list.
+fn read_sections(r: &mut impl Read) -> Result<(Vec<u8>, Vec<BundleSignature>), BundleError> {
     let mut magic = [0u8; 9];
     r.read_exact(&mut magic)
         .map_err(|_| BundleError::NotABundle)?;
@@ -213,11 +229,9 @@ pub fn read_header_unverified(
     }
     let manifest_bytes = read_section(r, "manifest", MAX_MANIFEST)?;
     let sig_bytes = read_section(r, "signatures", MAX_SIGNATURES)?;
-    let manifest: Manifest =
-        postcard::from_bytes(&manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
     let sigs: Vec<BundleSignature> = postcard::from_bytes(&sig_bytes)
         .map_err(|e| BundleError::Signature(format!("signature list does not decode: {e}")))?;
-    Ok((manifest, manifest_bytes, sigs))
+    Ok((manifest_bytes, sigs))
 }
 
 /// What a device checks before it writes a byte of model data.
@@ -230,17 +244,22 @@ pub struct Policy<'a> {
 
 /// Reads the header and checks signatures (k distinct trusted keys), expiry and agent version.
 pub fn read_header(r: &mut impl Read, policy: &Policy) -> Result<VerifiedHeader, BundleError> {
-    let (manifest, manifest_bytes, sigs) = read_header_unverified(r)?;
+    let (manifest_bytes, sigs) = read_sections(r)?;
+    // Signatures first, over the raw bytes: an unsigned manifest is never decoded, so it cannot make the decoder
+    // allocate more than the bytes it came in (found by fuzzing: empty vectors cost 24 bytes per input byte).
+    check_signatures(&manifest_bytes, &sigs, policy)?;
+    let manifest: Manifest =
+        postcard::from_bytes(&manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
     verify_manifest(manifest, manifest_bytes, &sigs, policy)
 }
 
-pub fn verify_manifest(
-    manifest: Manifest,
-    manifest_bytes: Vec<u8>,
+/// The distinct trusted keys that signed `manifest_bytes`; an error below the threshold.
+fn check_signatures(
+    manifest_bytes: &[u8],
     sigs: &[BundleSignature],
     policy: &Policy,
-) -> Result<VerifiedHeader, BundleError> {
-    let msg = message(&manifest_bytes);
+) -> Result<Vec<KeyId>, BundleError> {
+    let msg = message(manifest_bytes);
     let mut signers: Vec<KeyId> = Vec::new();
     for s in sigs {
         if signers.contains(&s.key_id) {
@@ -257,6 +276,16 @@ pub fn verify_manifest(
             needed,
         });
     }
+    Ok(signers)
+}
+
+pub fn verify_manifest(
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    sigs: &[BundleSignature],
+    policy: &Policy,
+) -> Result<VerifiedHeader, BundleError> {
+    let signers = check_signatures(&manifest_bytes, sigs, policy)?;
     manifest.check_shape()?;
     if policy.now_unix >= manifest.expires_unix {
         return Err(BundleError::Expired {
