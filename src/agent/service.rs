@@ -348,6 +348,8 @@ impl Service {
     ) -> Result<InferResponse, ServiceError> {
         // The engine is chosen once, at admission: the whole request runs against it even if a swap happens.
         let engine = self.engine();
+        // Taken with the engine: a rollback that lands while this request runs must not take its fallback away.
+        let fallback_at_admission = self.fallback();
         let limits = self.limits;
         let cache = self.cache.clone();
         let e = engine.clone();
@@ -397,7 +399,12 @@ impl Service {
             Ok(ran) => (engine, key, ran),
             Err(ServiceError::Internal(message)) => {
                 self.record_error(engine.digest(), &message);
-                match self.fallback().filter(|f| f.digest() != engine.digest()) {
+                // The previous model kept for the trial or, if the trial already ended in a rollback, whatever
+                // serves now.
+                let previous = fallback_at_admission
+                    .or_else(|| Some(self.engine()))
+                    .filter(|f| f.digest() != engine.digest());
+                match previous {
                     Some(previous) => {
                         tracing::warn!(error = %message, "the model on trial failed; answering with the previous model");
                         let tensor = if previous.spec().input == engine.spec().input
