@@ -4,6 +4,8 @@ pub mod agent;
 pub mod api;
 pub mod bundle;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod fault;
 pub mod fleet;
 pub mod forward;
