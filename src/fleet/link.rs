@@ -231,9 +231,14 @@ impl Link {
                         None => std::future::pending().await,
                     }
                 } => {
-                    // Offline, the case waits in the outbox for the paced resend.
+                    // Offline, the case waits in the outbox for the paced resend; one the resend already sent is
+                    // not sent twice.
                     if let (Some(case), true) = (case, connected) {
-                        self.send_case(&client, case).await;
+                        let sent = crate::store::outbox::case_id(&case)
+                            .is_some_and(|id| self.in_flight.contains_key(&id));
+                        if !sent {
+                            self.send_case(&client, case).await;
+                        }
                     }
                 }
             }
