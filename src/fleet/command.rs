@@ -56,13 +56,14 @@ impl Offer {
 
     /// Length of chunk `i` (the last one may be short).
     pub fn chunk_len(&self, i: usize) -> u64 {
-        let start = i as u64 * self.chunk_size as u64;
+        let start = (i as u64).saturating_mul(self.chunk_size as u64);
         (self.size.saturating_sub(start)).min(self.chunk_size as u64)
     }
 
-    /// Chunks that hold the signed header.
+    /// Chunks that hold the signed header. Total even on an offer that [`Offer::check`] would refuse (a zero chunk
+    /// size divided by zero here until fuzzing found it).
     pub fn header_chunks(&self) -> usize {
-        (self.header_len as usize).div_ceil(self.chunk_size as usize)
+        (self.header_len as usize).div_ceil(self.chunk_size.max(1) as usize)
     }
 
     /// Internal consistency, before anything is allocated from it.
@@ -272,4 +273,40 @@ pub fn verify(bytes: &[u8], c: &Checker) -> Result<CommandBody, CommandError> {
 /// The best-effort sequence number of bytes that failed verification, so the refusal can name it.
 pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
     decode(bytes).ok().map(|(_, b)| b.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offer_helpers_are_total_on_offers_that_check_refuses() {
+        // Found by `cargo fuzz run command_decode`: a zero chunk size divided by zero in header_chunks.
+        let o = Offer {
+            bundle: [0; 32],
+            size: u64::MAX,
+            chunk_size: 0,
+            header_len: u32::MAX,
+            chunks: vec![],
+            name: String::new(),
+            version: 0,
+        };
+        assert!(o.check(1 << 30).is_err());
+        assert_eq!(o.chunk_len(usize::MAX), 0);
+        assert_eq!(o.header_chunks(), u32::MAX as usize);
+    }
+
+    #[test]
+    fn the_fuzzer_crash_input_is_refused_cleanly() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions/command_decode");
+        for e in std::fs::read_dir(&dir).expect("fuzz/regressions/command_decode") {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            if let Ok((_, body)) = decode(&bytes) {
+                if let Action::Update(o) = &body.action {
+                    let _ = (o.check(1 << 30), o.header_chunks(), o.chunk_len(3));
+                }
+            }
+        }
+    }
 }
