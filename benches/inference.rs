@@ -27,60 +27,46 @@ const DEFAULT_MODELS: &[&str] = &[
 const MIN_ITERS: usize = 10;
 const MAX_ITERS: usize = 200_000;
 
+/// tract inference benchmark: load time, latency percentiles and throughput per model.
+#[derive(clap::Parser)]
+#[command(name = "inference")]
 struct Args {
+    /// Print only the JSON summary.
+    #[arg(long = "json")]
     json_only: bool,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models"))]
     models_dir: PathBuf,
-    stems: Vec<String>,
+    /// Seconds of timed runs per model.
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Model loads timed per model.
+    #[arg(long, default_value_t = 3)]
     loads: usize,
+    /// Fixed number of timed runs (instead of --seconds).
+    #[arg(long)]
     iters: Option<usize>,
+    #[arg(long)]
     warmup: Option<usize>,
-}
-
-fn usage_and_exit(msg: &str) -> ! {
-    eprintln!("error: {msg}");
-    eprintln!(
-        "usage: cargo bench --bench inference -- [--json] [--models-dir DIR] [--seconds S] [--loads K] \
-         [--iters N] [--warmup W] [STEM ...]"
-    );
-    std::process::exit(2)
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Model stems under --models-dir (default: all the committed models).
+    stems: Vec<String>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        json_only: false,
-        models_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-        stems: Vec::new(),
-        seconds: 3.0,
-        loads: 3,
-        iters: None,
-        warmup: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .unwrap_or_else(|| usage_and_exit(&format!("{name} needs a value")))
-        };
-        let number = |name: &str, v: String| -> f64 {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x >= 0.0)
-                .unwrap_or_else(|| usage_and_exit(&format!("{name}: not a number: {v}")))
-        };
-        match a.as_str() {
-            "--json" => args.json_only = true,
-            "--models-dir" => args.models_dir = PathBuf::from(value("--models-dir")),
-            "--seconds" => args.seconds = number("--seconds", value("--seconds")),
-            "--loads" => args.loads = (number("--loads", value("--loads")) as usize).max(1),
-            "--iters" => args.iters = Some((number("--iters", value("--iters")) as usize).max(1)),
-            "--warmup" => args.warmup = Some(number("--warmup", value("--warmup")) as usize),
-            "-h" | "--help" => usage_and_exit("help requested"),
-            // cargo bench passes `--bench`; libtest-style flags may come too: ignore them.
-            s if s.starts_with('-') => {}
-            s => args.stems.push(s.trim_end_matches(".onnx").to_string()),
-        }
+    let mut args = <Args as clap::Parser>::parse();
+    if !args.seconds.is_finite() || args.seconds < 0.0 {
+        eprintln!("error: --seconds takes a number of seconds, 0 or more");
+        std::process::exit(2);
     }
+    args.loads = args.loads.max(1);
+    args.iters = args.iters.map(|n| n.max(1));
+    args.stems = args
+        .stems
+        .iter()
+        .map(|s| s.trim_end_matches(".onnx").to_string())
+        .collect();
     if args.stems.is_empty() {
         args.stems = DEFAULT_MODELS.iter().map(|s| s.to_string()).collect();
     }

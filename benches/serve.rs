@@ -42,23 +42,40 @@ const SLOW: Duration = Duration::from_millis(20);
 /// Target duration of each timed latency phase (in-process, HTTP), within `--slow-iters..=--iters` runs.
 const LATENCY_SECONDS: f64 = 5.0;
 
+/// Serving benchmark: the HTTP daemon against the in-process engine on the same models.
+#[derive(clap::Parser)]
+#[command(name = "serve")]
 struct Args {
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models"))]
     models_dir: PathBuf,
-    stems: Vec<String>,
+    /// Timed runs per latency phase for fast models (clamped to 1..=100000).
+    #[arg(long, default_value_t = 200)]
     iters: usize,
+    /// The same for slow models (clamped to 1..=1000).
+    #[arg(long, default_value_t = 5)]
     slow_iters: usize,
+    /// Seconds of the throughput phase (at most 600).
+    #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    #[arg(long, default_value_t = 10.0)]
     slow_seconds: f64,
+    /// Concurrent HTTP clients (clamped to 1..=16).
+    #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// The daemon binary (default: $OUTPOST_BIN, else the release build in the target dir).
+    #[arg(long = "bin")]
+    bin_flag: Option<PathBuf>,
+    #[arg(skip)]
     bin: PathBuf,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Model stems under --models-dir.
+    stems: Vec<String>,
 }
 
 fn usage_and_exit(msg: &str) -> ! {
-    eprintln!("error: {msg}");
-    eprintln!(
-        "usage: cargo bench --bench serve -- [--models-dir DIR] [--iters N] [--slow-iters N] [--seconds S] \
-         [--slow-seconds S] [--clients C] [--bin PATH] [STEM ...]"
-    );
+    eprintln!("error: {msg} (see --help)");
     std::process::exit(2)
 }
 
@@ -73,50 +90,27 @@ fn default_bin() -> PathBuf {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        models_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-        stems: Vec::new(),
-        iters: 200,
-        slow_iters: 5,
-        seconds: 5.0,
-        slow_seconds: 10.0,
-        clients: 4,
-        bin: default_bin(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .unwrap_or_else(|| usage_and_exit(&format!("{name} needs a value")))
-        };
-        let number = |name: &str, v: String| -> f64 {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .unwrap_or_else(|| usage_and_exit(&format!("{name}: not a positive number: {v}")))
-        };
-        match a.as_str() {
-            "--models-dir" => args.models_dir = PathBuf::from(value("--models-dir")),
-            "--iters" => args.iters = number("--iters", value("--iters")) as usize,
-            "--slow-iters" => {
-                args.slow_iters = number("--slow-iters", value("--slow-iters")) as usize
-            }
-            "--seconds" => args.seconds = number("--seconds", value("--seconds")).min(600.0),
-            "--slow-seconds" => {
-                args.slow_seconds = number("--slow-seconds", value("--slow-seconds")).min(600.0)
-            }
-            "--clients" => {
-                args.clients = (number("--clients", value("--clients")) as usize).clamp(1, 16)
-            }
-            "--bin" => args.bin = PathBuf::from(value("--bin")),
-            "-h" | "--help" => usage_and_exit("help requested"),
-            // cargo bench passes `--bench`; libtest-style flags may come too: ignore them.
-            s if s.starts_with('-') => {}
-            s => args.stems.push(s.trim_end_matches(".onnx").to_string()),
+    let mut args = <Args as clap::Parser>::parse();
+    for (name, v) in [
+        ("--seconds", args.seconds),
+        ("--slow-seconds", args.slow_seconds),
+    ] {
+        if !v.is_finite() || v <= 0.0 {
+            eprintln!("error: {name} takes a positive number of seconds");
+            std::process::exit(2);
         }
     }
+    args.seconds = args.seconds.min(600.0);
+    args.slow_seconds = args.slow_seconds.min(600.0);
+    args.clients = args.clients.clamp(1, 16);
     args.iters = args.iters.clamp(1, 100_000);
     args.slow_iters = args.slow_iters.clamp(1, 1_000);
+    args.bin = args.bin_flag.clone().unwrap_or_else(default_bin);
+    args.stems = args
+        .stems
+        .iter()
+        .map(|s| s.trim_end_matches(".onnx").to_string())
+        .collect();
     if args.stems.is_empty() {
         args.stems = DEFAULT_MODELS.iter().map(|s| s.to_string()).collect();
     }
