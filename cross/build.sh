@@ -19,6 +19,8 @@
 #   CARGO_TARGET_DIR  base target dir; this script uses "${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}-cross"
 #                     (cargo locks it: two cross builds at once need OUTPOST_CROSS_TARGET_DIR, which overrides it)
 #   OUTPOST_CROSS_TOOLCHAIN  auto (default) | rustup | debian
+#   OUTPOST_CROSS_UNIT_TESTS=1  also build the library's unit tests for the target and run them through
+#                     qemu-user (cargo's target runner), after the binary
 #
 # Output: the binary path, `file` output (must say statically linked) and its stripped size. The binary itself is
 # stripped (profile strip=symbols), so it is ready to ship; the last line of stdout is the path.
@@ -185,6 +187,18 @@ say "running: ${build[*]} --locked --profile $profile --target $target --bin out
 start=$(date +%s)
 nice -n "${OUTPOST_NICE:-15}" "${build[@]}" --locked --profile "$profile" --target "$target" --bin outpost >&2
 say "build took $(( $(date +%s) - start ))s"
+
+if [ "${OUTPOST_CROSS_UNIT_TESTS:-0}" = 1 ]; then
+  qemu="qemu-$(echo "$target" | cut -d- -f1 | sed 's/armv7/arm/')-static"
+  command -v "$qemu" >/dev/null || apt_install qemu-user-static
+  export "CARGO_TARGET_${triple_env}_RUNNER=$qemu"
+  say "running: ${build[0]} test --lib (runner $qemu)"
+  start=$(date +%s)
+  test_cmd=("${build[@]}")
+  test_cmd[1]=test
+  nice -n "${OUTPOST_NICE:-15}" "${test_cmd[@]}" --locked --profile "$profile" --target "$target" --lib >&2
+  say "unit tests under $qemu took $(( $(date +%s) - start ))s"
+fi
 
 command -v file >/dev/null || apt_install file
 bin="$CARGO_TARGET_DIR/$target/$profile/outpost"
