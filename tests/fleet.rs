@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::KillOnDrop;
+
 use common::{outpostctl, s, wait_until, Daemon, Fixture, Mosquitto};
 use outpost::bundle::SigningKeyFile;
 use outpost::fleet::command::{self, Action, CommandBody, Target};
@@ -142,16 +144,6 @@ fn publish_installs_a_big_bundle_and_the_retained_status_reports_it() {
         last["state"], "offline",
         "a clean stop says offline: {last}"
     );
-}
-
-/// A helper process stopped with the test, even when it fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn download(daemon: &Daemon) -> serde_json::Value {

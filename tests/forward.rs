@@ -4,20 +4,13 @@
 
 mod common;
 
+use common::KillOnDrop;
+
 use common::{s, wait_until, Daemon, Fixture, Mosquitto};
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn worker(broker: &Mosquitto, dataset: &Path) -> KillOnDrop {
     let w = KillOnDrop(

@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{outpost, s, status, Daemon, Fixture};
+use common::{outpost, s, status, wait_until, Daemon, Fixture};
 use outpost::inference::{DecodeLimits, Engine};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn digest_of(model: &str) -> String {
     outpost::inference::digest_hex(
@@ -24,17 +24,6 @@ fn write_config(f: &Fixture, body: &str) -> String {
 }
 
 const PROBATION: &str = "[cache]\nenabled = false\n\n[probation]\nrequests = 40\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 2.0\n";
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 /// Sends `n` test images; every one must be answered 200. Returns the answers.
 fn send(daemon: &Daemon, n: usize) -> Vec<serde_json::Value> {
