@@ -31,6 +31,11 @@ pub(crate) async fn run(
             return;
         }
     };
+    // A candidate staged before this start runs in shadow again.
+    let st = store.clone();
+    if let Ok(Ok(state)) = tokio::task::spawn_blocking(move || st.load()).await {
+        sync_candidate(&service, &store, &state).await;
+    }
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -179,8 +184,39 @@ async fn engine_for(
     }
 }
 
+/// Makes the service's candidate the one the record stages (or none).
+async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState) {
+    let want = state
+        .candidate
+        .zip(state.candidate_info().map(|i| i.digest.clone()));
+    let have = service.candidate().map(|c| c.digest().to_string());
+    match want {
+        None if have.is_some() => {
+            tracing::info!("candidate dropped");
+            service.set_candidate(None);
+        }
+        Some((slot, digest)) if have.as_deref() != Some(digest.as_str()) => {
+            let (st, s) = (store.clone(), state.clone());
+            match tokio::task::spawn_blocking(move || {
+                crate::slots::install::load_slot(&st, &s, slot)
+            })
+            .await
+            {
+                Ok(Ok(engine)) => {
+                    tracing::info!(version = engine.spec().version, %digest, "candidate staged: running in shadow");
+                    service.set_candidate(Some(Arc::new(engine)));
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot load the staged candidate"),
+                Err(e) => tracing::error!(error = %e, "candidate loading task failed"),
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Applies a record written by another process.
 async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
+    sync_candidate(service, store, &state).await;
     let want = state.active_info().map(|i| i.digest.clone());
     let serving = service.engine();
     let same = match &want {

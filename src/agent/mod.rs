@@ -7,6 +7,7 @@
 mod controller;
 pub mod probation;
 mod service;
+pub mod shadow;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

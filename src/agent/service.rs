@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::probation::{Probation, Verdict, Window};
+use super::shadow::{in_candidate_arm, sampled, Arm, ShadowRun, ShadowStats};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Config;
 use crate::inference::{DecodeLimits, Engine, InferenceError};
 use crate::store::{CacheKey, CachedResult, ResultCache};
 use crate::telemetry::{Counters, Outcome};
-use crate::worker::{Pool, PoolError};
+use crate::worker::{Background, Pool, PoolError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -50,6 +52,9 @@ pub struct InferResponse {
     pub forwarded: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub case_id: Option<String>,
+    /// During an A/B split: `active` or `candidate`, the arm that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,19 @@ pub struct Service {
     download: Mutex<Option<serde_json::Value>>,
     forwarder: std::sync::OnceLock<Arc<crate::forward::Forwarder>>,
     model_threshold: Mutex<Option<f32>>,
+    /// The staged candidate (shadow and A/B), if a rollout staged one.
+    candidate: ArcSwapOption<Engine>,
+    shadow: Arc<Mutex<ShadowStats>>,
+    /// A/B arms: [active, candidate].
+    arms: Mutex<[Arm; 2]>,
+    /// The shadow thread, started on first use (or shared, in a simulation).
+    background: std::sync::OnceLock<Arc<Background>>,
+    shadow_seen: AtomicU64,
+    /// f64 bits of `shadow.fraction` and `shadow.split` (config, overridden by the fleet).
+    shadow_fraction: AtomicU64,
+    split: AtomicU64,
+    /// Bumped by every change worth telling the fleet about at once (see [`Service::changes`]).
+    changes: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,6 +139,14 @@ impl Service {
             download: Mutex::new(None),
             forwarder: std::sync::OnceLock::new(),
             model_threshold: Mutex::new(None),
+            candidate: ArcSwapOption::empty(),
+            shadow: Arc::new(Mutex::new(ShadowStats::default())),
+            arms: Mutex::new(Default::default()),
+            background: std::sync::OnceLock::new(),
+            shadow_seen: AtomicU64::new(0),
+            shadow_fraction: AtomicU64::new(config.shadow.fraction.to_bits()),
+            split: AtomicU64::new(config.shadow.split.to_bits()),
+            changes: AtomicU64::new(0),
             pool,
             cache: cache.map(Arc::new),
             limits,
@@ -159,7 +185,18 @@ impl Service {
         self.serve(engine, slot);
     }
 
+    /// Counts changes of substance (model, slot, trial, candidate, transitions, transfers): the fleet link
+    /// publishes status when it moves, without building the status to compare.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn serve(&self, engine: Arc<Engine>, slot: &str) {
+        self.changed();
         *lock(&self.window) = (engine.digest().to_string(), Window::default());
         self.model.store(engine);
         self.set_slot(slot);
@@ -202,6 +239,7 @@ impl Service {
             *t = None;
             self.fallback.store(None);
             metrics::gauge!(crate::telemetry::TRIAL_ACTIVE).set(0.0);
+            self.changed();
             true
         } else {
             false
@@ -224,8 +262,65 @@ impl Service {
             .map(|p| (p.digest.clone(), p.verdict(now)))
     }
 
+    /// Shares one shadow thread among many services (a fleet simulation); call before the first request.
+    pub fn set_background(&self, bg: Arc<Background>) {
+        let _ = self.background.set(bg);
+    }
+
+    /// Stages `engine` as the candidate (or clears it): shadow and A/B figures start over.
+    pub fn set_candidate(&self, engine: Option<Arc<Engine>>) {
+        let same = match (&engine, &*self.candidate.load()) {
+            (Some(a), Some(b)) => a.digest() == b.digest(),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        lock(&self.shadow).reset(engine.as_deref().map(ModelInfo::of));
+        *lock(&self.arms) = Default::default();
+        metrics::gauge!(crate::telemetry::CANDIDATE_ACTIVE).set(if engine.is_some() {
+            1.0
+        } else {
+            0.0
+        });
+        self.candidate.store(engine);
+        self.changed();
+    }
+
+    pub fn candidate(&self) -> Option<Arc<Engine>> {
+        self.candidate.load_full()
+    }
+
+    /// The cloud's label for a forwarded case (answered late, from the outbox), for the shadow comparison.
+    pub fn note_cloud_label(&self, case_id: &str, label: &str) {
+        lock(&self.shadow).cloud_label(case_id, label);
+    }
+
+    fn shadow_fraction(&self) -> f64 {
+        f64::from_bits(self.shadow_fraction.load(Ordering::Relaxed))
+    }
+
+    fn split(&self) -> f64 {
+        f64::from_bits(self.split.load(Ordering::Relaxed))
+    }
+
+    /// Shadow runs so far on the current candidate (cheap; for change detection).
+    pub fn shadow_runs(&self) -> u64 {
+        lock(&self.shadow).runs
+    }
+
     /// A runtime setting changed by the fleet.
     pub fn set_setting(&self, key: &str, value: &str) {
+        match (key, value.parse::<f64>()) {
+            ("shadow.fraction", Ok(v)) => self
+                .shadow_fraction
+                .store(v.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed),
+            ("shadow.split", Ok(v)) => self
+                .split
+                .store(v.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed),
+            _ => {}
+        }
         if key == "hardness.threshold" {
             if let (Some(f), Ok(t)) = (self.forwarder.get(), value.parse::<f32>()) {
                 f.set_threshold(t);
@@ -271,6 +366,7 @@ impl Service {
     /// The summary of the last finished download, for status.
     pub fn set_last_transfer(&self, summary: serde_json::Value) {
         *lock(&self.last_transfer) = Some(summary);
+        self.changed();
     }
 
     /// The fleet download in progress, for status.
@@ -281,6 +377,7 @@ impl Service {
     /// Remembered for status and telemetry.
     pub fn note_transition(&self, transition: &str, cause: &str, detail: &str) {
         metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => transition.to_string(), "cause" => cause.to_string()).increment(1);
+        self.changed();
         *lock(&self.last_transition) = Some(serde_json::json!({
             "transition": transition,
             "cause": cause,
@@ -347,20 +444,37 @@ impl Service {
         start: Instant,
     ) -> Result<InferResponse, ServiceError> {
         // The engine is chosen once, at admission: the whole request runs against it even if a swap happens.
-        let engine = self.engine();
+        let active = self.engine();
         // Taken with the engine: a rollback that lands while this request runs must not take its fallback away.
         let fallback_at_admission = self.fallback();
+        let candidate = self.candidate().filter(|c| c.digest() != active.digest());
+        let split = if candidate.is_some() {
+            self.split()
+        } else {
+            0.0
+        };
         let limits = self.limits;
         let cache = self.cache.clone();
-        let e = engine.clone();
+        let (a, c) = (active.clone(), candidate.clone());
         let raw = body.clone();
-        let raw_for_cloud = body.clone();
-        // Decoding and the cache lookup are blocking work too.
-        let (tensor, key, hit) = tokio::task::spawn_blocking(move || {
-            let tensor = e
+        // Decoding, the A/B arm and the cache lookup are blocking work too.
+        let (engine, arm, tensor, key, hit) = tokio::task::spawn_blocking(move || {
+            let tensor = a
                 .tensor_from_image(&body, &limits)
                 .map_err(ServiceError::BadInput)?;
-            let key = CacheKey::new(e.digest(), &tensor);
+            let (engine, arm, tensor) = match c {
+                Some(c) if in_candidate_arm(CacheKey::new("", &tensor).input_digest(), split) => {
+                    let tensor = if same_input(&a, &c) {
+                        tensor
+                    } else {
+                        c.tensor_from_image(&body, &limits)
+                            .map_err(ServiceError::BadInput)?
+                    };
+                    (c, Some("candidate"), tensor)
+                }
+                _ => (a, (split > 0.0).then_some("active"), tensor),
+            };
+            let key = CacheKey::new(engine.digest(), &tensor);
             let hit = match &cache {
                 Some(c) => c.get(&key).unwrap_or_else(|err| {
                     tracing::warn!(error = %err, "cache lookup failed; running the model");
@@ -368,13 +482,16 @@ impl Service {
                 }),
                 None => None,
             };
-            Ok::<_, ServiceError>((tensor, key, hit))
+            Ok::<_, ServiceError>((engine, arm, tensor, key, hit))
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))??;
 
         if let Some(hit) = hit {
             let model = ModelInfo::of(&engine);
+            if let Some(name) = arm {
+                self.record_arm(name, hit.confidence, None);
+            }
             return Ok(InferResponse {
                 label: hit.label,
                 confidence: hit.confidence,
@@ -392,27 +509,32 @@ impl Service {
                 edge_label: None,
                 forwarded: None,
                 case_id: None,
+                arm: arm.map(str::to_string),
             });
         }
 
+        // Kept for a shadow run of the candidate, which happens after this request is answered.
+        let shadow_input = match (&candidate, arm) {
+            (Some(c), None | Some("active")) => Some((c.clone(), tensor.clone())),
+            _ => None,
+        };
         let (engine, key, ran) = match self.run(&engine, tensor.clone()).await {
             Ok(ran) => (engine, key, ran),
             Err(ServiceError::Internal(message)) => {
                 self.record_error(engine.digest(), &message);
                 // The previous model kept for the trial or, if the trial already ended in a rollback, whatever
-                // serves now.
+                // serves now (for the candidate's arm: the live model).
                 let previous = fallback_at_admission
                     .or_else(|| Some(self.engine()))
                     .filter(|f| f.digest() != engine.digest());
                 match previous {
                     Some(previous) => {
-                        tracing::warn!(error = %message, "the model on trial failed; answering with the previous model");
-                        let tensor = if previous.spec().input == engine.spec().input
-                            && previous.spec().preprocess == engine.spec().preprocess
-                        {
+                        tracing::warn!(error = %message, "the model on trial (or the candidate) failed; answering with the previous model");
+                        let tensor = if same_input(&previous, &engine) {
                             tensor
                         } else {
                             let p = previous.clone();
+                            let raw = raw.clone();
                             tokio::task::spawn_blocking(move || p.tensor_from_image(&raw, &limits))
                                 .await
                                 .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -429,6 +551,9 @@ impl Service {
         };
         let cache_key = key;
         self.record_run(engine.digest(), ran.run, ran.prediction.confidence);
+        if let Some(name) = arm {
+            self.record_arm(name, ran.prediction.confidence, Some(micros(ran.run)));
+        }
         let prediction = ran.prediction;
         let model = ModelInfo::of(&engine);
         if let Some(cache) = self.cache.clone() {
@@ -462,40 +587,112 @@ impl Service {
             edge_label: None,
             forwarded: None,
             case_id: None,
+            arm: arm.map(str::to_string),
         };
-        if let Some(f) = self.forwarder.get() {
-            if f.is_hard(response.confidence, response.margin, response.entropy) {
-                let case = crate::forward::Case {
-                    id: crate::forward::new_id(),
-                    device: self.config.fleet.device_id.clone(),
-                    image: raw_for_cloud.to_vec(),
-                    edge_label: response.label.clone(),
-                    edge_confidence: response.confidence,
-                    edge_model: response.model.digest.clone(),
-                    cache_key: cache_key.as_bytes().to_vec(),
-                    created_unix: crate::bundle::now_unix(),
+        let hard_case = self
+            .forwarder
+            .get()
+            .filter(|f| f.is_hard(response.confidence, response.margin, response.entropy));
+        let case_id = hard_case.map(|_| crate::forward::new_id());
+        if let Some((c, tensor)) = shadow_input {
+            // Forwarded hard cases always run, so the cloud's label can say which model was right.
+            let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
+            if case_id.is_some() || sampled(n, self.shadow_fraction()) {
+                let tensor = if same_input(&c, &engine) {
+                    Some(tensor)
+                } else {
+                    c.tensor_from_image(&raw, &limits).ok()
                 };
-                response.case_id = Some(case.id.clone());
-                response.edge_label = Some(response.label.clone());
-                match f.forward(case).await {
-                    Ok(Some(answer)) => {
-                        response.source = "cloud".into();
-                        response.label = answer.label;
-                        response.confidence = answer.confidence;
-                        response.margin = answer.margin;
-                        response.entropy = answer.entropy;
-                        response.forwarded = Some("answered".into());
-                    }
-                    Ok(None) => response.forwarded = Some("queued".into()),
-                    Err(e) => {
-                        tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
-                        response.forwarded = Some("failed".into());
-                    }
+                if let Some(tensor) = tensor {
+                    self.shadow(c, tensor, &response, micros(ran.run), case_id.clone());
                 }
-                response.latency_us = micros(start.elapsed());
             }
         }
+        if let (Some(f), Some(id)) = (hard_case, case_id) {
+            let case = crate::forward::Case {
+                id: id.clone(),
+                device: self.config.fleet.device_id.clone(),
+                image: raw.to_vec(),
+                edge_label: response.label.clone(),
+                edge_confidence: response.confidence,
+                edge_model: response.model.digest.clone(),
+                cache_key: cache_key.as_bytes().to_vec(),
+                created_unix: crate::bundle::now_unix(),
+            };
+            response.case_id = Some(id.clone());
+            response.edge_label = Some(response.label.clone());
+            match f.forward(case).await {
+                Ok(Some(answer)) => {
+                    self.note_cloud_label(&id, &answer.label);
+                    response.source = "cloud".into();
+                    response.label = answer.label;
+                    response.confidence = answer.confidence;
+                    response.margin = answer.margin;
+                    response.entropy = answer.entropy;
+                    response.forwarded = Some("answered".into());
+                }
+                Ok(None) => response.forwarded = Some("queued".into()),
+                Err(e) => {
+                    tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
+                    response.forwarded = Some("failed".into());
+                }
+            }
+            response.latency_us = micros(start.elapsed());
+        }
         Ok(response)
+    }
+
+    fn record_arm(&self, name: &'static str, confidence: f32, run_us: Option<u64>) {
+        let i = usize::from(name == "candidate");
+        lock(&self.arms)[i].record(name, confidence, run_us);
+    }
+
+    /// Queues a shadow run of the candidate on the shadow thread; the answer has been decided already and is never
+    /// delayed. A full queue (the CPU share used up) skips the sample and counts it.
+    fn shadow(
+        &self,
+        candidate: Arc<Engine>,
+        tensor: Vec<f32>,
+        active: &InferResponse,
+        active_us: u64,
+        case_id: Option<String>,
+    ) {
+        let bg = self
+            .background
+            .get_or_init(|| {
+                Background::start(self.config.shadow.max_cpu_share, self.config.shadow.queue)
+            })
+            .clone();
+        let stats = self.shadow.clone();
+        let (label, confidence) = (active.label.clone(), active.confidence);
+        let accepted = bg.try_run(move || {
+            let t = Instant::now();
+            let result = candidate.classify(&tensor);
+            let us = micros(t.elapsed());
+            let mut s = lock(&stats);
+            // A candidate replaced meanwhile: this run belongs to no current figures.
+            if s.model.as_ref().map(|m| m.digest.as_str()) != Some(candidate.digest()) {
+                return;
+            }
+            match result {
+                Ok(p) => s.record(ShadowRun {
+                    active_label: &label,
+                    active_confidence: confidence,
+                    active_us,
+                    candidate_label: &p.label,
+                    candidate_confidence: p.confidence,
+                    candidate_us: us,
+                    case_id: case_id.as_deref(),
+                }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a shadow run failed");
+                    s.failed();
+                }
+            }
+        });
+        if !accepted {
+            lock(&self.shadow).drop_sample();
+        }
     }
 
     async fn run(
@@ -538,8 +735,26 @@ impl Service {
             "latency_us": self.counters.latency_percentiles(),
             "cache_hit_rate": self.counters.cache_hit_rate(),
             "forward": self.forwarder.get().map(|f| f.status()),
+            "candidate": self.candidate().map(|c| ModelInfo::of(&c)),
+            "shadow": lock(&self.shadow).summary().map(|mut v| {
+                v["fraction"] = self.shadow_fraction().into();
+                v
+            }),
+            "ab": (self.split() > 0.0 && self.candidate().is_some()).then(|| {
+                let arms = lock(&self.arms);
+                serde_json::json!({
+                    "split": self.split(),
+                    "active": arms[0].summary(),
+                    "candidate": arms[1].summary(),
+                })
+            }),
         })
     }
+}
+
+/// Both models take the same tensor from an image.
+fn same_input(a: &Engine, b: &Engine) -> bool {
+    a.spec().input == b.spec().input && a.spec().preprocess == b.spec().preprocess
 }
 
 fn micros(d: Duration) -> u64 {

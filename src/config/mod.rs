@@ -33,6 +33,34 @@ pub struct Config {
     pub probation: ProbationConfig,
     pub fleet: FleetConfig,
     pub forward: ForwardConfig,
+    pub shadow: ShadowConfig,
+}
+
+/// Evaluation of a staged candidate model on live traffic (see `outpostctl rollout`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Fraction of requests (0..1) that the candidate also runs on, after the live model has answered. Forwarded
+    /// hard cases always run, so the cloud's label can say which model was right. A rollout may set it.
+    pub fraction: f64,
+    /// Fraction of inputs (0..1), sticky per input, that the candidate answers instead of the live model (A/B).
+    /// A rollout may set it.
+    pub split: f64,
+    /// Most of one core that shadow runs may use: after a run of t, the shadow thread rests t * (1/share - 1).
+    pub max_cpu_share: f64,
+    /// Shadow runs waiting at most; beyond it a sample is skipped (and counted), never the answer delayed.
+    pub queue: usize,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            fraction: 0.1,
+            split: 0.0,
+            max_cpu_share: 0.25,
+            queue: 64,
+        }
+    }
 }
 
 /// Which score decides that an input is hard.
@@ -468,6 +496,21 @@ impl Config {
                 "must be between 1 and 100000",
             ));
         }
+        let sh = &self.shadow;
+        for (key, v) in [("shadow.fraction", sh.fraction), ("shadow.split", sh.split)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(key, "must be between 0 and 1"));
+            }
+        }
+        if !(sh.max_cpu_share > 0.0 && sh.max_cpu_share <= 1.0) {
+            return Err(invalid(
+                "shadow.max_cpu_share",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if sh.queue == 0 || sh.queue > 100_000 {
+            return Err(invalid("shadow.queue", "must be between 1 and 100000"));
+        }
         let f = &self.fleet;
         if !valid_topic_level(&f.device_id) {
             return Err(invalid(
@@ -565,6 +608,7 @@ mod tests {
         f.device_id = d.fleet.device_id.clone(); // the example names one; the default is the host name
         assert_eq!(f, d.fleet);
         assert_eq!(c.forward, d.forward);
+        assert_eq!(c.shadow, d.shadow);
     }
 
     #[test]

@@ -109,6 +109,18 @@ pub enum Action {
     PurgeCache,
     /// Fetch and install a bundle.
     Update(Offer),
+    /// Fetch a bundle and stage it as the candidate beside the live model: it runs in shadow on a fraction of
+    /// requests (`shadow`) and, optionally, answers a sticky fraction of inputs (`split`, A/B). `None` keeps the
+    /// device's setting.
+    Candidate {
+        offer: Offer,
+        shadow: Option<f32>,
+        split: Option<f32>,
+    },
+    /// The staged candidate of this version goes live, on trial.
+    Activate { version: u64 },
+    /// Get rid of this version wherever it is (candidate, trial or live) and refuse it from now on.
+    Abandon { version: u64 },
 }
 
 impl Action {
@@ -120,6 +132,17 @@ impl Action {
             Action::Set { .. } => "set",
             Action::PurgeCache => "purge-cache",
             Action::Update(_) => "update",
+            Action::Candidate { .. } => "candidate",
+            Action::Activate { .. } => "activate",
+            Action::Abandon { .. } => "abandon",
+        }
+    }
+
+    /// The bundle offer this action carries, if it is an update.
+    pub fn offer(&self) -> Option<&Offer> {
+        match self {
+            Action::Update(o) | Action::Candidate { offer: o, .. } => Some(o),
+            _ => None,
         }
     }
 }
@@ -206,7 +229,7 @@ pub fn decode(bytes: &[u8]) -> Result<(SignedCommand, CommandBody), CommandError
     if !rest.is_empty() {
         return Err(CommandError::Malformed("trailing bytes in the body".into()));
     }
-    if let Action::Update(o) = &body.action {
+    if let Some(o) = body.action.offer() {
         if o.chunks.len() > MAX_CHUNKS {
             return Err(CommandError::BadOffer(format!(
                 "{} chunks (at most {MAX_CHUNKS})",
@@ -303,7 +326,7 @@ mod tests {
         for e in std::fs::read_dir(&dir).expect("fuzz/regressions/command_decode") {
             let bytes = std::fs::read(e.unwrap().path()).unwrap();
             if let Ok((_, body)) = decode(&bytes) {
-                if let Action::Update(o) = &body.action {
+                if let Some(o) = body.action.offer() {
                     let _ = (o.check(1 << 30), o.header_chunks(), o.chunk_len(3));
                 }
             }

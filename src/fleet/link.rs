@@ -29,13 +29,22 @@ const LAST_SEQ: &str = "command.last_seq";
 const SETTINGS: &str = "settings";
 
 /// Runtime settings that the `set` command may change, and their checks.
-pub const SETTABLE: &[&str] = &["hardness.threshold", "telemetry.heartbeat_s"];
+pub const SETTABLE: &[&str] = &[
+    "hardness.threshold",
+    "telemetry.heartbeat_s",
+    "shadow.fraction",
+    "shadow.split",
+];
 
 fn check_setting(key: &str, value: &str) -> Result<(), String> {
     match key {
         "hardness.threshold" => match value.parse::<f32>() {
             Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(()),
             _ => Err(format!("{key} takes a number from 0 to 100, not {value:?}")),
+        },
+        "shadow.fraction" | "shadow.split" => match value.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+            _ => Err(format!("{key} takes a fraction from 0 to 1, not {value:?}")),
         },
         "telemetry.heartbeat_s" => match value.parse::<u64>() {
             Ok(v) if (1..=86_400).contains(&v) => Ok(()),
@@ -62,7 +71,7 @@ pub struct Link {
     download: Option<Download>,
     heartbeat: Duration,
     started: Instant,
-    last_status: Option<serde_json::Value>,
+    last_marker: Option<(u64, Option<usize>, u64)>,
     last_published: Instant,
     last_requests: (u64, Instant),
     /// Hard cases: the forwarder, new cases from the request path, and cases sent and not yet answered.
@@ -142,7 +151,7 @@ impl Link {
             download: None,
             heartbeat: Duration::from_secs(heartbeat),
             started: Instant::now(),
-            last_status: None,
+            last_marker: None,
             last_published: Instant::now(),
             last_requests: (0, Instant::now()),
             forward: None,
@@ -355,6 +364,7 @@ impl Link {
             }
         };
         self.in_flight.remove(&answer.id);
+        self.service.note_cloud_label(&answer.id, &answer.label);
         if let Some((f, _)) = &self.forward {
             let f = f.clone();
             let _ = tokio::task::spawn_blocking(move || f.answered(answer)).await;
@@ -476,26 +486,11 @@ impl Link {
                 if let Err(e) = check_setting(key, value) {
                     return Some(Err(e));
                 }
-                let records = self.records.clone();
-                let (k, v) = (key.clone(), value.clone());
-                let stored = tokio::task::spawn_blocking(move || {
-                    let mut all: Vec<(String, String)> = records.get(SETTINGS)?.unwrap_or_default();
-                    all.retain(|(x, _)| *x != k);
-                    all.push((k, v));
-                    records.put(SETTINGS, &all)
-                })
-                .await;
-                match stored {
-                    Ok(Ok(())) => {
-                        if key == "telemetry.heartbeat_s" {
-                            self.heartbeat = Duration::from_secs(value.parse().unwrap_or(30));
-                        }
-                        self.service.set_setting(key, value);
-                        Some(Ok(serde_json::json!({key.as_str(): value})))
-                    }
-                    Ok(Err(e)) => Some(Err(e.to_string())),
-                    Err(e) => Some(Err(e.to_string())),
-                }
+                Some(
+                    self.store_settings(&[(key.clone(), value.clone())])
+                        .await
+                        .map(|()| serde_json::json!({key.as_str(): value})),
+                )
             }
             Action::PurgeCache => {
                 let svc = self.service.clone();
@@ -507,8 +502,99 @@ impl Link {
                         .map(|n| serde_json::json!({"purged": n})),
                 )
             }
-            Action::Update(offer) => self.start_download(client, offer.clone(), body.seq).await,
+            Action::Update(offer) => {
+                self.start_download(client, offer.clone(), body.seq, false)
+                    .await
+            }
+            Action::Candidate {
+                offer,
+                shadow,
+                split,
+            } => {
+                let mut settings = Vec::new();
+                for (key, v) in [("shadow.fraction", shadow), ("shadow.split", split)] {
+                    if let Some(v) = v {
+                        if let Err(e) = check_setting(key, &v.to_string()) {
+                            return Some(Err(e));
+                        }
+                        settings.push((key.to_string(), v.to_string()));
+                    }
+                }
+                if let Err(e) = self.store_settings(&settings).await {
+                    return Some(Err(e));
+                }
+                self.start_download(client, offer.clone(), body.seq, true)
+                    .await
+            }
+            Action::Activate { version } => {
+                let v = *version;
+                Some(
+                    blocking(Box::new(move |s| {
+                        let (st, ()) = s
+                            .update(|s| Ok((s.activate(v)?, ())))
+                            .map_err(|e| e.to_string())?;
+                        Ok(serde_json::json!({"now_active": st.active_info().map(|i| i.version), "trial": st.trial.is_some()}))
+                    }))
+                    .await,
+                )
+            }
+            Action::Abandon { version } => {
+                let v = *version;
+                // A download of the abandoned version stops here: it must never complete into a slot.
+                if let Some(d) = self.download.take() {
+                    if d.offer.version == v {
+                        let _ = tokio::task::spawn_blocking(move || d.discard()).await;
+                        self.service.set_download(None);
+                    } else {
+                        self.download = Some(d);
+                    }
+                }
+                Some(
+                    blocking(Box::new(move |s| {
+                        let _lock = s.lock().map_err(|e| e.to_string())?;
+                        let now = s.load().map_err(|e| e.to_string())?;
+                        let changed = match now.abandon(v).map_err(|e| e.to_string())? {
+                            Some(next) => {
+                                s.save(&next).map_err(|e| e.to_string())?;
+                                next
+                            }
+                            None => now.clone(),
+                        };
+                        Ok(serde_json::json!({
+                            "abandoned": v,
+                            "changed": changed != now,
+                            "now_active": changed.active_info().map(|i| i.version),
+                        }))
+                    }))
+                    .await,
+                )
+            }
         }
+    }
+
+    /// Records runtime settings durably (they survive restarts), then applies them.
+    async fn store_settings(&mut self, settings: &[(String, String)]) -> Result<(), String> {
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let records = self.records.clone();
+        let new = settings.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut all: Vec<(String, String)> = records.get(SETTINGS)?.unwrap_or_default();
+            all.retain(|(x, _)| !new.iter().any(|(k, _)| k == x));
+            all.extend(new);
+            records.put(SETTINGS, &all)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        for (key, value) in settings {
+            if key == "telemetry.heartbeat_s" {
+                self.heartbeat = Duration::from_secs(value.parse().unwrap_or(30));
+            }
+            self.service.set_setting(key, value);
+        }
+        Ok(())
     }
 
     async fn start_download(
@@ -516,11 +602,22 @@ impl Link {
         client: &AsyncClient,
         offer: Offer,
         seq: u64,
+        candidate: bool,
     ) -> Option<Result<serde_json::Value, String>> {
         if let Err(e) = offer.check(self.config.fleet.max_bundle_bytes) {
             return Some(Err(e.to_string()));
         }
-        let highest = self.slots.load().map(|s| s.highest_version).unwrap_or(0);
+        let state = self.slots.load().unwrap_or_default();
+        // The same offer again (a rollout resent it after a restart): already done, say so.
+        let staged = state.candidate_info().map(|i| i.version);
+        let live = state.active_info().map(|i| i.version);
+        if (candidate && staged == Some(offer.version)) || live == Some(offer.version) {
+            return Some(Ok(serde_json::json!({
+                "already": if live == Some(offer.version) { "live" } else { "staged" },
+                "version": offer.version,
+            })));
+        }
+        let highest = state.highest_version;
         if offer.version <= highest {
             return Some(Err(format!(
                 "version {} is not newer than version {highest}, the highest ever accepted",
@@ -550,7 +647,9 @@ impl Link {
         }
         let (r, dir) = (self.records.clone(), self.incoming.clone());
         let name = offer.name.clone();
-        match tokio::task::spawn_blocking(move || Download::start(r, &dir, offer, seq)).await {
+        match tokio::task::spawn_blocking(move || Download::start(r, &dir, offer, seq, candidate))
+            .await
+        {
             Ok(Ok(d)) => {
                 tracing::info!(bundle = %d.offer.bundle_hex(), name = %name, version = d.offer.version, chunks = d.total(), "download started");
                 self.download = Some(d);
@@ -638,12 +737,13 @@ impl Link {
                 Ok(()) => d.header_checked = true,
                 Err(e) => {
                     let seq = d.seq;
+                    let action = if d.candidate { "candidate" } else { "update" };
                     let _ = tokio::task::spawn_blocking(move || d.discard()).await;
                     self.service.set_download(None);
                     self.ack(
                         client,
                         Some(seq),
-                        "update",
+                        action,
                         Err(format!("refused before download: {e}")),
                     )
                     .await;
@@ -699,6 +799,11 @@ impl Link {
         let slots = self.slots.clone();
         let summary = d.summary();
         let seq = d.seq;
+        let (mode, action) = if d.candidate {
+            (crate::slots::install::Mode::Candidate, "candidate")
+        } else {
+            (crate::slots::install::Mode::Trial, "update")
+        };
         let result = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&d.path).map_err(|e| e.to_string());
             let r = f.and_then(|f| {
@@ -708,9 +813,14 @@ impl Link {
                     now_unix: now_unix(),
                     agent_version: env!("CARGO_PKG_VERSION"),
                 };
-                crate::slots::install::install(&slots, &mut std::io::BufReader::new(f), &policy)
-                    .map(|(i, _)| i)
-                    .map_err(|e| e.to_string())
+                crate::slots::install::install_as(
+                    &slots,
+                    &mut std::io::BufReader::new(f),
+                    &policy,
+                    mode,
+                )
+                .map(|(i, _)| i)
+                .map_err(|e| e.to_string())
             });
             d.discard();
             r
@@ -730,7 +840,7 @@ impl Link {
                 self.ack(
                     client,
                     Some(seq),
-                    "update",
+                    action,
                     Ok(serde_json::json!({
                         "installed": installed.info,
                         "slot": installed.slot.name(),
@@ -739,7 +849,7 @@ impl Link {
                 )
                 .await;
             }
-            Err(e) => self.ack(client, Some(seq), "update", Err(e)).await,
+            Err(e) => self.ack(client, Some(seq), action, Err(e)).await,
         }
         self.publish_status(client, true).await;
     }
@@ -799,18 +909,15 @@ impl Link {
 
     /// Publishes the retained status when it changed in substance, or when the heartbeat is due.
     async fn publish_status(&mut self, client: &AsyncClient, force: bool) {
-        let status = self.status();
-        let substance = |v: &serde_json::Value| {
-            serde_json::json!([
-                v["model"],
-                v["slot"],
-                v["trial"].is_null(),
-                v["download"]["chunks_done"],
-                v["last_transition"],
-                v["last_transfer"]
-            ])
-        };
-        let changed = self.last_status.as_ref().map(substance) != Some(substance(&status));
+        // What makes a status worth publishing before the heartbeat, read without building the status: the
+        // service's change counter (model, slot, trial, candidate, transitions, transfers), download progress, and
+        // every 20th shadow run.
+        let marker = (
+            self.service.changes(),
+            self.download.as_ref().map(|d| d.done_count()),
+            self.service.shadow_runs() / 20,
+        );
+        let changed = self.last_marker != Some(marker);
         let due = self.last_published.elapsed() >= self.heartbeat;
         let download_tick =
             self.download.is_some() && self.last_published.elapsed() >= Duration::from_millis(500);
@@ -824,8 +931,8 @@ impl Link {
             .load(std::sync::atomic::Ordering::Relaxed);
         self.last_requests = (requests, Instant::now());
         self.last_published = Instant::now();
-        let text = status.to_string();
-        self.last_status = Some(status);
+        let text = self.status().to_string();
+        self.last_marker = Some(marker);
         if let Err(e) = client
             .publish(topics::status(&self.device), QoS::AtLeastOnce, true, text)
             .await

@@ -94,7 +94,7 @@ pub async fn send(
     client
         .publish(topic, QoS::AtLeastOnce, false, bytes)
         .await?;
-    let is_update = matches!(out.action, Action::Update(_));
+    let is_update = out.action.offer().is_some();
     let deadline = Instant::now() + wait;
     let mut acks = Vec::new();
     loop {
@@ -132,7 +132,10 @@ pub async fn send(
         }
         progress.ack(&v);
         // An update's first answer may be an early refusal (final) or nothing until the install.
-        let final_ack = !is_update || v["command"] == "update" || v["ok"] == false;
+        let final_ack = !is_update
+            || v["command"] == out.action.name()
+            || v["ok"] == false
+            || !v["result"]["already"].is_null();
         if final_ack {
             acks.push(v);
             if matches!(out.target, Target::Device(_)) {

@@ -67,6 +67,8 @@ const OFFER: &str = "transfer.offer";
 /// Chunks written between two syncs of the file and the bitmap: one fsync pair per batch instead of per chunk.
 pub const SYNC_EVERY: usize = 16;
 const DONE: &str = "transfer.done";
+/// Present while the recorded download is a candidate (staged, not made live), so a resumed one stays one.
+const CANDIDATE: &str = "transfer.candidate";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Recorded {
@@ -87,6 +89,8 @@ pub struct Download {
     /// The sequence number of the update command, for its acknowledgement.
     pub seq: u64,
     pub path: PathBuf,
+    /// Staged as the candidate when complete, rather than made live on trial.
+    pub candidate: bool,
     done: Vec<bool>,
     /// Chunks already on disk when this process took the download over.
     pub resumed_from: usize,
@@ -133,7 +137,13 @@ impl Download {
     }
 
     /// Starts a new download (blocking): an empty file of the bundle's size and an empty bitmap, both durable.
-    pub fn start(records: Records, dir: &Path, offer: Offer, seq: u64) -> Result<Download, String> {
+    pub fn start(
+        records: Records,
+        dir: &Path,
+        offer: Offer,
+        seq: u64,
+        candidate: bool,
+    ) -> Result<Download, String> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let path = Self::part_path(dir, &offer);
         let f = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
@@ -151,7 +161,14 @@ impl Download {
             )
             .map_err(|e| e.to_string())?;
         records.put(DONE, &bits(&done)).map_err(|e| e.to_string())?;
-        Ok(Download::new(records, path, offer, seq, done))
+        if candidate {
+            records.put(CANDIDATE, &true).map_err(|e| e.to_string())?;
+        } else {
+            records.remove(CANDIDATE).map_err(|e| e.to_string())?;
+        }
+        let mut d = Download::new(records, path, offer, seq, done);
+        d.candidate = candidate;
+        Ok(d)
     }
 
     fn new(records: Records, path: PathBuf, offer: Offer, seq: u64, done: Vec<bool>) -> Download {
@@ -160,6 +177,7 @@ impl Download {
             offer,
             seq,
             path,
+            candidate: false,
             done,
             resumed_from,
             fetched: 0,
@@ -213,7 +231,13 @@ impl Download {
             f.sync_all().map_err(|e| io(&path, e))?;
             vec![false; n]
         };
-        Ok(Some(Download::new(records, path, rec.offer, rec.seq, done)))
+        let candidate = records
+            .get::<bool>(CANDIDATE)
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
+        let mut d = Download::new(records, path, rec.offer, rec.seq, done);
+        d.candidate = candidate;
+        Ok(Some(d))
     }
 
     pub fn done_count(&self) -> usize {
@@ -337,6 +361,7 @@ impl Download {
         let _ = std::fs::remove_file(&self.path);
         let _ = self.records.remove(OFFER);
         let _ = self.records.remove(DONE);
+        let _ = self.records.remove(CANDIDATE);
     }
 
     pub fn summary(&self) -> serde_json::Value {
@@ -344,6 +369,7 @@ impl Download {
             "bundle": self.offer.bundle_hex(),
             "name": self.offer.name,
             "version": self.offer.version,
+            "candidate": self.candidate,
             "size": self.offer.size,
             "chunks_total": self.total(),
             "chunks_done": self.done_count(),

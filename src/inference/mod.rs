@@ -85,6 +85,14 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Plans loaded in this process, by model digest and input shape; weak, so an unused model is freed.
+type PlanKey = (String, Vec<usize>);
+fn loaded_plans() -> &'static std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<Plan>>> {
+    static PLANS: std::sync::OnceLock<std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<Plan>>>> =
+        std::sync::OnceLock::new();
+    PLANS.get_or_init(Default::default)
+}
+
 /// Hex SHA-256 of a model file: the identity under which results are cached and reported.
 pub fn digest_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -110,9 +118,34 @@ impl Engine {
         Engine::load(&bytes, spec)
     }
 
-    /// Parses, types, binds the batch symbol, optimises and plans the model.
+    /// Parses, types, binds the batch symbol, optimises and plans the model. A model already loaded in this
+    /// process (same bytes, same input shape) shares its plan: a rollback to the model kept as fallback, or many
+    /// simulated agents, cost one plan, not one each.
     pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
         spec.validate().map_err(InferenceError::Spec)?;
+        let digest = digest_hex(model_bytes);
+        let key = (digest.clone(), spec.input.shape.clone());
+        let shared = loaded_plans()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(plan) = shared {
+            return Ok(Engine {
+                plan,
+                spec: Arc::new(spec),
+                digest,
+                load_time: Duration::ZERO,
+            });
+        }
+        let engine = Engine::load_new(model_bytes, spec)?;
+        let mut plans = loaded_plans().lock().unwrap_or_else(|p| p.into_inner());
+        plans.retain(|_, w| w.strong_count() > 0);
+        plans.insert(key, Arc::downgrade(&engine.plan));
+        Ok(engine)
+    }
+
+    fn load_new(model_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
         let start = Instant::now();
         let model_err = |stage: &str, e: TractError| {
             InferenceError::Model(format!("{stage}: {}", one_line(&e)))

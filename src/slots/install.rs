@@ -41,7 +41,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
-/// Runs a variant's golden vectors; returns the median latency (µs) of a short timing when it passes.
+/// Runs a variant's golden vectors; returns the median latency (µs) of a short timing when it passes. The timing
+/// only serves to choose between variants, so a single-variant bundle skips it (returns 0).
 fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
     let mut session = engine.session().map_err(|e| e.to_string())?;
     let expected = &manifest.variants[variant].golden_outputs;
@@ -70,6 +71,9 @@ fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, Str
             ));
         }
     }
+    if manifest.variants.len() == 1 {
+        return Ok(0.0);
+    }
     let input = manifest
         .golden_inputs
         .first()
@@ -86,11 +90,30 @@ fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, Str
     Ok(times[times.len() / 2])
 }
 
+/// What an install does with the checked slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Make it live on trial (probation then commits or rolls it back).
+    Trial,
+    /// Keep it staged beside the live model, as the candidate for shadow and A/B evaluation.
+    Candidate,
+}
+
 /// Installs a bundle read from `r` into the inactive slot and makes it live on trial.
 pub fn install(
     store: &SlotStore,
     r: &mut impl Read,
     policy: &Policy,
+) -> Result<(Installed, Engine), InstallError> {
+    install_as(store, r, policy, Mode::Trial)
+}
+
+/// Installs a bundle read from `r` into the inactive slot, then makes it live on trial or stages it, per `mode`.
+pub fn install_as(
+    store: &SlotStore,
+    r: &mut impl Read,
+    policy: &Policy,
+    mode: Mode,
 ) -> Result<(Installed, Engine), InstallError> {
     let header = bundle::read_header(r, policy)?;
     let manifest = &header.manifest;
@@ -178,7 +201,10 @@ pub fn install(
         hardness_threshold: manifest.hardness_threshold,
     };
     tracing::info!(version = info.version, variant = %info.variant, median_us = us, slot = target.name(), "bundle installed");
-    let state = state.flip(target, info.clone());
+    let state = match mode {
+        Mode::Trial => state.flip(target, info.clone()),
+        Mode::Candidate => state.stage(target, info.clone()),
+    };
     store.save(&state)?;
     Ok((
         Installed {
@@ -196,6 +222,11 @@ pub fn load_active(store: &SlotStore, state: &SlotState) -> Result<Option<Engine
     let Some(slot) = state.active else {
         return Ok(None);
     };
+    load_slot(store, state, slot).map(Some)
+}
+
+/// Loads the model in `slot`, checking that its file is the one the record names.
+pub fn load_slot(store: &SlotStore, state: &SlotState, slot: SlotId) -> Result<Engine, String> {
     let info = state
         .slot(slot)
         .ok_or_else(|| format!("slot {} is live but empty in the record", slot.name()))?;
@@ -207,5 +238,5 @@ pub fn load_active(store: &SlotStore, state: &SlotState) -> Result<Option<Engine
             slot.name()
         ));
     }
-    Ok(Some(engine))
+    Ok(engine)
 }

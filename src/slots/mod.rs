@@ -20,6 +20,8 @@ pub enum SlotError {
     NothingToRollBack,
     #[error("no model is on trial: nothing to promote")]
     NoTrial,
+    #[error("no candidate of version {0} is staged: send it as a candidate first")]
+    NoCandidate(u64),
     #[error("the slot record at {path} is unreadable: {message}")]
     Corrupt { path: String, message: String },
     #[error("I/O error on {path}: {message}")]
@@ -82,6 +84,9 @@ pub struct SlotState {
     pub slots: [Option<SlotInfo>; 2],
     pub highest_version: u64,
     pub trial: Option<Trial>,
+    /// A model staged in the inactive slot for shadow (and A/B) evaluation: installed and checked, not live.
+    #[serde(default)]
+    pub candidate: Option<SlotId>,
     /// Counts writes, for logs and tests.
     pub generation: u64,
 }
@@ -132,7 +137,79 @@ impl SlotState {
         let target = self.active.map(SlotId::other).unwrap_or(SlotId::A);
         let mut s = self.next();
         s.slots[target.index()] = None;
+        // The inactive slot is where a candidate lives: a new install replaces it.
+        s.candidate = None;
         Ok((s, target))
+    }
+
+    /// Step 2 of a candidate install: the checked slot is kept beside the live one for shadow evaluation, not made
+    /// live. Its version counts as accepted, so it can never be replayed.
+    pub fn stage(&self, target: SlotId, info: SlotInfo) -> SlotState {
+        let mut s = self.next();
+        s.highest_version = s.highest_version.max(info.version);
+        s.slots[target.index()] = Some(info);
+        s.candidate = Some(target);
+        s
+    }
+
+    /// The staged candidate's info, if any.
+    pub fn candidate_info(&self) -> Option<&SlotInfo> {
+        self.candidate.and_then(|c| self.slot(c))
+    }
+
+    /// The candidate of `version` goes live, on trial (probation then judges it like any install). Activating the
+    /// version already live is a no-op, so a resent command does no harm.
+    pub fn activate(&self, version: u64) -> Result<SlotState, SlotError> {
+        if self.active_info().is_some_and(|i| i.version == version) {
+            return Ok(self.clone());
+        }
+        if let Some(t) = &self.trial {
+            return Err(SlotError::TrialPending(
+                self.slot(t.slot).map(|i| i.version).unwrap_or(0),
+            ));
+        }
+        match (self.candidate, self.candidate_info()) {
+            (Some(c), Some(info)) if info.version == version => {
+                let mut s = self.flip(c, info.clone());
+                s.candidate = None;
+                Ok(s)
+            }
+            _ => Err(SlotError::NoCandidate(version)),
+        }
+    }
+
+    /// Gets rid of `version` wherever it is: a staged candidate is dropped, a trial or a committed live model is
+    /// rolled back. Idempotent: a version already gone changes nothing (`None`), so a fleet-wide abandon can be
+    /// resent safely. The version stays counted as accepted: it cannot come back by replay.
+    pub fn abandon(&self, version: u64) -> Result<Option<SlotState>, SlotError> {
+        if let Some(c) = self
+            .candidate
+            .filter(|c| self.slot(*c).is_some_and(|i| i.version == version))
+        {
+            let mut s = self.next();
+            s.slots[c.index()] = None;
+            s.candidate = None;
+            s.highest_version = s.highest_version.max(version);
+            return Ok(Some(s));
+        }
+        if self.active_info().is_some_and(|i| i.version == version) {
+            let mut s = self.rollback()?;
+            s.highest_version = s.highest_version.max(version);
+            // Not kept as a rollback target either: the other slot would otherwise offer it back.
+            if s.active != self.active {
+                if let Some(a) = self.active {
+                    s.slots[a.index()] = None;
+                }
+            }
+            return Ok(Some(s));
+        }
+        if version > self.highest_version {
+            // Not here yet (a download may be under way): refuse it from now on.
+            let mut s = self.next();
+            s.highest_version = version;
+            return Ok(Some(s));
+        }
+        Ok(None)
     }
 
     /// Step 2, once the files are complete and checked: make the slot live, on trial.
@@ -146,6 +223,7 @@ impl SlotState {
             boots: 0,
         });
         s.active = Some(target);
+        s.candidate = None;
         s
     }
 
@@ -343,6 +421,67 @@ mod tests {
             "a rolled-back version can never be replayed"
         );
         assert!(s6.trial.is_none());
+    }
+
+    #[test]
+    fn candidate_stage_activate_abandon() {
+        // v1 committed in A.
+        let s = SlotState::default()
+            .begin_install(1)
+            .unwrap()
+            .0
+            .flip(SlotId::A, info(1))
+            .commit()
+            .unwrap();
+        // v2 staged in B: A still serves.
+        let (s1, t) = s.begin_install(2).unwrap();
+        assert_eq!(t, SlotId::B);
+        let staged = s1.stage(t, info(2));
+        assert_eq!(staged.active, Some(SlotId::A));
+        assert_eq!(staged.candidate_info().unwrap().version, 2);
+        assert!(staged.trial.is_none());
+        assert_eq!(
+            staged.begin_install(2).unwrap_err(),
+            SlotError::NotNewer {
+                offered: 2,
+                highest: 2
+            }
+        );
+        assert_eq!(staged.activate(3).unwrap_err(), SlotError::NoCandidate(3));
+        // Activate: B live on trial, A is the rollback target; a second activate is a no-op.
+        let live = staged.activate(2).unwrap();
+        assert_eq!(live.active, Some(SlotId::B));
+        assert_eq!(live.trial.as_ref().unwrap().previous, Some(SlotId::A));
+        assert!(live.candidate.is_none());
+        assert_eq!(live.activate(2).unwrap(), live);
+        // Abandon the trial: back to A, and B is emptied so no later rollback brings v2 back.
+        let back = live.abandon(2).unwrap().unwrap();
+        assert_eq!(back.active, Some(SlotId::A));
+        assert!(back.slot(SlotId::B).is_none());
+        assert!(back.abandon(2).unwrap().is_none(), "abandon is idempotent");
+        // Abandon a staged candidate: dropped, A untouched.
+        let dropped = staged.abandon(2).unwrap().unwrap();
+        assert_eq!(dropped.active, Some(SlotId::A));
+        assert!(dropped.candidate.is_none() && dropped.slot(SlotId::B).is_none());
+        // Abandon a committed v2: rolled back to A.
+        let gone = staged
+            .activate(2)
+            .unwrap()
+            .commit()
+            .unwrap()
+            .abandon(2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(gone.active_info().unwrap().version, 1);
+        // Abandon before it arrived: the version is refused from then on.
+        let early = s.abandon(7).unwrap().unwrap();
+        assert_eq!(
+            early.begin_install(7).unwrap_err(),
+            SlotError::NotNewer {
+                offered: 7,
+                highest: 7
+            }
+        );
     }
 
     #[test]

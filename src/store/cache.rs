@@ -39,6 +39,11 @@ impl CacheKey {
         &self.0
     }
 
+    /// SHA-256 of the input tensor alone (the same for every model).
+    pub fn input_digest(&self) -> &[u8] {
+        &self.0[32..]
+    }
+
     pub fn input_digest_hex(&self) -> String {
         hex::encode(&self.0[32..])
     }

@@ -39,6 +39,8 @@ pub fn init_tracing(format: LogFormat, level: &str) -> Result<(), TelemetryError
     Ok(())
 }
 
+/// Buckets for confidences (top probability, 0..1).
+const CONFIDENCE_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
 pub const REQUEST_SECONDS: &str = "outpost_request_duration_seconds";
 pub const REQUESTS: &str = "outpost_requests_total";
 pub const CACHE_HITS: &str = "outpost_cache_hits_total";
@@ -52,6 +54,20 @@ pub const COMMANDS: &str = "outpost_fleet_commands_total";
 pub const FORWARDED: &str = "outpost_forwarded_total";
 pub const OUTBOX_DROPPED: &str = "outpost_outbox_dropped_total";
 pub const OUTBOX_PENDING: &str = "outpost_outbox_pending";
+/// Shadow runs of the staged candidate, by whether it agreed with the live model.
+pub const SHADOW_RUNS: &str = "outpost_shadow_runs_total";
+/// Shadow samples skipped because the shadow thread's CPU share was used up.
+pub const SHADOW_DROPPED: &str = "outpost_shadow_dropped_total";
+pub const SHADOW_CONFIDENCE: &str = "outpost_shadow_confidence";
+pub const SHADOW_RUN_SECONDS: &str = "outpost_shadow_run_seconds";
+/// Forwarded hard cases where the live (`model="active"`) or the candidate model agreed with the cloud's label.
+pub const SHADOW_CLOUD_AGREED: &str = "outpost_shadow_cloud_agreed_total";
+/// A/B split: requests, confidence and run time per arm (`arm="active"|"candidate"`).
+pub const AB_REQUESTS: &str = "outpost_ab_requests_total";
+pub const AB_CONFIDENCE: &str = "outpost_ab_confidence";
+pub const AB_RUN_SECONDS: &str = "outpost_ab_run_seconds";
+/// 1 while a candidate model is staged.
+pub const CANDIDATE_ACTIVE: &str = "outpost_candidate_staged";
 
 /// The process-wide Prometheus recorder (installed once; later calls get the same handle).
 pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
@@ -64,6 +80,14 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
     ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REQUEST_SECONDS.into()), &buckets)
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(SHADOW_RUN_SECONDS.into()), &buckets)
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(AB_RUN_SECONDS.into()), &buckets)
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(SHADOW_CONFIDENCE.into()), &CONFIDENCE_BUCKETS)
+        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(AB_CONFIDENCE.into()), &CONFIDENCE_BUCKETS)
         .map_err(|e| TelemetryError::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| TelemetryError::Metrics(e.to_string()))?;

@@ -147,3 +147,83 @@ fn work(rx: Receiver<Job>, depth: Arc<AtomicUsize>) {
         let _ = job.reply.send(result);
     }
 }
+
+/// Work that must never delay an answer nor take more than a share of one core (shadow runs of a candidate model):
+/// one thread behind a small queue. A job that finds the queue full is refused at once, and after each job of
+/// duration t the thread rests t * (1/share - 1), so it keeps to `share` of a core whatever the load.
+pub struct Background {
+    tx: Sender<Box<dyn FnOnce() + Send>>,
+    share: f64,
+}
+
+impl Background {
+    pub fn start(max_cpu_share: f64, capacity: usize) -> Arc<Background> {
+        let (tx, rx) = bounded::<Box<dyn FnOnce() + Send>>(capacity.max(1));
+        let share = max_cpu_share.clamp(0.01, 1.0);
+        std::thread::Builder::new()
+            .name("shadow".into())
+            .spawn(move || {
+                for job in rx {
+                    let t = std::time::Instant::now();
+                    job();
+                    let busy = t.elapsed();
+                    if share < 1.0 {
+                        std::thread::sleep(busy.mul_f64(1.0 / share - 1.0));
+                    }
+                }
+            })
+            .expect("spawn the shadow thread");
+        Arc::new(Background { tx, share })
+    }
+
+    /// Queues `job`; false (and the job dropped) when the queue is full.
+    pub fn try_run(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        self.tx.try_send(Box::new(job)).is_ok()
+    }
+
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn background_keeps_to_its_cpu_share_and_refuses_when_full() {
+        let bg = Background::start(0.25, 4);
+        let busy_us = Arc::new(AtomicU64::new(0));
+        let (mut accepted, mut refused) = (0, 0);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(800) {
+            let b = busy_us.clone();
+            let ok = bg.try_run(move || {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(4) {
+                    std::hint::spin_loop();
+                }
+                b.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            });
+            if ok {
+                accepted += 1
+            } else {
+                refused += 1
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let wall = start.elapsed().as_micros() as f64;
+        let share = busy_us.load(Ordering::Relaxed) as f64 / wall;
+        assert!(
+            share < 0.3,
+            "shadow work took {share:.2} of a core (cap 0.25)"
+        );
+        assert!(share > 0.1, "shadow work barely ran: {share:.2}");
+        assert!(
+            refused > accepted,
+            "a full queue refuses: {accepted} accepted, {refused} refused"
+        );
+    }
+}
