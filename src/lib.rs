@@ -11,6 +11,8 @@ pub mod fleet;
 pub mod forward;
 pub mod fsutil;
 pub mod inference;
+pub mod rollout;
+pub mod sim;
 pub mod slots;
 pub mod store;
 pub mod telemetry;

@@ -89,7 +89,12 @@ async fn commit(service: &Service, store: &SlotStore, digest: &str, reason: &str
     match done {
         Ok(Ok((state, ()))) => {
             service.end_trial(digest);
-            service.note_transition("commit", "probation", reason);
+            service.note_transition(
+                "commit",
+                "probation",
+                reason,
+                service.engine().spec().version,
+            );
             tracing::info!(version = service.engine().spec().version, %reason, "model committed");
             Some(state.generation)
         }
@@ -114,7 +119,8 @@ async fn rollback(service: &Service, store: &SlotStore, digest: &str, reason: &s
     .await;
     match done {
         Ok(Ok((state, ()))) => {
-            tracing::warn!(%reason, "model on trial rolled back");
+            let version = service.engine().spec().version;
+            tracing::warn!(%reason, version, "model on trial rolled back");
             match engine_for(service, store, &state).await {
                 Some((engine, slot)) => {
                     service.swap(engine, &slot);
@@ -122,7 +128,7 @@ async fn rollback(service: &Service, store: &SlotStore, digest: &str, reason: &s
                 }
                 None => tracing::error!("the previous model cannot be loaded; still serving the model that failed its trial"),
             }
-            service.note_transition("rollback", "probation", reason);
+            service.note_transition("rollback", "probation", reason, version);
             Some(state.generation)
         }
         Ok(Err(SlotError::NoTrial)) => None,
@@ -225,7 +231,12 @@ async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
     };
     let on_trial = trial_digest(&state).is_some_and(|d| Some(d) == want.as_deref());
     if same && !on_trial && service.end_trial(serving.digest()) {
-        service.note_transition("commit", "operator", "promoted by an operator");
+        service.note_transition(
+            "commit",
+            "operator",
+            "promoted by an operator",
+            serving.spec().version,
+        );
         tracing::info!("trial ended by an operator: model committed");
         return;
     }
@@ -240,11 +251,16 @@ async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
         tracing::info!(slot = %slot, version, digest = %engine.digest(), "new model live, on trial");
         service.begin_trial(engine, &slot, Some(serving));
         service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
-        service.note_transition("trial", "install", &format!("version {version}"));
+        service.note_transition("trial", "install", &format!("version {version}"), version);
     } else {
         tracing::info!(slot = %slot, digest = %engine.digest(), "switching to the model the slot record names");
         service.swap(engine, &slot);
         service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
-        service.note_transition("rollback", "operator", "changed by an operator");
+        service.note_transition(
+            "rollback",
+            "operator",
+            "changed by an operator",
+            serving.spec().version,
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub use service::{InferResponse, ModelInfo, Service, ServiceError};
+pub use service::{bytes_like, InferResponse, ModelInfo, Service, ServiceError};
 
 use crate::config::Config;
 use crate::inference::{Engine, InferenceError, ModelSpec};
@@ -239,6 +239,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         Ok(Err(e)) => Err(AgentError::Internal(format!("API server failed: {e}"))),
         Err(e) => Err(AgentError::Internal(format!("API task failed: {e}"))),
     }
+}
+
+/// An agent without its HTTP API, cache or forwarder: the slot record, the model (and candidate), the slot
+/// controller and the fleet link, sharing `pool`, `background` and (through `records`) a database with other such
+/// agents. A fleet simulation runs hundreds in one process; each still has its own MQTT session, state directory
+/// and slots, and goes through exactly the daemon's install, shadow, probation and rollback code.
+pub async fn start_headless(
+    config: Config,
+    pool: Arc<Pool>,
+    background: Arc<crate::worker::Background>,
+    records: crate::store::Records,
+    shutdown: CancellationToken,
+) -> Result<(Arc<Service>, Vec<tokio::task::JoinHandle<()>>), AgentError> {
+    let state_dir = config.agent.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let (cfg, sd) = (config.clone(), state_dir.clone());
+    let started = blocking(move || start_model(&cfg, &sd)).await??;
+    let service = Arc::new(Service::new(started.engine, pool, None, &config));
+    service.set_background(background);
+    service.set_slot(&started.slot);
+    service.set_model_threshold(started.hardness_threshold);
+    if started.on_trial {
+        let current = service.engine();
+        service.begin_trial(current, &started.slot, started.previous.map(Arc::new));
+    }
+    let link = crate::fleet::link::Link::new(service.clone(), &config, records)
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
+    let token = shutdown.clone();
+    let link = tokio::spawn(async move {
+        if let Err(e) = link.run(token).await {
+            tracing::error!(error = %e, "the fleet link stopped");
+        }
+    });
+    let controller = tokio::spawn(controller::run(
+        service.clone(),
+        state_dir,
+        started.generation,
+        shutdown,
+    ));
+    Ok((service, vec![link, controller]))
 }
 
 /// What start-up chose to serve.

@@ -88,6 +88,8 @@ pub struct Service {
     /// Woken when a run makes the trial decisive, so the controller acts at once rather than at its next tick.
     pub(crate) decided: tokio::sync::Notify,
     last_transition: Mutex<Option<serde_json::Value>>,
+    /// The last few transitions, oldest first (a rollback followed by another change stays visible).
+    transitions: Mutex<std::collections::VecDeque<serde_json::Value>>,
     /// Settings changed at run time by the fleet (`set`), by key.
     settings: Mutex<std::collections::BTreeMap<String, String>>,
     last_transfer: Mutex<Option<serde_json::Value>>,
@@ -134,6 +136,7 @@ impl Service {
             fallback: ArcSwapOption::empty(),
             decided: tokio::sync::Notify::new(),
             last_transition: Mutex::new(None),
+            transitions: Mutex::new(Default::default()),
             settings: Mutex::new(Default::default()),
             last_transfer: Mutex::new(None),
             download: Mutex::new(None),
@@ -375,15 +378,25 @@ impl Service {
     }
 
     /// Remembered for status and telemetry.
-    pub fn note_transition(&self, transition: &str, cause: &str, detail: &str) {
+    /// `version` is the model's the transition is about: the one committed, put on trial or rolled back from.
+    pub fn note_transition(&self, transition: &str, cause: &str, detail: &str, version: u64) {
         metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => transition.to_string(), "cause" => cause.to_string()).increment(1);
         self.changed();
-        *lock(&self.last_transition) = Some(serde_json::json!({
+        let t = serde_json::json!({
             "transition": transition,
             "cause": cause,
             "detail": detail,
+            "version": version,
             "unix": crate::bundle::now_unix(),
-        }));
+        });
+        {
+            let mut all = lock(&self.transitions);
+            if all.len() == 8 {
+                all.pop_front();
+            }
+            all.push_back(t.clone());
+        }
+        *lock(&self.last_transition) = Some(t);
     }
 
     fn record_run(&self, digest: &str, run: Duration, confidence: f32) {
@@ -729,6 +742,7 @@ impl Service {
             "cache": cache,
             "trial": lock(&self.trial).as_ref().map(|p| p.summary(Instant::now())),
             "last_transition": lock(&self.last_transition).clone(),
+            "transitions": lock(&self.transitions).clone(),
             "last_transfer": lock(&self.last_transfer).clone(),
             "download": lock(&self.download).clone(),
             "settings": lock(&self.settings).clone(),

@@ -112,6 +112,13 @@ enum Command {
         #[arg(long, default_value = "cloud-dataset")]
         dataset: PathBuf,
     },
+    /// Gradual rollout of a bundle over a group: waves, shadow evaluation, gates, automatic halt.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Run N simulated agents in this process against a broker (each its own MQTT session, state and slots).
+    Simulate(SimulateArgs),
     /// Serve bundle chunks to devices through the broker (several servers may run at once).
     Serve {
         #[command(flatten)]
@@ -123,7 +130,144 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Plan a rollout and drive it until done, halted or aborted (exit 0, 3 or 4). Progress is kept in --state:
+    /// after a kill, `outpostctl rollout continue` picks it up.
+    Start(RolloutStart),
+    /// Drive the rollout recorded in --state from where it was.
+    Continue {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        state: PathBuf,
+        /// Summaries as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold the rollout where it is: no new commands, no gate decisions (takes effect within a second).
+    Pause {
+        #[arg(long)]
+        state: PathBuf,
+    },
+    Resume {
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Stop the rollout and abandon the version on every device of the group.
+    Abort {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, default_value = "aborted by the operator")]
+        reason: String,
+    },
+    /// Print the recorded progress.
+    Status {
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
 #[derive(clap::Args)]
+struct RolloutStart {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// Directory for the rollout's durable progress (created).
+    #[arg(long)]
+    state: PathBuf,
+    #[arg(long)]
+    group: String,
+    /// Rollout name on the broker (default: <bundle name>-v<version>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Cumulative percentages of the group, the last 100.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+    waves: Vec<f64>,
+    /// Seconds of shadow evaluation per wave before it goes live (0: straight to trial).
+    #[arg(long, default_value_t = 60)]
+    shadow_s: u64,
+    /// Fraction of requests the candidate shadows (sent with it; default: each device's setting).
+    #[arg(long)]
+    shadow_fraction: Option<f32>,
+    /// A/B: fraction of inputs the candidate answers during the shadow phase.
+    #[arg(long)]
+    split: Option<f32>,
+    /// Gate: devices that must report, at least...
+    #[arg(long, default_value_t = 1)]
+    min_devices: usize,
+    /// ...and this share of the wave.
+    #[arg(long, default_value_t = 0.9)]
+    min_reporting: f64,
+    /// Gate: seconds each phase is observed at least.
+    #[arg(long, default_value_t = 60)]
+    observe_s: u64,
+    /// Gate: halt above this share of rollbacks and failures in a wave.
+    #[arg(long, default_value_t = 0.2)]
+    max_failure_rate: f64,
+    /// Gate: halt below this shadow agreement with the live model.
+    #[arg(long, default_value_t = 0.9)]
+    min_agreement: f64,
+    /// Shadow runs a device needs before its figures count.
+    #[arg(long, default_value_t = 20)]
+    min_shadow_runs: u64,
+    #[arg(long, default_value_t = 64 * 1024)]
+    chunk_size: u32,
+    #[arg(long)]
+    json: bool,
+    bundle: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    #[arg(long, default_value = "sim")]
+    group: String,
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// Root of the agents' state directories.
+    #[arg(long, default_value = "sim-state")]
+    dir: PathBuf,
+    /// Trusted operator keys for every agent.
+    #[arg(long)]
+    trusted_keys: PathBuf,
+    #[arg(long, default_value = "models/data/test")]
+    images: PathBuf,
+    /// Requests per second over the whole fleet.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Probation: runs until a trial commits.
+    #[arg(long, default_value_t = 30)]
+    probation_requests: u64,
+    /// Probation: runs needed on each side before drift and latency are judged.
+    #[arg(long, default_value_t = 10)]
+    probation_min_samples: u64,
+    /// Probation latency check: ratio (generous by default: many agents share two cores).
+    #[arg(long, default_value_t = 20.0)]
+    probation_latency_ratio: f64,
+    #[arg(long, default_value_t = 1)]
+    heartbeat_s: u64,
+    /// Inference threads shared by all agents (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Share of one core for all shadow runs together.
+    #[arg(long, default_value_t = 0.5)]
+    shadow_cpu_share: f64,
+    /// Stop after this many seconds (default: at Ctrl-C or SIGTERM).
+    #[arg(long = "for")]
+    duration: Option<u64>,
+    /// Write one JSON line per agent here at exit.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
 struct MqttArgs {
     /// mqtt://host:port or mqtts://host:port
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
@@ -221,6 +365,15 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Rollout { command } => rollout(command),
+        Command::Simulate(args) => {
+            let _ = outpost::telemetry::init_tracing(outpost::config::LogFormat::Plain, "warn");
+            raise_fd_limit();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(simulate(args))
+        }
         c @ (Command::Publish { .. }
         | Command::Cmd { .. }
         | Command::Watch { .. }
@@ -684,4 +837,261 @@ async fn fleet(c: Command) -> Result<()> {
         }
         _ => unreachable!("only fleet commands come here"),
     }
+}
+
+/// Many agents mean many sockets and files: take the hard limit on open files.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn exit_for(phase: &outpost::rollout::Phase) -> Result<()> {
+    use outpost::rollout::Phase;
+    match phase {
+        Phase::Done => Ok(()),
+        Phase::Halted(r) => {
+            eprintln!("rollout halted: {r}");
+            std::process::exit(3)
+        }
+        Phase::Aborted(r) => {
+            eprintln!("rollout aborted: {r}");
+            std::process::exit(4)
+        }
+        other => {
+            eprintln!(
+                "rollout stopped in phase {} (run `outpostctl rollout continue` to go on)",
+                other.name()
+            );
+            std::process::exit(5)
+        }
+    }
+}
+
+fn rollout(c: RolloutCommand) -> Result<()> {
+    use outpost::rollout::{Control, Gates, Plan, Progress, ProgressFile};
+    let control = |state: &PathBuf, f: &dyn Fn(&mut Control)| -> Result<()> {
+        let file = ProgressFile::new(state)?;
+        let p = file.load()?.ok_or_else(|| {
+            outpost::rollout::RolloutError::NoRollout(state.display().to_string())
+        })?;
+        if p.phase.finished() {
+            bail!(
+                "the rollout is already {}: nothing to change",
+                p.phase.name()
+            );
+        }
+        let mut c = file.control()?;
+        f(&mut c);
+        file.set_control(&c)?;
+        eprintln!("recorded; the driver applies it within a second (or when `outpostctl rollout continue` runs)");
+        Ok(())
+    };
+    let (mqtt, keys, state, json, start) = match c {
+        RolloutCommand::Pause { state } => return control(&state, &|c| c.paused = true),
+        RolloutCommand::Resume { state } => return control(&state, &|c| c.paused = false),
+        RolloutCommand::Abort { state, reason } => {
+            return control(&state, &|c| c.abort = Some(reason.clone()))
+        }
+        RolloutCommand::Status { state } => {
+            let p = ProgressFile::new(&state)?.load()?.ok_or_else(|| {
+                outpost::rollout::RolloutError::NoRollout(state.display().to_string())
+            })?;
+            println!(
+                "{}",
+                p.summary(&Default::default(), outpost::fleet::rollout::now_ms())
+            );
+            return Ok(());
+        }
+        RolloutCommand::Continue {
+            mqtt,
+            keys,
+            state,
+            json,
+        } => (mqtt, keys, state, json, None),
+        RolloutCommand::Start(a) => (
+            a.mqtt.clone(),
+            a.keys.clone(),
+            a.state.clone(),
+            a.json,
+            Some(a),
+        ),
+    };
+    let file = ProgressFile::new(&state)?;
+    if let Some(a) = start {
+        if let Some(p) = file.load()? {
+            bail!(
+                "{} already holds rollout {} ({}): use `outpostctl rollout continue`, or another --state",
+                state.display(),
+                p.plan.name,
+                p.phase.name()
+            );
+        }
+        let offer = outpost::fleet::serve::make_offer(&a.bundle, a.chunk_size)?;
+        let plan = Plan {
+            name: a
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-v{}", offer.name, offer.version)),
+            group: a.group.clone(),
+            bundle: std::fs::canonicalize(&a.bundle)?,
+            offer,
+            waves: a.waves.clone(),
+            gates: Gates {
+                min_devices: a.min_devices,
+                min_reporting: a.min_reporting,
+                observe_s: a.observe_s,
+                max_failure_rate: a.max_failure_rate,
+                min_agreement: a.min_agreement,
+                min_shadow_runs: a.min_shadow_runs,
+            },
+            shadow_s: a.shadow_s,
+            shadow_fraction: a.shadow_fraction,
+            split: a.split,
+        };
+        plan.check()?;
+        file.save(&Progress::new(plan, outpost::fleet::rollout::now_ms()))?;
+    }
+    let keys = load_keys(&keys)?;
+    let _ = outpost::telemetry::init_tracing(outpost::config::LogFormat::Plain, "warn");
+    let phase = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+            });
+            let mut last = String::new();
+            outpost::fleet::rollout::drive(file, mqtt.settings("rollout")?, keys, shutdown, |s| {
+                if json {
+                    println!("{s}");
+                    return;
+                }
+                let line =
+                    format!(
+                "wave {}/{} {}{}: {} of {} reported, {} failed, agreement {}, {} on v{}: {}",
+                s["wave"],
+                s["waves"].as_array().map(|w| w.len()).unwrap_or(0),
+                s["phase"].as_str().unwrap_or("?"),
+                if s["paused"] == true { " (paused)" } else { "" },
+                s["gate"]["reporting"],
+                s["gate"]["targeted"],
+                s["failed"],
+                s["gate"]["agreement"],
+                s["live_on_version"],
+                s["bundle"]["version"],
+                s["reason"].as_str().or(s["decision"].as_str()).unwrap_or("")
+            );
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        })?;
+    exit_for(&phase)
+}
+
+async fn simulate(a: SimulateArgs) -> Result<()> {
+    use std::time::{Duration, Instant};
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        token.cancel();
+    });
+    let workers = if a.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        a.workers
+    };
+    let (base_peak, _) = outpost::sim::rss();
+    let opts = outpost::sim::SimOptions {
+        agents: a.agents,
+        broker: a.mqtt.broker.clone(),
+        group: a.group.clone(),
+        prefix: a.prefix.clone(),
+        dir: a.dir.clone(),
+        trusted_keys: a.trusted_keys.clone(),
+        images: a.images.clone(),
+        rate: a.rate,
+        probation: outpost::config::ProbationConfig {
+            requests: a.probation_requests,
+            min_samples: a.probation_min_samples,
+            max_latency_ratio: a.probation_latency_ratio,
+            latency_slack_ms: 20.0,
+            ..Default::default()
+        },
+        heartbeat_s: a.heartbeat_s,
+        workers,
+        shadow_cpu_share: a.shadow_cpu_share,
+    };
+    let started = Instant::now();
+    let sim = outpost::sim::Sim::start(&opts, shutdown.clone()).await?;
+    eprintln!(
+        "simulating {} agents in group {} against {} ({} inference threads, {:.0} requests/s); started in {:.1} s",
+        a.agents,
+        a.group,
+        a.mqtt.broker,
+        workers,
+        a.rate,
+        started.elapsed().as_secs_f64()
+    );
+    println!("ready {}", a.agents);
+    let end = a.duration.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            shutdown.cancel();
+            break;
+        }
+        let (peak, now) = outpost::sim::rss();
+        let t = &sim.traffic;
+        eprintln!(
+            "versions {:?}  requests {} ok {} failed {}  rss {} MiB (peak {} MiB, {:.0} KiB/agent)",
+            sim.versions(),
+            t.sent.load(std::sync::atomic::Ordering::Relaxed),
+            t.ok.load(std::sync::atomic::Ordering::Relaxed),
+            t.failed.load(std::sync::atomic::Ordering::Relaxed),
+            now >> 20,
+            peak >> 20,
+            peak.saturating_sub(base_peak) as f64 / 1024.0 / a.agents.max(1) as f64
+        );
+    }
+    let report = sim.report();
+    let (peak, _) = outpost::sim::rss();
+    let t = sim.traffic.clone();
+    sim.finish().await;
+    if let Some(path) = &a.report {
+        let mut text = String::new();
+        for line in &report {
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        outpost::fsutil::write_atomic(path, text.as_bytes())?;
+    }
+    eprintln!(
+        "stopped: {} requests ({} failed); peak RSS {} MiB, {:.0} KiB per agent",
+        t.sent.load(std::sync::atomic::Ordering::Relaxed),
+        t.failed.load(std::sync::atomic::Ordering::Relaxed),
+        peak >> 20,
+        peak.saturating_sub(base_peak) as f64 / 1024.0 / a.agents.max(1) as f64
+    );
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub mod command;
 pub mod link;
 pub mod mqtt;
 pub mod operator;
+pub mod rollout;
 pub mod serve;
 pub mod transfer;
 

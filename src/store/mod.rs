@@ -78,6 +78,12 @@ impl Store {
         Records::open(&self.db)
     }
 
+    /// Records of their own under `name`, in this database: many simulated agents share one database (one set of
+    /// sled threads) yet keep separate command sequences and downloads.
+    pub fn records_named(&self, name: &str) -> Result<Records, StoreError> {
+        Records::open_named(&self.db, &format!("records/{name}"))
+    }
+
     /// Forces everything written so far to disk (fsync); blocking, so call it off the async threads.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;

@@ -16,8 +16,12 @@ pub const MAX_RECORD: usize = 1024 * 1024;
 
 impl Records {
     pub(super) fn open(db: &sled::Db) -> Result<Records, StoreError> {
+        Records::open_named(db, "records")
+    }
+
+    pub(super) fn open_named(db: &sled::Db, tree: &str) -> Result<Records, StoreError> {
         Ok(Records {
-            tree: db.open_tree("records")?,
+            tree: db.open_tree(tree)?,
         })
     }
 

@@ -1,0 +1,333 @@
+//! The rollout driver: carries a [`crate::rollout::Progress`] out over MQTT. It follows the group's retained status
+//! and acknowledgements, sends each device the commands its wave owes (signed, one sequence number each, reserved
+//! durably before use), serves the bundle's chunks, applies the gates, and on a halt or abort abandons the version
+//! fleet-wide with one retained group command, so a device offline at that moment gets it when it returns.
+//!
+//! Its MQTT session is persistent (fixed client id, one hour of expiry): acknowledgements that arrive while the
+//! operator process is down wait at the broker, and a restarted driver reads the retained statuses again.
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{self, Action, CommandBody, Target};
+use super::mqtt::{self, LinkEvent, Settings};
+use super::topics;
+use crate::bundle::{now_unix, SigningKeyFile};
+use crate::rollout::{
+    Control, Decision, DeviceView, Owed, Phase, Progress, ProgressFile, RolloutError,
+};
+
+/// Retained summary of a rollout, for `outpostctl watch`.
+pub fn status_topic(name: &str) -> String {
+    format!("{}/rollout/{name}/status", topics::PREFIX)
+}
+pub const ALL_ROLLOUTS: &str = "outpost/v1/rollout/+/status";
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn fleet_err(e: impl std::fmt::Display) -> RolloutError {
+    RolloutError::Fleet(e.to_string())
+}
+
+/// How often gates are judged and owed commands sent.
+const TICK: Duration = Duration::from_millis(200);
+/// A device command's lifetime; the fleet-wide abandon lives a week.
+const COMMAND_TTL_S: u64 = 3600;
+const ABANDON_TTL_S: u64 = 7 * 24 * 3600;
+
+/// Runs the rollout in `file` until it is done, halted or aborted (or `shutdown`); returns the final phase.
+/// `show` gets the summary on every change.
+pub async fn drive(
+    file: ProgressFile,
+    mut settings: Settings,
+    keys: Vec<SigningKeyFile>,
+    shutdown: CancellationToken,
+    mut show: impl FnMut(&serde_json::Value),
+) -> Result<Phase, RolloutError> {
+    let mut progress = file
+        .load()?
+        .ok_or_else(|| RolloutError::NoRollout(file.path().display().to_string()))?;
+    let name = progress.plan.name.clone();
+    settings.client_id = format!("outpost-rollout-{name}");
+    settings.session_expiry_s = 3600;
+    let mut serve_settings = settings.clone();
+    serve_settings.client_id = format!("outpost-rollout-{name}-serve");
+    serve_settings.session_expiry_s = 0;
+
+    let (client, mut events) = super::operator::connect(&settings, shutdown.clone())
+        .await
+        .map_err(fleet_err)?;
+    subscribe(&client).await?;
+    let serving = shutdown.child_token();
+    let served = Arc::new(super::serve::Served::default());
+    let server = tokio::spawn(super::serve::serve(
+        serve_settings,
+        vec![(progress.plan.offer.clone(), progress.plan.bundle.clone())],
+        served.clone(),
+        serving.clone(),
+    ));
+    let keys: Vec<&SigningKeyFile> = keys.iter().collect();
+    let mut devices: BTreeMap<String, DeviceView> = BTreeMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_shown = String::new();
+    let mut last_published = std::time::Instant::now() - Duration::from_secs(60);
+    // Statuses retained at the broker arrive right after subscribing; give them a moment before the first
+    // decisions, so a restarted driver does not mistake "not heard yet" for "not there".
+    let settle_until = std::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        let mut dirty = false;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    LinkEvent::Message(p) => {
+                        let topic = mqtt::topic_of(&p);
+                        let Some(device) = topic.strip_prefix("outpost/v1/device/").and_then(|r| r.split('/').next()) else {
+                            continue;
+                        };
+                        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else { continue };
+                        if topic.ends_with("/status") {
+                            if v["state"] == "offline" {
+                                if let Some(d) = devices.get_mut(device) {
+                                    d.online = false;
+                                }
+                            } else if let Some(view) = DeviceView::from_status(&v, &progress.plan.group) {
+                                dirty |= progress.observe(device, &view, now_ms());
+                                devices.insert(device.to_string(), view);
+                            }
+                        } else if topic.ends_with("/ack") && v["ok"] == false {
+                            if let Some(seq) = v["seq"].as_u64() {
+                                let error = v["error"].as_str().unwrap_or("failed").to_string();
+                                dirty |= progress.command_failed(device, seq, &error, now_ms());
+                            }
+                        }
+                    }
+                    LinkEvent::Connected { session_present } => {
+                        if !session_present {
+                            subscribe(&client).await?;
+                        }
+                    }
+                    LinkEvent::Disconnected { error, .. } => tracing::warn!(%error, "lost the broker; reconnecting"),
+                }
+            }
+            _ = tick.tick() => {
+                let now = now_ms();
+                dirty |= apply_control(&file, &mut progress, now)?;
+                if std::time::Instant::now() >= settle_until {
+                    if !progress.phase.finished() && !progress.paused {
+                        dirty |= send_owed(&file, &client, &keys, &mut progress, &devices).await?;
+                        let reading = progress.read(&devices, now);
+                        match progress.decide(&reading) {
+                            Decision::Advance => {
+                                progress = progress.advance(now);
+                                tracing::info!(wave = progress.wave + 1, phase = progress.phase.name(), "gate passed");
+                                dirty = true;
+                            }
+                            Decision::Halt(reason) => {
+                                tracing::warn!(%reason, "gate failed: halting the rollout");
+                                progress = progress.halt(reason, now);
+                                dirty = true;
+                            }
+                            Decision::Wait(_) => {}
+                        }
+                    }
+                    if matches!(progress.phase, Phase::Halted(_) | Phase::Aborted(_)) && progress.abandon_seq.is_none() {
+                        abandon(&file, &client, &keys, &mut progress).await?;
+                        dirty = true;
+                    }
+                }
+                let summary = progress.summary(&devices, now);
+                let text = summary.to_string();
+                // Published on change and every 2 s (observed time moves on).
+                if text != last_shown || last_published.elapsed() >= Duration::from_secs(2) {
+                    if text != last_shown {
+                        show(&summary);
+                    }
+                    client
+                        .publish(status_topic(&name), QoS::AtLeastOnce, true, text.clone())
+                        .await
+                        .map_err(fleet_err)?;
+                    last_shown = text;
+                    last_published = std::time::Instant::now();
+                }
+                if progress.phase.finished() && progress.abandon_seq.is_some() || progress.phase == Phase::Done {
+                    if dirty {
+                        file.save(&progress)?;
+                    }
+                    break;
+                }
+            }
+        }
+        if dirty {
+            progress.generation += 1;
+            let (f, p) = (file.clone(), progress.clone());
+            tokio::task::spawn_blocking(move || f.save(&p))
+                .await
+                .map_err(fleet_err)??;
+        }
+    }
+    serving.cancel();
+    let _ = server.await;
+    // Let the last publishes out before the session goes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = client.disconnect().await;
+    Ok(progress.phase)
+}
+
+async fn subscribe(client: &AsyncClient) -> Result<(), RolloutError> {
+    client
+        .subscribe(topics::ALL_STATUS, QoS::AtLeastOnce)
+        .await
+        .map_err(fleet_err)?;
+    client
+        .subscribe(topics::ALL_ACKS, QoS::AtLeastOnce)
+        .await
+        .map_err(fleet_err)
+}
+
+/// Pause, resume and abort requests from `outpostctl rollout`.
+fn apply_control(file: &ProgressFile, p: &mut Progress, now: u64) -> Result<bool, RolloutError> {
+    let Control { paused, abort } = file.control()?;
+    if p.phase.finished() {
+        return Ok(false);
+    }
+    if let Some(reason) = abort {
+        *p = p.abort(reason, now);
+        return Ok(true);
+    }
+    if paused != p.paused {
+        p.paused = paused;
+        p.note(
+            now,
+            if paused {
+                "paused by the operator"
+            } else {
+                "resumed by the operator"
+            }
+            .to_string(),
+        );
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn signed(
+    target: Target,
+    seq: u64,
+    ttl_s: u64,
+    action: Action,
+    keys: &[&SigningKeyFile],
+) -> Vec<u8> {
+    let now = now_unix();
+    command::sign(
+        &CommandBody {
+            target,
+            seq,
+            issued_unix: now,
+            expires_unix: now + ttl_s,
+            action,
+        },
+        keys,
+    )
+}
+
+/// Sends what the current phase owes. Sequence numbers are reserved and saved first; a device is marked as sent
+/// only after its command is out, so a kill in between resends (devices take a repeat as a no-op) rather than skip.
+async fn send_owed(
+    file: &ProgressFile,
+    client: &AsyncClient,
+    keys: &[&SigningKeyFile],
+    progress: &mut Progress,
+    devices: &BTreeMap<String, DeviceView>,
+) -> Result<bool, RolloutError> {
+    let owed = progress.owed(devices);
+    if owed.is_empty() {
+        return Ok(false);
+    }
+    let first = progress.reserve(owed.len() as u64, now_ms());
+    file.save(progress)?;
+    let plan = progress.plan.clone();
+    for (i, (device, what)) in owed.into_iter().enumerate() {
+        let seq = first + i as u64;
+        let action = match what {
+            Owed::Candidate => Action::Candidate {
+                offer: plan.offer.clone(),
+                shadow: plan.shadow_fraction,
+                split: plan.split,
+            },
+            Owed::Activate => Action::Activate {
+                version: plan.version(),
+            },
+            Owed::Update => Action::Update(plan.offer.clone()),
+        };
+        let bytes = signed(
+            Target::Device(device.clone()),
+            seq,
+            COMMAND_TTL_S,
+            action,
+            keys,
+        );
+        client
+            .publish(topics::device_cmd(&device), QoS::AtLeastOnce, false, bytes)
+            .await
+            .map_err(fleet_err)?;
+        let wave = progress.wave;
+        let s = progress.sent.entry(device).or_default();
+        s.wave = s.wave.max(wave);
+        match what {
+            Owed::Candidate => s.candidate = Some(seq),
+            Owed::Activate => s.activate = Some(seq),
+            Owed::Update => s.update = Some(seq),
+        }
+    }
+    Ok(true)
+}
+
+/// The fleet-wide rollback: one retained group command that drops the version wherever it is.
+async fn abandon(
+    file: &ProgressFile,
+    client: &AsyncClient,
+    keys: &[&SigningKeyFile],
+    progress: &mut Progress,
+) -> Result<(), RolloutError> {
+    let seq = progress.reserve(1, now_ms());
+    file.save(progress)?;
+    let version = progress.plan.version();
+    let bytes = signed(
+        Target::Group(progress.plan.group.clone()),
+        seq,
+        ABANDON_TTL_S,
+        Action::Abandon { version },
+        keys,
+    );
+    client
+        .publish(
+            topics::group_cmd(&progress.plan.group),
+            QoS::AtLeastOnce,
+            true,
+            bytes,
+        )
+        .await
+        .map_err(fleet_err)?;
+    progress.abandon_seq = Some(seq);
+    let now = now_ms();
+    progress.note(
+        now,
+        format!(
+            "abandon of version {version} sent to group {}",
+            progress.plan.group
+        ),
+    );
+    Ok(())
+}
