@@ -55,6 +55,17 @@ pub fn percentile(values: &[u64], q: f64) -> Option<u64> {
     Some(v[rank - 1])
 }
 
+/// The KS distance that two samples of sizes `n` and `m` from one distribution exceed with probability 0.001:
+/// c(α) · sqrt((n + m) / (n · m)), c(0.001) = 1.949. A fixed threshold alone rolled good models back on small
+/// samples (a fleet simulation with 10-run trials lost 6 of 50 devices to noise: KS 0.459 against 0.3).
+pub fn ks_critical(n: usize, m: usize) -> f64 {
+    if n == 0 || m == 0 {
+        return 1.0;
+    }
+    let (n, m) = (n as f64, m as f64);
+    1.949 * ((n + m) / (n * m)).sqrt()
+}
+
 /// Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical distribution functions.
 pub fn ks_distance(a: &[f32], b: &[f32]) -> f64 {
     if a.is_empty() || b.is_empty() {
@@ -168,10 +179,10 @@ impl Probation {
             let (tc, bc) = (self.runs.confidences(), self.baseline.confidences());
             let d = ks_distance(&tc, &bc);
             let (tm, bm) = (mean(&tc), mean(&bc));
-            if d > c.max_confidence_drift && tm < bm {
+            let limit = c.max_confidence_drift.max(ks_critical(tc.len(), bc.len()));
+            if d > limit && tm < bm {
                 return Verdict::Rollback(format!(
-                    "confidence drifted: KS distance {d:.3} > {} with mean confidence {tm:.3} against {bm:.3} before",
-                    c.max_confidence_drift
+                    "confidence drifted: KS distance {d:.3} > {limit:.3} with mean confidence {tm:.3} against {bm:.3} before",
                 ));
             }
         }
@@ -239,6 +250,8 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), Some(99));
         assert_eq!(percentile(&v, 0.5), Some(50));
         assert_eq!(ks_distance(&[0.1, 0.2], &[0.1, 0.2]), 0.0);
+        assert!((ks_critical(30, 1024) - 0.36).abs() < 0.01);
+        assert!(ks_critical(10, 1024) > 0.6 && ks_critical(1000, 1000) < 0.1);
         assert_eq!(ks_distance(&[0.1, 0.2], &[0.8, 0.9]), 1.0);
         let d = ks_distance(&[0.1, 0.5, 0.9], &[0.5, 0.9, 0.95]);
         assert!((d - 1.0 / 3.0).abs() < 1e-9, "{d}");

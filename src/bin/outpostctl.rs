@@ -243,10 +243,10 @@ struct SimulateArgs {
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// Probation: runs until a trial commits.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 40)]
     probation_requests: u64,
     /// Probation: runs needed on each side before drift and latency are judged.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 30)]
     probation_min_samples: u64,
     /// Probation latency check: ratio (generous by default: many agents share two cores).
     #[arg(long, default_value_t = 20.0)]
@@ -971,23 +971,25 @@ fn rollout(c: RolloutCommand) -> Result<()> {
                     println!("{s}");
                     return;
                 }
-                let line =
-                    format!(
-                "wave {}/{} {}{}: {} of {} reported, {} failed, agreement {}, {} on v{}: {}",
-                s["wave"],
-                s["waves"].as_array().map(|w| w.len()).unwrap_or(0),
-                s["phase"].as_str().unwrap_or("?"),
-                if s["paused"] == true { " (paused)" } else { "" },
-                s["gate"]["reporting"],
-                s["gate"]["targeted"],
-                s["failed"],
-                s["gate"]["agreement"],
-                s["live_on_version"],
-                s["bundle"]["version"],
-                s["reason"].as_str().or(s["decision"].as_str()).unwrap_or("")
-            );
+                let line = format!(
+                    "wave {}/{} {}{}: {} of {} reported, {} failed, {} live on v{}",
+                    s["wave"],
+                    s["waves"].as_array().map(|w| w.len()).unwrap_or(0),
+                    s["phase"].as_str().unwrap_or("?"),
+                    if s["paused"] == true { " (paused)" } else { "" },
+                    s["gate"]["reporting"],
+                    s["gate"]["targeted"],
+                    s["failed"],
+                    s["live_on_version"],
+                    s["bundle"]["version"],
+                );
+                // One line per change of substance (the agreement moves with every shadow run).
                 if line != last {
-                    eprintln!("{line}");
+                    let why = s["reason"]
+                        .as_str()
+                        .or(s["decision"].as_str())
+                        .unwrap_or("");
+                    eprintln!("{line}, shadow agreement {}: {why}", s["gate"]["agreement"]);
                     last = line;
                 }
             })

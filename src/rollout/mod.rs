@@ -247,6 +247,8 @@ pub struct Reading {
     pub reporting: usize,
     pub needed: usize,
     pub failures: usize,
+    /// Devices whose shadow figures are in the agreement (the others reported by being live already).
+    pub shadowed: usize,
     pub agreement: Option<f64>,
     pub observed_s: u64,
 }
@@ -303,7 +305,7 @@ impl Progress {
         let version = self.plan.version();
         let targets = members(&self.plan, self.wave, devices.keys());
         let g = &self.plan.gates;
-        let mut reporting = 0;
+        let (mut reporting, mut shadowed) = (0, 0);
         let (mut runs, mut agreements) = (0u64, 0u64);
         let mut failures = 0;
         for d in &targets {
@@ -315,8 +317,14 @@ impl Progress {
             let Some(v) = devices.get(d) else { continue };
             match self.phase {
                 Phase::Shadow => {
-                    if v.candidate_version == Some(version) && v.shadow_runs >= g.min_shadow_runs {
+                    if v.live_version == Some(version) && !v.on_trial {
+                        // From an earlier wave: already live and committed, nothing to shadow.
                         reporting += 1;
+                    } else if v.candidate_version == Some(version)
+                        && v.shadow_runs >= g.min_shadow_runs
+                    {
+                        reporting += 1;
+                        shadowed += 1;
                         runs += v.shadow_runs;
                         agreements += v.shadow_agreements;
                     }
@@ -338,7 +346,8 @@ impl Progress {
             reporting,
             needed,
             failures,
-            agreement: (runs > 0).then(|| agreements as f64 / runs as f64),
+            shadowed,
+            agreement: (runs > 0).then(|| (agreements as f64 / runs as f64 * 1e4).round() / 1e4),
             observed_s: now_ms.saturating_sub(self.phase_started_ms) / 1000,
         }
     }
@@ -380,7 +389,7 @@ impl Progress {
                         g.min_agreement
                     ))
                 }
-                None => return Decision::Wait("no shadow runs yet".into()),
+                None if r.shadowed > 0 => return Decision::Wait("no shadow runs yet".into()),
                 _ => {}
             }
         }
