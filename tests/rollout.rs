@@ -1,0 +1,386 @@
+//! Gradual rollouts at fleet scale: `outpostctl simulate` runs hundreds of agents (each its own MQTT session, state
+//! directory and slots, running the daemon's code) against a real mosquitto; `outpostctl rollout` drives waves,
+//! shadow evaluation and gates. Everything is a real process; the operator is killed with SIGKILL.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use outpost::rollout::{members, Phase, Progress};
+
+struct Sim {
+    child: KillOnDrop,
+    report: PathBuf,
+    ids: Vec<String>,
+}
+
+/// Starts `n` simulated agents in group `sim` and waits until each has published its status.
+fn simulate(m: &Mosquitto, f: &Fixture, n: usize, rate: u32) -> Sim {
+    let report = f.path("report.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .args(["simulate", "--broker", &m.url(), "--agents", &n.to_string()])
+        .args(["--dir", s(&f.path("sim")), "--trusted-keys", s(&f.trusted)])
+        .args(["--images", s(&models().join("data/test"))])
+        .args(["--rate", &rate.to_string(), "--report", s(&report)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("ready {n}"),
+        "the simulation did not start"
+    );
+    let child = KillOnDrop(child);
+    let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:04}")).collect();
+    wait_until(
+        "every simulated agent online",
+        Duration::from_secs(60),
+        || online(m, n) >= n,
+    );
+    Sim { child, report, ids }
+}
+
+/// Devices whose retained status says online.
+fn online(m: &Mosquitto, n: usize) -> usize {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &m.port.to_string()])
+        .args([
+            "-t",
+            "outpost/v1/device/+/status",
+            "-C",
+            &n.to_string(),
+            "-W",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+            if v["state"] == "online" {
+                seen.insert(v["device"].as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    seen.len()
+}
+
+impl Sim {
+    /// Stops the simulation (SIGTERM) and returns each agent's final state, by device id.
+    fn stop(mut self) -> BTreeMap<String, serde_json::Value> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.0.wait().unwrap();
+        assert!(status.success(), "simulate exited with {status}");
+        std::fs::read_to_string(&self.report)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["device"].as_str().unwrap().to_string(), v)
+            })
+            .collect()
+    }
+}
+
+fn rollout_args(m: &str, f: &Fixture, state: &Path, bundle: &Path) -> Vec<String> {
+    [
+        "rollout",
+        "start",
+        "--broker",
+        m,
+        "--key",
+        s(&f.key1),
+        "--state",
+        s(state),
+        "--group",
+        "sim",
+        "--waves",
+        "1,10,50,100",
+        "--shadow-s",
+        "2",
+        "--observe-s",
+        "2",
+        "--min-shadow-runs",
+        "5",
+        "--shadow-fraction",
+        "1",
+        s(bundle),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+fn progress(state: &Path) -> Progress {
+    serde_json::from_slice(&std::fs::read(state.join("rollout.json")).unwrap()).unwrap()
+}
+
+fn run_rollout(args: &[String], timeout: Duration) -> std::process::ExitStatus {
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not finish in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The wave (0-based) a device first belongs to, among `ids`.
+fn first_wave(p: &Progress, ids: &[String], device: &str) -> usize {
+    (0..p.plan.waves.len())
+        .find(|w| members(&p.plan, *w, ids.iter()).contains(device))
+        .unwrap()
+}
+
+#[test]
+fn a_good_bundle_reaches_200_agents_wave_by_wave_and_a_bad_one_halts_in_the_canary_wave() {
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let good = f.bundle_with_spec("good.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
+    let bad = f.bundle_with_spec("bad.bundle", "edge-flat", "edge-flat", 3, &[&f.key1], &[]);
+    let sim = simulate(&m, &f, 200, 600);
+    let ids = sim.ids.clone();
+
+    // The good bundle: every wave passes its shadow and trial gates, and all 200 agents end on version 2.
+    let state = f.path("rollout-good");
+    let url = m.url();
+    let st = run_rollout(
+        &rollout_args(&url, &f, &state, &good),
+        Duration::from_secs(300),
+    );
+    assert!(st.success(), "good rollout exited with {st}");
+    let p = progress(&state);
+    assert_eq!(p.phase, Phase::Done);
+    assert!(p.failed.is_empty(), "failures: {:?}", p.failed);
+    assert_eq!(p.sent.len(), 200, "every agent was sent the bundle");
+    // Wave by wave: each device got its command in the wave its hash puts it in, not earlier, not later.
+    let mut per_wave = [0usize; 4];
+    for (d, sent) in &p.sent {
+        assert_eq!(
+            sent.wave,
+            first_wave(&p, &ids, d),
+            "{d} was sent in the wrong wave"
+        );
+        assert!(
+            sent.candidate.is_some() && sent.activate.is_some(),
+            "{d}: {sent:?}"
+        );
+        per_wave[sent.wave] += 1;
+    }
+    assert!(
+        per_wave.iter().all(|n| *n > 0),
+        "each wave had devices: {per_wave:?}"
+    );
+    let steps: Vec<&str> = p.history.iter().map(|(_, h)| h.as_str()).collect();
+    let order = [
+        "wave 2 (10 %): shadow",
+        "wave 2 (10 %): active",
+        "wave 3 (50 %): shadow",
+        "wave 4 (100 %): active",
+        "done: every wave passed",
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|o| {
+            steps
+                .iter()
+                .position(|h| h == o)
+                .unwrap_or_else(|| panic!("no {o:?} in {steps:?}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    eprintln!("good rollout: devices per wave {per_wave:?}");
+
+    // The bad bundle (edge-flat: passes its golden gate, live confidence collapses): halted in wave 1.
+    let state_bad = f.path("rollout-bad");
+    let st = run_rollout(
+        &rollout_args(&url, &f, &state_bad, &bad),
+        Duration::from_secs(120),
+    );
+    assert_eq!(st.code(), Some(3), "a halted rollout exits 3");
+    let pb = progress(&state_bad);
+    let Phase::Halted(reason) = &pb.phase else {
+        panic!("not halted: {:?}", pb.phase)
+    };
+    assert_eq!(pb.wave, 0, "halted in the canary wave: {reason}");
+    assert!(
+        pb.abandon_seq.is_some(),
+        "the version was abandoned fleet-wide"
+    );
+    let canaries = members(&pb.plan, 0, ids.iter());
+    let sent: BTreeSet<String> = pb.sent.keys().cloned().collect();
+    assert_eq!(
+        sent, canaries,
+        "only the canary wave was sent the bad bundle"
+    );
+    assert!(!pb.failed.is_empty());
+
+    let report = sim.stop();
+    assert_eq!(report.len(), 200);
+    for (d, r) in &report {
+        assert_eq!(
+            r["model"]["version"], 2,
+            "{d} does not serve version 2: {r}"
+        );
+        assert!(
+            r["candidate"].is_null(),
+            "{d} still stages a candidate: {r}"
+        );
+        let rolled_back_v3 = r["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["transition"] == "rollback" && t["version"] == 3);
+        if canaries.contains(d) {
+            assert!(
+                rolled_back_v3,
+                "canary {d} did not roll version 3 back: {r}"
+            );
+        } else {
+            assert_ne!(
+                r["last_transfer"]["version"], 3,
+                "{d} downloaded the bad bundle: {r}"
+            );
+            assert!(!rolled_back_v3, "{d} never had version 3: {r}");
+        }
+    }
+    eprintln!(
+        "bad rollout: halted in wave 1 with {} canaries ({reason}); {} other agents untouched",
+        canaries.len(),
+        200 - canaries.len()
+    );
+}
+
+#[test]
+fn the_operator_killed_mid_rollout_continues_where_it_was_and_pause_holds_it() {
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let good = f.bundle_with_spec("good.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
+    let sim = simulate(&m, &f, 60, 300);
+    let url = m.url();
+    let state = f.path("rollout");
+    let args = rollout_args(&url, &f, &state, &good);
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Killed once wave 2 is under way.
+    wait_until("wave 2", Duration::from_secs(120), || {
+        std::fs::read(state.join("rollout.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
+            .is_some_and(|p| p.wave >= 1)
+    });
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    let before = progress(&state);
+    assert!(!before.phase.finished());
+
+    // Paused before it is continued: the driver holds it (no sends, no gates) until resumed.
+    assert!(outpostctl(&["rollout", "pause", "--state", s(&state)])
+        .status
+        .success());
+    let cont: Vec<String> = [
+        "rollout",
+        "continue",
+        "--broker",
+        &url,
+        "--key",
+        s(&f.key1),
+        "--state",
+        s(&state),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(&cont)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("paused", Duration::from_secs(10), || {
+        progress(&state).paused
+    });
+    let held = progress(&state);
+    std::thread::sleep(Duration::from_secs(4));
+    let still = progress(&state);
+    assert_eq!(
+        (still.wave, &still.phase, still.sent.len()),
+        (held.wave, &held.phase, held.sent.len()),
+        "a paused rollout moved"
+    );
+    assert!(outpostctl(&["rollout", "resume", "--state", s(&state)])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let st = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the continued rollout did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(st.success(), "continued rollout exited with {st}");
+    let p = progress(&state);
+    assert_eq!(p.phase, Phase::Done);
+    // Continued, not restarted: the history before the kill is intact and no wave began twice.
+    assert_eq!(&p.history[..before.history.len()], &before.history[..]);
+    for w in [
+        "wave 2 (10 %): shadow",
+        "wave 3 (50 %): shadow",
+        "wave 4 (100 %): shadow",
+    ] {
+        assert_eq!(
+            p.history.iter().filter(|(_, h)| h == w).count(),
+            1,
+            "{w}: {:?}",
+            p.history
+        );
+    }
+    for (d, sent) in &before.sent {
+        // Devices sent before the kill kept their commands (at most resent once if the kill fell between the
+        // send and the save); none went back to an earlier wave.
+        assert_eq!(p.sent[d].wave, sent.wave, "{d}");
+    }
+    let report = sim.stop();
+    assert!(
+        report.values().all(|r| r["model"]["version"] == 2),
+        "not every agent serves version 2"
+    );
+}
