@@ -479,13 +479,7 @@ fn a_running_agent_picks_up_install_and_rollback_and_boot_counting_rolls_back_a_
     );
     let st = status(&state);
     assert!(st["trial"].is_null() && st["highest_version"] == 3, "{st}");
-    let metrics = common::http()
-        .get(&daemon.url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = daemon.metrics();
     assert!(
         metrics
             .lines()

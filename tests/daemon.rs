@@ -42,13 +42,7 @@ fn serves_the_test_split_then_answers_from_the_cache_after_restart() {
         );
         first.push(v);
     }
-    let metrics = http()
-        .get(&daemon.url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = daemon.metrics();
     assert!(
         metrics.contains("outpost_requests_total{outcome=\"edge\"} 300"),
         "{metrics}"

@@ -222,13 +222,7 @@ fn the_outbox_bound_drops_the_oldest_and_counts_it() {
     let st = d.get_json("/v1/status");
     assert_eq!(st["forward"]["outbox"]["pending"], 5, "{st}");
     assert_eq!(st["forward"]["outbox"]["dropped"], 7, "{st}");
-    let m = common::http()
-        .get(&d.url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let m = d.metrics();
     assert!(m.contains("outpost_outbox_dropped_total 7"), "{m}");
     assert!(d.stop().success());
 }

@@ -39,16 +39,6 @@ fn send(daemon: &Daemon, n: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn metrics(daemon: &Daemon) -> String {
-    common::http()
-        .get(&daemon.url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-}
-
 fn counted(metrics: &str, transition: &str, cause: &str) -> bool {
     metrics.lines().any(|l| {
         l.starts_with("outpost_slot_transitions_total")
@@ -97,7 +87,7 @@ fn a_healthy_model_is_committed_after_its_trial() {
     assert!(st["trial"].is_null(), "{st}");
     assert_eq!(st["model"]["digest"], fp32.as_str());
     assert_eq!(st["last_transition"]["transition"], "commit", "{st}");
-    let m = metrics(&daemon);
+    let m = daemon.metrics();
     assert!(counted(&m, "trial", "install"), "{m}");
     assert!(counted(&m, "commit", "probation"), "{m}");
     assert!(m.contains("outpost_trial_active 0"), "{m}");
@@ -132,7 +122,7 @@ fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)]) -> String {
     );
     let st = daemon.get_json("/v1/status");
     assert_eq!(st["last_transition"]["transition"], "rollback", "{st}");
-    let m = metrics(&daemon);
+    let m = daemon.metrics();
     assert!(counted(&m, "rollback", "probation"), "{m}");
     assert!(m.contains("outpost_trial_active 0"), "{m}");
     // A reinstall of the same version is refused as a replay.

@@ -611,14 +611,13 @@ impl Service {
             // Forwarded hard cases always run, so the cloud's label can say which model was right.
             let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
             if case_id.is_some() || sampled(n, self.shadow_fraction()) {
-                let tensor = if same_input(&c, &engine) {
-                    Some(tensor)
+                // A candidate that preprocesses differently decodes the image itself, on the shadow thread.
+                let input = if same_input(&c, &engine) {
+                    ShadowInput::Tensor(tensor)
                 } else {
-                    c.tensor_from_image(&raw, &limits).ok()
+                    ShadowInput::Image(raw.clone(), limits)
                 };
-                if let Some(tensor) = tensor {
-                    self.shadow(c, tensor, &response, micros(ran.run), case_id.clone());
-                }
+                self.shadow(c, input, &response, micros(ran.run), case_id.clone());
             }
         }
         if let (Some(f), Some(id)) = (hard_case, case_id) {
@@ -665,7 +664,7 @@ impl Service {
     fn shadow(
         &self,
         candidate: Arc<Engine>,
-        tensor: Vec<f32>,
+        input: ShadowInput,
         active: &InferResponse,
         active_us: u64,
         case_id: Option<String>,
@@ -680,7 +679,12 @@ impl Service {
         let (label, confidence) = (active.label.clone(), active.confidence);
         let accepted = bg.try_run(move || {
             let t = Instant::now();
-            let result = candidate.classify(&tensor);
+            let result = match input {
+                ShadowInput::Tensor(t) => candidate.classify(&t),
+                ShadowInput::Image(raw, limits) => candidate
+                    .tensor_from_image(&raw, &limits)
+                    .and_then(|t| candidate.classify(&t)),
+            };
             let us = micros(t.elapsed());
             let mut s = lock(&stats);
             // A candidate replaced meanwhile: this run belongs to no current figures.
@@ -764,6 +768,12 @@ impl Service {
             }),
         })
     }
+}
+
+/// What a shadow run starts from: the live model's tensor, or the image when the candidate preprocesses differently.
+enum ShadowInput {
+    Tensor(Vec<f32>),
+    Image(bytes_like::Bytes, DecodeLimits),
 }
 
 /// Both models take the same tensor from an image.

@@ -28,7 +28,17 @@ enum Command {
         /// Distinct trusted keys required (overrides slots.threshold).
         #[arg(long)]
         threshold: Option<usize>,
+        /// Stage it as the candidate beside the live model (shadow and A/B, see [shadow]) instead of making it
+        /// live on trial; `outpost activate <version>` makes it live later.
+        #[arg(long)]
+        candidate: bool,
         bundle: PathBuf,
+    },
+    /// Make the staged candidate of this version live, on trial (a running agent picks it up).
+    Activate {
+        #[command(flatten)]
+        state: StateArgs,
+        version: u64,
     },
     /// Go back to the model that served before (a running agent picks it up).
     Rollback {
@@ -148,8 +158,10 @@ fn main() -> ExitCode {
             state,
             trusted_keys,
             threshold,
+            candidate,
             bundle,
-        } => install(state, trusted_keys, threshold, bundle),
+        } => install(state, trusted_keys, threshold, candidate, bundle),
+        Command::Activate { state, version } => activate(state, version),
         Command::Rollback { state } => rollback(state),
         Command::Status { state } => status(state),
         Command::Promote { state } => promote(state),
@@ -312,10 +324,11 @@ fn install(
     state: StateArgs,
     keys: Option<PathBuf>,
     threshold: Option<usize>,
+    candidate: bool,
     bundle: PathBuf,
 ) -> Result<ExitCode> {
     use outpost::bundle::{now_unix, Policy, TrustedKeys};
-    use outpost::slots::{install::install, SlotStore};
+    use outpost::slots::{install, SlotStore};
     let config = state.config()?;
     let keys_path = keys.or(config.slots.trusted_keys.clone()).ok_or_else(|| {
         anyhow::anyhow!(
@@ -332,13 +345,20 @@ fn install(
     let store = SlotStore::new(&config.agent.state_dir)?;
     let file =
         std::fs::File::open(&bundle).map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
-    let (installed, _) = install(&store, &mut std::io::BufReader::new(file), &policy)
-        .map_err(|e| anyhow::anyhow!("{}: refused: {e}", bundle.display()))?;
+    let mode = if candidate {
+        install::Mode::Candidate
+    } else {
+        install::Mode::Trial
+    };
+    let (installed, _) =
+        install::install_as(&store, &mut std::io::BufReader::new(file), &policy, mode)
+            .map_err(|e| anyhow::anyhow!("{}: refused: {e}", bundle.display()))?;
     println!(
         "{}",
         serde_json::json!({
             "installed": installed.info,
             "slot": installed.slot.name(),
+            "candidate": candidate,
             "variants": installed.trials.iter().map(|(n, r)| match r {
                 Ok(us) => serde_json::json!({"variant": n, "median_us": us}),
                 Err(e) => serde_json::json!({"variant": n, "rejected": e}),
@@ -352,6 +372,14 @@ fn rollback(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
     let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
     let (next, ()) = store.update(|s| Ok((s.rollback()?, ())))?;
+    println!("{}", serde_json::to_string(&next)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn activate(state: StateArgs, version: u64) -> Result<ExitCode> {
+    let config = state.config()?;
+    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    let (next, ()) = store.update(|s| Ok((s.activate(version)?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
 }

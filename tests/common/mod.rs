@@ -158,6 +158,17 @@ impl Daemon {
         )
     }
 
+    /// The Prometheus text of /metrics.
+    pub fn metrics(&self) -> String {
+        http()
+            .get(&self.url("/metrics"))
+            .call()
+            .expect("GET /metrics")
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    }
+
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let mut resp = http().get(&self.url(path)).call().expect("GET");
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
