@@ -1066,11 +1066,12 @@ async fn simulate(a: SimulateArgs) -> Result<()> {
         let (peak, now) = outpost::sim::rss();
         let t = &sim.traffic;
         eprintln!(
-            "versions {:?}  requests {} ok {} failed {}  rss {} MiB (peak {} MiB, {:.0} KiB/agent)",
+            "versions {:?}  requests {} ok {} failed {} shed {}  rss {} MiB (peak {} MiB, {:.0} KiB/agent)",
             sim.versions(),
             t.sent.load(std::sync::atomic::Ordering::Relaxed),
             t.ok.load(std::sync::atomic::Ordering::Relaxed),
             t.failed.load(std::sync::atomic::Ordering::Relaxed),
+            t.shed.load(std::sync::atomic::Ordering::Relaxed),
             now >> 20,
             peak >> 20,
             peak.saturating_sub(base_peak) as f64 / 1024.0 / a.agents.max(1) as f64
@@ -1089,9 +1090,10 @@ async fn simulate(a: SimulateArgs) -> Result<()> {
         outpost::fsutil::write_atomic(path, text.as_bytes())?;
     }
     eprintln!(
-        "stopped: {} requests ({} failed); peak RSS {} MiB, {:.0} KiB per agent",
+        "stopped: {} requests ({} failed, {} shed); peak RSS {} MiB, {:.0} KiB per agent",
         t.sent.load(std::sync::atomic::Ordering::Relaxed),
         t.failed.load(std::sync::atomic::Ordering::Relaxed),
+        t.shed.load(std::sync::atomic::Ordering::Relaxed),
         peak >> 20,
         peak.saturating_sub(base_peak) as f64 / 1024.0 / a.agents.max(1) as f64
     );
