@@ -135,33 +135,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         service.begin_trial(current, &started.slot, started.previous.map(Arc::new));
     }
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: config.api.listen,
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| AgentError::Internal(e.to_string()))?;
-    let addr_text = local.to_string();
-    let af = addr_file.clone();
-    blocking(move || crate::fsutil::write_atomic(&af, addr_text.as_bytes()))
-        .await?
-        .map_err(|source| AgentError::Write {
-            path: addr_file.clone(),
-            source,
-        })?;
-    tracing::info!(addr = %local, workers = pool.workers(), "API listening");
-
-    let app = crate::api::router(service.clone());
-    let token = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-    });
-
+    // The fleet link (and the forwarder it carries) is in place before the API answers, so the first request
+    // and the first status already see it.
     let link = match &config.fleet.broker {
         Some(_) => {
             let s = store.clone();
@@ -195,6 +170,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
         None => None,
     };
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.api.listen,
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
+    let addr_text = local.to_string();
+    let af = addr_file.clone();
+    blocking(move || crate::fsutil::write_atomic(&af, addr_text.as_bytes()))
+        .await?
+        .map_err(|source| AgentError::Write {
+            path: addr_file.clone(),
+            source,
+        })?;
+    tracing::info!(addr = %local, workers = pool.workers(), "API listening");
+
+    let app = crate::api::router(service.clone());
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
 
     crate::telemetry::notify::ready();
     let watcher = tokio::spawn(controller::run(

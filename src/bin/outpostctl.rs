@@ -603,7 +603,7 @@ async fn fleet(c: Command) -> Result<()> {
                 &mut events,
                 duration.map(Duration::from_secs),
                 shutdown,
-                |table, last| {
+                |fleet, last| {
                     if json {
                         println!("{last}");
                         return;
@@ -623,7 +623,7 @@ async fn fleet(c: Command) -> Result<()> {
                         "P99_US",
                         "REQ/S"
                     );
-                    for (device, s) in table {
+                    for (device, s) in &fleet.devices {
                         let trial = if s["trial"].is_null() {
                             "-".to_string()
                         } else {
@@ -646,6 +646,36 @@ async fn fleet(c: Command) -> Result<()> {
                             s["latency_us"]["p50"],
                             s["latency_us"]["p99"],
                             s["request_rate"]
+                        );
+                    }
+                    if !fleet.rollouts.is_empty() {
+                        println!(
+                            "\n{:<24} {:<10} {:>5} {:<8} {:>9} {:>7} {:>9}  GATE",
+                            "ROLLOUT", "GROUP", "WAVE", "PHASE", "REPORTED", "FAILED", "LIVE"
+                        );
+                    }
+                    for (name, r) in &fleet.rollouts {
+                        println!(
+                            "{:<24} {:<10} {:>5} {:<8} {:>9} {:>7} {:>9}  {}",
+                            name,
+                            r["group"].as_str().unwrap_or("-"),
+                            format!(
+                                "{}/{}",
+                                r["wave"],
+                                r["waves"].as_array().map(|w| w.len()).unwrap_or(0)
+                            ),
+                            format!(
+                                "{}{}",
+                                r["phase"].as_str().unwrap_or("?"),
+                                if r["paused"] == true { "*" } else { "" }
+                            ),
+                            format!("{}/{}", r["gate"]["reporting"], r["gate"]["targeted"]),
+                            r["failed"],
+                            r["live_on_version"],
+                            r["reason"]
+                                .as_str()
+                                .or(r["decision"].as_str())
+                                .unwrap_or("")
                         );
                     }
                 },

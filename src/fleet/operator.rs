@@ -146,19 +146,34 @@ pub async fn send(
     Ok(acks)
 }
 
-/// Follows the retained status of every device; calls `show` with the whole table on each change, until
-/// `duration` (forever if None) or `shutdown`.
+/// The fleet as `watch` sees it: device statuses and rollout summaries, by id and by rollout name.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    pub devices: BTreeMap<String, serde_json::Value>,
+    pub rollouts: BTreeMap<String, serde_json::Value>,
+}
+
+async fn watch_subscribe(client: &AsyncClient) -> Result<(), FleetError> {
+    client
+        .subscribe(topics::ALL_STATUS, QoS::AtLeastOnce)
+        .await?;
+    client
+        .subscribe(super::rollout::ALL_ROLLOUTS, QoS::AtLeastOnce)
+        .await?;
+    Ok(())
+}
+
+/// Follows the retained status of every device and every rollout; calls `show` with the whole picture on each
+/// change, until `duration` (forever if None) or `shutdown`.
 pub async fn watch(
     client: &AsyncClient,
     events: &mut mpsc::Receiver<LinkEvent>,
     duration: Option<Duration>,
     shutdown: CancellationToken,
-    mut show: impl FnMut(&BTreeMap<String, serde_json::Value>, &serde_json::Value),
+    mut show: impl FnMut(&Fleet, &serde_json::Value),
 ) -> Result<(), FleetError> {
-    client
-        .subscribe(topics::ALL_STATUS, QoS::AtLeastOnce)
-        .await?;
-    let mut table = BTreeMap::new();
+    watch_subscribe(client).await?;
+    let mut fleet = Fleet::default();
     let end = duration.map(|d| Instant::now() + d);
     loop {
         let left = end
@@ -181,19 +196,24 @@ pub async fn watch(
                     continue;
                 };
                 let topic = mqtt::topic_of(&p);
-                let device = topic
-                    .strip_prefix("outpost/v1/device/")
+                if let Some(name) = topic
+                    .strip_prefix("outpost/v1/rollout/")
                     .and_then(|r| r.strip_suffix("/status"))
-                    .unwrap_or("?")
-                    .to_string();
-                table.insert(device, v.clone());
-                show(&table, &v);
+                {
+                    fleet.rollouts.insert(name.to_string(), v.clone());
+                } else {
+                    let device = topic
+                        .strip_prefix("outpost/v1/device/")
+                        .and_then(|r| r.strip_suffix("/status"))
+                        .unwrap_or("?")
+                        .to_string();
+                    fleet.devices.insert(device, v.clone());
+                }
+                show(&fleet, &v);
             }
             LinkEvent::Connected { session_present } => {
                 if !session_present {
-                    client
-                        .subscribe(topics::ALL_STATUS, QoS::AtLeastOnce)
-                        .await?;
+                    watch_subscribe(client).await?;
                 }
             }
             LinkEvent::Disconnected { error, .. } => {
