@@ -21,10 +21,28 @@ struct Sim {
 
 /// Starts `n` simulated agents in group `sim` and waits until each has published its status.
 fn simulate(m: &Mosquitto, f: &Fixture, n: usize, rate: u32) -> Sim {
-    let report = f.path("report.jsonl");
+    simulate_as(m, f, "sim", n, rate, n)
+}
+
+/// `n` agents named `<prefix>-NNNN`; waits until `online_total` devices of the group are online.
+fn simulate_as(
+    m: &Mosquitto,
+    f: &Fixture,
+    prefix: &str,
+    n: usize,
+    rate: u32,
+    online_total: usize,
+) -> Sim {
+    let report = f.path(&format!("report-{prefix}.jsonl"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
         .args(["simulate", "--broker", &m.url(), "--agents", &n.to_string()])
-        .args(["--dir", s(&f.path("sim")), "--trusted-keys", s(&f.trusted)])
+        .args(["--prefix", prefix, "--group", "sim"])
+        .args([
+            "--dir",
+            s(&f.path(&format!("state-{prefix}"))),
+            "--trusted-keys",
+            s(&f.trusted),
+        ])
         .args(["--images", s(&models().join("data/test"))])
         .args(["--rate", &rate.to_string(), "--report", s(&report)])
         .stdout(Stdio::piped())
@@ -382,5 +400,121 @@ fn the_operator_killed_mid_rollout_continues_where_it_was_and_pause_holds_it() {
     assert!(
         report.values().all(|r| r["model"]["version"] == 2),
         "not every agent serves version 2"
+    );
+}
+
+#[test]
+fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version() {
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let good = f.bundle_with_spec("good.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
+    let first = simulate_as(&m, &f, "sim", 40, 200, 40);
+    let url = m.url();
+    let state = f.path("rollout");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(rollout_args(&url, &f, &state, &good))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("wave 2", Duration::from_secs(120), || {
+        std::fs::read(state.join("rollout.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
+            .is_some_and(|p| p.wave >= 1)
+    });
+    // 20 more devices join the group while wave 2 runs.
+    let joined_at = progress(&state).wave;
+    let late = simulate_as(&m, &f, "late", 20, 100, 60);
+    let online_at = progress(&state).wave;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let st = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the rollout did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(st.success(), "rollout exited with {st}");
+    let p = progress(&state);
+    let all: Vec<String> = first.ids.iter().chain(&late.ids).cloned().collect();
+    for d in &late.ids {
+        let sent = p
+            .sent
+            .get(d)
+            .unwrap_or_else(|| panic!("late device {d} never got the bundle"));
+        let hash_wave = first_wave(&p, &all, d);
+        // A wave already reached when it joined: at once (the wave in progress); a later one: in that wave.
+        assert_eq!(
+            sent.wave,
+            hash_wave.max(joined_at),
+            "{d} (hash wave {hash_wave}, joined in wave {joined_at})"
+        );
+    }
+
+    // A second rollout, aborted by the operator in its first wave: the version is abandoned where it arrived.
+    let v3 = f.bundle_with_spec("v3.bundle", "edge-int8", "edge-int8", 3, &[&f.key1], &[]);
+    let state3 = f.path("rollout-v3");
+    let mut args = rollout_args(&url, &f, &state3, &v3);
+    // Long enough observation that the abort lands before the gate could pass.
+    let i = args.iter().position(|a| a == "--observe-s").unwrap();
+    args[i + 1] = "600".into();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "the canaries stage version 3",
+        Duration::from_secs(60),
+        || {
+            std::fs::read(state3.join("rollout.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
+                .is_some_and(|p| !p.sent.is_empty())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(outpostctl(&["rollout", "abort", "--state", s(&state3)])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the aborted rollout did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st.code(), Some(4), "an aborted rollout exits 4");
+    let p3 = progress(&state3);
+    assert!(
+        matches!(p3.phase, Phase::Aborted(_)) && p3.abandon_seq.is_some(),
+        "{:?}",
+        p3.phase
+    );
+    let canaries: Vec<String> = p3.sent.keys().cloned().collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut report = first.stop();
+    report.extend(late.stop());
+    assert_eq!(report.len(), 60);
+    for (d, r) in &report {
+        assert_eq!(r["model"]["version"], 2, "{d}: {r}");
+        assert!(
+            r["candidate"].is_null(),
+            "{d} still stages version 3 after the abort: {r}"
+        );
+    }
+    eprintln!(
+        "late joiners: 20 of 20 got version 2; abort dropped version 3 from {} canaries",
+        canaries.len()
     );
 }
