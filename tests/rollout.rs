@@ -63,7 +63,7 @@ fn simulate_as(
     wait_until(
         "every simulated agent online",
         Duration::from_secs(60),
-        || online(m, n) >= n,
+        || online(m, online_total) >= online_total,
     );
     Sim { child, report, ids }
 }
@@ -446,12 +446,18 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
             .get(d)
             .unwrap_or_else(|| panic!("late device {d} never got the bundle"));
         let hash_wave = first_wave(&p, &all, d);
-        // A wave already reached when it joined: at once (the wave in progress); a later one: in that wave.
-        assert_eq!(
-            sent.wave,
-            hash_wave.max(joined_at),
-            "{d} (hash wave {hash_wave}, joined in wave {joined_at})"
+        // Never before its hash's wave; a wave already reached when it joined: at once (in the wave then in
+        // progress); a later one: in exactly that wave.
+        let why = format!(
+            "{d}: sent in wave {}, hash wave {hash_wave}, joined during waves {joined_at}..={online_at}",
+            sent.wave
         );
+        assert!(sent.wave >= hash_wave, "{why}");
+        if hash_wave > online_at {
+            assert_eq!(sent.wave, hash_wave, "{why}");
+        } else {
+            assert!((joined_at..=online_at).contains(&sent.wave), "{why}");
+        }
     }
 
     // A second rollout, aborted by the operator in its first wave: the version is abandoned where it arrived.
