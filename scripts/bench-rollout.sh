@@ -55,9 +55,11 @@ until [ "$(online)" -ge "$AGENTS" ]; do sleep 1; done
 T1=$(date +%s.%N)
 echo "$AGENTS agents online in $(echo "$T1 - $T0" | bc) s" >&2
 
-rollout() { # name bundle; the driver's lines go to $W/<name>.log
-  "$CTL" rollout start --broker "$URL" --key "$W/op.key" --state "$W/$1" --group sim --waves 1,10,50,100 \
-    --shadow-s 3 --observe-s 3 --min-shadow-runs 3 --shadow-fraction 1 "$2" 2>"$W/$1.log"
+rollout() { # name bundle [extra args]; the driver's lines go to $W/<name>.log
+  local name=$1 bundle=$2
+  shift 2
+  "$CTL" rollout start --broker "$URL" --key "$W/op.key" --state "$W/$name" --group sim --waves 1,10,50,100 \
+    --shadow-s 3 --observe-s 3 --min-shadow-runs 3 --shadow-fraction 1 "$@" "$bundle" 2>"$W/$name.log"
 }
 
 R0=$(sys received); S0=$(sys sent); G0=$(date +%s.%N)
@@ -65,7 +67,10 @@ rollout good "$W/good.bundle" || { cat "$W/good.log"; exit 1; }
 G1=$(date +%s.%N); R1=$(sys received); S1=$(sys sent)
 B0=$(date +%s.%N)
 BAD_RC=0
-rollout bad "$W/bad.bundle" || BAD_RC=$?
+# BAD_GATES="--max-confidence-drop 1" turns the shadow confidence gate off: the canaries then put the bad model
+# live and their own probation rolls it back.
+# shellcheck disable=SC2086
+rollout bad "$W/bad.bundle" ${BAD_GATES:-} || BAD_RC=$?
 B1=$(date +%s.%N)
 sleep 3
 kill -TERM $SIM; wait $SIM || true; SIM=
@@ -88,7 +93,9 @@ m = re.search(r"peak RSS (\d+) MiB, (\d+) KiB per agent", last)
 print(f"agents                         {n} (traffic {rate} requests/s over the fleet)")
 print(f"good rollout (4 waves)         {dur:.1f} s, phase {good['phase']}, devices per wave {per_wave}, failed {len(good['failed'])}")
 print(f"broker publishes during it     {msgs} ({msgs / dur:.0f} msg/s, received+sent)")
-print(f"bad rollout                    exit {rc}, {float(b1) - float(b0):.1f} s to halt, phase {list(bad['phase'])[0] if isinstance(bad['phase'], dict) else bad['phase']}, wave {bad['wave'] + 1}")
+reason = bad['phase'].get('Halted', '') if isinstance(bad['phase'], dict) else ''
+print(f"bad rollout                    exit {rc}, {float(b1) - float(b0):.1f} s to halt in wave {bad['wave'] + 1}: {reason}")
+print(f"  went live on                 {sum(1 for s in bad['sent'].values() if s.get('activate'))} devices")
 print(f"  reached                      {len(bad['sent'])} devices (canaries), {len(bad['failed'])} rolled it back; {n - len(bad['sent'])} never got it")
 if m:
     print(f"simulator peak RSS             {m.group(1)} MiB, {m.group(2)} KiB per agent")

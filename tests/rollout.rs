@@ -235,12 +235,12 @@ fn a_good_bundle_reaches_200_agents_wave_by_wave_and_a_bad_one_halts_in_the_cana
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
     eprintln!("good rollout: devices per wave {per_wave:?}");
 
-    // The bad bundle (edge-flat: passes its golden gate, live confidence collapses): halted in wave 1.
+    // The bad bundle (edge-flat: passes its golden gate, live confidence collapses): halted in wave 1. The shadow
+    // confidence gate is off here, so the canaries put it live and their own probation rolls it back.
     let state_bad = f.path("rollout-bad");
-    let st = run_rollout(
-        &rollout_args(&url, &f, &state_bad, &bad),
-        Duration::from_secs(120),
-    );
+    let mut args = rollout_args(&url, &f, &state_bad, &bad);
+    args.splice(2..2, ["--max-confidence-drop".to_string(), "1".to_string()]);
+    let st = run_rollout(&args, Duration::from_secs(120));
     assert_eq!(st.code(), Some(3), "a halted rollout exits 3");
     let pb = progress(&state_bad);
     let Phase::Halted(reason) = &pb.phase else {
@@ -258,6 +258,28 @@ fn a_good_bundle_reaches_200_agents_wave_by_wave_and_a_bad_one_halts_in_the_cana
         "only the canary wave was sent the bad bundle"
     );
     assert!(!pb.failed.is_empty());
+
+    // The same model as version 4 with the shadow confidence gate on (the default): halted in the canaries' shadow
+    // phase, before any device serves it.
+    let flat4 = f.bundle_with_spec("flat4.bundle", "edge-flat", "edge-flat", 4, &[&f.key1], &[]);
+    let state4 = f.path("rollout-flat4");
+    let st = run_rollout(
+        &rollout_args(&url, &f, &state4, &flat4),
+        Duration::from_secs(120),
+    );
+    assert_eq!(st.code(), Some(3));
+    let p4 = progress(&state4);
+    let Phase::Halted(reason4) = &p4.phase else {
+        panic!("not halted: {:?}", p4.phase)
+    };
+    assert!(reason4.contains("confidence"), "{reason4}");
+    assert_eq!(p4.wave, 0);
+    assert!(
+        p4.sent.values().all(|s| s.activate.is_none()),
+        "nothing went live"
+    );
+    assert_eq!(p4.sent.keys().cloned().collect::<BTreeSet<_>>(), canaries);
+    std::thread::sleep(Duration::from_secs(2));
 
     let report = sim.stop();
     assert_eq!(report.len(), 200);

@@ -214,6 +214,9 @@ struct RolloutStart {
     /// Shadow runs a device needs before its figures count.
     #[arg(long, default_value_t = 20)]
     min_shadow_runs: u64,
+    /// Gate: halt when the candidate's mean confidence in shadow is this much below the live model's (1 disables).
+    #[arg(long, default_value_t = 0.1)]
+    max_confidence_drop: f64,
     #[arg(long, default_value_t = 64 * 1024)]
     chunk_size: u32,
     #[arg(long)]
@@ -975,6 +978,7 @@ fn rollout(c: RolloutCommand) -> Result<()> {
                 max_failure_rate: a.max_failure_rate,
                 min_agreement: a.min_agreement,
                 min_shadow_runs: a.min_shadow_runs,
+                max_confidence_drop: a.max_confidence_drop,
             },
             shadow_s: a.shadow_s,
             shadow_fraction: a.shadow_fraction,

@@ -48,6 +48,14 @@ pub struct Gates {
     pub min_agreement: f64,
     /// Shadow runs a device needs before its figures count.
     pub min_shadow_runs: u64,
+    /// Halt when, over the wave's shadow runs, the candidate's mean confidence is lower than the live model's by
+    /// more than this: a model whose labels agree but whose confidence collapses is stopped before it goes live.
+    #[serde(default = "default_confidence_drop")]
+    pub max_confidence_drop: f64,
+}
+
+fn default_confidence_drop() -> f64 {
+    0.1
 }
 
 impl Default for Gates {
@@ -59,6 +67,7 @@ impl Default for Gates {
             max_failure_rate: 0.2,
             min_agreement: 0.9,
             min_shadow_runs: 20,
+            max_confidence_drop: default_confidence_drop(),
         }
     }
 }
@@ -205,6 +214,8 @@ pub struct DeviceView {
     pub candidate_version: Option<u64>,
     pub shadow_runs: u64,
     pub shadow_agreements: u64,
+    /// Mean confidence of the live model and of the candidate over the device's recent shadow runs.
+    pub shadow_confidence: Option<(f64, f64)>,
     /// Versions the device reported rolling back (from its recent transitions).
     pub rolled_back: Vec<u64>,
 }
@@ -235,6 +246,9 @@ impl DeviceView {
             candidate_version: v["candidate"]["version"].as_u64(),
             shadow_runs: if shadow_for(runs) { runs } else { 0 },
             shadow_agreements: v["shadow"]["agreements"].as_u64().unwrap_or(0),
+            shadow_confidence: v["shadow"]["active_mean_confidence"]
+                .as_f64()
+                .zip(v["shadow"]["candidate_mean_confidence"].as_f64()),
             rolled_back,
         })
     }
@@ -250,6 +264,8 @@ pub struct Reading {
     /// Devices whose shadow figures are in the agreement (the others reported by being live already).
     pub shadowed: usize,
     pub agreement: Option<f64>,
+    /// Live model's mean confidence minus the candidate's, weighted by shadow runs.
+    pub confidence_drop: Option<f64>,
     pub observed_s: u64,
 }
 
@@ -307,6 +323,7 @@ impl Progress {
         let g = &self.plan.gates;
         let (mut reporting, mut shadowed) = (0, 0);
         let (mut runs, mut agreements) = (0u64, 0u64);
+        let (mut conf_runs, mut drop_sum) = (0f64, 0f64);
         let mut failures = 0;
         for d in &targets {
             if self.failed.contains_key(d) {
@@ -327,6 +344,10 @@ impl Progress {
                         shadowed += 1;
                         runs += v.shadow_runs;
                         agreements += v.shadow_agreements;
+                        if let Some((a, c)) = v.shadow_confidence {
+                            conf_runs += v.shadow_runs as f64;
+                            drop_sum += (a - c) * v.shadow_runs as f64;
+                        }
                     }
                 }
                 _ => {
@@ -348,6 +369,7 @@ impl Progress {
             failures,
             shadowed,
             agreement: (runs > 0).then(|| (agreements as f64 / runs as f64 * 1e4).round() / 1e4),
+            confidence_drop: (conf_runs > 0.0).then(|| (drop_sum / conf_runs * 1e4).round() / 1e4),
             observed_s: now_ms.saturating_sub(self.phase_started_ms) / 1000,
         }
     }
@@ -391,6 +413,13 @@ impl Progress {
                 }
                 None if r.shadowed > 0 => return Decision::Wait("no shadow runs yet".into()),
                 _ => {}
+            }
+            if let Some(d) = r.confidence_drop.filter(|d| *d > g.max_confidence_drop) {
+                return Decision::Halt(format!(
+                    "in wave {}'s shadow runs the candidate's mean confidence is {d:.3} below the live model's (at most {:.3} allowed)",
+                    self.wave + 1,
+                    g.max_confidence_drop
+                ));
             }
         }
         Decision::Advance
@@ -718,6 +747,18 @@ mod tests {
             f.get_mut(d).unwrap().shadow_agreements = 49;
         }
         assert_eq!(p.decide(&p.read(&f, 1500)), Decision::Advance);
+        // Labels agree but the candidate's confidence collapsed (edge-flat): halted in shadow, before it goes live.
+        let mut flat = f.clone();
+        for d in &wave {
+            flat.get_mut(d).unwrap().shadow_confidence = Some((0.97, 0.34));
+        }
+        assert!(
+            matches!(p.decide(&p.read(&flat, 1500)), Decision::Halt(h) if h.contains("confidence"))
+        );
+        for d in &wave {
+            flat.get_mut(d).unwrap().shadow_confidence = Some((0.97, 0.95));
+        }
+        assert_eq!(p.decide(&p.read(&flat, 1500)), Decision::Advance);
         let a = p.advance(1500);
         assert_eq!(a.phase, Phase::Active);
         assert_eq!(a.wave, 0);
