@@ -217,6 +217,9 @@ struct RolloutStart {
     /// Gate: halt when the candidate's mean confidence in shadow is this much below the live model's (1 disables).
     #[arg(long, default_value_t = 0.1)]
     max_confidence_drop: f64,
+    /// Halt when a phase has not passed its gate after this many seconds (0: wait for the devices forever).
+    #[arg(long, default_value_t = 0)]
+    phase_timeout_s: u64,
     #[arg(long, default_value_t = 64 * 1024)]
     chunk_size: u32,
     #[arg(long)]
@@ -979,6 +982,7 @@ fn rollout(c: RolloutCommand) -> Result<()> {
                 min_agreement: a.min_agreement,
                 min_shadow_runs: a.min_shadow_runs,
                 max_confidence_drop: a.max_confidence_drop,
+                phase_timeout_s: a.phase_timeout_s,
             },
             shadow_s: a.shadow_s,
             shadow_fraction: a.shadow_fraction,

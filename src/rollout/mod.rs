@@ -52,6 +52,9 @@ pub struct Gates {
     /// more than this: a model whose labels agree but whose confidence collapses is stopped before it goes live.
     #[serde(default = "default_confidence_drop")]
     pub max_confidence_drop: f64,
+    /// Halt when a phase has waited this long without passing its gate (too few devices report); 0 waits forever.
+    #[serde(default)]
+    pub phase_timeout_s: u64,
 }
 
 fn default_confidence_drop() -> f64 {
@@ -68,6 +71,7 @@ impl Default for Gates {
             min_agreement: 0.9,
             min_shadow_runs: 20,
             max_confidence_drop: default_confidence_drop(),
+            phase_timeout_s: 0,
         }
     }
 }
@@ -115,6 +119,11 @@ impl Plan {
         }
         if g.min_devices == 0 {
             return bad("min-devices must be at least 1");
+        }
+        if g.phase_timeout_s > 0 && g.phase_timeout_s <= g.observe_s.max(self.shadow_s) {
+            return bad(
+                "phase-timeout-s must be longer than observe-s and shadow-s (or 0 for none)",
+            );
         }
         Ok(())
     }
@@ -374,8 +383,23 @@ impl Progress {
         }
     }
 
-    /// The gate, applied to a reading.
+    /// The gate, applied to a reading; a phase that waits past `phase_timeout_s` halts.
     pub fn decide(&self, r: &Reading) -> Decision {
+        let g = &self.plan.gates;
+        match self.judge(r) {
+            Decision::Wait(why) if g.phase_timeout_s > 0 && r.observed_s >= g.phase_timeout_s => {
+                Decision::Halt(format!(
+                    "wave {} {} did not pass within {} s: {why}",
+                    self.wave + 1,
+                    self.phase.name(),
+                    g.phase_timeout_s
+                ))
+            }
+            d => d,
+        }
+    }
+
+    fn judge(&self, r: &Reading) -> Decision {
         let g = &self.plan.gates;
         if r.targeted > 0 && r.failures as f64 / r.targeted as f64 > g.max_failure_rate {
             return Decision::Halt(format!(
@@ -759,6 +783,18 @@ mod tests {
             flat.get_mut(d).unwrap().shadow_confidence = Some((0.97, 0.95));
         }
         assert_eq!(p.decide(&p.read(&flat, 1500)), Decision::Advance);
+        // Too few devices report: wait, or halt once the phase timeout has passed.
+        let mut silent = fleet(200);
+        silent.get_mut(&wave[0]).unwrap().candidate_version = Some(2);
+        assert!(matches!(
+            p.decide(&p.read(&silent, 60_000)),
+            Decision::Wait(_)
+        ));
+        let mut timed = p.clone();
+        timed.plan.gates.phase_timeout_s = 30;
+        assert!(
+            matches!(timed.decide(&timed.read(&silent, 60_000)), Decision::Halt(h) if h.contains("within 30 s"))
+        );
         let a = p.advance(1500);
         assert_eq!(a.phase, Phase::Active);
         assert_eq!(a.wave, 0);
