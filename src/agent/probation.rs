@@ -180,7 +180,7 @@ impl Probation {
             let d = ks_distance(&tc, &bc);
             let (tm, bm) = (mean(&tc), mean(&bc));
             let limit = c.max_confidence_drift.max(ks_critical(tc.len(), bc.len()));
-            if d > limit && tm < bm {
+            if d > limit && bm - tm > c.min_confidence_drop {
                 return Verdict::Rollback(format!(
                     "confidence drifted: KS distance {d:.3} > {limit:.3} with mean confidence {tm:.3} against {bm:.3} before",
                 ));
@@ -231,6 +231,7 @@ mod tests {
             max_latency_ratio: 2.0,
             latency_slack_ms: 1.0,
             max_confidence_drift: 0.3,
+            min_confidence_drop: 0.05,
             min_samples: 20,
         }
     }
@@ -296,6 +297,14 @@ mod tests {
             p.record_run(100, 0.4);
         }
         assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("drift")));
+
+        // A systematic but harmless shift (KS 1.0, mean 0.03 lower: an fp32 build of an int8 model) is not one.
+        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        for _ in 0..20 {
+            p.record_run(100, 0.88);
+        }
+        assert!(ks_distance(&[0.88; 20], &baseline(100, 0.95).confidences()) > 0.9);
+        assert_eq!(p.verdict(t0), Verdict::Continue);
 
         // A more confident model is not a degradation.
         let mut p = Probation::new("d".into(), 2, baseline(100, 0.6), &config(), t0);

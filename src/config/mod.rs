@@ -240,6 +240,9 @@ pub struct ProbationConfig {
     /// Rolled back when the Kolmogorov-Smirnov distance between its confidences and the previous model's exceeds
     /// this (0..1) while its mean confidence is lower.
     pub max_confidence_drift: f64,
+    /// ...and its mean confidence is lower by more than this (an effect worth a rollback: fp32 and int8 builds of
+    /// one model differ measurably but harmlessly).
+    pub min_confidence_drop: f64,
     /// Runs needed on each side before latency and drift are judged.
     pub min_samples: u64,
 }
@@ -253,6 +256,7 @@ impl Default for ProbationConfig {
             max_latency_ratio: 2.0,
             latency_slack_ms: 2.0,
             max_confidence_drift: 0.3,
+            min_confidence_drop: 0.05,
             min_samples: 30,
         }
     }
@@ -488,6 +492,12 @@ impl Config {
             return Err(invalid(
                 "probation.max_confidence_drift",
                 "must be between 0 and 1 (1 disables the check)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&p.min_confidence_drop) {
+            return Err(invalid(
+                "probation.min_confidence_drop",
+                "must be between 0 and 1",
             ));
         }
         if p.min_samples == 0 || p.min_samples > 100_000 {

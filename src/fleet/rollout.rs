@@ -123,7 +123,9 @@ pub async fn drive(
             }
             _ = tick.tick() => {
                 let now = now_ms();
-                dirty |= apply_control(&file, &mut progress, now)?;
+                let f = file.clone();
+                let control = tokio::task::spawn_blocking(move || f.control()).await.map_err(fleet_err)??;
+                dirty |= apply_control(control, &mut progress, now);
                 if std::time::Instant::now() >= settle_until {
                     if !progress.phase.finished() && !progress.paused {
                         dirty |= send_owed(&file, &client, &keys, &mut progress, &devices).await?;
@@ -163,7 +165,7 @@ pub async fn drive(
                 }
                 if progress.phase.finished() && progress.abandon_seq.is_some() || progress.phase == Phase::Done {
                     if dirty {
-                        file.save(&progress)?;
+                        save(&file, &progress).await?;
                     }
                     break;
                 }
@@ -171,10 +173,7 @@ pub async fn drive(
         }
         if dirty {
             progress.generation += 1;
-            let (f, p) = (file.clone(), progress.clone());
-            tokio::task::spawn_blocking(move || f.save(&p))
-                .await
-                .map_err(fleet_err)??;
+            save(&file, &progress).await?;
         }
     }
     serving.cancel();
@@ -196,15 +195,23 @@ async fn subscribe(client: &AsyncClient) -> Result<(), RolloutError> {
         .map_err(fleet_err)
 }
 
+/// The one durable write of progress (temp file, fsync, rename), off the async threads.
+async fn save(file: &ProgressFile, progress: &Progress) -> Result<(), RolloutError> {
+    let (f, p) = (file.clone(), progress.clone());
+    tokio::task::spawn_blocking(move || f.save(&p))
+        .await
+        .map_err(fleet_err)?
+}
+
 /// Pause, resume and abort requests from `outpostctl rollout`.
-fn apply_control(file: &ProgressFile, p: &mut Progress, now: u64) -> Result<bool, RolloutError> {
-    let Control { paused, abort } = file.control()?;
+fn apply_control(control: Control, p: &mut Progress, now: u64) -> bool {
+    let Control { paused, abort } = control;
     if p.phase.finished() {
-        return Ok(false);
+        return false;
     }
     if let Some(reason) = abort {
         *p = p.abort(reason, now);
-        return Ok(true);
+        return true;
     }
     if paused != p.paused {
         p.paused = paused;
@@ -217,9 +224,9 @@ fn apply_control(file: &ProgressFile, p: &mut Progress, now: u64) -> Result<bool
             }
             .to_string(),
         );
-        return Ok(true);
+        return true;
     }
-    Ok(false)
+    false
 }
 
 fn signed(
@@ -256,7 +263,7 @@ async fn send_owed(
         return Ok(false);
     }
     let first = progress.reserve(owed.len() as u64, now_ms());
-    file.save(progress)?;
+    save(file, progress).await?;
     let plan = progress.plan.clone();
     for (i, (device, what)) in owed.into_iter().enumerate() {
         let seq = first + i as u64;
@@ -302,7 +309,7 @@ async fn abandon(
     progress: &mut Progress,
 ) -> Result<(), RolloutError> {
     let seq = progress.reserve(1, now_ms());
-    file.save(progress)?;
+    save(file, progress).await?;
     let version = progress.plan.version();
     let bytes = signed(
         Target::Group(progress.plan.group.clone()),

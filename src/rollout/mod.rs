@@ -225,8 +225,8 @@ pub struct DeviceView {
     pub shadow_agreements: u64,
     /// Mean confidence of the live model and of the candidate over the device's recent shadow runs.
     pub shadow_confidence: Option<(f64, f64)>,
-    /// Versions the device reported rolling back (from its recent transitions).
-    pub rolled_back: Vec<u64>,
+    /// Versions the device reported rolling back (from its recent transitions), with the device's reason.
+    pub rolled_back: Vec<(u64, String)>,
 }
 
 impl DeviceView {
@@ -235,15 +235,22 @@ impl DeviceView {
         if v["group"].as_str() != Some(group) {
             return None;
         }
-        let mut rolled_back: Vec<u64> = v["transitions"]
+        let mut rolled_back: Vec<(u64, String)> = v["transitions"]
             .as_array()
             .into_iter()
             .flatten()
             .chain(std::iter::once(&v["last_transition"]))
             .filter(|t| t["transition"] == "rollback")
-            .filter_map(|t| t["version"].as_u64())
+            .filter_map(|t| {
+                let why = format!(
+                    "{}: {}",
+                    t["cause"].as_str().unwrap_or("?"),
+                    t["detail"].as_str().unwrap_or("")
+                );
+                t["version"].as_u64().map(|v| (v, why))
+            })
             .collect();
-        rolled_back.dedup();
+        rolled_back.dedup_by_key(|r| r.0);
         let shadow_for = |n: u64| {
             v["shadow"]["model"]["version"].as_u64() == v["candidate"]["version"].as_u64() && n > 0
         };
@@ -535,12 +542,18 @@ impl Progress {
     /// Records what a device's status says about the version: a rollback of it is a failure.
     pub fn observe(&mut self, device: &str, view: &DeviceView, now_ms: u64) -> bool {
         let version = self.plan.version();
-        if view.rolled_back.contains(&version)
-            && self.sent.contains_key(device)
-            && !self.failed.contains_key(device)
+        let why = view
+            .rolled_back
+            .iter()
+            .find(|r| r.0 == version)
+            .map(|r| r.1.clone());
+        if let Some(why) =
+            why.filter(|_| self.sent.contains_key(device) && !self.failed.contains_key(device))
         {
-            self.failed
-                .insert(device.to_string(), format!("rolled back version {version}"));
+            self.failed.insert(
+                device.to_string(),
+                format!("rolled back version {version} ({why})"),
+            );
             self.note(now_ms, format!("{device} rolled version {version} back"));
             return true;
         }
@@ -819,7 +832,7 @@ mod tests {
         let view = DeviceView {
             online: true,
             live_version: Some(1),
-            rolled_back: vec![2],
+            rolled_back: vec![(2, "probation: drift".into())],
             ..Default::default()
         };
         assert!(p.observe(&d0, &view, 10));
