@@ -22,11 +22,9 @@ work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nuser root\n' "$port" >"$work/m.conf"
-mosquitto -c "$work/m.conf" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+# shellcheck source=scripts/lib/mosquitto.sh
+source "$repo/scripts/lib/mosquitto.sh"
+start_mosquitto
 "$bin/outpostctl" cloud --broker "mqtt://127.0.0.1:$port" --model models/cloud-fp32.onnx --dataset "$work/ds" 2>/dev/null &
 pids+=($!)
 printf '[cache]\nenabled = false\n' >"$work/agent.toml"

@@ -7,33 +7,27 @@
 #   scripts/bench-rollout.sh            # 1000 agents
 #   AGENTS=200 RATE=600 scripts/bench-rollout.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
 AGENTS=${AGENTS:-1000}
-RATE=${RATE:-1500}
+RATE=${RATE:-1000}
 PROBATION=${PROBATION:-30}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}
 cargo build --release --quiet --bin outpostctl
 CTL=$CARGO_TARGET_DIR/release/outpostctl
-command -v mosquitto >/dev/null || { echo "mosquitto is missing: run scripts/test.sh once (it installs it)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 
-W=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$W/mosquitto.conf" <<EOF
-listener $PORT 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-sys_interval 1
-max_queued_messages 100000
-EOF
-mosquitto -c "$W/mosquitto.conf" >"$W/mosquitto.log" 2>&1 &
-MOSQ=$!
-SIM=
-cleanup() { [ -n "$SIM" ] && kill "$SIM" 2>/dev/null; kill "$MOSQ" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+work=$(mktemp -d)
+W=$work
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-until (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do sleep 0.05; done
-URL=mqtt://127.0.0.1:$PORT
+# shellcheck source=scripts/lib/mosquitto.sh
+source "$repo/scripts/lib/mosquitto.sh"
+start_mosquitto "persistence false" "sys_interval 1" "max_queued_messages 100000"
+PORT=$port
+URL=$broker
+MOSQ=$mosquitto_pid
 
 "$CTL" keygen --out "$W/op.key" >"$W/trusted" 2>/dev/null
 "$CTL" bundle --model models/edge-fp32.onnx --spec models/edge-fp32.spec.json --version 2 \
@@ -50,6 +44,7 @@ T0=$(date +%s.%N)
 "$CTL" simulate --broker "$URL" --agents "$AGENTS" --dir "$W/sim" --trusted-keys "$W/trusted" --rate "$RATE" \
   --probation-requests "$PROBATION" --heartbeat-s 5 >"$W/sim.out" 2>"$W/sim.err" &
 SIM=$!
+pids+=("$SIM")
 until grep -q ready "$W/sim.out" 2>/dev/null; do sleep 0.2; kill -0 $SIM || { cat "$W/sim.err"; exit 1; }; done
 until [ "$(online)" -ge "$AGENTS" ]; do sleep 1; done
 T1=$(date +%s.%N)
@@ -73,7 +68,7 @@ BAD_RC=0
 rollout bad "$W/bad.bundle" ${BAD_GATES:-} || BAD_RC=$?
 B1=$(date +%s.%N)
 sleep 3
-kill -TERM $SIM; wait $SIM || true; SIM=
+kill -TERM $SIM; wait $SIM || true
 MOSQ_RSS=$(awk '/VmHWM/{print $2}' /proc/$MOSQ/status)
 
 python3 - "$W" "$AGENTS" "$G0" "$G1" "$R0" "$R1" "$S0" "$S1" "$B0" "$B1" "$BAD_RC" "$MOSQ_RSS" "$RATE" <<'EOF'

@@ -26,12 +26,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nuser root\n' "$port" >"$work/m.conf"
-mosquitto -c "$work/m.conf" >"$work/mosquitto.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
-broker="mqtt://127.0.0.1:$port"
+# shellcheck source=scripts/lib/mosquitto.sh
+source "$repo/scripts/lib/mosquitto.sh"
+start_mosquitto
 
 "$bin/outpostctl" keygen --out "$work/k" >"$work/trusted" 2>/dev/null
 echo "== bundling MobileNetV2 fp32 with golden vectors" >&2
