@@ -292,7 +292,7 @@ impl Link {
         } else if topic == topics::cloud_reply(&self.device) {
             self.on_answer(&p.payload).await;
         } else if topic.ends_with("/cmd") {
-            self.on_command(client, &p.payload).await;
+            self.on_command(client, &p.payload, p.retain).await;
         } else {
             tracing::debug!(%topic, "ignored a message on an unexpected topic");
         }
@@ -406,7 +406,9 @@ impl Link {
             .await;
     }
 
-    async fn on_command(&mut self, client: &AsyncClient, payload: &[u8]) {
+    /// `retained`: the broker delivered a retained command at subscription (a rollout's fleet-wide abandon). Once
+    /// seen, it comes again at every new session; that repeat is expected, so it is not acknowledged as a refusal.
+    async fn on_command(&mut self, client: &AsyncClient, payload: &[u8], retained: bool) {
         if !self.in_flight.is_empty() && self.in_flight.len() > 100_000 {
             self.in_flight.clear(); // bounded: a lost answer only costs a resend
         }
@@ -421,6 +423,10 @@ impl Link {
         };
         let body = match command::verify(payload, &checker) {
             Ok(b) => b,
+            Err(command::CommandError::Replayed { seq, .. }) if retained => {
+                tracing::debug!(seq, "a retained command already applied");
+                return;
+            }
             Err(e) => {
                 self.ack(
                     client,
