@@ -317,6 +317,7 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
     let bundle_path = f.path("b.bundle");
     let mut rng = rand::rng();
     let (mut installs, mut rollbacks, mut promotes, mut killed) = (0, 0, 0, 0);
+    let (mut staged, mut activates) = (0, 0);
     let mut longest = std::time::Duration::ZERO;
     for i in 0..iterations {
         let store = SlotStore::new(&state).unwrap();
@@ -328,6 +329,10 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
         } else if before.trial.is_some() {
             promotes += 1;
             cmd.args(["promote", "--state-dir", s(&state)]);
+        } else if before.candidate.is_some() && rng.random_bool(0.5) {
+            activates += 1;
+            let v = before.candidate_info().unwrap().version.to_string();
+            cmd.args(["activate", "--state-dir", s(&state), &v]);
         } else {
             installs += 1;
             let m = &models[i % models.len()];
@@ -357,8 +362,13 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
                 s(&state),
                 "--trusted-keys",
                 s(&f.trusted),
-                s(&bundle_path),
             ]);
+            // Half the installs stage a candidate beside the live model instead of putting it on trial.
+            if rng.random_bool(0.5) {
+                staged += 1;
+                cmd.arg("--candidate");
+            }
+            cmd.arg(s(&bundle_path));
         }
         let mut child = cmd
             .stdout(std::process::Stdio::null())
@@ -394,6 +404,19 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
             Ok(None) => {}
             Err(e) => panic!("iteration {i}: the live slot does not load: {e}"),
         }
+        // A staged candidate is complete too: what the agent loads for shadow runs.
+        if let Some(c) = after.candidate {
+            let engine =
+                outpost::slots::install::load_slot(&store, &after, c).unwrap_or_else(|e| {
+                    panic!("iteration {i}: the staged candidate does not load: {e}")
+                });
+            assert!(digests.contains(&engine.digest().to_string()));
+            assert_ne!(
+                Some(c),
+                after.active,
+                "iteration {i}: the candidate is in the live slot"
+            );
+        }
         let old = before.active_info().map(|x| x.digest.clone());
         let new = after.active_info().map(|x| x.digest.clone());
         let allowed_new = new == old || after.generation > before.generation;
@@ -402,8 +425,8 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
             "iteration {i}: live model changed without a record write"
         );
     }
-    eprintln!("{iterations} iterations: {installs} installs, {rollbacks} rollbacks, {promotes} promotes, {killed} killed mid-way");
-    assert!(installs > 0 && rollbacks > 0 && promotes > 0);
+    eprintln!("{iterations} iterations: {installs} installs ({staged} as candidates), {activates} activates, {rollbacks} rollbacks, {promotes} promotes, {killed} killed mid-way");
+    assert!(installs > 0 && rollbacks > 0 && promotes > 0 && staged > 0 && activates > 0);
     assert!(
         killed > iterations / 10,
         "too few kills landed mid-operation ({killed})"
