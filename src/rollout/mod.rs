@@ -335,7 +335,12 @@ impl Progress {
     /// Reads the current wave: who is in it, who reported, who failed.
     pub fn read(&self, devices: &BTreeMap<String, DeviceView>, now_ms: u64) -> Reading {
         let version = self.plan.version();
-        let targets = members(&self.plan, self.wave, devices.keys());
+        // A device offline before it was sent anything does not hold the wave up: it gets the bundle when it
+        // comes back. One that went quiet after being sent counts, as not reporting.
+        let targets: BTreeSet<String> = members(&self.plan, self.wave, devices.keys())
+            .into_iter()
+            .filter(|d| self.sent.contains_key(d) || devices.get(d).is_some_and(|v| v.online))
+            .collect();
         let g = &self.plan.gates;
         let (mut reporting, mut shadowed) = (0, 0);
         let (mut runs, mut agreements) = (0u64, 0u64);
@@ -842,6 +847,20 @@ mod tests {
             "1 of {} failed",
             owed.len()
         );
+        // Offline and never sent: not targeted; offline after being sent: targeted, not reporting.
+        let mut gone = fleet(200);
+        let mut q = Progress::new(plan(0), 0);
+        let canaries: Vec<String> = members(&q.plan, 0, gone.keys()).into_iter().collect();
+        gone.get_mut(&canaries[0]).unwrap().online = false;
+        assert_eq!(q.read(&gone, 0).targeted, canaries.len() - 1);
+        q.sent.insert(
+            canaries[0].clone(),
+            Sent {
+                update: Some(1),
+                ..Default::default()
+            },
+        );
+        assert_eq!(q.read(&gone, 0).targeted, canaries.len());
         // A healthy wave: every device committed.
         let mut q = Progress::new(plan(0), 0);
         for w in 0..4 {
