@@ -526,9 +526,15 @@ impl Service {
             });
         }
 
-        // Kept for a shadow run of the candidate, which happens after this request is answered.
+        // Kept for a shadow run of the candidate, which happens after this request is answered: when sampled, or
+        // when a forwarder may find it a hard case (those always run).
         let shadow_input = match (&candidate, arm) {
-            (Some(c), None | Some("active")) => Some((c.clone(), tensor.clone())),
+            (Some(c), None | Some("active")) => {
+                let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
+                let sample = sampled(n, self.shadow_fraction());
+                (sample || self.forwarder.get().is_some())
+                    .then(|| (c.clone(), tensor.clone(), sample))
+            }
             _ => None,
         };
         let (engine, key, ran) = match self.run(&engine, tensor.clone()).await {
@@ -607,10 +613,9 @@ impl Service {
             .get()
             .filter(|f| f.is_hard(response.confidence, response.margin, response.entropy));
         let case_id = hard_case.map(|_| crate::forward::new_id());
-        if let Some((c, tensor)) = shadow_input {
+        if let Some((c, tensor, sample)) = shadow_input {
             // Forwarded hard cases always run, so the cloud's label can say which model was right.
-            let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
-            if case_id.is_some() || sampled(n, self.shadow_fraction()) {
+            if case_id.is_some() || sample {
                 // A candidate that preprocesses differently decodes the image itself, on the shadow thread.
                 let input = if same_input(&c, &engine) {
                     ShadowInput::Tensor(tensor)
