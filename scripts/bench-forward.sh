@@ -11,19 +11,10 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
 n="${N:-300}"
-profile=release
-[ -x "$CARGO_TARGET_DIR/release/outpost" ] && [ -x "$CARGO_TARGET_DIR/release/outpostctl" ] || profile=debug
-bin="$CARGO_TARGET_DIR/$profile"
-echo "== binaries: $profile" >&2
-
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-# shellcheck source=scripts/lib/mosquitto.sh
-source "$repo/scripts/lib/mosquitto.sh"
+# shellcheck source=scripts/lib/bench.sh
+source "$repo/scripts/lib/bench.sh"
+pick_binaries
 start_mosquitto
 "$bin/outpostctl" cloud --broker "mqtt://127.0.0.1:$port" --model models/cloud-fp32.onnx --dataset "$work/ds" 2>/dev/null &
 pids+=($!)

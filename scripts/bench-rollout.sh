@@ -12,18 +12,13 @@ cd "$repo"
 AGENTS=${AGENTS:-1000}
 RATE=${RATE:-1000}
 PROBATION=${PROBATION:-30}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}
+# shellcheck source=scripts/lib/bench.sh
+source "$repo/scripts/lib/bench.sh"
 cargo build --release --quiet --bin outpostctl
 CTL=$CARGO_TARGET_DIR/release/outpostctl
 ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d)
 W=$work
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-# shellcheck source=scripts/lib/mosquitto.sh
-source "$repo/scripts/lib/mosquitto.sh"
 start_mosquitto "persistence false" "sys_interval 1" "max_queued_messages 100000"
 PORT=$port
 URL=$broker

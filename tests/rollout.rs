@@ -144,18 +144,30 @@ fn rollout_args(m: &str, f: &Fixture, state: &Path, bundle: &Path) -> Vec<String
 }
 
 fn progress(state: &Path) -> Progress {
-    serde_json::from_slice(&std::fs::read(state.join("rollout.json")).unwrap()).unwrap()
+    try_progress(state).expect("the rollout wrote its progress")
 }
 
-fn run_rollout(args: &[String], timeout: Duration) -> std::process::ExitStatus {
-    let mut child = KillOnDrop(
+/// The progress, once the driver has written it (None before, or while it is being replaced).
+fn try_progress(state: &Path) -> Option<Progress> {
+    std::fs::read(state.join("rollout.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// `outpostctl <args>` in the background, stopped with the test.
+fn spawn_ctl(args: &[String], stderr: Stdio) -> KillOnDrop {
+    KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_outpostctl"))
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+/// Waits for `child` to exit; fails the test after `timeout`.
+fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(st) = child.0.try_wait().unwrap() {
@@ -163,10 +175,14 @@ fn run_rollout(args: &[String], timeout: Duration) -> std::process::ExitStatus {
         }
         assert!(
             Instant::now() < deadline,
-            "the rollout did not finish in {timeout:?}"
+            "outpostctl did not finish in {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn run_rollout(args: &[String], timeout: Duration) -> std::process::ExitStatus {
+    wait_exit(&mut spawn_ctl(args, Stdio::inherit()), timeout)
 }
 
 /// The wave (0-based) a device first belongs to, among `ids`.
@@ -326,20 +342,10 @@ fn the_operator_killed_mid_rollout_continues_where_it_was_and_pause_holds_it() {
     let url = m.url();
     let state = f.path("rollout");
     let args = rollout_args(&url, &f, &state, &good);
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_ctl(&args, Stdio::null());
     // Killed once wave 2 is under way.
     wait_until("wave 2", Duration::from_secs(120), || {
-        std::fs::read(state.join("rollout.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
-            .is_some_and(|p| p.wave >= 1)
+        try_progress(&state).is_some_and(|p| p.wave >= 1)
     });
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
@@ -363,14 +369,7 @@ fn the_operator_killed_mid_rollout_continues_where_it_was_and_pause_holds_it() {
     .iter()
     .map(|x| x.to_string())
     .collect();
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(&cont)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_ctl(&cont, Stdio::inherit());
     wait_until("paused", Duration::from_secs(10), || {
         progress(&state).paused
     });
@@ -385,17 +384,7 @@ fn the_operator_killed_mid_rollout_continues_where_it_was_and_pause_holds_it() {
     assert!(outpostctl(&["rollout", "resume", "--state", s(&state)])
         .status
         .success());
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let st = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the continued rollout did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let st = wait_exit(&mut child, Duration::from_secs(240));
     assert!(st.success(), "continued rollout exited with {st}");
     let p = progress(&state);
     assert_eq!(p.phase, Phase::Done);
@@ -433,32 +422,15 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
     let first = simulate_as(&m, &f, "sim", 40, 200, 40);
     let url = m.url();
     let state = f.path("rollout");
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(rollout_args(&url, &f, &state, &good))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_ctl(&rollout_args(&url, &f, &state, &good), Stdio::null());
     wait_until("wave 2", Duration::from_secs(120), || {
-        std::fs::read(state.join("rollout.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
-            .is_some_and(|p| p.wave >= 1)
+        try_progress(&state).is_some_and(|p| p.wave >= 1)
     });
     // 20 more devices join the group while wave 2 runs.
     let joined_at = progress(&state).wave;
     let late = simulate_as(&m, &f, "late", 20, 100, 60);
     let online_at = progress(&state).wave;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let st = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the rollout did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let st = wait_exit(&mut child, Duration::from_secs(240));
     assert!(st.success(), "rollout exited with {st}");
     let p = progress(&state);
     let all: Vec<String> = first.ids.iter().chain(&late.ids).cloned().collect();
@@ -489,39 +461,17 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
     // Long enough observation that the abort lands before the gate could pass.
     let i = args.iter().position(|a| a == "--observe-s").unwrap();
     args[i + 1] = "600".into();
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_ctl(&args, Stdio::null());
     wait_until(
         "the canaries stage version 3",
         Duration::from_secs(60),
-        || {
-            std::fs::read(state3.join("rollout.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
-                .is_some_and(|p| !p.sent.is_empty())
-        },
+        || try_progress(&state3).is_some_and(|p| !p.sent.is_empty()),
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(outpostctl(&["rollout", "abort", "--state", s(&state3)])
         .status
         .success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let st = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the aborted rollout did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let st = wait_exit(&mut child, Duration::from_secs(30));
     assert_eq!(st.code(), Some(4), "an aborted rollout exits 4");
     let p3 = progress(&state3);
     assert!(

@@ -87,8 +87,8 @@ pub struct Service {
     fallback: ArcSwapOption<Engine>,
     /// Woken when a run makes the trial decisive, so the controller acts at once rather than at its next tick.
     pub(crate) decided: tokio::sync::Notify,
-    last_transition: Mutex<Option<serde_json::Value>>,
-    /// The last few transitions, oldest first (a rollback followed by another change stays visible).
+    /// The last few transitions, oldest first (a rollback followed by another change stays visible); the last one
+    /// is also shown on its own.
     transitions: Mutex<std::collections::VecDeque<serde_json::Value>>,
     /// Settings changed at run time by the fleet (`set`), by key.
     settings: Mutex<std::collections::BTreeMap<String, String>>,
@@ -135,7 +135,6 @@ impl Service {
             trial: Mutex::new(None),
             fallback: ArcSwapOption::empty(),
             decided: tokio::sync::Notify::new(),
-            last_transition: Mutex::new(None),
             transitions: Mutex::new(Default::default()),
             settings: Mutex::new(Default::default()),
             last_transfer: Mutex::new(None),
@@ -389,14 +388,11 @@ impl Service {
             "version": version,
             "unix": crate::bundle::now_unix(),
         });
-        {
-            let mut all = lock(&self.transitions);
-            if all.len() == 8 {
-                all.pop_front();
-            }
-            all.push_back(t.clone());
+        let mut all = lock(&self.transitions);
+        if all.len() == 8 {
+            all.pop_front();
         }
-        *lock(&self.last_transition) = Some(t);
+        all.push_back(t);
     }
 
     fn record_run(&self, digest: &str, run: Duration, confidence: f32) {
@@ -475,19 +471,23 @@ impl Service {
             let tensor = a
                 .tensor_from_image(&body, &limits)
                 .map_err(ServiceError::BadInput)?;
-            let (engine, arm, tensor) = match c {
-                Some(c) if in_candidate_arm(CacheKey::new("", &tensor).input_digest(), split) => {
-                    let tensor = if same_input(&a, &c) {
-                        tensor
+            // One hash of the input: the cache key, and (its input half) the sticky A/B arm.
+            let key = CacheKey::new(a.digest(), &tensor);
+            let (engine, arm, tensor, key) = match c {
+                Some(c) if in_candidate_arm(key.input_digest(), split) => {
+                    let (tensor, key) = if same_input(&a, &c) {
+                        (tensor, key.for_model(c.digest()))
                     } else {
-                        c.tensor_from_image(&body, &limits)
-                            .map_err(ServiceError::BadInput)?
+                        let t = c
+                            .tensor_from_image(&body, &limits)
+                            .map_err(ServiceError::BadInput)?;
+                        let k = CacheKey::new(c.digest(), &t);
+                        (t, k)
                     };
-                    (c, Some("candidate"), tensor)
+                    (c, Some("candidate"), tensor, key)
                 }
-                _ => (a, (split > 0.0).then_some("active"), tensor),
+                _ => (a, (split > 0.0).then_some("active"), tensor, key),
             };
-            let key = CacheKey::new(engine.digest(), &tensor);
             let hit = match &cache {
                 Some(c) => c.get(&key).unwrap_or_else(|err| {
                     tracing::warn!(error = %err, "cache lookup failed; running the model");
@@ -750,7 +750,7 @@ impl Service {
             "counters": self.counters.snapshot(),
             "cache": cache,
             "trial": lock(&self.trial).as_ref().map(|p| p.summary(Instant::now())),
-            "last_transition": lock(&self.last_transition).clone(),
+            "last_transition": lock(&self.transitions).back().cloned(),
             "transitions": lock(&self.transitions).clone(),
             "last_transfer": lock(&self.last_transfer).clone(),
             "download": lock(&self.download).clone(),

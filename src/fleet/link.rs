@@ -557,19 +557,18 @@ impl Link {
                 }
                 Some(
                     blocking(Box::new(move |s| {
-                        let _lock = s.lock().map_err(|e| e.to_string())?;
-                        let now = s.load().map_err(|e| e.to_string())?;
-                        let changed = match now.abandon(v).map_err(|e| e.to_string())? {
-                            Some(next) => {
-                                s.save(&next).map_err(|e| e.to_string())?;
-                                next
-                            }
-                            None => now.clone(),
-                        };
+                        let (st, changed) = s
+                            .update(|now| {
+                                Ok(match now.abandon(v)? {
+                                    Some(next) => (next, true),
+                                    None => (now.clone(), false),
+                                })
+                            })
+                            .map_err(|e| e.to_string())?;
                         Ok(serde_json::json!({
                             "abandoned": v,
-                            "changed": changed != now,
-                            "now_active": changed.active_info().map(|i| i.version),
+                            "changed": changed,
+                            "now_active": st.active_info().map(|i| i.version),
                         }))
                     }))
                     .await,

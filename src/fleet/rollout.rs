@@ -172,7 +172,6 @@ pub async fn drive(
             }
         }
         if dirty {
-            progress.generation += 1;
             save(&file, &progress).await?;
         }
     }

@@ -211,7 +211,6 @@ pub struct Progress {
     pub abandon_seq: Option<u64>,
     /// (Unix ms, what happened), newest last.
     pub history: Vec<(u64, String)>,
-    pub generation: u64,
 }
 
 /// What the driver knows of a device from its retained status.
@@ -311,7 +310,6 @@ impl Progress {
             failed: BTreeMap::new(),
             abandon_seq: None,
             history: Vec::new(),
-            generation: 0,
         };
         p.note(now_ms, "started: wave 1, ".to_string() + p.phase.name());
         p
@@ -464,7 +462,6 @@ impl Progress {
     /// The next phase after a passed gate.
     pub fn advance(&self, now_ms: u64) -> Progress {
         let mut p = self.clone();
-        p.generation += 1;
         match self.phase {
             Phase::Shadow => p.phase = Phase::Active,
             Phase::Active if self.wave + 1 >= self.plan.waves.len() => p.phase = Phase::Done,
@@ -494,7 +491,6 @@ impl Progress {
 
     pub fn halt(&self, reason: String, now_ms: u64) -> Progress {
         let mut p = self.clone();
-        p.generation += 1;
         p.note(now_ms, format!("halted: {reason}"));
         p.phase = Phase::Halted(reason);
         p
@@ -502,7 +498,6 @@ impl Progress {
 
     pub fn abort(&self, reason: String, now_ms: u64) -> Progress {
         let mut p = self.clone();
-        p.generation += 1;
         p.note(now_ms, format!("aborted: {reason}"));
         p.phase = Phase::Aborted(reason);
         p

@@ -360,14 +360,18 @@ impl SlotStore {
         Ok(SlotLock { _file: file })
     }
 
-    /// One locked transition: read the record, apply `f`, write the result. `f` returning an error writes nothing.
+    /// One locked transition: read the record, apply `f`, write the result. `f` returning an error, or the record
+    /// unchanged (a repeated activate or abandon), writes nothing.
     pub fn update<T>(
         &self,
         f: impl FnOnce(&SlotState) -> Result<(SlotState, T), SlotError>,
     ) -> Result<(SlotState, T), SlotError> {
         let _lock = self.lock()?;
-        let (next, out) = f(&self.load()?)?;
-        self.save(&next)?;
+        let now = self.load()?;
+        let (next, out) = f(&now)?;
+        if next != now {
+            self.save(&next)?;
+        }
         Ok((next, out))
     }
 

@@ -30,6 +30,13 @@ impl CacheKey {
         CacheKey(key)
     }
 
+    /// The key of the same input for another model, without hashing the input again.
+    pub fn for_model(&self, model_digest_hex: &str) -> CacheKey {
+        let mut key = self.0;
+        key[..32].copy_from_slice(&Sha256::digest(model_digest_hex.as_bytes()));
+        CacheKey(key)
+    }
+
     /// The key back from its bytes (e.g. kept in an outbox case so a late cloud answer can be cached).
     pub fn from_bytes(b: &[u8]) -> Option<CacheKey> {
         <[u8; 64]>::try_from(b).ok().map(CacheKey)
@@ -223,6 +230,15 @@ mod tests {
             entropy: 0.3,
             tier: "edge".into(),
         }
+    }
+
+    #[test]
+    fn a_key_for_another_model_keeps_the_input() {
+        let input = [0.5f32, 1.0, -2.0];
+        assert_eq!(
+            CacheKey::new("a", &input).for_model("b"),
+            CacheKey::new("b", &input)
+        );
     }
 
     #[test]
