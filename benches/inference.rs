@@ -1,18 +1,27 @@
-//! Inference benchmark (issue 2): load+optimize time and single-thread latency of each model with the library's
-//! [`Engine`], printed as one JSON line per model in the shape `models/bench_ort.py` prints for onnxruntime.
+//! Inference benchmark (issues 2 and 13): tract through the library's [`Engine`], with each lever tract offers,
+//! printed as JSON lines in the shape `models/bench_ort.py` prints for onnxruntime (`scripts/bench.sh` joins both
+//! into one table).
 //!
 //! ```text
-//! cargo bench --bench inference                         # every default model
-//! cargo bench --bench inference -- --json edge-int8     # JSON lines only, one model
-//! cargo bench --bench inference -- --seconds 5 --loads 5 --iters 1000 --warmup 50 --models-dir models
+//! cargo bench --bench inference                                   # every default model, all levers
+//! cargo bench --bench inference -- --json edge-int8               # JSON lines only, one model
+//! cargo bench --bench inference -- --threads 1,2,4 --batch 8 --seconds 5 --loads 5 edge-fp32
 //! ```
 //!
-//! Each model: `--loads` full loads (parse + type + optimize + plan, as `Engine::load_time` reports it; median kept),
-//! then warmup runs on golden input #0, then N timed runs on the calling thread. N is adaptive (about `--seconds`
-//! of timed runs, at least 10) unless `--iters` fixes it. p50/p99 are nearest-rank, like bench_ort.py.
-//! Unknown flags (cargo passes `--bench`) are ignored.
+//! Per model, the rows (`lever`):
+//! - `onnx`: cold load from the ONNX file (parse + type + optimise + plan, median of `--loads` fresh loads, no plan
+//!   shared between them) and the first answer after it (`first_ms`), then latency on 1 thread;
+//! - `int8-kernels` (real-int8 files that the engine runs in their QDQ form on this CPU): the same file on tract's
+//!   integer kernels;
+//! - `nnef`: the same from tract's NNEF form of the model (made once beforehand, not timed), checked to give the
+//!   ONNX plan's output;
+//! - `threads=N` for each N of `--threads` above 1: latency with tract's multithreaded executor of N threads;
+//! - `batch=B`: a plan for B samples, latency per run divided by B (per-sample cost).
+//!
+//! Latency: warmup on golden input #0, then about `--seconds` of timed runs (at least 10) unless `--iters` fixes
+//! it; p50/p99 nearest rank, like bench_ort.py. Unknown flags (cargo passes `--bench`) are ignored.
 
-use outpost::inference::Engine;
+use outpost::inference::{self, Engine, ModelSpec, Session};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,19 +36,19 @@ const DEFAULT_MODELS: &[&str] = &[
 const MIN_ITERS: usize = 10;
 const MAX_ITERS: usize = 200_000;
 
-/// tract inference benchmark: load time, latency percentiles and throughput per model.
+/// tract inference benchmark: cold load, latency percentiles, threads, batching and NNEF per model.
 #[derive(clap::Parser)]
 #[command(name = "inference")]
 struct Args {
-    /// Print only the JSON summary.
+    /// Print only the JSON lines.
     #[arg(long = "json")]
     json_only: bool,
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models"))]
     models_dir: PathBuf,
-    /// Seconds of timed runs per model.
+    /// Seconds of timed runs per model and lever.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Model loads timed per model.
+    /// Cold loads timed per model and format.
     #[arg(long, default_value_t = 3)]
     loads: usize,
     /// Fixed number of timed runs (instead of --seconds).
@@ -47,6 +56,15 @@ struct Args {
     iters: Option<usize>,
     #[arg(long)]
     warmup: Option<usize>,
+    /// Executor sizes to time, comma separated (1 is always timed).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Batch size of the batching lever; 0 or 1 skips it.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Skip the NNEF lever.
+    #[arg(long)]
+    no_nnef: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -135,29 +153,48 @@ fn round_to(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-fn bench_model(args: &Args, version: &str, stem: &str) -> Result<String, String> {
-    let model = args.models_dir.join(format!("{stem}.onnx"));
-    let input = golden_input0(&args.models_dir, stem)?;
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
-    // Load + optimize, median of `loads` (the first one also warms the file cache).
-    let mut load_times = Vec::with_capacity(args.loads);
-    let mut engine = None;
-    for _ in 0..args.loads {
-        let e = Engine::load_files(&model, None).map_err(|e| format!("{stem}: {e}"))?;
-        load_times.push(e.load_time().as_secs_f64() * 1e3);
-        engine = Some(e);
+/// Median cold load and load-to-first-answer (ms) over `loads` fresh loads; each engine is dropped before the next
+/// load, so no plan is shared between them.
+fn cold_loads(
+    loads: usize,
+    input: &[f32],
+    load: impl Fn() -> Result<Engine, String>,
+) -> Result<(f64, f64, Engine), String> {
+    let mut load_ms = Vec::new();
+    let mut first_ms = Vec::new();
+    let mut last = None;
+    for _ in 0..loads {
+        drop(last.take());
+        let t = Instant::now();
+        let e = load()?;
+        let loaded = t.elapsed();
+        e.run(input).map_err(|e| e.to_string())?;
+        first_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        load_ms.push(loaded.as_secs_f64() * 1e3);
+        last = Some(e);
     }
-    load_times.sort_by(f64::total_cmp);
-    let load_ms = load_times[load_times.len() / 2];
-    let engine = engine.expect("at least one load");
-    let mut session = engine.session().map_err(|e| format!("{stem}: {e}"))?;
+    Ok((median(load_ms), median(first_ms), last.expect("loads >= 1")))
+}
 
-    // Warmup: a fixed count if asked, else about 10 % of the time budget (at least 3 runs); it also estimates the
-    // per-run time that sizes N.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    mean: f64,
+    iters: usize,
+}
+
+/// Warmup (a fixed count if asked, else about 10 % of the budget, at least 3 runs, which also sizes N), then N
+/// timed runs on the calling thread.
+fn latency(args: &Args, session: &mut Session, input: &[f32]) -> Result<Latency, String> {
     let warm_start = Instant::now();
     let mut warm_runs = 0usize;
     loop {
-        std::hint::black_box(session.run(&input).map_err(|e| format!("{stem}: {e}"))?);
+        std::hint::black_box(session.run(input).map_err(|e| e.to_string())?);
         warm_runs += 1;
         let done = match args.warmup {
             Some(w) => warm_runs >= w.max(1),
@@ -174,29 +211,164 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<String, String>
     let iters = args.iters.unwrap_or_else(|| {
         ((args.seconds / per_run.max(1e-9)) as usize).clamp(MIN_ITERS, MAX_ITERS)
     });
-
     let mut times_us = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        let out = session.run(&input).map_err(|e| format!("{stem}: {e}"))?;
+        let out = session.run(input).map_err(|e| e.to_string())?;
         times_us.push(t.elapsed().as_secs_f64() * 1e6);
         std::hint::black_box(out);
     }
     let mean = times_us.iter().sum::<f64>() / times_us.len() as f64;
     times_us.sort_by(f64::total_cmp);
+    Ok(Latency {
+        p50: percentile(&times_us, 50.0),
+        p99: percentile(&times_us, 99.0),
+        mean,
+        iters,
+    })
+}
 
-    // Written by hand to keep bench_ort.py's key order (serde_json's map would sort the keys).
-    Ok(format!(
-        "{{\"runtime\":\"tract\",\"version\":{},\"model\":{},\"load_ms\":{},\"p50_us\":{},\"p99_us\":{},\
-         \"mean_us\":{},\"iters\":{}}}",
+/// One JSON line, keys in bench_ort.py's order (serde_json's map would sort them).
+#[allow(clippy::too_many_arguments)]
+fn line(
+    version: &str,
+    stem: &str,
+    lever: &str,
+    threads: usize,
+    batch: usize,
+    load: Option<(f64, f64)>,
+    lat: &Latency,
+) -> String {
+    let per_sample = |x: f64| round_to(x / batch as f64, 2);
+    format!(
+        "{{\"runtime\":\"tract\",\"version\":{},\"model\":{},\"lever\":{},\"threads\":{threads},\"batch\":{batch},\
+         \"load_ms\":{},\"first_ms\":{},\"p50_us\":{},\"p99_us\":{},\"mean_us\":{},\"iters\":{}}}",
         serde_json::Value::from(version),
         serde_json::Value::from(format!("{stem}.onnx")),
-        round_to(load_ms, 3),
-        round_to(percentile(&times_us, 50.0), 2),
-        round_to(percentile(&times_us, 99.0), 2),
-        round_to(mean, 2),
-        iters
-    ))
+        serde_json::Value::from(lever),
+        load.map_or("null".into(), |l| round_to(l.0, 3).to_string()),
+        load.map_or("null".into(), |l| round_to(l.1, 3).to_string()),
+        per_sample(lat.p50),
+        per_sample(lat.p99),
+        per_sample(lat.mean),
+        lat.iters
+    )
+}
+
+fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, String> {
+    let model = args.models_dir.join(format!("{stem}.onnx"));
+    let spec_path = ModelSpec::default_path_for(&model);
+    let spec = ModelSpec::from_file(&spec_path).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let input = golden_input0(&args.models_dir, stem)?;
+    let mut lines = Vec::new();
+    inference::set_threads(1);
+
+    let (load_ms, first_ms, engine) = cold_loads(args.loads, &input, || {
+        Engine::load(&bytes, spec.clone()).map_err(|e| e.to_string())
+    })?;
+    let reference = engine.run(&input).map_err(|e| e.to_string())?;
+    let dequantized = engine.dequantized_ops();
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    let lat = latency(args, &mut session, &input)?;
+    lines.push(line(
+        version,
+        stem,
+        "onnx",
+        1,
+        1,
+        Some((load_ms, first_ms)),
+        &lat,
+    ));
+
+    for &t in args.threads.iter().filter(|&&t| t > 1) {
+        inference::set_threads(t);
+        let lat = latency(args, &mut session, &input)?;
+        lines.push(line(
+            version,
+            stem,
+            &format!("threads={t}"),
+            t,
+            1,
+            None,
+            &lat,
+        ));
+    }
+    inference::set_threads(1);
+    drop(session);
+    drop(engine);
+
+    if dequantized > 0 {
+        // The same file on tract's integer kernels, the path the QDQ rewrite avoids on this CPU.
+        let (load_ms, first_ms, engine) = cold_loads(args.loads, &input, || {
+            Engine::load_int8(&bytes, spec.clone(), inference::Int8Mode::Native)
+                .map_err(|e| e.to_string())
+        })?;
+        let mut session = engine.session().map_err(|e| e.to_string())?;
+        let lat = latency(args, &mut session, &input)?;
+        lines.push(line(
+            version,
+            stem,
+            "int8-kernels",
+            1,
+            1,
+            Some((load_ms, first_ms)),
+            &lat,
+        ));
+    }
+
+    let nnef = if args.no_nnef {
+        None
+    } else {
+        match inference::nnef_form(&bytes, &spec, inference::Int8Mode::current()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                eprintln!("{stem}: no NNEF lever: {e}");
+                None
+            }
+        }
+    };
+    if let Some(nnef) = nnef {
+        let (load_ms, first_ms, engine) = cold_loads(args.loads, &input, || {
+            Engine::load_nnef(&nnef, spec.clone()).map_err(|e| e.to_string())
+        })?;
+        let out = engine.run(&input).map_err(|e| e.to_string())?;
+        let worst = out
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        if out.len() != reference.len() || worst > 1e-3 {
+            return Err(format!(
+                "{stem}: the NNEF plan's output differs from the ONNX plan's (max |diff| {worst})"
+            ));
+        }
+        let mut session = engine.session().map_err(|e| e.to_string())?;
+        let lat = latency(args, &mut session, &input)?;
+        lines.push(line(
+            version,
+            stem,
+            "nnef",
+            1,
+            1,
+            Some((load_ms, first_ms)),
+            &lat,
+        ));
+    }
+
+    if args.batch > 1 {
+        let b = args.batch;
+        let engine = Engine::load_batched(&bytes, spec.clone(), b).map_err(|e| e.to_string())?;
+        let batch_input: Vec<f32> = (0..b).flat_map(|_| input.iter().copied()).collect();
+        let mut session = engine.session().map_err(|e| e.to_string())?;
+        let out = session.run(&batch_input).map_err(|e| e.to_string())?;
+        if out.len() != b * reference.len() {
+            return Err(format!("{stem}: batch of {b} gave {} values", out.len()));
+        }
+        let lat = latency(args, &mut session, &batch_input)?;
+        lines.push(line(version, stem, &format!("batch={b}"), 1, b, None, &lat));
+    }
+    Ok(lines)
 }
 
 fn main() {
@@ -208,9 +380,9 @@ fn main() {
             eprintln!("tract {version}: benchmarking {stem} ...");
         }
         match bench_model(&args, &version, stem) {
-            Ok(line) => println!("{line}"),
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {stem}: {e}");
                 failed = true;
             }
         }

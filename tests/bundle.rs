@@ -208,17 +208,27 @@ fn attack_matrix_leaves_the_device_untouched() {
     assert_eq!(v["version"], 7);
 }
 
-/// A properly signed bundle whose golden outputs the model cannot reproduce.
-fn golden_failing_bundle(f: &Fixture) -> PathBuf {
-    let spec = ModelSpec::from_file(&common::models().join("edge-int8.spec.json")).unwrap();
-    let bytes = std::fs::read(common::models().join("edge-fp32.onnx")).unwrap();
+/// A bundle of one model file signed with `f.key1`, one golden input of 0.5s, golden outputs from the model run
+/// with the right edge spec and then passed through `tamper_out`, and the manifest's spec passed through
+/// `tamper_spec`: well signed, wrong inside.
+fn signed_bundle(
+    f: &Fixture,
+    model: &str,
+    version: u64,
+    file: &str,
+    tamper_out: impl FnOnce(&mut Vec<f32>),
+    tamper_spec: impl FnOnce(&mut ModelSpec),
+) -> PathBuf {
+    let mut spec = ModelSpec::from_file(&common::models().join("edge-int8.spec.json")).unwrap();
+    let bytes = std::fs::read(common::models().join(format!("edge-{model}.onnx"))).unwrap();
     let engine = Engine::load(&bytes, spec.clone()).unwrap();
     let input = vec![0.5f32; spec.input_len()];
     let mut out = engine.run(&input).unwrap();
-    out.reverse(); // wrong answer
+    tamper_out(&mut out);
+    tamper_spec(&mut spec);
     let manifest = Manifest {
         name: "edge".into(),
-        version: 11,
+        version,
         created_unix: bundle::now_unix(),
         expires_unix: bundle::now_unix() + 3600,
         min_agent_version: "0.1.0".into(),
@@ -227,7 +237,7 @@ fn golden_failing_bundle(f: &Fixture) -> PathBuf {
         golden_inputs: vec![input],
         golden_tolerance: 0.05,
         variants: vec![Variant {
-            name: "fp32".into(),
+            name: model.into(),
             size: bytes.len() as u64,
             sha256: bundle::sha256(&bytes),
             golden_outputs: vec![out],
@@ -236,9 +246,100 @@ fn golden_failing_bundle(f: &Fixture) -> PathBuf {
     let key = SigningKeyFile::load(&f.key1).unwrap();
     let mut buf = Vec::new();
     bundle::write_bundle(&mut buf, &manifest, &[bytes], &[&key]).unwrap();
-    let p = f.path("golden-fail.bundle");
+    let p = f.path(file);
     std::fs::write(&p, buf).unwrap();
     p
+}
+
+/// A properly signed bundle whose golden outputs the model cannot reproduce.
+fn golden_failing_bundle(f: &Fixture) -> PathBuf {
+    signed_bundle(f, "fp32", 11, "golden-fail.bundle", |o| o.reverse(), |_| {})
+}
+
+/// A properly signed bundle of the edge-int8 model whose spec lists only 5 labels (the model outputs 10).
+fn wrong_labels_bundle(f: &Fixture, version: u64) -> PathBuf {
+    let file = format!("wrong-labels-v{version}.bundle");
+    signed_bundle(f, "int8", version, &file, |_| {}, |s| s.labels.truncate(5))
+}
+
+/// Issue 13: a bundle whose spec does not fit its model is refused at install even while the same model file is
+/// loaded in the process (so its plan is shared), and the running model is untouched. In-process first (the path a
+/// fleet update takes inside the daemon), then through `outpost install` beside a serving daemon.
+#[test]
+fn a_bundle_whose_spec_does_not_fit_is_refused_while_the_same_model_serves() {
+    use outpost::bundle::{Policy, TrustedKeys};
+    use outpost::slots::install::{install_as, Mode};
+    let f = Fixture::new();
+    let state = f.path("state");
+    let good = f.bundle("v1.bundle", "edge-int8", 1, &[&f.key1], &[]);
+    let o = f.install(&state, &good, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = outpost(&["promote", "--state-dir", s(&state)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = SlotStore::new(&state).unwrap();
+    let serving = load_active(&store, &store.load().unwrap())
+        .unwrap()
+        .expect("v1 is live");
+    let input = vec![0.25f32; serving.spec().input_len()];
+    let before = serving.run(&input).unwrap();
+    let files_before = slot_files(&state);
+    let record_before = status(&state);
+
+    let bad = wrong_labels_bundle(&f, 2);
+    let keys = TrustedKeys::from_file(&f.trusted).unwrap();
+    let policy = Policy {
+        keys: &keys,
+        threshold: 1,
+        now_unix: bundle::now_unix(),
+        agent_version: env!("CARGO_PKG_VERSION"),
+    };
+    let err = install_as(
+        &store,
+        &mut std::fs::File::open(&bad).unwrap(),
+        &policy,
+        Mode::Trial,
+    )
+    .expect_err("a spec that does not fit must be refused although the plan is shared")
+    .to_string();
+    assert!(
+        err.contains("outputs 10 values but the spec lists 5 labels"),
+        "{err}"
+    );
+    let after = status(&state);
+    assert_eq!(after["active"], record_before["active"], "{after}");
+    assert!(after["trial"].is_null(), "{after}");
+    assert_eq!(serving.run(&input).unwrap(), before);
+
+    // The CLI, with a daemon serving v1 from the same state directory.
+    let daemon = common::Daemon::start(&state, &[]);
+    let digest = daemon.get_json("/v1/status")["model"]["digest"].clone();
+    let bad3 = wrong_labels_bundle(&f, 3);
+    let o = f.install(&state, &bad3, &[]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("outputs 10 values but the spec lists 5 labels"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.get_json("/v1/status")["model"]["digest"], digest);
+    let (code, v) = daemon.infer(
+        &common::http(),
+        &std::fs::read(&common::test_images()[0].0).unwrap(),
+        "image/png",
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["model"]["version"], 1, "{v}");
+    assert!(daemon.stop().success());
+    // Only the record may have changed (begin_install marks the target empty); v1's slot files are as they were.
+    let files_after = slot_files(&state);
+    for (p, bytes) in &files_before {
+        if p.extension().is_some_and(|e| e == "onnx") {
+            assert!(
+                files_after.iter().any(|(q, b)| q == p && b == bytes),
+                "{p:?} changed"
+            );
+        }
+    }
 }
 
 #[test]

@@ -152,6 +152,59 @@ fn spec_that_does_not_fit_the_model_is_refused_at_load() {
     assert!(matches!(err, InferenceError::Model(_)), "{err}");
 }
 
+/// The plan cache must not be a way around the checks: while an engine with the right spec keeps the plan alive,
+/// every wrong spec for the same bytes is still refused, and the right one still shares the plan.
+#[test]
+fn a_shared_plan_does_not_skip_the_spec_check() {
+    let path = common::models().join("edge-int8.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    let spec = engine("edge-int8").spec().clone();
+    let serving = Engine::load(&bytes, spec.clone()).expect("right spec loads");
+    let (_, inputs) = common::Golden::load("edge-int8");
+    let before = serving.run(&inputs[0]).unwrap();
+
+    let shared = Engine::load(&bytes, spec.clone()).expect("right spec loads again");
+    assert_eq!(
+        shared.load_time(),
+        std::time::Duration::ZERO,
+        "a second load of the same model shares the live plan"
+    );
+
+    for n in [5usize, 9, 11, 1] {
+        let mut wrong = spec.clone();
+        wrong.labels = (0..n).map(|i| format!("l{i}")).collect();
+        let err = Engine::load(&bytes, wrong)
+            .expect_err("labels that do not fit must be refused even when the plan is shared")
+            .to_string();
+        assert!(
+            err.contains(&format!("outputs 10 values but the spec lists {n} labels")),
+            "{err}"
+        );
+    }
+    let mut wrong = spec.clone();
+    wrong.output.name = "not_an_output".into();
+    let err = Engine::load(&bytes, wrong).unwrap_err().to_string();
+    assert!(err.contains("no output named 'not_an_output'"), "{err}");
+
+    // The same through files: the error names the model file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut wrong = spec.clone();
+    wrong.labels.truncate(5);
+    let spec_path = dir.path().join("wrong.spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&wrong).unwrap()).unwrap();
+    let err = Engine::load_files(&path, Some(&spec_path))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("edge-int8.onnx") && err.contains("spec lists 5 labels"),
+        "{err}"
+    );
+
+    // The running model is untouched.
+    assert_eq!(serving.run(&inputs[0]).unwrap(), before);
+    assert_eq!(shared.run(&inputs[0]).unwrap(), before);
+}
+
 #[test]
 fn one_plan_many_threads() {
     let e = engine("edge-int8");
@@ -170,4 +223,108 @@ fn one_plan_many_threads() {
         }
     });
     assert_eq!(golden.cases.len(), inputs.len());
+}
+
+/// tract's NNEF form (the cold-start lever) and a batched plan (the batching lever) answer as the ONNX plan does,
+/// and go through the same spec checks.
+#[test]
+fn nnef_form_and_batched_plans_match_the_onnx_plan() {
+    use outpost::inference::Int8Mode;
+    // tract 0.23 has no NNEF serializer for QuantizeLinear (the int8 files quantize their input), so only float
+    // models have an NNEF form; an int8 one is a clear error, not a wrong model.
+    let int8 = std::fs::read(common::models().join("edge-int8.onnx")).unwrap();
+    let err = outpost::inference::nnef_form(&int8, engine("edge-int8").spec(), Int8Mode::Native)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("writing NNEF"), "{err}");
+    for (stem, int8) in [
+        ("edge-fp32", Int8Mode::Auto),
+        ("cloud-fp32", Int8Mode::Auto),
+    ] {
+        let bytes = std::fs::read(common::models().join(format!("{stem}.onnx"))).unwrap();
+        let onnx = Engine::load_int8(&bytes, engine(stem).spec().clone(), int8).unwrap();
+        let nnef = outpost::inference::nnef_form(&bytes, onnx.spec(), int8).unwrap();
+        let from_nnef = Engine::load_nnef(&nnef, onnx.spec().clone()).unwrap();
+        let (_, inputs) = common::Golden::load(stem);
+        for input in &inputs {
+            let (a, b) = (onnx.run(input).unwrap(), from_nnef.run(input).unwrap());
+            assert_eq!(a.len(), b.len());
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{stem}: NNEF differs by {worst}");
+        }
+        let mut wrong = onnx.spec().clone();
+        wrong.labels.truncate(3);
+        let err = Engine::load_nnef(&nnef, wrong).unwrap_err().to_string();
+        assert!(err.contains("spec lists 3 labels"), "{err}");
+        assert!(Engine::load_nnef(b"not a tar", onnx.spec().clone()).is_err());
+
+        let single = engine(stem);
+        let batched = Engine::load_batched(&bytes, onnx.spec().clone(), 4).unwrap();
+        assert_eq!(batched.batch(), 4);
+        let joined: Vec<f32> = inputs.iter().take(4).flatten().copied().collect();
+        let out = batched.run(&joined).unwrap();
+        for (i, input) in inputs.iter().take(4).enumerate() {
+            let one = single.run(input).unwrap();
+            let got = &out[i * one.len()..(i + 1) * one.len()];
+            let worst = one
+                .iter()
+                .zip(got)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{stem}: sample {i} of the batch differs by {worst}"
+            );
+        }
+        assert!(
+            batched.run(&inputs[0]).is_err(),
+            "a batch engine takes 4 samples"
+        );
+        assert!(batched.classify(&joined).is_err());
+    }
+}
+
+/// On a CPU without an int8 dot-product instruction the real-int8 model runs in its QDQ form on float kernels, and
+/// answers as the integer kernels do (up to float rounding); forced either way, both pass the golden check.
+#[test]
+fn int8_model_runs_as_float_where_integer_kernels_are_slow() {
+    use outpost::inference::Int8Mode;
+    let bytes = std::fs::read(common::models().join("edge-int8.onnx")).unwrap();
+    let spec = engine("edge-int8").spec().clone();
+    let native = Engine::load_int8(&bytes, spec.clone(), Int8Mode::Native).unwrap();
+    let float = Engine::load_int8(&bytes, spec.clone(), Int8Mode::Float).unwrap();
+    assert_eq!(native.dequantized_ops(), 0);
+    assert_eq!(
+        float.dequantized_ops(),
+        3,
+        "2 QLinearConv + 1 QLinearMatMul"
+    );
+    let auto = Engine::load_int8(&bytes, spec.clone(), Int8Mode::Auto).unwrap();
+    assert_eq!(auto.dequantized_ops() > 0, Int8Mode::Auto.as_float());
+    let (golden, inputs) = common::Golden::load("edge-int8");
+    let mut agree = 0;
+    for (case, input) in golden.cases.iter().zip(&inputs) {
+        let (a, b) = (native.run(input).unwrap(), float.run(input).unwrap());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let spread = case.output.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(
+            worst <= 0.05 * spread.max(1.0),
+            "QDQ form differs by {worst}"
+        );
+        let top = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+        agree += usize::from(top(&a) == top(&b));
+    }
+    assert_eq!(agree, inputs.len(), "same labels on every golden input");
+    // A float model has nothing to rewrite.
+    let fp32 = std::fs::read(common::models().join("edge-fp32.onnx")).unwrap();
+    let e = Engine::load_int8(&fp32, engine("edge-fp32").spec().clone(), Int8Mode::Float).unwrap();
+    assert_eq!(e.dequantized_ops(), 0);
 }

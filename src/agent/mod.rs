@@ -53,6 +53,14 @@ pub enum AgentError {
 }
 
 /// Loads the configured model, or the built-in one.
+/// Applies the `[engine]` settings (intra-op threads, int8 mode) process-wide. Called before the first model loads,
+/// by the daemon and by the commands that load models (install times variants with the settings that will serve
+/// them).
+pub fn configure_engine(config: &Config) {
+    crate::inference::set_threads(config.engine_threads());
+    crate::inference::set_int8_mode(config.engine.int8);
+}
+
 pub fn load_model(config: &Config) -> Result<Engine, AgentError> {
     match &config.model.path {
         Some(path) => Engine::load_files(path, config.model.spec.as_deref()).map_err(|source| {
@@ -97,6 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         source,
     })?;
     crate::telemetry::prometheus().map_err(|e| AgentError::Internal(e.to_string()))?;
+    configure_engine(&config);
     let addr_file = api_addr_file(&state_dir);
     let _ = std::fs::remove_file(&addr_file);
 

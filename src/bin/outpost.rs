@@ -74,6 +74,7 @@ impl StateArgs {
         if let Some(d) = &self.state_dir {
             c.agent.state_dir = d.clone();
         }
+        outpost::agent::configure_engine(&c);
         Ok(c)
     }
 }
@@ -101,6 +102,9 @@ struct RunArgs {
     /// Queue length before 503 (overrides workers.queue).
     #[arg(long)]
     queue: Option<usize>,
+    /// Threads one model run may use (overrides engine.threads; 0 = the cores the workers leave free).
+    #[arg(long)]
+    engine_threads: Option<usize>,
     /// Log format, plain or json (overrides log.format).
     #[arg(long)]
     log_format: Option<String>,
@@ -250,6 +254,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(v) = args.queue {
         config.workers.queue = v;
+    }
+    if let Some(v) = args.engine_threads {
+        config.engine.threads = v;
     }
     if let Some(v) = args.broker {
         config.fleet.broker = Some(v);

@@ -27,6 +27,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub api: ApiConfig,
     pub workers: WorkersConfig,
+    pub engine: EngineConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub slots: SlotsConfig,
@@ -320,6 +321,19 @@ pub struct WorkersConfig {
     pub queue: usize,
 }
 
+/// How one model run uses the CPU.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Threads one model run may split its matrix products over (tract's multithreaded executor, shared by all
+    /// workers). 0: the cores the workers leave free, at least 1 (so with one worker per core, 1). More than 1 pays
+    /// on large models (MobileNet-sized) served by few workers; see BENCHMARKS.md.
+    pub threads: usize,
+    /// How real-int8 (QOperator) models run: `auto` (integer kernels where the CPU has an int8 dot-product
+    /// instruction, else their QDQ form on float kernels), `native` or `float`.
+    pub int8: crate::inference::Int8Mode,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
@@ -431,6 +445,18 @@ impl Config {
                 .unwrap_or(1)
         } else {
             self.workers.count
+        }
+    }
+
+    /// Threads of the shared intra-op executor: the configured count, or the cores the workers leave free.
+    pub fn engine_threads(&self) -> usize {
+        if self.engine.threads == 0 {
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            cores.saturating_sub(self.worker_count()).max(1)
+        } else {
+            self.engine.threads
         }
     }
 
@@ -610,8 +636,8 @@ mod tests {
         let c = Config::from_toml(text).unwrap();
         let d = Config::default();
         assert_eq!(
-            (c.api, c.workers, c.cache, c.log),
-            (d.api, d.workers, d.cache, d.log)
+            (c.api, c.workers, c.engine, c.cache, c.log),
+            (d.api, d.workers, d.engine, d.cache, d.log)
         );
         assert_eq!((c.slots, c.probation), (d.slots, d.probation));
         let mut f = c.fleet.clone();
@@ -619,6 +645,20 @@ mod tests {
         assert_eq!(f, d.fleet);
         assert_eq!(c.forward, d.forward);
         assert_eq!(c.shadow, d.shadow);
+    }
+
+    #[test]
+    fn engine_threads_default_to_the_cores_the_workers_leave() {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let c = Config::from_toml("[workers]\ncount = 1\n").unwrap();
+        assert_eq!(c.engine_threads(), cores.saturating_sub(1).max(1));
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.engine_threads(), 1, "one worker per core leaves none");
+        let c = Config::from_toml("[engine]\nthreads = 3\n").unwrap();
+        assert_eq!(c.engine_threads(), 3);
+        assert!(Config::from_toml("[engine]\nthread = 3\n").is_err());
     }
 
     #[test]

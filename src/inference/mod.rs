@@ -4,6 +4,7 @@
 //! keeps one immutable plan that any number of threads share; each thread runs it through its own [`Session`]
 //! (tract's per-run state), so workers never contend on a lock.
 
+mod dequantize;
 pub mod postprocess;
 pub mod preprocess;
 pub mod spec;
@@ -67,10 +68,25 @@ pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
     folded
 }
 
+/// An optimised plan with what its dry run measured. Shared between [`Engine`]s of the same model bytes, input
+/// shape and output; each engine still checks its own spec against it (see [`fits`]).
+struct SharedPlan {
+    plan: Arc<Plan>,
+    /// The facts the plan was built for, kept so that a spec is compared with the plan itself, not with the key
+    /// that found it.
+    key: PlanKey,
+    /// Number of output values per sample, measured by the dry run that built the plan.
+    output_len: usize,
+    /// Parse + type + optimise + plan time of the build.
+    build_time: Duration,
+    /// How many quantized operators were rewritten to their QDQ form.
+    dequantized_ops: usize,
+}
+
 /// A loaded, optimised model. Cheap to clone (the plan is shared).
 #[derive(Clone)]
 pub struct Engine {
-    plan: Arc<Plan>,
+    plan: Arc<SharedPlan>,
     spec: Arc<ModelSpec>,
     digest: String,
     load_time: Duration,
@@ -85,12 +101,151 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Plans loaded in this process, by model digest and input shape; weak, so an unused model is freed.
-type PlanKey = (String, Vec<usize>);
-fn loaded_plans() -> &'static std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<Plan>>> {
-    static PLANS: std::sync::OnceLock<std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<Plan>>>> =
-        std::sync::OnceLock::new();
+/// Everything that shapes a plan: the model bytes (by digest), the input shape it is bound to and the one output it
+/// is cut to. Two loads share a plan only when all three match.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PlanKey {
+    digest: String,
+    /// Where the digest's bytes came from: an ONNX file or tract's NNEF form of one.
+    format: Format,
+    /// The spec's batch-1 input shape.
+    input_shape: Vec<usize>,
+    output_name: String,
+    /// Samples per run (the plan's input is `input_shape` with its first dimension set to this).
+    batch: usize,
+    /// Quantized operators rewritten to their QDQ form (run on float kernels).
+    int8_as_float: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Format {
+    Onnx,
+    Nnef,
+}
+
+impl PlanKey {
+    fn new(
+        digest: &str,
+        format: Format,
+        spec: &ModelSpec,
+        batch: usize,
+        int8: Int8Mode,
+    ) -> PlanKey {
+        PlanKey {
+            digest: digest.to_string(),
+            format,
+            input_shape: spec.input.shape.clone(),
+            output_name: spec.output.name.clone(),
+            batch,
+            int8_as_float: format == Format::Onnx && int8.as_float(),
+        }
+    }
+
+    /// The shape the plan is bound to.
+    fn plan_shape(&self) -> Vec<usize> {
+        let mut shape = self.input_shape.clone();
+        if let Some(b) = shape.first_mut() {
+            *b = self.batch;
+        }
+        shape
+    }
+}
+
+/// Plans loaded in this process; weak, so an unused model is freed.
+fn loaded_plans() -> &'static std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<SharedPlan>>> {
+    static PLANS: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<SharedPlan>>>,
+    > = std::sync::OnceLock::new();
     PLANS.get_or_init(Default::default)
+}
+
+/// Checks a spec against a plan, whether the plan was just built or found alive in the process: a spec that does
+/// not fit is refused the same way on either path, so a bundle cannot go live by reusing another load's checks.
+fn fits(plan: &SharedPlan, spec: &ModelSpec) -> Result<(), InferenceError> {
+    if plan.key.output_name != spec.output.name {
+        return Err(InferenceError::Model(format!(
+            "the plan reads output '{}' but the spec names '{}'",
+            plan.key.output_name, spec.output.name
+        )));
+    }
+    if plan.key.input_shape != spec.input.shape {
+        return Err(InferenceError::Model(format!(
+            "the plan is bound to input shape {:?} but the spec gives {:?}",
+            plan.key.input_shape, spec.input.shape
+        )));
+    }
+    let plan_len: usize = plan.key.input_shape.iter().product();
+    if plan_len != spec.input_len() {
+        return Err(InferenceError::Model(format!(
+            "the plan takes {plan_len} input values but the spec describes {}",
+            spec.input_len()
+        )));
+    }
+    if plan.output_len != spec.labels.len() {
+        return Err(InferenceError::Model(format!(
+            "the model outputs {} values but the spec lists {} labels",
+            plan.output_len,
+            spec.labels.len()
+        )));
+    }
+    Ok(())
+}
+
+/// How a real-int8 (QOperator) model runs; see [`dequantize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Int8Mode {
+    /// Integer kernels where the CPU has an int8 dot-product instruction, float (QDQ form) elsewhere.
+    #[default]
+    Auto,
+    /// Always tract's integer kernels.
+    Native,
+    /// Always the QDQ form on float kernels.
+    Float,
+}
+
+static INT8_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets how engines loaded from now on run real-int8 models (process-wide, like the executor).
+pub fn set_int8_mode(mode: Int8Mode) {
+    let v = match mode {
+        Int8Mode::Auto => 0,
+        Int8Mode::Native => 1,
+        Int8Mode::Float => 2,
+    };
+    INT8_MODE.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Int8Mode {
+    /// The mode set by [`set_int8_mode`].
+    pub fn current() -> Int8Mode {
+        match INT8_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Int8Mode::Native,
+            2 => Int8Mode::Float,
+            _ => Int8Mode::Auto,
+        }
+    }
+
+    /// Whether a quantized model loaded in this mode is rewritten to its QDQ form.
+    pub fn as_float(self) -> bool {
+        match self {
+            Int8Mode::Native => false,
+            Int8Mode::Float => true,
+            Int8Mode::Auto => !dequantize::cpu_has_fast_int8(),
+        }
+    }
+}
+
+/// Sets how many threads one model run may split its matrix products over, for every engine in the process (tract's
+/// executor is process-wide; the agent sets it once at start). 1 runs each product on the calling thread.
+pub fn set_threads(n: usize) {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    let n = n.clamp(1, 256);
+    if n == 1 {
+        set_default_executor(Executor::SingleThread);
+    } else {
+        set_default_executor(Executor::multithread_with_name(n, "outpost-mm"));
+    }
 }
 
 /// Hex SHA-256 of a model file: the identity under which results are cached and reported.
@@ -98,8 +253,166 @@ pub fn digest_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Parses the ONNX file, keeps the key's output, binds every symbol (a dynamic batch `N`) and the input fact: the
+/// typed graph that both the plan and the NNEF form start from.
+fn typed_onnx(model_bytes: &[u8], key: &PlanKey) -> Result<(TypedModel, usize), InferenceError> {
+    let onnx = tract_onnx::onnx();
+    let mut proto = onnx
+        .proto_model_for_read(&mut std::io::Cursor::new(model_bytes))
+        .map_err(|e| model_err("not a readable ONNX model", e))?;
+    let mut dequantized_ops = 0;
+    if key.int8_as_float {
+        if let Some(graph) = proto.graph.as_ref() {
+            // On a copy: a graph the pass cannot rewrite whole is served as it is.
+            let mut rewritten = graph.clone();
+            match dequantize::rewrite(&mut rewritten) {
+                Ok(n) if n > 0 => {
+                    proto.graph = Some(rewritten);
+                    dequantized_ops = n;
+                }
+                Ok(_) => {}
+                Err(why) => tracing::info!(%why, "quantized operators kept as they are"),
+            }
+        }
+    }
+    let mut inference = onnx
+        .model_for_proto_model(&proto)
+        .map_err(|e| model_err("not a readable ONNX model", e))?;
+    if inference
+        .input_outlets()
+        .map_err(|e| model_err("inputs", e))?
+        .len()
+        != 1
+    {
+        return Err(InferenceError::Model(
+            "the model must have exactly one input".into(),
+        ));
+    }
+    // Keep only the declared output, so an extra debugging output in the file cannot change what we read.
+    inference
+        .select_outputs_by_name([key.output_name.as_str()])
+        .map_err(|e| {
+            model_err(
+                &format!("the model has no output named '{}'", key.output_name),
+                e,
+            )
+        })?;
+    let typed = inference
+        .into_typed()
+        .map_err(|e| model_err("typing the graph", e))?;
+    Ok((bind_input(typed, key)?, dequantized_ops))
+}
+
+/// Binds every symbol to the batch (tract cannot unify a symbol with a concrete input fact, so files exported with
+/// a dynamic batch `N` get it bound on the whole graph first), then sets the input fact.
+fn bind_input(typed: TypedModel, key: &PlanKey) -> Result<TypedModel, InferenceError> {
+    let subs: HashMap<Symbol, TDim> = typed
+        .symbols
+        .all_symbols()
+        .into_iter()
+        .map(|s| (s, TDim::Val(key.batch as i64)))
+        .collect();
+    let typed = if subs.is_empty() {
+        typed
+    } else {
+        typed
+            .set_symbols(&subs)
+            .map_err(|e| model_err("binding the batch dimension", e))?
+    };
+    let shape: TVec<usize> = key.plan_shape().into_iter().collect();
+    typed
+        .with_input_fact(0, f32::fact(&shape))
+        .map_err(|e| model_err(&format!("input shape {shape:?}"), e))
+}
+
+fn model_err(stage: &str, e: TractError) -> InferenceError {
+    InferenceError::Model(format!("{stage}: {}", one_line(&e)))
+}
+
+/// tract's NNEF form with the ONNX-specific operators, for reading and writing pre-typed models.
+fn nnef() -> tract_nnef::framework::Nnef {
+    use tract_onnx::WithOnnx;
+    tract_nnef::nnef().with_onnx()
+}
+
+/// Builds the plan for `key` from model bytes in its format, then dry-runs it once on zeros: a model that types but
+/// cannot run (unsupported kernel, wrong shape) fails here, at load, not on the first request.
+fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceError> {
+    let start = Instant::now();
+    let (typed, dequantized_ops) = match key.format {
+        Format::Onnx => typed_onnx(model_bytes, &key)?,
+        Format::Nnef => {
+            let model = nnef()
+                .model_for_read(&mut std::io::Cursor::new(model_bytes))
+                .map_err(|e| model_err("not a readable NNEF model", e))?;
+            if model.input_outlets().map(|o| o.len()).unwrap_or(0) != 1
+                || model.output_outlets().map(|o| o.len()).unwrap_or(0) != 1
+            {
+                return Err(InferenceError::Model(
+                    "the NNEF model must have exactly one input and one output".into(),
+                ));
+            }
+            (bind_input(model, &key)?, 0)
+        }
+    };
+    let optimized = typed
+        .into_optimized()
+        .map_err(|e| model_err("optimising", e))?;
+    let plan = optimized
+        .into_runnable()
+        .map_err(|e| model_err("planning", e))?;
+    let build_time = start.elapsed();
+    let mut state = TypedSimpleState::new(&plan).map_err(|e| model_err("planning", e))?;
+    let shape = key.plan_shape();
+    let n: usize = shape.iter().product();
+    let zeros =
+        Tensor::from_shape(&shape, &vec![0f32; n]).map_err(|e| model_err("dry run input", e))?;
+    let out = state.run(tvec!(zeros.into())).map_err(|e| {
+        InferenceError::Model(format!(
+            "the model does not run on input shape {shape:?}: {}",
+            one_line(&e)
+        ))
+    })?;
+    let total = out
+        .first()
+        .map(|t| t.len())
+        .ok_or_else(|| InferenceError::Model("the model produced no output".into()))?;
+    if !total.is_multiple_of(key.batch) {
+        return Err(InferenceError::Model(format!(
+            "the model outputs {total} values for a batch of {}",
+            key.batch
+        )));
+    }
+    drop(state);
+    Ok(SharedPlan {
+        plan,
+        output_len: total / key.batch,
+        key,
+        build_time,
+        dequantized_ops,
+    })
+}
+
+/// tract's NNEF form of an ONNX model, typed and bound to the spec's input: loading it skips ONNX parsing, typing
+/// and decluttering (the cold-start lever measured in BENCHMARKS.md).
+pub fn nnef_form(
+    model_bytes: &[u8],
+    spec: &ModelSpec,
+    int8: Int8Mode,
+) -> Result<Vec<u8>, InferenceError> {
+    spec.validate().map_err(InferenceError::Spec)?;
+    let key = PlanKey::new(&digest_hex(model_bytes), Format::Onnx, spec, 1, int8);
+    let typed = typed_onnx(model_bytes, &key)?
+        .0
+        .into_decluttered()
+        .map_err(|e| model_err("decluttering", e))?;
+    nnef()
+        .write_to_tar(&typed, Vec::new())
+        .map_err(|e| model_err("writing NNEF", e))
+}
+
 impl Engine {
-    /// Loads `model` with the spec beside it (or `spec` when given).
+    /// Loads `model` with the spec beside it (or `spec` when given). Errors name the model file.
     pub fn load_files(model: &Path, spec: Option<&Path>) -> Result<Engine, InferenceError> {
         let spec_path = spec
             .map(Path::to_path_buf)
@@ -115,116 +428,86 @@ impl Engine {
             path: model.to_path_buf(),
             source,
         })?;
-        Engine::load(&bytes, spec)
+        Engine::load(&bytes, spec).map_err(|e| match e {
+            InferenceError::Model(m) => InferenceError::Model(format!(
+                "{} (spec {}): {m}",
+                model.display(),
+                spec_path.display()
+            )),
+            other => other,
+        })
     }
 
     /// Parses, types, binds the batch symbol, optimises and plans the model. A model already loaded in this
-    /// process (same bytes, same input shape) shares its plan: a rollback to the model kept as fallback, or many
-    /// simulated agents, cost one plan, not one each.
+    /// process (same bytes, input shape and output) shares its plan: a rollback to the model kept as fallback, or
+    /// many simulated agents, cost one plan, not one each. Shared or not, the spec is checked against the plan
+    /// before the engine is returned.
     pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
+        Engine::load_as(model_bytes, Format::Onnx, spec, 1, Int8Mode::current())
+    }
+
+    /// [`Engine::load`] with a given [`Int8Mode`] instead of the process's.
+    pub fn load_int8(
+        model_bytes: &[u8],
+        spec: ModelSpec,
+        int8: Int8Mode,
+    ) -> Result<Engine, InferenceError> {
+        Engine::load_as(model_bytes, Format::Onnx, spec, 1, int8)
+    }
+
+    /// The same for a plan that runs `batch` samples at once ([`Session::run`] then takes and returns `batch`
+    /// samples back to back).
+    pub fn load_batched(
+        model_bytes: &[u8],
+        spec: ModelSpec,
+        batch: usize,
+    ) -> Result<Engine, InferenceError> {
+        Engine::load_as(model_bytes, Format::Onnx, spec, batch, Int8Mode::current())
+    }
+
+    /// Loads tract's NNEF form of a model (see [`nnef_form`]), checked against the spec like an ONNX load.
+    pub fn load_nnef(nnef_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
+        Engine::load_as(nnef_bytes, Format::Nnef, spec, 1, Int8Mode::Native)
+    }
+
+    fn load_as(
+        model_bytes: &[u8],
+        format: Format,
+        spec: ModelSpec,
+        batch: usize,
+        int8: Int8Mode,
+    ) -> Result<Engine, InferenceError> {
         spec.validate().map_err(InferenceError::Spec)?;
+        if !(1..=1024).contains(&batch) {
+            return Err(InferenceError::Spec(format!(
+                "batch must be 1 to 1024, got {batch}"
+            )));
+        }
         let digest = digest_hex(model_bytes);
-        let key = (digest.clone(), spec.input.shape.clone());
+        let key = PlanKey::new(&digest, format, &spec, batch, int8);
         let shared = loaded_plans()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .and_then(std::sync::Weak::upgrade);
-        if let Some(plan) = shared {
-            return Ok(Engine {
-                plan,
-                spec: Arc::new(spec),
-                digest,
-                load_time: Duration::ZERO,
-            });
-        }
-        let engine = Engine::load_new(model_bytes, spec)?;
-        let mut plans = loaded_plans().lock().unwrap_or_else(|p| p.into_inner());
-        plans.retain(|_, w| w.strong_count() > 0);
-        plans.insert(key, Arc::downgrade(&engine.plan));
-        Ok(engine)
-    }
-
-    fn load_new(model_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
-        let start = Instant::now();
-        let model_err = |stage: &str, e: TractError| {
-            InferenceError::Model(format!("{stage}: {}", one_line(&e)))
+        let (plan, load_time) = match shared {
+            Some(plan) => (plan, Duration::ZERO),
+            None => {
+                let plan = Arc::new(build_plan(model_bytes, key.clone())?);
+                let mut plans = loaded_plans().lock().unwrap_or_else(|p| p.into_inner());
+                plans.retain(|_, w| w.strong_count() > 0);
+                plans.insert(key, Arc::downgrade(&plan));
+                let t = plan.build_time;
+                (plan, t)
+            }
         };
-        let mut inference = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(model_bytes))
-            .map_err(|e| model_err("not a readable ONNX model", e))?;
-        if inference
-            .input_outlets()
-            .map_err(|e| model_err("inputs", e))?
-            .len()
-            != 1
-        {
-            return Err(InferenceError::Model(
-                "the model must have exactly one input".into(),
-            ));
-        }
-        // Keep only the declared output, so an extra debugging output in the file cannot change what we read.
-        inference
-            .select_outputs_by_name([spec.output.name.as_str()])
-            .map_err(|e| {
-                model_err(
-                    &format!("the model has no output named '{}'", spec.output.name),
-                    e,
-                )
-            })?;
-        let typed = inference
-            .into_typed()
-            .map_err(|e| model_err("typing the graph", e))?;
-        // Files exported with a dynamic batch name it with a symbol (often `N`). tract cannot unify a symbol with
-        // the concrete input fact, so every symbol is bound to 1 on the whole graph first.
-        let subs: HashMap<Symbol, TDim> = typed
-            .symbols
-            .all_symbols()
-            .into_iter()
-            .map(|s| (s, TDim::Val(1)))
-            .collect();
-        let typed = if subs.is_empty() {
-            typed
-        } else {
-            typed
-                .set_symbols(&subs)
-                .map_err(|e| model_err("binding the batch dimension to 1", e))?
-        };
-        let shape: TVec<usize> = spec.input.shape.iter().copied().collect();
-        let typed = typed
-            .with_input_fact(0, f32::fact(&shape))
-            .map_err(|e| model_err(&format!("input shape {:?}", spec.input.shape), e))?;
-        let optimized = typed
-            .into_optimized()
-            .map_err(|e| model_err("optimising", e))?;
-        let plan = optimized
-            .into_runnable()
-            .map_err(|e| model_err("planning", e))?;
-        let engine = Engine {
+        fits(&plan, &spec)?;
+        Ok(Engine {
             plan,
             spec: Arc::new(spec),
-            digest: digest_hex(model_bytes),
-            load_time: start.elapsed(),
-        };
-        // One dry run: a model that types but cannot run (wrong output size, unsupported kernel) fails here, at
-        // load, not on the first request.
-        let out = engine
-            .session()?
-            .run(&vec![0.0; engine.spec.input_len()])
-            .map_err(|e| {
-                InferenceError::Model(format!(
-                    "the model does not run on input shape {:?}: {e}",
-                    engine.spec.input.shape
-                ))
-            })?;
-        if out.len() != engine.spec.labels.len() {
-            return Err(InferenceError::Model(format!(
-                "the model outputs {} values but the spec lists {} labels",
-                out.len(),
-                engine.spec.labels.len()
-            )));
-        }
-        Ok(engine)
+            digest,
+            load_time,
+        })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -236,15 +519,26 @@ impl Engine {
         &self.digest
     }
 
-    /// Parse + type + optimise + plan time.
+    /// Parse + type + optimise + plan time; zero when the plan was shared with an engine already loaded.
     pub fn load_time(&self) -> Duration {
         self.load_time
     }
 
+    /// How many quantized operators run on float kernels (their QDQ form; see [`Int8Mode`]); 0 for a float model
+    /// or integer kernels.
+    pub fn dequantized_ops(&self) -> usize {
+        self.plan.dequantized_ops
+    }
+
+    /// Samples per run.
+    pub fn batch(&self) -> usize {
+        self.plan.key.batch
+    }
+
     /// A per-thread runner over the shared plan.
     pub fn session(&self) -> Result<Session, InferenceError> {
-        let state =
-            TypedSimpleState::new(&self.plan).map_err(|e| InferenceError::Run(one_line(&e)))?;
+        let state = TypedSimpleState::new(&self.plan.plan)
+            .map_err(|e| InferenceError::Run(one_line(&e)))?;
         Ok(Session {
             engine: self.clone(),
             state,
@@ -283,16 +577,18 @@ impl Session {
 
     /// Runs the model on one flat input tensor and returns its flat output.
     pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
-        let spec = &self.engine.spec;
-        if input.len() != spec.input_len() {
+        let key = &self.engine.plan.key;
+        let shape = key.plan_shape();
+        let expected: usize = shape.iter().product();
+        if input.len() != expected {
             return Err(InferenceError::InputShape {
-                expected: spec.input_len(),
+                expected,
                 got: input.len(),
-                shape: spec.input.shape.clone(),
+                shape,
             });
         }
-        let tensor = Tensor::from_shape(&spec.input.shape, input)
-            .map_err(|e| InferenceError::Run(one_line(&e)))?;
+        let tensor =
+            Tensor::from_shape(&shape, input).map_err(|e| InferenceError::Run(one_line(&e)))?;
         let out = self
             .state
             .run(tvec!(tensor.into()))
@@ -304,6 +600,12 @@ impl Session {
     }
 
     pub fn classify(&mut self, input: &[f32]) -> Result<Prediction, InferenceError> {
+        if self.engine.batch() != 1 {
+            return Err(InferenceError::Run(format!(
+                "classify takes one sample; this engine runs batches of {}",
+                self.engine.batch()
+            )));
+        }
         let out = self.run(input)?;
         if out.is_empty() || out.iter().any(|x| !x.is_finite()) {
             return Err(InferenceError::Run(
