@@ -15,7 +15,9 @@
 //!   integer kernels;
 //! - `nnef`: the same from tract's NNEF form of the model (made once beforehand, not timed), checked to give the
 //!   ONNX plan's output;
-//! - `threads=N` for each N of `--threads` above 1: latency with tract's multithreaded executor of N threads;
+//! - `threads=N` for each N of `--threads` above 1: latency with `engine.threads = N` (the engine runs a plan on
+//!   tract's multithreaded executor only when its single-thread run is long enough to gain), and `threads=N forced`
+//!   (every plan on the executor);
 //! - `batch=B`: a plan for B samples, latency per run divided by B (per-sample cost).
 //!
 //! Latency: warmup on golden input #0, then about `--seconds` of timed runs (at least 10) unless `--iters` fixes
@@ -281,22 +283,26 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
         &lat,
     ));
 
-    for &t in args.threads.iter().filter(|&&t| t > 1) {
-        inference::set_threads(t);
-        let lat = latency(args, &mut session, &input)?;
-        lines.push(line(
-            version,
-            stem,
-            &format!("threads={t}"),
-            t,
-            1,
-            None,
-            &lat,
-        ));
-    }
-    inference::set_threads(1);
     drop(session);
     drop(engine);
+    // Each thread count: the engine's own choice (only plans slow enough to gain use the threads) and forced (every
+    // plan uses them). Fresh loads, as the setting is read at load.
+    for &t in args.threads.iter().filter(|&&t| t > 1) {
+        for (lever, min_run) in [
+            (format!("threads={t}"), None),
+            (format!("threads={t} forced"), Some(Duration::ZERO)),
+        ] {
+            match min_run {
+                Some(m) => inference::set_threads_with(t, m),
+                None => inference::set_threads(t),
+            }
+            let engine = Engine::load(&bytes, spec.clone()).map_err(|e| e.to_string())?;
+            let mut session = engine.session().map_err(|e| e.to_string())?;
+            let lat = latency(args, &mut session, &input)?;
+            lines.push(line(version, stem, &lever, t, 1, None, &lat));
+        }
+    }
+    inference::set_threads(1);
 
     if dequantized > 0 {
         // The same file on tract's integer kernels, the path the QDQ rewrite avoids on this CPU.

@@ -30,7 +30,7 @@ def lever_rank(lever):
     if lever in LEVER_ORDER:
         return LEVER_ORDER[lever]
     if lever.startswith("threads="):
-        return 1 + int(lever.split("=")[1]) / 1000
+        return 1 + int(lever.split("=")[1].split()[0]) / 1000 + (0.0001 if "forced" in lever else 0)
     return 3
 
 

@@ -257,6 +257,10 @@ struct SimulateArgs {
     /// Probation latency check: ratio (generous by default: many agents share two cores).
     #[arg(long, default_value_t = 20.0)]
     probation_latency_ratio: f64,
+    /// Probation latency check: slack added to the bound (ms). Scheduler stalls of 50 ms are common with many agents
+    /// on two cores, and with a fast live model (the int8 edge model runs in ~0.1 ms) the ratio alone gives no room.
+    #[arg(long, default_value_t = 100.0)]
+    probation_latency_slack_ms: f64,
     #[arg(long, default_value_t = 1)]
     heartbeat_s: u64,
     /// Inference threads shared by all agents (0: one per core).
@@ -1071,7 +1075,7 @@ async fn simulate(a: SimulateArgs) -> Result<()> {
             requests: a.probation_requests,
             min_samples: a.probation_min_samples,
             max_latency_ratio: a.probation_latency_ratio,
-            latency_slack_ms: 20.0,
+            latency_slack_ms: a.probation_latency_slack_ms,
             ..Default::default()
         },
         heartbeat_s: a.heartbeat_s,

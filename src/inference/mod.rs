@@ -81,6 +81,8 @@ struct SharedPlan {
     build_time: Duration,
     /// How many quantized operators were rewritten to their QDQ form.
     dequantized_ops: usize,
+    /// The executor its runs split their products over, if it was set and the plan is slow enough to gain.
+    parallel: Option<tract_linalg::multithread::Executor>,
 }
 
 /// A loaded, optimised model. Cheap to clone (the plan is shared).
@@ -115,6 +117,8 @@ struct PlanKey {
     batch: usize,
     /// Quantized operators rewritten to their QDQ form (run on float kernels).
     int8_as_float: bool,
+    /// Executor threads and threshold in force at load (they decide whether the plan runs on the executor).
+    threads: (usize, Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,6 +142,7 @@ impl PlanKey {
             output_name: spec.output.name.clone(),
             batch,
             int8_as_float: format == Format::Onnx && int8.as_float(),
+            threads: parallel_setting().map_or((1, Duration::ZERO), |(_, n, min)| (n, min)),
         }
     }
 
@@ -236,16 +241,32 @@ impl Int8Mode {
     }
 }
 
-/// Sets how many threads one model run may split its matrix products over, for every engine in the process (tract's
-/// executor is process-wide; the agent sets it once at start). 1 runs each product on the calling thread.
+/// The shared intra-op executor when `engine.threads` > 1, its size, and the shortest run that uses it.
+type Parallel = Option<(tract_linalg::multithread::Executor, usize, Duration)>;
+static PARALLEL: std::sync::Mutex<Parallel> = std::sync::Mutex::new(None);
+
+/// A plan whose single-thread run takes at least this long runs on the shared executor; shorter ones stay on the
+/// calling thread. Measured (BENCHMARKS.md, issue 13): splitting made the 65 µs edge model and the 270 µs cloud
+/// model 1.5-2x slower on 2 threads, and MobileNetV2 (23 ms) 1.4x faster.
+const PARALLEL_MIN_RUN: Duration = Duration::from_millis(2);
+
+/// Sets how many threads one model run may split its matrix products over, for the engines loaded from now on
+/// (the agent sets it once at start). 1 runs every product on the calling thread. Only models whose run is long
+/// enough to gain from it use the threads (see [`PARALLEL_MIN_RUN`]).
 pub fn set_threads(n: usize) {
-    use tract_linalg::multithread::{set_default_executor, Executor};
+    set_threads_with(n, PARALLEL_MIN_RUN)
+}
+
+/// [`set_threads`] with another threshold (zero: every plan uses the threads; the benchmark's forced rows).
+pub fn set_threads_with(n: usize, min_run: Duration) {
+    use tract_linalg::multithread::Executor;
     let n = n.clamp(1, 256);
-    if n == 1 {
-        set_default_executor(Executor::SingleThread);
-    } else {
-        set_default_executor(Executor::multithread_with_name(n, "outpost-mm"));
-    }
+    let executor = (n > 1).then(|| (Executor::multithread_with_name(n, "outpost-mm"), n, min_run));
+    *PARALLEL.lock().unwrap_or_else(|p| p.into_inner()) = executor;
+}
+
+fn parallel_setting() -> Parallel {
+    PARALLEL.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Hex SHA-256 of a model file: the identity under which results are cached and reported.
@@ -377,6 +398,19 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
         .first()
         .map(|t| t.len())
         .ok_or_else(|| InferenceError::Model("the model produced no output".into()))?;
+    // A second (warm) single-thread run decides whether this plan gains from the shared executor.
+    let parallel = match parallel_setting() {
+        Some((executor, _, min_run)) => {
+            let zeros = Tensor::from_shape(&shape, &vec![0f32; n])
+                .map_err(|e| model_err("dry run input", e))?;
+            let t = Instant::now();
+            state
+                .run(tvec!(zeros.into()))
+                .map_err(|e| model_err("second dry run", e))?;
+            (t.elapsed() >= min_run).then_some(executor)
+        }
+        None => None,
+    };
     if !total.is_multiple_of(key.batch) {
         return Err(InferenceError::Model(format!(
             "the model outputs {total} values for a batch of {}",
@@ -390,6 +424,7 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
         key,
         build_time,
         dequantized_ops,
+        parallel,
     })
 }
 
@@ -530,6 +565,11 @@ impl Engine {
         self.plan.dequantized_ops
     }
 
+    /// Whether runs split their products over the shared executor (see [`set_threads`]).
+    pub fn parallel(&self) -> bool {
+        self.plan.parallel.is_some()
+    }
+
     /// Samples per run.
     pub fn batch(&self) -> usize {
         self.plan.key.batch
@@ -589,10 +629,16 @@ impl Session {
         }
         let tensor =
             Tensor::from_shape(&shape, input).map_err(|e| InferenceError::Run(one_line(&e)))?;
-        let out = self
-            .state
-            .run(tvec!(tensor.into()))
-            .map_err(|e| InferenceError::Run(one_line(&e)))?;
+        let state = &mut self.state;
+        let out = match &self.engine.plan.parallel {
+            Some(executor) => {
+                tract_linalg::multithread::multithread_tract_scope(executor.clone(), || {
+                    state.run(tvec!(tensor.into()))
+                })
+            }
+            None => state.run(tvec!(tensor.into())),
+        }
+        .map_err(|e| InferenceError::Run(one_line(&e)))?;
         let view = out[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| InferenceError::Run(one_line(&e)))?;

@@ -19,22 +19,28 @@ pub enum TelemetryError {
     Metrics(String),
 }
 
-/// Logs to stderr, plain or JSON. `RUST_LOG` wins over `level`.
+/// Logs to stderr, plain or JSON. `RUST_LOG` wins over `level`. Filters are `level` or `target=level` lists
+/// (`outpost=debug,info`): tracing-subscriber's `Targets`, which needs no regex engine in the device binary.
 pub fn init_tracing(format: LogFormat, level: &str) -> Result<(), TelemetryError> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => {
-            EnvFilter::try_new(&v).map_err(|e| TelemetryError::Filter(v, e.to_string()))?
-        }
-        _ => EnvFilter::try_new(level)
-            .map_err(|e| TelemetryError::Filter(level.into(), e.to_string()))?,
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let text = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => level.to_string(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter: Targets =
+        text.trim()
+            .parse()
+            .map_err(|e: tracing_subscriber::filter::ParseError| {
+                TelemetryError::Filter(text.clone(), e.to_string())
+            })?;
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     let _ = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain => registry.with(layer.with_filter(filter)).try_init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(filter)).try_init(),
     };
     Ok(())
 }
