@@ -40,16 +40,18 @@ echo "=== native: cargo build --bin outpost (dev profile, $base)"
 CARGO_TARGET_DIR="$base" nice -n 15 cargo build --locked --bin outpost >&2
 native_bin="$base/debug/outpost"
 
-t0=$(date +%s)
-"$native_bin" infer --json --model "$model" "${images[@]}" >"$out/native.jsonl"
-t1=$(date +%s)
-echo "native: $(wc -l <"$out/native.jsonl") predictions in $((t1 - t0))s"
-
 echo "=== $arch under $qemu: $cross_bin"
 "$qemu" "$cross_bin" --version
-"$qemu" "$cross_bin" infer --json --model "$model" "${images[@]}" >"$out/cross.jsonl"
+# Both ways an int8 model can run (engine.int8): tract's integer kernels, and the QDQ form on float kernels (what
+# `auto` picks on a CPU without int8 dot products). Each is compared with the same mode on the native build.
+for mode in native float; do
+t0=$(date +%s)
+"$native_bin" infer --json --int8 "$mode" --model "$model" "${images[@]}" >"$out/native.jsonl"
+t1=$(date +%s)
+echo "=== int8 $mode: native: $(wc -l <"$out/native.jsonl") predictions in $((t1 - t0))s"
+"$qemu" "$cross_bin" infer --json --int8 "$mode" --model "$model" "${images[@]}" >"$out/cross.jsonl"
 t2=$(date +%s)
-echo "$arch:  $(wc -l <"$out/cross.jsonl") predictions in $((t2 - t1))s"
+echo "=== int8 $mode: $arch:  $(wc -l <"$out/cross.jsonl") predictions in $((t2 - t1))s"
 
 python3 - "$out/native.jsonl" "$out/cross.jsonl" "${#images[@]}" "$arch" <<'PY'
 import json, sys
@@ -75,6 +77,7 @@ ok = not diff and not missing and len(native) == expected
 print("labels identical: " + ("yes" if ok else "NO"))
 sys.exit(0 if ok else 1)
 PY
+done
 
 if [ "$target" = aarch64-unknown-linux-gnu ] && [ "${OUTPOST_SKIP_NSS_PROBE:-0}" != 1 ]; then
   echo "=== static glibc name resolution (cross/nss-probe.rs, same link settings) under $qemu"
