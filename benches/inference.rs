@@ -13,7 +13,7 @@
 //!   shared between them) and the first answer after it (`first_ms`), then latency on 1 thread;
 //! - `int8-kernels` (real-int8 files that the engine runs in their QDQ form on this CPU): the same file on tract's
 //!   integer kernels;
-//! - `nnef`: the same from tract's NNEF form of the model (made once beforehand, not timed), checked to give the
+//! - `nnef` (with `--features nnef`): the same from tract's NNEF form of the model (made once beforehand, not timed), checked to give the
 //!   ONNX plan's output;
 //! - `threads=N` for each N of `--threads` above 1: latency with `engine.threads = N` (the engine runs a plan on
 //!   tract's multithreaded executor only when its single-thread run is long enough to gain), and `threads=N forced`
@@ -323,6 +323,7 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
         ));
     }
 
+    #[cfg(feature = "nnef")]
     let nnef = if args.no_nnef {
         None
     } else {
@@ -334,6 +335,14 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
             }
         }
     };
+    #[cfg(not(feature = "nnef"))]
+    let nnef: Option<Vec<u8>> = {
+        if !args.no_nnef {
+            eprintln!("{stem}: no NNEF lever (build with --features nnef)");
+        }
+        None
+    };
+    #[cfg(feature = "nnef")]
     if let Some(nnef) = nnef {
         let (load_ms, first_ms, engine) = cold_loads(args.loads, &input, || {
             Engine::load_nnef(&nnef, spec.clone()).map_err(|e| e.to_string())

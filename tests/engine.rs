@@ -227,6 +227,7 @@ fn one_plan_many_threads() {
 
 /// tract's NNEF form (the cold-start lever) and a batched plan (the batching lever) answer as the ONNX plan does,
 /// and go through the same spec checks.
+#[cfg(feature = "nnef")]
 #[test]
 fn nnef_form_and_batched_plans_match_the_onnx_plan() {
     use outpost::inference::Int8Mode;

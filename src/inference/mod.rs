@@ -124,6 +124,7 @@ struct PlanKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Format {
     Onnx,
+    #[cfg(feature = "nnef")]
     Nnef,
 }
 
@@ -351,6 +352,7 @@ fn model_err(stage: &str, e: TractError) -> InferenceError {
 }
 
 /// tract's NNEF form with the ONNX-specific operators, for reading and writing pre-typed models.
+#[cfg(feature = "nnef")]
 fn nnef() -> tract_nnef::framework::Nnef {
     use tract_onnx::WithOnnx;
     tract_nnef::nnef().with_onnx()
@@ -362,6 +364,7 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
     let start = Instant::now();
     let (typed, dequantized_ops) = match key.format {
         Format::Onnx => typed_onnx(model_bytes, &key)?,
+        #[cfg(feature = "nnef")]
         Format::Nnef => {
             let model = nnef()
                 .model_for_read(&mut std::io::Cursor::new(model_bytes))
@@ -428,6 +431,7 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
     })
 }
 
+#[cfg(feature = "nnef")]
 /// tract's NNEF form of an ONNX model, typed and bound to the spec's input: loading it skips ONNX parsing, typing
 /// and decluttering (the cold-start lever measured in BENCHMARKS.md).
 pub fn nnef_form(
@@ -501,6 +505,7 @@ impl Engine {
     }
 
     /// Loads tract's NNEF form of a model (see [`nnef_form`]), checked against the spec like an ONNX load.
+    #[cfg(feature = "nnef")]
     pub fn load_nnef(nnef_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
         Engine::load_as(nnef_bytes, Format::Nnef, spec, 1, Int8Mode::Native)
     }
