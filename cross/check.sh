@@ -53,9 +53,15 @@ echo "=== int8 $mode: native: $(wc -l <"$out/native.jsonl") predictions in $((t1
 t2=$(date +%s)
 echo "=== int8 $mode: $arch:  $(wc -l <"$out/cross.jsonl") predictions in $((t2 - t1))s"
 
-python3 - "$out/native.jsonl" "$out/cross.jsonl" "${#images[@]}" "$arch" <<'PY'
+# Integer kernels are exact, so their labels must match everywhere. The QDQ form runs f32 products whose rounding
+# differs between ISAs (FMA on x86, generic kernels under qemu), and a re-quantization can land one step apart, so a
+# few labels on near-ties may differ: at most 0.2 % of the images.
+max_diff=0
+[ "$mode" = float ] && max_diff=$(( ${#images[@]} / 500 ))
+python3 - "$out/native.jsonl" "$out/cross.jsonl" "${#images[@]}" "$arch" "$max_diff" <<'PY'
 import json, sys
 native_path, cross_path, expected, arch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+max_diff = int(sys.argv[5])
 load = lambda p: {r["image"]: r for r in map(json.loads, open(p))}
 native, cross = load(native_path), load(cross_path)
 same = [k for k in native if k in cross and native[k]["label"] == cross[k]["label"]]
@@ -73,8 +79,8 @@ for k in diff[:10]:
     print(f"  DIFF {k}: native {native[k]['label']} {arch} {cross[k]['label']}")
 for k in missing[:10]:
     print(f"  MISSING {k}")
-ok = not diff and not missing and len(native) == expected
-print("labels identical: " + ("yes" if ok else "NO"))
+ok = len(diff) <= max_diff and not missing and len(native) == expected
+print(f"labels identical (at most {max_diff} different): " + ("yes" if ok else "NO"))
 sys.exit(0 if ok else 1)
 PY
 done
