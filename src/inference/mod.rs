@@ -3,6 +3,11 @@
 //! An [`Engine`] loads an ONNX model once, binds it to the batch-1 shape its [`ModelSpec`] gives, optimises it and
 //! keeps one immutable plan that any number of threads share; each thread runs it through its own [`Session`]
 //! (tract's per-run state), so workers never contend on a lock.
+//!
+//! Plans are shared across engines of the process only under a key of everything that shapes them, and every
+//! engine, shared or not, is checked against its own spec before it is returned: sharing saves the build, never the
+//! checks. Real-int8 files run in their QDQ form where tract's integer kernels are slow ([`Int8Mode`]), and plans
+//! long enough to gain split their products over a shared executor ([`set_threads`]).
 
 mod dequantize;
 pub mod postprocess;
