@@ -257,6 +257,23 @@ fn line(
     )
 }
 
+/// A cold-load row: `--loads` fresh loads timed, then the last engine's single-thread latency. Returns the row and
+/// the engine.
+fn cold_row(
+    args: &Args,
+    version: &str,
+    stem: &str,
+    lever: &str,
+    input: &[f32],
+    load: impl Fn() -> Result<Engine, String>,
+) -> Result<(String, Engine), String> {
+    let (load_ms, first_ms, engine) = cold_loads(args.loads, input, load)?;
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    let lat = latency(args, &mut session, input)?;
+    let row = line(version, stem, lever, 1, 1, Some((load_ms, first_ms)), &lat);
+    Ok((row, engine))
+}
+
 fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, String> {
     let model = args.models_dir.join(format!("{stem}.onnx"));
     let spec_path = ModelSpec::default_path_for(&model);
@@ -266,24 +283,12 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
     let mut lines = Vec::new();
     inference::set_threads(1);
 
-    let (load_ms, first_ms, engine) = cold_loads(args.loads, &input, || {
+    let (row, engine) = cold_row(args, version, stem, "onnx", &input, || {
         Engine::load(&bytes, spec.clone()).map_err(|e| e.to_string())
     })?;
+    lines.push(row);
     let reference = engine.run(&input).map_err(|e| e.to_string())?;
     let dequantized = engine.dequantized_ops();
-    let mut session = engine.session().map_err(|e| e.to_string())?;
-    let lat = latency(args, &mut session, &input)?;
-    lines.push(line(
-        version,
-        stem,
-        "onnx",
-        1,
-        1,
-        Some((load_ms, first_ms)),
-        &lat,
-    ));
-
-    drop(session);
     drop(engine);
     // Each thread count: the engine's own choice (only plans slow enough to gain use the threads) and forced (every
     // plan uses them). Fresh loads, as the setting is read at load.
@@ -306,21 +311,11 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
 
     if dequantized > 0 {
         // The same file on tract's integer kernels, the path the QDQ rewrite avoids on this CPU.
-        let (load_ms, first_ms, engine) = cold_loads(args.loads, &input, || {
+        let (row, _) = cold_row(args, version, stem, "int8-kernels", &input, || {
             Engine::load_int8(&bytes, spec.clone(), inference::Int8Mode::Native)
                 .map_err(|e| e.to_string())
         })?;
-        let mut session = engine.session().map_err(|e| e.to_string())?;
-        let lat = latency(args, &mut session, &input)?;
-        lines.push(line(
-            version,
-            stem,
-            "int8-kernels",
-            1,
-            1,
-            Some((load_ms, first_ms)),
-            &lat,
-        ));
+        lines.push(row);
     }
 
     #[cfg(feature = "nnef")]
@@ -336,15 +331,12 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
         }
     };
     #[cfg(not(feature = "nnef"))]
-    let nnef: Option<Vec<u8>> = {
-        if !args.no_nnef {
-            eprintln!("{stem}: no NNEF lever (build with --features nnef)");
-        }
-        None
-    };
+    if !args.no_nnef {
+        eprintln!("{stem}: no NNEF lever (build with --features nnef)");
+    }
     #[cfg(feature = "nnef")]
     if let Some(nnef) = nnef {
-        let (load_ms, first_ms, engine) = cold_loads(args.loads, &input, || {
+        let (row, engine) = cold_row(args, version, stem, "nnef", &input, || {
             Engine::load_nnef(&nnef, spec.clone()).map_err(|e| e.to_string())
         })?;
         let out = engine.run(&input).map_err(|e| e.to_string())?;
@@ -358,17 +350,7 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
                 "{stem}: the NNEF plan's output differs from the ONNX plan's (max |diff| {worst})"
             ));
         }
-        let mut session = engine.session().map_err(|e| e.to_string())?;
-        let lat = latency(args, &mut session, &input)?;
-        lines.push(line(
-            version,
-            stem,
-            "nnef",
-            1,
-            1,
-            Some((load_ms, first_ms)),
-            &lat,
-        ));
+        lines.push(row);
     }
 
     if args.batch > 1 {

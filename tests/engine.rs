@@ -249,12 +249,7 @@ fn nnef_form_and_batched_plans_match_the_onnx_plan() {
         let (_, inputs) = common::Golden::load(stem);
         for input in &inputs {
             let (a, b) = (onnx.run(input).unwrap(), from_nnef.run(input).unwrap());
-            assert_eq!(a.len(), b.len());
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+            let worst = common::max_abs_diff(&a, &b);
             assert!(worst < 1e-4, "{stem}: NNEF differs by {worst}");
         }
         let mut wrong = onnx.spec().clone();
@@ -271,11 +266,7 @@ fn nnef_form_and_batched_plans_match_the_onnx_plan() {
         for (i, input) in inputs.iter().take(4).enumerate() {
             let one = single.run(input).unwrap();
             let got = &out[i * one.len()..(i + 1) * one.len()];
-            let worst = one
-                .iter()
-                .zip(got)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+            let worst = common::max_abs_diff(&one, got);
             assert!(
                 worst < 1e-4,
                 "{stem}: sample {i} of the batch differs by {worst}"
@@ -310,11 +301,7 @@ fn int8_model_runs_as_float_where_integer_kernels_are_slow() {
     let mut agree = 0;
     for (case, input) in golden.cases.iter().zip(&inputs) {
         let (a, b) = (native.run(input).unwrap(), float.run(input).unwrap());
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let worst = common::max_abs_diff(&a, &b);
         let spread = case.output.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!(
             worst <= 0.05 * spread.max(1.0),

@@ -30,11 +30,7 @@ fn only_slow_plans_split_their_products_and_they_answer_the_same() {
         "the thread setting is part of the plan key: a new plan, not the single-thread one"
     );
     let got = parallel.run(&inputs[0]).unwrap();
-    let worst = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = common::max_abs_diff(&want, &got);
     assert!(worst < 1e-4, "2 threads differ by {worst}");
 
     // The edge model's run (~0.1 ms) stays on the calling thread. A single run can be stretched past the 2 ms

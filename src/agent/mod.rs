@@ -52,7 +52,6 @@ pub enum AgentError {
     Internal(String),
 }
 
-/// Loads the configured model, or the built-in one.
 /// Applies the `[engine]` settings (intra-op threads, int8 mode) process-wide. Called before the first model loads,
 /// by the daemon and by the commands that load models (install times variants with the settings that will serve
 /// them).
@@ -61,6 +60,7 @@ pub fn configure_engine(config: &Config) {
     crate::inference::set_int8_mode(config.engine.int8);
 }
 
+/// Loads the configured model, or the built-in one.
 pub fn load_model(config: &Config) -> Result<Engine, AgentError> {
     match &config.model.path {
         Some(path) => Engine::load_files(path, config.model.spec.as_deref()).map_err(|source| {

@@ -150,8 +150,8 @@ struct InferArgs {
     json: bool,
     /// How a real-int8 model runs: auto (integer kernels where the CPU has int8 dot products, else its QDQ form on
     /// float kernels), native or float (engine.int8 in the config).
-    #[arg(long, value_enum, default_value = "auto")]
-    int8: Int8Arg,
+    #[arg(long, default_value = "auto", value_parser = outpost::inference::Int8Mode::parse)]
+    int8: outpost::inference::Int8Mode,
     /// PNG or JPEG files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -183,20 +183,9 @@ fn main() -> ExitCode {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Int8Arg {
-    Auto,
-    Native,
-    Float,
-}
-
 fn infer(args: InferArgs) -> Result<ExitCode> {
-    use outpost::inference::{DecodeLimits, Engine, Int8Mode};
-    outpost::inference::set_int8_mode(match args.int8 {
-        Int8Arg::Auto => Int8Mode::Auto,
-        Int8Arg::Native => Int8Mode::Native,
-        Int8Arg::Float => Int8Mode::Float,
-    });
+    use outpost::inference::{DecodeLimits, Engine};
+    outpost::inference::set_int8_mode(args.int8);
     let engine = Engine::load_files(&args.model, args.spec.as_deref())
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
     let mut session = engine.session()?;

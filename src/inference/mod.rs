@@ -73,13 +73,15 @@ pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
     folded
 }
 
-/// An optimised plan with what its dry run measured. Shared between [`Engine`]s of the same model bytes, input
-/// shape and output; each engine still checks its own spec against it (see [`fits`]).
+/// An optimised plan with what its dry run measured. Shared between [`Engine`]s whose loads have the same
+/// [`PlanKey`]; each engine still checks its own spec against it (see [`fits`]).
 struct SharedPlan {
     plan: Arc<Plan>,
     /// The facts the plan was built for, kept so that a spec is compared with the plan itself, not with the key
     /// that found it.
     key: PlanKey,
+    /// The input shape the plan is bound to (`key.plan_shape()`, kept so that a run allocates no shape).
+    shape: Vec<usize>,
     /// Number of output values per sample, measured by the dry run that built the plan.
     output_len: usize,
     /// Parse + type + optimise + plan time of the build.
@@ -108,8 +110,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Everything that shapes a plan: the model bytes (by digest), the input shape it is bound to and the one output it
-/// is cut to. Two loads share a plan only when all three match.
+/// Everything that shapes a plan: the model bytes (by digest) and their format, the input shape and batch it is bound
+/// to, the one output it is cut to, the int8 mode and the executor setting. Two loads share a plan only when all
+/// match.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PlanKey {
     digest: String,
@@ -179,17 +182,11 @@ fn fits(plan: &SharedPlan, spec: &ModelSpec) -> Result<(), InferenceError> {
             plan.key.output_name, spec.output.name
         )));
     }
+    // The same shape is the same input length.
     if plan.key.input_shape != spec.input.shape {
         return Err(InferenceError::Model(format!(
             "the plan is bound to input shape {:?} but the spec gives {:?}",
             plan.key.input_shape, spec.input.shape
-        )));
-    }
-    let plan_len: usize = plan.key.input_shape.iter().product();
-    if plan_len != spec.input_len() {
-        return Err(InferenceError::Model(format!(
-            "the plan takes {plan_len} input values but the spec describes {}",
-            spec.input_len()
         )));
     }
     if plan.output_len != spec.labels.len() {
@@ -234,6 +231,18 @@ impl Int8Mode {
             1 => Int8Mode::Native,
             2 => Int8Mode::Float,
             _ => Int8Mode::Auto,
+        }
+    }
+
+    /// Parses the words of `engine.int8` (`auto`, `native`, `float`), for flags.
+    pub fn parse(s: &str) -> Result<Int8Mode, String> {
+        match s {
+            "auto" => Ok(Int8Mode::Auto),
+            "native" => Ok(Int8Mode::Native),
+            "float" => Ok(Int8Mode::Float),
+            other => Err(format!(
+                "'{other}' is not an int8 mode: use auto, native or float"
+            )),
         }
     }
 
@@ -429,6 +438,7 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
     Ok(SharedPlan {
         plan,
         output_len: total / key.batch,
+        shape,
         key,
         build_time,
         dequantized_ops,
@@ -483,7 +493,7 @@ impl Engine {
     }
 
     /// Parses, types, binds the batch symbol, optimises and plans the model. A model already loaded in this
-    /// process (same bytes, input shape and output) shares its plan: a rollback to the model kept as fallback, or
+    /// process (same [`PlanKey`]) shares its plan: a rollback to the model kept as fallback, or
     /// many simulated agents, cost one plan, not one each. Shared or not, the spec is checked against the plan
     /// before the engine is returned.
     pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
@@ -627,18 +637,17 @@ impl Session {
 
     /// Runs the model on one flat input tensor and returns its flat output.
     pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
-        let key = &self.engine.plan.key;
-        let shape = key.plan_shape();
+        let shape = &self.engine.plan.shape;
         let expected: usize = shape.iter().product();
         if input.len() != expected {
             return Err(InferenceError::InputShape {
                 expected,
                 got: input.len(),
-                shape,
+                shape: shape.clone(),
             });
         }
         let tensor =
-            Tensor::from_shape(&shape, input).map_err(|e| InferenceError::Run(one_line(&e)))?;
+            Tensor::from_shape(shape, input).map_err(|e| InferenceError::Run(one_line(&e)))?;
         let state = &mut self.state;
         let out = match &self.engine.plan.parallel {
             Some(executor) => {

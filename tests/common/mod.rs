@@ -67,6 +67,16 @@ impl Golden {
     }
 }
 
+/// Largest |a - b| over two outputs of the same length.
+#[allow(dead_code)]
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "outputs of different lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
