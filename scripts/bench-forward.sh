@@ -16,7 +16,9 @@ n="${N:-300}"
 source "$repo/scripts/lib/bench.sh"
 pick_binaries
 start_mosquitto
-"$bin/outpostctl" cloud --broker "mqtt://127.0.0.1:$port" --model models/cloud-fp32.onnx --dataset "$work/ds" 2>/dev/null &
+"$bin/outpostctl" keygen --out "$work/cloud.key" >"$work/cloud-keys"
+"$bin/outpostctl" cloud --broker "mqtt://127.0.0.1:$port" --model models/cloud-fp32.onnx --dataset "$work/ds" \
+    --key "$work/cloud.key" 2>/dev/null &
 pids+=($!)
 printf '[cache]\nenabled = false\n' >"$work/agent.toml"
 start_agent() { # name, extra flags... (no command substitution: the agent must stay a child of this shell)
@@ -26,7 +28,8 @@ start_agent() { # name, extra flags... (no command substitution: the agent must 
     for _ in $(seq 200); do [ -f "$work/$name/api.addr" ] && break; sleep 0.05; done
 }
 start_agent edge
-start_agent fwd --broker "mqtt://127.0.0.1:$port" --device-id bench --hardness max-prob:1.01 --cloud-deadline-ms 5000
+start_agent fwd --broker "mqtt://127.0.0.1:$port" --device-id bench --hardness max-prob:1.01 --cloud-deadline-ms 5000 \
+    --cloud-keys "$work/cloud-keys"
 edge="$(cat "$work/edge/api.addr")"
 fwd="$(cat "$work/fwd/api.addr")"
 sleep 1

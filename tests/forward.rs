@@ -12,16 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn worker(broker: &Mosquitto, dataset: &Path) -> KillOnDrop {
-    let w = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(["cloud", "--broker", &broker.url(), "--dataset", s(dataset)])
-            .args(["--model", s(&common::models().join("cloud-fp32.onnx"))])
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500)); // subscribed
-    w
+fn worker(f: &Fixture, broker: &Mosquitto, dataset: &Path) -> KillOnDrop {
+    f.cloud_worker(&broker.url(), dataset, &[])
 }
 
 /// Every input is hard (max-prob below 1.01), so every request goes to the cloud.
@@ -33,6 +25,8 @@ fn agent(f: &Fixture, broker_url: &str, id: &str, extra: &[&str]) -> Daemon {
         id,
         "--trusted-keys",
         s(&f.trusted),
+        "--cloud-keys",
+        s(&f.cloud_keys),
     ];
     args.extend_from_slice(&["--hardness", "max-prob:1.01"]);
     args.extend_from_slice(extra);
@@ -67,7 +61,7 @@ fn a_hard_case_comes_back_from_the_cloud_or_from_the_edge_within_the_deadline() 
     let broker = Mosquitto::start();
     let f = Fixture::new();
     let ds = f.path("dataset");
-    let w = worker(&broker, &ds);
+    let w = worker(&f, &broker, &ds);
     let d = agent(&f, &broker.url(), "f1", &["--cloud-deadline-ms", "1500"]);
     std::thread::sleep(Duration::from_millis(500));
     let v = infer(&d, 0);
@@ -140,6 +134,8 @@ fn an_outage_and_a_sigkill_lose_no_hard_case_and_deliver_each_once() {
             "f2",
             "--trusted-keys",
             s(&f.trusted),
+            "--cloud-keys",
+            s(&f.cloud_keys),
             "--hardness",
             "max-prob:1.01",
         ],
@@ -151,7 +147,7 @@ fn an_outage_and_a_sigkill_lose_no_hard_case_and_deliver_each_once() {
     );
     broker.restart();
     let ds = f.path("dataset");
-    let _w = worker(&broker, &ds);
+    let _w = worker(&f, &broker, &ds);
     wait_until(
         "every queued case reached the worker",
         Duration::from_secs(60),
@@ -171,8 +167,8 @@ fn two_workers_on_a_shared_subscription_split_the_work() {
     let broker = Mosquitto::start();
     let f = Fixture::new();
     let (a, b) = (f.path("ds-a"), f.path("ds-b"));
-    let _wa = worker(&broker, &a);
-    let _wb = worker(&broker, &b);
+    let _wa = worker(&f, &broker, &a);
+    let _wb = worker(&f, &broker, &b);
     let d = agent(&f, &broker.url(), "f3", &["--cloud-deadline-ms", "2000"]);
     std::thread::sleep(Duration::from_millis(500));
     let n = 30;
@@ -242,6 +238,8 @@ fn the_threshold_comes_from_the_manifest_unless_the_config_or_set_overrides_it()
             "f5",
             "--trusted-keys",
             s(&f.trusted),
+            "--cloud-keys",
+            s(&f.cloud_keys),
         ],
     );
     let threshold = |d: &Daemon| {
@@ -274,6 +272,8 @@ fn the_threshold_comes_from_the_manifest_unless_the_config_or_set_overrides_it()
             "f5",
             "--trusted-keys",
             s(&f.trusted),
+            "--cloud-keys",
+            s(&f.cloud_keys),
             "--hardness",
             "margin:0.3",
         ],
@@ -284,5 +284,213 @@ fn the_threshold_comes_from_the_manifest_unless_the_config_or_set_overrides_it()
         (st["threshold"].as_f64().unwrap() - 0.3).abs() < 1e-6,
         "{st}"
     );
+    assert!(d.stop().success());
+}
+
+/// Publishes `payload` on the device's answer topic as a cloud worker would (MQTT 5, QoS 1), with the given content
+/// type and correlation data (mosquitto_pub, so the bytes are exactly what the test made).
+fn publish_answer(
+    broker: &Mosquitto,
+    device: &str,
+    payload: &[u8],
+    content_type: Option<&str>,
+    correlation: &str,
+) {
+    let file = broker
+        .dir
+        .path()
+        .join(format!("answer-{}", rand::random::<u64>()));
+    std::fs::write(&file, payload).unwrap();
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-V", "mqttv5", "-h", "127.0.0.1", "-q", "1"])
+        .args(["-p", &broker.port.to_string()])
+        .args(["-t", &format!("outpost/v1/device/{device}/cloud")])
+        .args(["-f", s(&file)])
+        .args(["-D", "publish", "correlation-data", correlation]);
+    if let Some(ct) = content_type {
+        cmd.args(["-D", "publish", "content-type", ct]);
+    }
+    let out = cmd.output().expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The answer a worker holding `key` would give to case `id` of `device` carrying image `i`.
+fn answer_for(id: &str, device: &str, i: usize, label: &str) -> outpost::forward::Answer {
+    outpost::forward::Answer {
+        id: id.to_string(),
+        device: device.to_string(),
+        input: outpost::forward::input_digest(&image(i)),
+        model: "test-cloud-model".into(),
+        issued_unix: outpost::bundle::now_unix(),
+        label: label.to_string(),
+        index: 0,
+        confidence: 0.999,
+        margin: 0.99,
+        entropy: 0.01,
+    }
+}
+
+fn answer_counts(d: &Daemon) -> serde_json::Value {
+    d.get_json("/v1/status")["forward"]["answers"].clone()
+}
+
+/// Waits until the agent has counted `n` answers with this result.
+fn wait_counted(d: &Daemon, result: &str, n: u64) {
+    wait_until(
+        &format!("{n} cloud answer(s) counted as {result}"),
+        Duration::from_secs(10),
+        || answer_counts(d)[result].as_u64() == Some(n),
+    );
+}
+
+/// A queued hard case (no worker runs): its id from the response.
+fn queued_case(d: &Daemon, i: usize) -> String {
+    let v = infer(d, i);
+    assert_eq!(v["forwarded"], "queued", "{v}");
+    v["case_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn forged_replayed_and_unknown_key_answers_are_refused_and_the_cache_keeps_nothing_from_them() {
+    use outpost::bundle::keys::SigningKeyFile;
+    use outpost::forward::{SignedAnswer, ANSWER_CONTENT_TYPE as CT};
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let dev = "f7";
+    let d = agent(&f, &broker.url(), dev, &["--cloud-deadline-ms", "100"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let cloud = SigningKeyFile::load(&f.cloud_key).unwrap();
+    let stranger = SigningKeyFile::generate().unwrap();
+    let truth = common::test_images()[0].1.clone();
+
+    let x = queued_case(&d, 0);
+    let y = queued_case(&d, 1);
+    // A genuine answer for y: accepted, cached.
+    let y_answer = answer_for(&y, dev, 1, &common::test_images()[1].1).sign(&cloud);
+    publish_answer(&broker, dev, &y_answer, Some(CT), &y);
+    wait_counted(&d, "accepted", 1);
+    assert_eq!(infer(&d, 1)["source"], "cloud-cache");
+
+    // 1. Forged: a trusted signature over other bytes (the label changed after signing).
+    let genuine = answer_for(&x, dev, 0, &truth).sign(&cloud);
+    let mut forged: SignedAnswer = postcard::from_bytes(&genuine).unwrap();
+    let mut inner: outpost::forward::Answer = postcard::from_bytes(&forged.answer).unwrap();
+    inner.label = "forged".into();
+    forged.answer = postcard::to_stdvec(&inner).unwrap();
+    publish_answer(
+        &broker,
+        dev,
+        &postcard::to_stdvec(&forged).unwrap(),
+        Some(CT),
+        &x,
+    );
+    wait_counted(&d, "forged", 1);
+    // 2. Signed by a key the device does not trust.
+    let unknown = answer_for(&x, dev, 0, "unknown-key").sign(&stranger);
+    publish_answer(&broker, dev, &unknown, Some(CT), &x);
+    wait_counted(&d, "unknown_key", 1);
+    // 3. Unsigned.
+    let unsigned = SignedAnswer {
+        answer: postcard::to_stdvec(&answer_for(&x, dev, 0, "unsigned")).unwrap(),
+        key_id: String::new(),
+        signature: vec![],
+    };
+    publish_answer(
+        &broker,
+        dev,
+        &postcard::to_stdvec(&unsigned).unwrap(),
+        Some(CT),
+        &x,
+    );
+    wait_counted(&d, "unsigned", 1);
+    // 4. Replays of y's genuine answer: to case x (correlation x) and again as itself.
+    publish_answer(&broker, dev, &y_answer, Some(CT), &x);
+    wait_counted(&d, "mismatch", 1);
+    publish_answer(&broker, dev, &y_answer, Some(CT), &y);
+    wait_counted(&d, "duplicate", 1);
+    // 5. Signed by the cloud but bound to other things: x's id with y's image, another device, an answer issued
+    //    before the case existed.
+    let mut wrong_input = answer_for(&x, dev, 1, "wrong-input");
+    wrong_input.id = x.clone();
+    publish_answer(&broker, dev, &wrong_input.sign(&cloud), Some(CT), &x);
+    wait_counted(&d, "mismatch", 2);
+    let other_device = answer_for(&x, "someone-else", 0, "other-device").sign(&cloud);
+    publish_answer(&broker, dev, &other_device, Some(CT), &x);
+    wait_counted(&d, "mismatch", 3);
+    let mut old = answer_for(&x, dev, 0, "stale");
+    old.issued_unix -= 2 * outpost::forward::CLOCK_SKEW_S;
+    publish_answer(&broker, dev, &old.sign(&cloud), Some(CT), &x);
+    wait_counted(&d, "stale", 1);
+
+    // Nothing of them was cached or removed x from the outbox: the edge answers x, and x is still pending.
+    let v = infer(&d, 0);
+    assert_eq!(v["source"], "cache", "the edge's own cached answer: {v}");
+    let status = d.get_json("/v1/status");
+    assert_eq!(status["forward"]["outbox"]["pending"], 1, "{status}");
+    let metrics = d.metrics();
+    for reason in ["forged", "unknown_key", "unsigned", "duplicate", "stale"] {
+        assert!(
+            metrics.contains(&format!(
+                "outpost_cloud_answers_total{{result=\"{reason}\"}} 1"
+            )),
+            "{reason} counted in /metrics:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("outpost_cloud_answers_total{result=\"mismatch\"} 3"));
+
+    // The genuine answer for x still goes through, and only it is cached.
+    publish_answer(&broker, dev, &genuine, Some(CT), &x);
+    wait_counted(&d, "accepted", 2);
+    let v = infer(&d, 0);
+    assert_eq!(v["source"], "cloud-cache", "{v}");
+    assert_eq!(v["label"], truth.as_str());
+    assert_eq!(d.get_json("/v1/status")["forward"]["outbox"]["pending"], 0);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn malformed_oversized_mistyped_or_unknown_answers_are_dropped_counted_and_the_agent_serves() {
+    use outpost::bundle::keys::SigningKeyFile;
+    use outpost::forward::ANSWER_CONTENT_TYPE as CT;
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let dev = "f8";
+    let d = agent(&f, &broker.url(), dev, &["--cloud-deadline-ms", "100"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let cloud = SigningKeyFile::load(&f.cloud_key).unwrap();
+    let x = queued_case(&d, 0);
+    let truth = common::test_images()[0].1.clone();
+    let genuine = answer_for(&x, dev, 0, &truth).sign(&cloud);
+
+    publish_answer(&broker, dev, b"\xff\xff\xff\xff not postcard", Some(CT), &x);
+    wait_counted(&d, "malformed", 1);
+    publish_answer(&broker, dev, &vec![7u8; 70 * 1024], Some(CT), &x);
+    wait_counted(&d, "oversized", 1);
+    publish_answer(&broker, dev, &genuine, Some("application/json"), &x);
+    wait_counted(&d, "content_type", 1);
+    publish_answer(&broker, dev, &genuine, None, &x);
+    wait_counted(&d, "content_type", 2);
+    let unknown_case = answer_for(&"ab".repeat(16), dev, 0, &truth).sign(&cloud);
+    publish_answer(&broker, dev, &unknown_case, Some(CT), &"ab".repeat(16));
+    wait_counted(&d, "unknown_case", 1);
+    // Well signed but out of range: a NaN confidence.
+    let mut nan = answer_for(&x, dev, 0, &truth);
+    nan.confidence = f32::NAN;
+    publish_answer(&broker, dev, &nan.sign(&cloud), Some(CT), &x);
+    wait_counted(&d, "malformed", 2);
+
+    // The agent serves on, x is still pending, and its genuine answer is then accepted.
+    for i in 1..4 {
+        assert_eq!(infer(&d, i)["forwarded"], "queued");
+    }
+    assert_eq!(d.get_json("/v1/status")["forward"]["outbox"]["pending"], 4);
+    assert_eq!(answer_counts(&d).get("accepted"), None);
+    publish_answer(&broker, dev, &genuine, Some(CT), &x);
+    wait_counted(&d, "accepted", 1);
+    assert_eq!(infer(&d, 0)["source"], "cloud-cache");
     assert!(d.stop().success());
 }

@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{s, wait_until, Daemon, Fixture, KillOnDrop, Mosquitto};
+use common::{s, wait_until, Daemon, Fixture, Mosquitto};
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 fn config(f: &Fixture, body: &str) -> String {
@@ -205,20 +204,7 @@ fn forwarded_hard_cases_say_which_model_agreed_with_the_cloud() {
     let broker = Mosquitto::start();
     let f = Fixture::new();
     let candidate = f.bundle_with_spec("v2.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
-    let _w = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args([
-                "cloud",
-                "--broker",
-                &broker.url(),
-                "--dataset",
-                s(&f.path("dataset")),
-            ])
-            .args(["--model", s(&common::models().join("cloud-fp32.onnx"))])
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let _w = f.cloud_worker(&broker.url(), &f.path("dataset"), &[]);
     let cfg = config(&f, "[cache]\nenabled = false\n\n[shadow]\nfraction = 0.0\n");
     // Every input is hard, so every request is forwarded; with fraction 0 only hard cases are shadowed.
     let d = Daemon::start(
@@ -232,6 +218,8 @@ fn forwarded_hard_cases_say_which_model_agreed_with_the_cloud() {
             "sh1",
             "--trusted-keys",
             s(&f.trusted),
+            "--cloud-keys",
+            s(&f.cloud_keys),
         ]
         .into_iter()
         .chain(["--hardness", "max-prob:1.01", "--cloud-deadline-ms", "3000"])

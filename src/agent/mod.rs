@@ -152,15 +152,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             let records = blocking(move || s.records()).await??;
             let mut link = crate::fleet::link::Link::new(service.clone(), &config, records)
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
-            if config.forward.enabled {
+            let cloud_keys = match (&config.forward.cloud_keys, config.forward.enabled) {
+                (Some(p), true) => Some(
+                    crate::bundle::TrustedKeys::from_file(p)
+                        .map_err(|e| AgentError::Internal(format!("forward.cloud_keys: {e}")))?,
+                ),
+                (None, true) => {
+                    tracing::warn!("hard cases stay on the device: forward.cloud_keys is unset, so no cloud answer could be believed (list the cloud workers' public keys there, or set forward.enabled = false)");
+                    None
+                }
+                _ => None,
+            };
+            if let Some(cloud_keys) = cloud_keys {
                 let (s, me, mb) = (
                     store.clone(),
                     config.forward.outbox_max_entries,
                     config.forward.outbox_max_bytes,
                 );
                 let outbox = blocking(move || s.outbox(me, mb)).await??;
-                let (f, rx) =
-                    crate::forward::Forwarder::new(outbox, service.cache(), &config.forward);
+                let (f, rx) = crate::forward::Forwarder::new(
+                    &config.fleet.device_id,
+                    cloud_keys,
+                    outbox,
+                    service.cache(),
+                    &config.forward,
+                );
                 if let Some(t) = service
                     .setting("hardness.threshold")
                     .and_then(|v| v.parse().ok())

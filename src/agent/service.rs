@@ -612,7 +612,8 @@ impl Service {
             .forwarder
             .get()
             .filter(|f| f.is_hard(response.confidence, response.margin, response.entropy));
-        let case_id = hard_case.map(|_| crate::forward::new_id());
+        let case_id = hard_case
+            .map(|_| crate::forward::case_id(&self.config.fleet.device_id, cache_key.as_bytes()));
         if let Some((c, tensor, sample)) = shadow_input {
             // Forwarded hard cases always run, so the cloud's label can say which model was right.
             if case_id.is_some() || sample {

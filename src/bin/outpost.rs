@@ -135,6 +135,9 @@ struct RunArgs {
     /// How long a hard request waits for the cloud before answering from the edge (overrides forward.deadline_ms).
     #[arg(long)]
     cloud_deadline_ms: Option<u64>,
+    /// Public keys of the cloud workers whose signed answers are believed (overrides forward.cloud_keys).
+    #[arg(long)]
+    cloud_keys: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -297,6 +300,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(v) = args.cloud_deadline_ms {
         config.forward.deadline_ms = v;
+    }
+    if let Some(v) = args.cloud_keys {
+        config.forward.cloud_keys = Some(v);
     }
     if let Some(v) = args.log_format {
         config.log.format = match v.as_str() {

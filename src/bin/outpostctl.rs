@@ -111,6 +111,10 @@ enum Command {
         /// Where the received cases go (cases.jsonl and the images).
         #[arg(long, default_value = "cloud-dataset")]
         dataset: PathBuf,
+        /// The worker's signing key (`outpostctl keygen --out cloud.key`). Devices believe only answers signed by
+        /// a key listed in their forward.cloud_keys file.
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Gradual rollout of a bundle over a group: waves, shadow evaluation, gates, automatic halt.
     Rollout {
@@ -845,21 +849,31 @@ async fn fleet(c: Command) -> Result<()> {
             model,
             spec,
             dataset,
+            key,
         } => {
+            let key = std::sync::Arc::new(SigningKeyFile::load(&key).with_context(|| {
+                format!(
+                    "the cloud worker signs its answers with {}: make it with `outpostctl keygen --out {}`",
+                    key.display(),
+                    key.display()
+                )
+            })?);
             let engine = std::sync::Arc::new(
                 Engine::load_files(&model, spec.as_deref())
                     .with_context(|| model.display().to_string())?,
             );
             eprintln!(
-                "cloud worker: {} ({}), dataset in {}",
+                "cloud worker: {} ({}), signing key {}, dataset in {}",
                 engine.spec().name,
                 engine.digest(),
+                key.id(),
                 dataset.display()
             );
             let stats = std::sync::Arc::new(outpost::forward::cloud::WorkerStats::default());
             outpost::forward::cloud::run_worker(
                 mqtt.settings("cloud")?,
                 engine,
+                key,
                 dataset,
                 stats.clone(),
                 shutdown,

@@ -147,6 +147,11 @@ impl TrustedKeys {
         self.keys.is_empty()
     }
 
+    /// True when a key with this id is in the set.
+    pub fn knows(&self, key_id: &str) -> bool {
+        self.keys.iter().any(|(id, _)| id == key_id)
+    }
+
     /// True when `key_id` is trusted and `sig` is its strict signature over `msg`.
     pub fn verify(&self, key_id: &str, msg: &[u8], sig: &[u8]) -> bool {
         let Ok(sig) = <[u8; 64]>::try_from(sig) else {

@@ -122,6 +122,9 @@ pub struct ForwardConfig {
     pub resend_per_s: u32,
     /// A sent case with no answer after this long is sent again (the cloud drops duplicates by id).
     pub retry_ms: u64,
+    /// Public keys of the cloud workers (`outpostctl keygen` lines): only answers signed by one of them are
+    /// believed. Unset: hard cases are not forwarded (the device answers them from the edge).
+    pub cloud_keys: Option<PathBuf>,
 }
 
 impl Default for ForwardConfig {
@@ -135,6 +138,7 @@ impl Default for ForwardConfig {
             outbox_max_bytes: 64 * 1024 * 1024,
             resend_per_s: 50,
             retry_ms: 10_000,
+            cloud_keys: None,
         }
     }
 }

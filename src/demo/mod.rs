@@ -202,6 +202,13 @@ pub async fn run(models: PathBuf) -> Result<()> {
     key.save(&key_path)?;
     let trusted = work.path().join("trusted-keys");
     std::fs::write(&trusted, format!("{}\n", key.trusted_line("demo operator")))?;
+    // The cloud worker signs its answers; the device believes only this key's.
+    let cloud_key = Arc::new(SigningKeyFile::generate()?);
+    let cloud_keys = work.path().join("cloud-keys");
+    std::fs::write(
+        &cloud_keys,
+        format!("{}\n", cloud_key.trusted_line("demo cloud worker")),
+    )?;
 
     let mut config = Config::default();
     config.agent.state_dir = work.path().join("state");
@@ -214,6 +221,7 @@ pub async fn run(models: PathBuf) -> Result<()> {
     config.forward.deadline_ms = 500;
     config.forward.resend_per_s = 100;
     config.forward.retry_ms = 1000;
+    config.forward.cloud_keys = Some(cloud_keys);
     config.probation.requests = 200;
     config.probation.min_samples = 30;
     let agent_token = shutdown.clone();
@@ -241,9 +249,9 @@ pub async fn run(models: PathBuf) -> Result<()> {
         shutdown.clone(),
         work.path().join("cloud-dataset"),
     );
-    tokio::spawn(
-        async move { crate::forward::cloud::run_worker(s, cloud_engine, ds, st, tok).await },
-    );
+    tokio::spawn(async move {
+        crate::forward::cloud::run_worker(s, cloud_engine, cloud_key, ds, st, tok).await
+    });
     tokio::time::sleep(Duration::from_millis(800)).await;
     println!("   agent API on {api}, device id demo-device; cloud worker: cloud-fp32");
 

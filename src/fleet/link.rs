@@ -290,7 +290,7 @@ impl Link {
         if topic == topics::chunk(&self.device) {
             self.on_chunk(client, &p.payload).await;
         } else if topic == topics::cloud_reply(&self.device) {
-            self.on_answer(&p.payload).await;
+            self.on_answer(&p).await;
         } else if topic.ends_with("/cmd") {
             self.on_command(client, &p.payload, p.retain).await;
         } else {
@@ -308,7 +308,13 @@ impl Link {
             ..Default::default()
         };
         match client
-            .publish_with_properties(topics::CLOUD_REQUESTS, QoS::AtLeastOnce, false, case, props)
+            .publish_with_properties(
+                topics::cloud_request(&self.device),
+                QoS::AtLeastOnce,
+                false,
+                case,
+                props,
+            )
             .await
         {
             Ok(()) => {
@@ -355,19 +361,33 @@ impl Link {
         }
     }
 
-    async fn on_answer(&mut self, payload: &[u8]) {
-        let answer = match crate::forward::decode_answer(payload) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "dropped a cloud answer");
-                return;
-            }
+    /// An answer is believed only after the forwarder has verified it; a refused one changes nothing but a counter.
+    async fn on_answer(&mut self, p: &Publish) {
+        let Some((f, _)) = &self.forward else {
+            return;
         };
-        self.in_flight.remove(&answer.id);
-        self.service.note_cloud_label(&answer.id, &answer.label);
-        if let Some((f, _)) = &self.forward {
-            let f = f.clone();
-            let _ = tokio::task::spawn_blocking(move || f.answered(answer)).await;
+        let props = p.properties.clone().unwrap_or_default();
+        let (f, payload) = (f.clone(), p.payload.clone());
+        let received = tokio::task::spawn_blocking(move || {
+            f.receive(
+                &payload,
+                props.content_type.as_deref(),
+                props.correlation_data.as_deref(),
+            )
+        })
+        .await;
+        match received {
+            Ok(Ok(answer)) => {
+                self.in_flight.remove(&answer.id);
+                self.service.note_cloud_label(&answer.id, &answer.label);
+            }
+            Ok(Err(e @ crate::forward::ForwardError::Duplicate(_))) => {
+                tracing::debug!(error = %e, "dropped a repeated cloud answer")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, reason = e.reason(), "refused a cloud answer; the edge answers for it")
+            }
+            Err(e) => tracing::error!(error = %e, "the answer check failed"),
         }
     }
 
@@ -672,7 +692,7 @@ impl Link {
             return;
         };
         let reply_to = topics::chunk(&self.device);
-        let topic = topics::bundle_get(&d.offer.bundle_hex());
+        let topic = topics::bundle_get(&d.offer.bundle_hex(), &self.device);
         let mut window = self.config.fleet.window;
         let rate = self.config.fleet.max_download_bytes_per_s;
         if rate > 0 {

@@ -8,7 +8,7 @@
 //! | `outpost/v1/device/<id>/cmd`, `outpost/v1/group/<g>/cmd` | operator | postcard [`command::SignedCommand`] |
 //! | `outpost/v1/device/<id>/ack` | device | JSON acknowledgement of each command, accepted or refused |
 //! | `outpost/v1/device/<id>/status` | device (retained; last will `offline`) | JSON status |
-//! | `outpost/v1/bundles/<sha256>/get` | device | postcard [`transfer::ChunkRequest`] |
+//! | `outpost/v1/bundles/<sha256>/get/<id>` | device | postcard [`transfer::ChunkRequest`] |
 //! | `outpost/v1/device/<id>/chunk` | bundle server | postcard [`transfer::Chunk`] |
 //! | `outpost/v1/cloud/infer` | device | postcard [`crate::forward::Case`], MQTT 5 request |
 //! | `outpost/v1/device/<id>/cloud` | cloud worker | postcard [`crate::forward::Answer`], correlation data = case id |
@@ -66,17 +66,33 @@ pub mod topics {
     pub fn chunk(device: &str) -> String {
         format!("{PREFIX}/device/{device}/chunk")
     }
-    pub fn bundle_get(bundle_hex: &str) -> String {
-        format!("{PREFIX}/bundles/{bundle_hex}/get")
+    /// Chunk requests name the requesting device, so the broker's ACL lets a device ask only for its own chunks.
+    pub fn bundle_get(bundle_hex: &str, device: &str) -> String {
+        format!("{PREFIX}/bundles/{bundle_hex}/get/{device}")
     }
     /// Bundle servers share the requests for a bundle: each request goes to one of them.
     pub fn bundle_get_shared(bundle_hex: &str) -> String {
-        format!("$share/outpost-serve/{PREFIX}/bundles/{bundle_hex}/get")
+        format!("$share/outpost-serve/{PREFIX}/bundles/{bundle_hex}/get/+")
     }
-    /// Hard cases for the cloud tier (MQTT 5 requests with a response topic and correlation data).
-    pub const CLOUD_REQUESTS: &str = "outpost/v1/cloud/infer";
+    /// The device a chunk request topic names.
+    pub fn bundle_get_device(topic: &str) -> Option<&str> {
+        let rest = topic.strip_prefix("outpost/v1/bundles/")?;
+        let (_, device) = rest.split_once("/get/")?;
+        (!device.is_empty() && !device.contains('/')).then_some(device)
+    }
+    /// Hard cases for the cloud tier (MQTT 5 requests with a response topic and correlation data), one topic per
+    /// device so the broker's ACL lets a device send cases only under its own name.
+    pub fn cloud_request(device: &str) -> String {
+        format!("{PREFIX}/cloud/infer/{device}")
+    }
     /// Cloud workers share the requests: each reaches one of them.
-    pub const CLOUD_SHARED: &str = "$share/outpost-cloud/outpost/v1/cloud/infer";
+    pub const CLOUD_SHARED: &str = "$share/outpost-cloud/outpost/v1/cloud/infer/+";
+    /// The device a cloud request topic names.
+    pub fn cloud_request_device(topic: &str) -> Option<&str> {
+        topic
+            .strip_prefix("outpost/v1/cloud/infer/")
+            .filter(|d| !d.is_empty() && !d.contains('/'))
+    }
     pub fn cloud_reply(device: &str) -> String {
         format!("{PREFIX}/device/{device}/cloud")
     }

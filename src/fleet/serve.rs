@@ -137,6 +137,16 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // A request may only ask for chunks to go to the device whose topic it came on (the broker's ACL
+                // decides who may publish there).
+                let topic = mqtt::topic_of(&p);
+                if topics::bundle_get_device(&topic).map(topics::chunk)
+                    != Some(req.reply_to.clone())
+                {
+                    served.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%topic, reply_to = %req.reply_to, "refused a chunk request for another device");
+                    continue;
+                }
                 let Some((offer, path)) = by_id.get(&req.bundle) else {
                     served.refused.fetch_add(1, Ordering::Relaxed);
                     continue;

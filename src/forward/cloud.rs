@@ -2,7 +2,10 @@
 //! and keeps every case it receives, with the edge and cloud labels, as a dataset for retraining.
 //!
 //! Workers join one MQTT 5 shared subscription, so any number of them split the load and each request reaches one
-//! of them. A case that comes again (a device resent it after a reconnect) is answered again but stored once: the
+//! of them. Each answer is signed with the worker's key and bound to its case (id, device, input digest), since the
+//! device believes nothing else. A case is taken only when the topic it came on, the device it names and the topic
+//! it asks the answer to go to all name the same device: with the broker's ACL, a device cannot send cases, or have
+//! answers sent, in another's name. A case that comes again (a device resent it after a reconnect) is answered again but stored once: the
 //! dataset is keyed by case id.
 
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -14,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use super::{decode_case, Answer};
+use super::{decode_case, Answer, ANSWER_CONTENT_TYPE};
+use crate::bundle::keys::SigningKeyFile;
 use crate::fleet::mqtt::{self, LinkEvent, Settings};
 use crate::fleet::{topics, FleetError};
 use crate::inference::{DecodeLimits, Engine};
@@ -40,6 +44,7 @@ pub fn dataset_ids(dataset: &std::path::Path) -> HashSet<String> {
 pub async fn run_worker(
     settings: Settings,
     engine: Arc<Engine>,
+    key: Arc<SigningKeyFile>,
     dataset: PathBuf,
     stats: Arc<WorkerStats>,
     shutdown: CancellationToken,
@@ -83,10 +88,6 @@ pub async fn run_worker(
             stats.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        if !reply_to.starts_with("outpost/v1/device/") || !reply_to.ends_with("/cloud") {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
         let case = match decode_case(&p.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -95,6 +96,14 @@ pub async fn run_worker(
                 continue;
             }
         };
+        let topic = mqtt::topic_of(&p);
+        if topics::cloud_request_device(&topic) != Some(case.device.as_str())
+            || reply_to != topics::cloud_reply(&case.device)
+        {
+            tracing::warn!(%topic, %reply_to, device = %case.device, "refused a case sent in another device's name");
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let e = engine.clone();
         let image = case.image.clone();
         let ran = tokio::task::spawn_blocking(move || {
@@ -110,20 +119,13 @@ pub async fn run_worker(
                 continue;
             }
         };
-        let answer = Answer {
-            id: case.id.clone(),
-            label: prediction.label.clone(),
-            index: prediction.index as u32,
-            confidence: prediction.confidence,
-            margin: prediction.margin,
-            entropy: prediction.entropy,
-            model: engine.digest().to_string(),
-        };
+        let answer = Answer::to_case(&case, engine.digest(), &prediction);
         let props = PublishProperties {
             correlation_data: Some(corr),
+            content_type: Some(ANSWER_CONTENT_TYPE.into()),
             ..Default::default()
         };
-        let bytes = postcard::to_stdvec(&answer).map_err(|e| FleetError::Client(e.to_string()))?;
+        let bytes = answer.sign(&key);
         client
             .publish_with_properties(reply_to, QoS::AtLeastOnce, false, bytes, props)
             .await?;

@@ -6,15 +6,23 @@
 //! restarts until the cloud answers. The request waits at most the deadline for that answer; after it the client
 //! gets the edge result and the case stays queued. The answer removes the case from the outbox and is cached, so a
 //! repeated hard case does not travel twice.
+//!
+//! Whoever can publish on a device's answer topic would otherwise decide what the device answers for that input for
+//! as long as the cache keeps it, so an answer is believed only when it is signed by a cloud key the device trusts
+//! (`forward.cloud_keys`) and binds the pending case it answers: case id, device, digest of the image sent, and an
+//! issue time no earlier than the case. Everything else is refused before it touches the outbox or the cache, and
+//! counted by reason (`outpost_cloud_answers_total{result}`); the request is answered from the edge.
 
 pub mod cloud;
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bundle::keys::{SigningKeyFile, TrustedKeys};
 use crate::config::{ForwardConfig, HardnessScore};
 use crate::store::{CacheKey, CachedResult, Outbox, ResultCache};
 
@@ -22,10 +30,58 @@ use crate::store::{CacheKey, CachedResult, Outbox, ResultCache};
 pub const MAX_CASE: usize = 8 * 1024 * 1024;
 pub const MAX_ANSWER: usize = 64 * 1024;
 
+/// MQTT 5 content type of an answer; anything else on the answer topic is refused unread.
+pub const ANSWER_CONTENT_TYPE: &str = "application/vnd.outpost.answer.v1+postcard";
+/// Signatures over answers are domain-separated, so no other signed Outpost message (bundle, command) can pass as one.
+const ANSWER_DOMAIN: &[u8] = b"outpost-cloud-answer-v1\0";
+/// Clock difference between device and cloud tolerated when an answer's issue time is compared with its case's.
+pub const CLOCK_SKEW_S: u64 = 3600;
+/// Largest label accepted in an answer.
+const MAX_LABEL: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("cannot queue the hard case: {0}")]
     Outbox(String),
+    #[error("answer of {0} bytes exceeds {MAX_ANSWER}")]
+    Oversized(usize),
+    #[error("content type {0:?} is not {ANSWER_CONTENT_TYPE:?}")]
+    ContentType(Option<String>),
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("the answer is not signed")]
+    Unsigned,
+    #[error("the answer is signed by key {0}, which is not in forward.cloud_keys")]
+    UnknownKey(String),
+    #[error("the answer's signature does not verify (forged or altered)")]
+    Forged,
+    #[error("the answer's {0} does not match its case")]
+    Mismatch(&'static str),
+    #[error("the answer for case {0} was issued before the case was created")]
+    Stale(String),
+    #[error("no pending case {0} (unknown, or answered already)")]
+    UnknownCase(String),
+    #[error("case {0} was answered already")]
+    Duplicate(String),
+}
+
+impl ForwardError {
+    /// The `result` label of `outpost_cloud_answers_total` for a refused answer.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ForwardError::Outbox(_) => "outbox",
+            ForwardError::Oversized(_) => "oversized",
+            ForwardError::ContentType(_) => "content_type",
+            ForwardError::Malformed(_) => "malformed",
+            ForwardError::Unsigned => "unsigned",
+            ForwardError::UnknownKey(_) => "unknown_key",
+            ForwardError::Forged => "forged",
+            ForwardError::Mismatch(_) => "mismatch",
+            ForwardError::Stale(_) => "stale",
+            ForwardError::UnknownCase(_) => "unknown_case",
+            ForwardError::Duplicate(_) => "duplicate",
+        }
+    }
 }
 
 /// A hard case as sent to the cloud. `id` comes first: the outbox indexes cases by it.
@@ -45,16 +101,82 @@ pub struct Case {
     pub created_unix: u64,
 }
 
+/// The cloud's answer to one case. Every field is covered by the signature of the [`SignedAnswer`] that carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub id: String,
+    /// The device that sent the case.
+    pub device: String,
+    /// SHA-256 of the image the case carried.
+    pub input: [u8; 32],
+    /// Digest of the cloud model.
+    pub model: String,
+    pub issued_unix: u64,
     pub label: String,
     pub index: u32,
     pub confidence: f32,
     pub margin: f32,
     pub entropy: f32,
-    /// Digest of the cloud model.
-    pub model: String,
+}
+
+/// What travels on the answer topic: the encoded [`Answer`] and one signature over it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedAnswer {
+    #[serde(with = "serde_bytes")]
+    pub answer: Vec<u8>,
+    pub key_id: String,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Answer {
+    /// The answer to `case`, bound to it, issued now.
+    pub fn to_case(case: &Case, model: &str, p: &crate::inference::Prediction) -> Answer {
+        Answer {
+            id: case.id.clone(),
+            device: case.device.clone(),
+            input: input_digest(&case.image),
+            model: model.to_string(),
+            issued_unix: crate::bundle::now_unix(),
+            label: p.label.clone(),
+            index: p.index as u32,
+            confidence: p.confidence,
+            margin: p.margin,
+            entropy: p.entropy,
+        }
+    }
+
+    /// Encodes and signs the answer (the cloud worker's side).
+    pub fn sign(&self, key: &SigningKeyFile) -> Vec<u8> {
+        let answer = postcard::to_stdvec(self).expect("an answer always encodes");
+        let sig = key.sign(&signed_message(&answer));
+        postcard::to_stdvec(&SignedAnswer {
+            answer,
+            key_id: sig.key_id,
+            signature: sig.signature,
+        })
+        .expect("a signed answer always encodes")
+    }
+}
+
+fn signed_message(answer: &[u8]) -> Vec<u8> {
+    [ANSWER_DOMAIN, answer].concat()
+}
+
+/// SHA-256 of the image a case carries, as an answer binds it.
+pub fn input_digest(image: &[u8]) -> [u8; 32] {
+    Sha256::digest(image).into()
+}
+
+/// A hard case's id: derived from the device and the cache key (model digest + input digest), so a request that is
+/// retried after a crash queues the same case again rather than a second one, and the cloud stores it once.
+pub fn case_id(device: &str, cache_key: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"outpost-case-v1\0");
+    h.update((device.len() as u64).to_be_bytes());
+    h.update(device.as_bytes());
+    h.update(cache_key);
+    hex::encode(&h.finalize()[..16])
 }
 
 pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
@@ -64,24 +186,61 @@ pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("malformed case: {e}"))
 }
 
-pub fn decode_answer(bytes: &[u8]) -> Result<Answer, String> {
+/// Checks everything an answer says about itself: size, content type, encoding, a valid signature by a trusted cloud
+/// key, sane values and the device it is for. Whether it answers a pending case is for [`Forwarder::receive`].
+pub fn verify_answer(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    correlation: Option<&[u8]>,
+    keys: &TrustedKeys,
+    device: &str,
+) -> Result<Answer, ForwardError> {
     if bytes.len() > MAX_ANSWER {
-        return Err(format!(
-            "answer of {} bytes exceeds {MAX_ANSWER}",
-            bytes.len()
+        return Err(ForwardError::Oversized(bytes.len()));
+    }
+    if content_type != Some(ANSWER_CONTENT_TYPE) {
+        return Err(ForwardError::ContentType(content_type.map(str::to_string)));
+    }
+    let signed: SignedAnswer =
+        postcard::from_bytes(bytes).map_err(|e| ForwardError::Malformed(e.to_string()))?;
+    if signed.signature.is_empty() || signed.key_id.is_empty() {
+        return Err(ForwardError::Unsigned);
+    }
+    if !keys.knows(&signed.key_id) {
+        return Err(ForwardError::UnknownKey(signed.key_id));
+    }
+    if !keys.verify(
+        &signed.key_id,
+        &signed_message(&signed.answer),
+        &signed.signature,
+    ) {
+        return Err(ForwardError::Forged);
+    }
+    let answer: Answer =
+        postcard::from_bytes(&signed.answer).map_err(|e| ForwardError::Malformed(e.to_string()))?;
+    let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
+    if answer.label.is_empty()
+        || answer.label.len() > MAX_LABEL
+        || !unit(answer.confidence)
+        || !unit(answer.margin)
+        || !answer.entropy.is_finite()
+    {
+        return Err(ForwardError::Malformed(
+            "label or scores out of range".into(),
         ));
     }
-    postcard::from_bytes(bytes).map_err(|e| format!("malformed answer: {e}"))
-}
-
-/// A fresh case id: 16 random bytes in hex.
-pub fn new_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    hex::encode(b)
+    if correlation.is_some_and(|c| c != answer.id.as_bytes()) {
+        return Err(ForwardError::Mismatch("correlation data"));
+    }
+    if answer.device != device {
+        return Err(ForwardError::Mismatch("device"));
+    }
+    Ok(answer)
 }
 
 pub struct Forwarder {
+    device: String,
+    cloud_keys: TrustedKeys,
     outbox: Outbox,
     cache: Option<Arc<ResultCache>>,
     to_link: mpsc::Sender<Vec<u8>>,
@@ -92,7 +251,13 @@ pub struct Forwarder {
     configured: Option<f32>,
     manifest: Mutex<Option<f32>>,
     deadline: Duration,
+    /// Ids answered lately, so a second delivery of a good answer is told apart from an answer to no case.
+    recent: Mutex<(VecDeque<String>, HashSet<String>)>,
+    /// Answers by result (`accepted` or a refusal reason), for the status.
+    answers: Mutex<BTreeMap<&'static str, u64>>,
 }
+
+const RECENT: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -101,6 +266,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Forwarder {
     /// The forwarder and the receiving end the fleet link reads new cases from.
     pub fn new(
+        device: &str,
+        cloud_keys: TrustedKeys,
         outbox: Outbox,
         cache: Option<Arc<ResultCache>>,
         config: &ForwardConfig,
@@ -108,6 +275,8 @@ impl Forwarder {
         let (tx, rx) = mpsc::channel(1024);
         (
             Arc::new(Forwarder {
+                device: device.to_string(),
+                cloud_keys,
                 outbox,
                 cache,
                 to_link: tx,
@@ -117,6 +286,8 @@ impl Forwarder {
                 configured: config.threshold,
                 manifest: Mutex::new(None),
                 deadline: Duration::from_millis(config.deadline_ms),
+                recent: Mutex::new((VecDeque::new(), HashSet::new())),
+                answers: Mutex::new(BTreeMap::new()),
             }),
             rx,
         )
@@ -150,7 +321,8 @@ impl Forwarder {
         let bytes = postcard::to_stdvec(&case).map_err(|e| ForwardError::Outbox(e.to_string()))?;
         let outbox = self.outbox.clone();
         let (id, b) = (case.id.clone(), bytes.clone());
-        let dropped = tokio::task::spawn_blocking(move || outbox.push(&id, &b))
+        // The same case may be queued already (a retried request): it is then neither stored nor sent twice.
+        let (dropped, fresh) = tokio::task::spawn_blocking(move || outbox.push(&id, &b))
             .await
             .map_err(|e| ForwardError::Outbox(e.to_string()))?
             .map_err(|e| ForwardError::Outbox(e.to_string()))?;
@@ -162,7 +334,9 @@ impl Forwarder {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(case.id.clone(), tx);
         // A full channel is fine: the case is in the outbox and the link's resend picks it up.
-        let _ = self.to_link.try_send(bytes);
+        if fresh {
+            let _ = self.to_link.try_send(bytes);
+        }
         let answer = tokio::time::timeout(self.deadline, rx)
             .await
             .ok()
@@ -172,40 +346,89 @@ impl Forwarder {
         Ok(answer)
     }
 
-    /// The cloud answered (blocking: removes the case and caches the answer). Returns false for an unknown or
-    /// already answered case.
-    pub fn answered(&self, answer: Answer) -> bool {
-        let case = match self.outbox.take(&answer.id) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot remove an answered case from the outbox");
-                None
-            }
+    /// An answer arrived on the answer topic (blocking). It is verified ([`verify_answer`]) and matched with its
+    /// pending case (same input digest, issued no earlier than the case) before anything changes; only then is the
+    /// case removed from the outbox, the answer cached and a waiting request woken. Every outcome is counted.
+    pub fn receive(
+        &self,
+        bytes: &[u8],
+        content_type: Option<&str>,
+        correlation: Option<&[u8]>,
+    ) -> Result<Answer, ForwardError> {
+        let result = self.check_and_take(bytes, content_type, correlation);
+        let label = match &result {
+            Ok(_) => "accepted",
+            Err(e) => e.reason(),
         };
+        *lock(&self.answers).entry(label).or_insert(0) += 1;
+        metrics::counter!(crate::telemetry::CLOUD_ANSWERS, "result" => label).increment(1);
+        let answer = result?;
+        if let Some(w) = lock(&self.waiters).remove(&answer.id) {
+            let _ = w.send(answer.clone());
+        }
+        Ok(answer)
+    }
+
+    fn check_and_take(
+        &self,
+        bytes: &[u8],
+        content_type: Option<&str>,
+        correlation: Option<&[u8]>,
+    ) -> Result<Answer, ForwardError> {
+        let answer = verify_answer(
+            bytes,
+            content_type,
+            correlation,
+            &self.cloud_keys,
+            &self.device,
+        )?;
+        let store = |e: crate::store::StoreError| ForwardError::Outbox(e.to_string());
+        let Some(raw) = self.outbox.get(&answer.id).map_err(store)? else {
+            return Err(if lock(&self.recent).1.contains(&answer.id) {
+                ForwardError::Duplicate(answer.id)
+            } else {
+                ForwardError::UnknownCase(answer.id)
+            });
+        };
+        let case = decode_case(&raw).map_err(ForwardError::Outbox)?;
+        if input_digest(&case.image) != answer.input {
+            return Err(ForwardError::Mismatch("input digest"));
+        }
+        if answer.issued_unix + CLOCK_SKEW_S < case.created_unix {
+            return Err(ForwardError::Stale(answer.id));
+        }
+        self.outbox.take(&answer.id).map_err(store)?;
         metrics::gauge!(crate::telemetry::OUTBOX_PENDING).set(self.outbox.len() as f64);
-        let known = case.is_some();
-        if let (Some(cache), Some(case)) = (
-            &self.cache,
-            case.as_deref().and_then(|c| decode_case(c).ok()),
-        ) {
-            if let Some(key) = CacheKey::from_bytes(&case.cache_key) {
-                let entry = CachedResult {
-                    label: answer.label.clone(),
-                    index: answer.index,
-                    confidence: answer.confidence,
-                    margin: answer.margin,
-                    entropy: answer.entropy,
-                    tier: "cloud".into(),
-                };
-                if let Err(e) = cache.insert(&key, &entry) {
-                    tracing::warn!(error = %e, "cannot cache the cloud's answer");
+        {
+            let mut recent = lock(&self.recent);
+            if recent.1.insert(answer.id.clone()) {
+                recent.0.push_back(answer.id.clone());
+            }
+            while recent.0.len() > RECENT {
+                if let Some(old) = recent.0.pop_front() {
+                    recent.1.remove(&old);
                 }
             }
         }
-        if let Some(w) = lock(&self.waiters).remove(&answer.id) {
-            let _ = w.send(answer);
+        if let (Some(cache), Some(key)) = (&self.cache, CacheKey::from_bytes(&case.cache_key)) {
+            let entry = CachedResult {
+                label: answer.label.clone(),
+                index: answer.index,
+                confidence: answer.confidence,
+                margin: answer.margin,
+                entropy: answer.entropy,
+                tier: "cloud".into(),
+            };
+            if let Err(e) = cache.insert(&key, &entry) {
+                tracing::warn!(error = %e, "cannot cache the cloud's answer");
+            }
         }
-        known
+        Ok(answer)
+    }
+
+    /// Answers received, by result: `accepted` or the reason they were refused.
+    pub fn answer_counts(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.answers).clone()
     }
 
     /// Up to `n` queued cases, oldest first (blocking).
@@ -224,6 +447,7 @@ impl Forwarder {
             "threshold": t,
             "deadline_ms": self.deadline.as_millis() as u64,
             "outbox": {"pending": self.outbox.len(), "bytes": self.outbox.bytes(), "dropped": self.outbox.dropped()},
+            "answers": self.answer_counts(),
         })
     }
 }

@@ -46,8 +46,12 @@ impl Outbox {
         })
     }
 
-    /// Stores a case and flushes (blocking). Returns how many old cases the bounds dropped to make room.
-    pub fn push(&self, id: &str, case: &[u8]) -> Result<u64, StoreError> {
+    /// Stores a case and flushes (blocking). Returns how many old cases the bounds dropped to make room, and false
+    /// when a case with this id was queued already (then nothing changes: a case is stored once).
+    pub fn push(&self, id: &str, case: &[u8]) -> Result<(u64, bool), StoreError> {
+        if self.ids.contains_key(id.as_bytes())? {
+            return Ok((0, false));
+        }
         if case.len() as u64 > self.max_bytes {
             return Err(StoreError::Db(format!(
                 "a case of {} bytes exceeds the outbox bound of {} bytes",
@@ -66,8 +70,12 @@ impl Outbox {
             self.remove_key(&k, Some(v.len() as u64), true)?;
             dropped += 1;
         }
-        (&self.cases, &self.ids, &self.meta)
+        let fresh = (&self.cases, &self.ids, &self.meta)
             .transaction(|(cases, ids, meta)| {
+                // Checked again inside the transaction: two requests may queue the same case at once.
+                if ids.get(id.as_bytes())?.is_some() {
+                    return Ok(false);
+                }
                 let next = meta
                     .get(NEXT)?
                     .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -83,13 +91,21 @@ impl Outbox {
                 ids.insert(id.as_bytes(), &key)?;
                 meta.insert(NEXT, &(next + 1).to_be_bytes())?;
                 meta.insert(BYTES, &(bytes + case.len() as u64).to_be_bytes())?;
-                Ok(())
+                Ok(true)
             })
             .map_err(|e: sled::transaction::TransactionError<()>| {
                 StoreError::Db(format!("{e:?}"))
             })?;
         self.db.flush()?;
-        Ok(dropped)
+        Ok((dropped, fresh))
+    }
+
+    /// The pending case with this id, left in place.
+    pub fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(key) = self.ids.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(self.cases.get(&key)?.map(|v| v.to_vec()))
     }
 
     fn remove_key(&self, key: &[u8], len: Option<u64>, count_drop: bool) -> Result<(), StoreError> {
@@ -212,5 +228,22 @@ mod tests {
         assert_eq!(o.len(), 2);
         assert_eq!(o.dropped(), 2);
         assert_eq!(o.bytes(), 2 * case("c2", 10).len() as u64);
+    }
+
+    #[test]
+    fn a_case_queued_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let o = Outbox::open(&db, 10, 1 << 20).unwrap();
+        assert_eq!(o.push("a", &case("a", 10)).unwrap(), (0, true));
+        assert_eq!(o.push("a", &case("a", 20)).unwrap(), (0, false));
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.bytes(), case("a", 10).len() as u64);
+        assert_eq!(o.get("a").unwrap(), Some(case("a", 10)));
+        assert_eq!(o.take("a").unwrap(), Some(case("a", 10)));
+        assert!(o.is_empty());
+        assert_eq!(o.get("a").unwrap(), None);
+        // Once answered, the same case may be queued again.
+        assert_eq!(o.push("a", &case("a", 10)).unwrap(), (0, true));
     }
 }

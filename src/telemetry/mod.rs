@@ -58,6 +58,8 @@ pub const SLOT_TRANSITIONS: &str = "outpost_slot_transitions_total";
 pub const TRIAL_ACTIVE: &str = "outpost_trial_active";
 pub const COMMANDS: &str = "outpost_fleet_commands_total";
 pub const FORWARDED: &str = "outpost_forwarded_total";
+/// Answers from the cloud tier by `result`: `accepted`, or why they were refused (forged, unknown_key, ...).
+pub const CLOUD_ANSWERS: &str = "outpost_cloud_answers_total";
 pub const OUTBOX_DROPPED: &str = "outpost_outbox_dropped_total";
 pub const OUTBOX_PENDING: &str = "outpost_outbox_pending";
 /// Shadow runs of the staged candidate, by whether it agreed with the live model.
@@ -103,6 +105,10 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
         "Time to answer POST /v1/infer"
     );
     metrics::describe_counter!(REQUESTS, "Inference requests by outcome");
+    metrics::describe_counter!(
+        CLOUD_ANSWERS,
+        "Cloud answers by result: accepted, or the reason they were refused"
+    );
     metrics::describe_counter!(CACHE_HITS, "Requests answered from the result cache");
     metrics::describe_counter!(CACHE_MISSES, "Requests that ran a model");
     metrics::describe_counter!(CACHE_EVICTIONS, "Cache entries evicted by the size bounds");

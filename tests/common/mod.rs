@@ -227,12 +227,15 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Two operator keys made by `outpostctl keygen` and a trusted-key file listing both.
+/// Two operator keys made by `outpostctl keygen` and a trusted-key file listing both; a cloud worker's key and the
+/// file that lists it (`--cloud-keys`).
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub key1: PathBuf,
     pub key2: PathBuf,
     pub trusted: PathBuf,
+    pub cloud_key: PathBuf,
+    pub cloud_keys: PathBuf,
 }
 
 impl Fixture {
@@ -257,12 +260,34 @@ impl Fixture {
         }
         let path = dir.path().join("trusted-keys");
         std::fs::write(&path, trusted).unwrap();
+        let cloud_key = dir.path().join("cloud.key");
+        let out = outpostctl(&["keygen", "--out", s(&cloud_key)]);
+        assert!(out.status.success());
+        let cloud_keys = dir.path().join("cloud-keys");
+        std::fs::write(&cloud_keys, &out.stdout).unwrap();
         Fixture {
             dir,
             key1,
             key2,
             trusted: path,
+            cloud_key,
+            cloud_keys,
         }
+    }
+
+    /// A reference cloud worker (`outpostctl cloud`, cloud-fp32) signing with `cloud_key`, given time to subscribe.
+    pub fn cloud_worker(&self, broker_url: &str, dataset: &Path, extra: &[&str]) -> KillOnDrop {
+        let w = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+                .args(["cloud", "--broker", broker_url, "--dataset", s(dataset)])
+                .args(["--model", s(&models().join("cloud-fp32.onnx"))])
+                .args(["--key", s(&self.cloud_key)])
+                .args(extra)
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500)); // subscribed
+        w
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
