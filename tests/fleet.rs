@@ -521,35 +521,10 @@ fn the_last_will_says_offline_after_a_sigkill() {
     );
 }
 
-fn pem_certs(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "outpost test CA");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let leaf = |names: Vec<String>, cn: &str, file: &str| {
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let k = KeyPair::generate().unwrap();
-        let c = p.signed_by(&k, &ca_cert, &ca_key).unwrap();
-        std::fs::write(dir.join(format!("{file}.pem")), c.pem()).unwrap();
-        std::fs::write(dir.join(format!("{file}.key")), k.serialize_pem()).unwrap();
-    };
-    leaf(
-        vec!["localhost".into(), "127.0.0.1".into()],
-        "broker",
-        "server",
-    );
-    leaf(vec![], "d5", "client");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-}
-
 #[test]
 fn mutual_tls_connects_with_a_client_certificate_and_fails_clearly_without() {
     let certs = tempfile::tempdir().unwrap();
-    pem_certs(certs.path());
+    common::make_certs(certs.path(), &["d5"]);
     let c = certs.path().to_path_buf();
     let broker = Mosquitto::start_with(move |_, port| {
         format!(
@@ -573,9 +548,9 @@ fn mutual_tls_connects_with_a_client_certificate_and_fails_clearly_without() {
             "--ca-file",
             &p("ca.pem"),
             "--cert-file",
-            &p("client.pem"),
+            &p("d5.pem"),
             "--key-file",
-            &p("client.key"),
+            &p("d5.key"),
         ],
     );
     // Read the retained status over TLS with the C client and the same client certificate.
@@ -593,9 +568,9 @@ fn mutual_tls_connects_with_a_client_certificate_and_fails_clearly_without() {
                 "--cafile",
                 &p("ca.pem"),
                 "--cert",
-                &p("client.pem"),
+                &p("d5.pem"),
                 "--key",
-                &p("client.key"),
+                &p("d5.key"),
             ])
             .args(["-C", "1", "-W", "2"])
             .output()

@@ -490,3 +490,32 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A test CA in `dir` (`ca.pem`), a broker certificate for 127.0.0.1/localhost (`server.pem`, `server.key`) and one
+/// client certificate per common name (`<cn>.pem`, `<cn>.key`), made with rcgen.
+pub fn make_certs(dir: &Path, clients: &[&str]) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "outpost test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, cn: &str, file: &str| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let k = KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), c.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), k.serialize_pem()).unwrap();
+    };
+    leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        "broker",
+        "server",
+    );
+    for cn in clients {
+        leaf(vec![], cn, cn);
+    }
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+}
