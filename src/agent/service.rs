@@ -574,27 +574,8 @@ impl Service {
             self.record_arm(name, ran.prediction.confidence, Some(micros(ran.run)));
         }
         let prediction = ran.prediction;
+        let prediction_index = prediction.index as u32;
         let model = ModelInfo::of(&engine);
-        if let Some(cache) = self.cache.clone() {
-            let entry = CachedResult {
-                label: prediction.label.clone(),
-                index: prediction.index as u32,
-                confidence: prediction.confidence,
-                margin: prediction.margin,
-                entropy: prediction.entropy,
-                tier: "edge".into(),
-            };
-            let stored =
-                tokio::task::spawn_blocking(move || cache.insert(&key, &entry).map(|n| (n, cache)))
-                    .await;
-            match stored {
-                Ok(Ok((evicted, _))) if evicted > 0 => {
-                    metrics::counter!(crate::telemetry::CACHE_EVICTIONS).increment(evicted)
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot cache the result"),
-                _ => {}
-            }
-        }
         let mut response = InferResponse {
             label: prediction.label,
             confidence: prediction.confidence,
@@ -614,6 +595,17 @@ impl Service {
             .filter(|f| f.is_hard(response.confidence, response.margin, response.entropy));
         let case_id = hard_case
             .map(|_| crate::forward::case_id(&self.config.fleet.device_id, cache_key.as_bytes()));
+        let edge_entry = CachedResult {
+            label: response.label.clone(),
+            index: prediction_index,
+            confidence: response.confidence,
+            margin: response.margin,
+            entropy: response.entropy,
+            tier: "edge".into(),
+        };
+        if hard_case.is_none() {
+            self.cache_edge(cache_key, edge_entry.clone()).await;
+        }
         if let Some((c, tensor, sample)) = shadow_input {
             // Forwarded hard cases always run, so the cloud's label can say which model was right.
             if case_id.is_some() || sample {
@@ -655,9 +647,31 @@ impl Service {
                     response.forwarded = Some("failed".into());
                 }
             }
+            // Cached only once the case is durably queued (so a crash in between cannot leave a cached answer whose
+            // case never reached the cloud), and never over the cloud's answer, which may have come meanwhile.
+            if response.forwarded.as_deref() != Some("answered") {
+                self.cache_edge(cache_key, edge_entry).await;
+            }
             response.latency_us = micros(start.elapsed());
         }
         Ok(response)
+    }
+
+    /// Caches the edge model's answer, unless the cloud's answer for this input is there already (blocking work off
+    /// the async threads).
+    async fn cache_edge(&self, key: CacheKey, entry: CachedResult) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let stored =
+            tokio::task::spawn_blocking(move || cache.insert_unless_cloud(&key, &entry)).await;
+        match stored {
+            Ok(Ok(evicted)) if evicted > 0 => {
+                metrics::counter!(crate::telemetry::CACHE_EVICTIONS).increment(evicted)
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot cache the result"),
+            _ => {}
+        }
     }
 
     fn record_arm(&self, name: &'static str, confidence: f32, run_us: Option<u64>) {

@@ -244,7 +244,8 @@ pub struct Forwarder {
     outbox: Outbox,
     cache: Option<Arc<ResultCache>>,
     to_link: mpsc::Sender<Vec<u8>>,
-    waiters: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
+    /// Requests waiting for a case's answer: more than one when the same input came again while it was pending.
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
     score: HardnessScore,
     /// Precedence: `set` at run time, then the config, then the serving model's manifest, then the default.
     runtime: Mutex<Option<f32>>,
@@ -332,7 +333,10 @@ impl Forwarder {
         }
         metrics::gauge!(crate::telemetry::OUTBOX_PENDING).set(self.outbox.len() as f64);
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(case.id.clone(), tx);
+        lock(&self.waiters)
+            .entry(case.id.clone())
+            .or_default()
+            .push(tx);
         // A full channel is fine: the case is in the outbox and the link's resend picks it up.
         if fresh {
             let _ = self.to_link.try_send(bytes);
@@ -341,7 +345,15 @@ impl Forwarder {
             .await
             .ok()
             .and_then(|r| r.ok());
-        lock(&self.waiters).remove(&case.id);
+        {
+            let mut waiters = lock(&self.waiters);
+            if let Some(w) = waiters.get_mut(&case.id) {
+                w.retain(|tx| !tx.is_closed());
+                if w.is_empty() {
+                    waiters.remove(&case.id);
+                }
+            }
+        }
         metrics::counter!(crate::telemetry::FORWARDED, "result" => if answer.is_some() { "cloud" } else { "queued" }).increment(1);
         Ok(answer)
     }
@@ -363,7 +375,7 @@ impl Forwarder {
         *lock(&self.answers).entry(label).or_insert(0) += 1;
         metrics::counter!(crate::telemetry::CLOUD_ANSWERS, "result" => label).increment(1);
         let answer = result?;
-        if let Some(w) = lock(&self.waiters).remove(&answer.id) {
+        for w in lock(&self.waiters).remove(&answer.id).unwrap_or_default() {
             let _ = w.send(answer.clone());
         }
         Ok(answer)

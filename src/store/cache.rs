@@ -130,6 +130,25 @@ impl ResultCache {
     /// Inserts (or replaces) an entry, then evicts the oldest entries beyond the bounds. Returns how many were
     /// evicted.
     pub fn insert(&self, key: &CacheKey, value: &CachedResult) -> Result<u64, StoreError> {
+        self.put(key, value, false)
+    }
+
+    /// Like [`ResultCache::insert`], but leaves an entry from the cloud tier in place (checked in the same
+    /// transaction): the edge's answer to a hard case must not overwrite the cloud's that arrived meanwhile.
+    pub fn insert_unless_cloud(
+        &self,
+        key: &CacheKey,
+        value: &CachedResult,
+    ) -> Result<u64, StoreError> {
+        self.put(key, value, true)
+    }
+
+    fn put(
+        &self,
+        key: &CacheKey,
+        value: &CachedResult,
+        keep_cloud: bool,
+    ) -> Result<u64, StoreError> {
         let body = postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let seq = self.db.generate_id()?.to_be_bytes();
         let mut stored = Vec::with_capacity(8 + body.len());
@@ -138,6 +157,17 @@ impl ResultCache {
         let k = key.as_bytes();
         let size = k.len() as u64 + stored.len() as u64 + OVERHEAD;
         (&self.entries, &self.order, &self.meta).transaction(|(e, o, m)| -> TxResult<()> {
+            if keep_cloud {
+                let held = e.get(k)?;
+                let tier = held
+                    .as_deref()
+                    .filter(|v| v.len() >= 8)
+                    .and_then(|v| postcard::from_bytes::<CachedResult>(&v[8..]).ok())
+                    .map(|r| r.tier);
+                if tier.as_deref() == Some("cloud") {
+                    return Ok(());
+                }
+            }
             let mut bytes = read_u64(m.get(META_BYTES)?);
             let mut count = read_u64(m.get(META_COUNT)?);
             if let Some(old) = e.insert(k, stored.as_slice())? {
@@ -257,6 +287,25 @@ mod tests {
         cache.insert(&a, &result("8")).unwrap();
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.get(&a).unwrap().unwrap().label, "8");
+    }
+
+    #[test]
+    fn the_edge_answer_never_overwrites_the_clouds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(dir.path()).unwrap();
+        let cache = store.result_cache(100, 1 << 20).unwrap();
+        let k = CacheKey::new("m", &[1.0]);
+        cache.insert_unless_cloud(&k, &result("edge-1")).unwrap();
+        cache.insert_unless_cloud(&k, &result("edge-2")).unwrap();
+        assert_eq!(cache.get(&k).unwrap().unwrap().label, "edge-2");
+        let cloud = CachedResult {
+            tier: "cloud".into(),
+            ..result("cloud")
+        };
+        cache.insert(&k, &cloud).unwrap();
+        cache.insert_unless_cloud(&k, &result("edge-3")).unwrap();
+        assert_eq!(cache.get(&k).unwrap().unwrap(), cloud);
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
