@@ -131,7 +131,14 @@ impl Fleet {
     fn publish_as(&self, cn: &str, topic: &str, payload: &str, retain: bool) {
         let mut cmd = Command::new("mosquitto_pub");
         cmd.args(["-V", "mqttv5", "-h", "127.0.0.1", "-q", "1"])
-            .args(["-p", &self.broker.port.to_string(), "-t", topic, "-m", payload])
+            .args([
+                "-p",
+                &self.broker.port.to_string(),
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
             .args(self.tls(cn, true));
         if retain {
             cmd.arg("-r");
@@ -309,7 +316,9 @@ fn a_device_cannot_publish_as_another_nor_read_its_topics() {
         "status",
     ]);
     assert!(
-        acks(&out).iter().any(|a| a["device"] == "acl-b" && a["ok"] == true),
+        acks(&out)
+            .iter()
+            .any(|a| a["device"] == "acl-b" && a["ok"] == true),
         "B takes its group's commands: {}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -329,7 +338,9 @@ fn a_device_cannot_publish_as_another_nor_read_its_topics() {
     let serve_seen = lines(serve_watch);
     eprintln!("spy: {spied:?}\noperator: {op_seen:?}\nserve: {serve_seen:?}");
     assert!(
-        spied.iter().all(|l| !l.contains("acl-b") && !l.contains("line-2")),
+        spied
+            .iter()
+            .all(|l| !l.contains("acl-b") && !l.contains("line-2")),
         "device A read B's traffic: {spied:?}"
     );
     assert!(
@@ -429,7 +440,9 @@ fn the_whole_flow_works_with_the_acl_on() {
         "1.01",
     ]);
     assert!(
-        acks(&out).iter().any(|a| a["device"] == "acl-a" && a["ok"] == true),
+        acks(&out)
+            .iter()
+            .any(|a| a["device"] == "acl-a" && a["ok"] == true),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
