@@ -95,6 +95,7 @@ pub async fn send(
         .publish(topic, QoS::AtLeastOnce, false, bytes)
         .await?;
     let is_update = out.action.offer().is_some();
+    let mut saw_other_model = false;
     let deadline = Instant::now() + wait;
     let mut acks = Vec::new();
     loop {
@@ -125,6 +126,28 @@ pub async fn send(
         if t.ends_with("/status") {
             let device = v["device"].as_str().unwrap_or("?").to_string();
             progress.status(&device, &v);
+            // The device's own status turning to the offered model also ends an update: its acknowledgement can
+            // be lost when this clean session reconnects after a broker restart while the device installs. Only a
+            // change counts: a device that already ran that version answers for itself (a refusal or "already").
+            if let (Some(offer), Target::Device(d)) = (out.action.offer(), &out.target) {
+                let offered = v["model"]["name"] == offer.name.as_str()
+                    && v["model"]["version"].as_u64() == Some(offer.version);
+                if v["device"] != d.as_str() {
+                    continue;
+                }
+                if !offered && v["model"].is_object() {
+                    saw_other_model = true;
+                } else if saw_other_model {
+                    acks.push(serde_json::json!({
+                        "device": d,
+                        "seq": out.seq,
+                        "command": out.action.name(),
+                        "ok": true,
+                        "result": {"installed": {"version": offer.version}, "seen_in": "status"},
+                    }));
+                    break;
+                }
+            }
             continue;
         }
         if v["seq"].as_u64() != Some(out.seq) {
