@@ -126,6 +126,13 @@ impl Fleet {
         outpostctl(&a)
     }
 
+    /// `outpostctl <verb> --<to> <target> --key <operator key> <rest>` as the operator.
+    fn signed(&self, verb: &str, to: &str, target: &str, rest: &[&str]) -> Output {
+        let mut a = vec![verb, to, target, "--key", s(&self.f.key1)];
+        a.extend_from_slice(rest);
+        self.operator(&a)
+    }
+
     /// Publishes `payload` on `topic` as identity `cn` with mosquitto_pub (MQTT 5, QoS 1). The broker's refusal is
     /// not what the test looks at: what the other side receives is.
     fn publish_as(&self, cn: &str, topic: &str, payload: &str, retain: bool) {
@@ -292,29 +299,13 @@ fn a_device_cannot_publish_as_another_nor_read_its_topics() {
 
     // Meanwhile B has real traffic A must not see: a command and its ack, a group command, a hard case and its
     // answer.
-    let out = fleet.operator(&[
-        "cmd",
-        "--device",
-        "acl-b",
-        "--key",
-        s(&fleet.f.key1),
-        "status",
-    ]);
+    let out = fleet.signed("cmd", "--device", "acl-b", &["status"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = fleet.operator(&[
-        "cmd",
-        "--group",
-        "line-2",
-        "--key",
-        s(&fleet.f.key1),
-        "--wait",
-        "3",
-        "status",
-    ]);
+    let out = fleet.signed("cmd", "--group", "line-2", &["--wait", "3", "status"]);
     assert!(
         acks(&out)
             .iter()
@@ -413,32 +404,19 @@ fn the_whole_flow_works_with_the_acl_on() {
     let _worker = cloud_worker(&fleet, &ds);
 
     // Commands to the device and to its group, acknowledged.
-    let out = fleet.operator(&[
-        "cmd",
-        "--device",
-        "acl-a",
-        "--key",
-        s(&fleet.f.key1),
-        "status",
-    ]);
+    let out = fleet.signed("cmd", "--device", "acl-a", &["status"]);
     assert!(
         out.status.success() && acks(&out).iter().any(|a| a["ok"] == true),
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = fleet.operator(&[
+    let out = fleet.signed(
         "cmd",
         "--group",
         "line-1",
-        "--key",
-        s(&fleet.f.key1),
-        "--wait",
-        "3",
-        "set",
-        "hardness.threshold",
-        "1.01",
-    ]);
+        &["--wait", "3", "set", "hardness.threshold", "1.01"],
+    );
     assert!(
         acks(&out)
             .iter()
@@ -456,17 +434,12 @@ fn the_whole_flow_works_with_the_acl_on() {
     let bundle = fleet
         .f
         .bundle("v2.bundle", "edge-fp32", 2, &[&fleet.f.key1], &[]);
-    let out = fleet.operator(&[
+    let out = fleet.signed(
         "publish",
         "--device",
         "acl-a",
-        "--key",
-        s(&fleet.f.key1),
-        "--json",
-        "--wait",
-        "60",
-        s(&bundle),
-    ]);
+        &["--json", "--wait", "60", s(&bundle)],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
