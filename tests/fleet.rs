@@ -138,6 +138,26 @@ fn publish_installs_a_big_bundle_and_the_retained_status_reports_it() {
         daemon.get_json("/v1/status")["model"]["digest"],
         mnv2.as_str()
     );
+    // The same offer again: the device answers for itself ("already"), the status showing that version live does
+    // not stand in for its acknowledgement.
+    let again = ctl(
+        &broker,
+        &[
+            "publish",
+            "--device",
+            "d1",
+            "--key",
+            s(&f.key1),
+            "--json",
+            "--wait",
+            "30",
+            s(&b),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    let ack: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(ack["result"]["already"], "live", "{ack}");
+    assert!(ack["result"]["seen_in"].is_null(), "{ack}");
     assert!(daemon.stop().success());
     let last = broker.retained("outpost/v1/device/d1/status", 2).unwrap();
     assert_eq!(
