@@ -90,19 +90,10 @@ impl Fleet {
     fn agent(&self, id: &str, group: Option<&str>) -> Daemon {
         let url = self.url();
         let mut args: Vec<String> = [
-            "--broker",
-            &url,
-            "--device-id",
-            id,
-            "--trusted-keys",
-            s(&self.f.trusted),
-            "--cloud-keys",
-            s(&self.f.cloud_keys),
-            "--hardness",
-            "max-prob:1.01",
-            "--cloud-deadline-ms",
-            "5000",
+            &self.f.fleet_args(&url, id)[..],
+            &["--hardness", "max-prob:1.01", "--cloud-deadline-ms", "5000"],
         ]
+        .concat()
         .iter()
         .map(|x| x.to_string())
         .collect();
@@ -440,13 +431,7 @@ fn the_whole_flow_works_with_the_acl_on() {
         "acl-a",
         &["--json", "--wait", "60", s(&bundle)],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ack: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let ack = common::final_ack(&out);
     assert_eq!(ack["result"]["installed"]["version"], 2, "{ack}");
     wait_until(
         "the retained status names version 2",

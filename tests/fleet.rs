@@ -113,13 +113,7 @@ fn publish_installs_a_big_bundle_and_the_retained_status_reports_it() {
             s(&b),
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ack: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let ack = common::final_ack(&out);
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["result"]["installed"]["version"], 2);
     let mnv2 = digest_of("mobilenetv2-fp32");
@@ -154,8 +148,7 @@ fn publish_installs_a_big_bundle_and_the_retained_status_reports_it() {
             s(&b),
         ],
     );
-    let stdout = String::from_utf8_lossy(&again.stdout);
-    let ack: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let ack = common::final_ack(&again);
     assert_eq!(ack["result"]["already"], "live", "{ack}");
     assert!(ack["result"]["seen_in"].is_null(), "{ack}");
     assert!(daemon.stop().success());

@@ -18,16 +18,7 @@ fn worker(f: &Fixture, broker: &Mosquitto, dataset: &Path) -> KillOnDrop {
 
 /// Every input is hard (max-prob below 1.01), so every request goes to the cloud.
 fn agent(f: &Fixture, broker_url: &str, id: &str, extra: &[&str]) -> Daemon {
-    let mut args = vec![
-        "--broker",
-        broker_url,
-        "--device-id",
-        id,
-        "--trusted-keys",
-        s(&f.trusted),
-        "--cloud-keys",
-        s(&f.cloud_keys),
-    ];
+    let mut args = f.fleet_args(broker_url, id);
     args.extend_from_slice(&["--hardness", "max-prob:1.01"]);
     args.extend_from_slice(extra);
     Daemon::start(&f.path(&format!("state-{id}")), &args)
@@ -125,21 +116,9 @@ fn an_outage_and_a_sigkill_lose_no_hard_case_and_deliver_each_once() {
     let state = d.state_dir.clone();
     drop(d); // SIGKILL
     let url = broker.url();
-    let d = Daemon::start(
-        &state,
-        &[
-            "--broker",
-            &url,
-            "--device-id",
-            "f2",
-            "--trusted-keys",
-            s(&f.trusted),
-            "--cloud-keys",
-            s(&f.cloud_keys),
-            "--hardness",
-            "max-prob:1.01",
-        ],
-    );
+    let mut args = f.fleet_args(&url, "f2");
+    args.extend_from_slice(&["--hardness", "max-prob:1.01"]);
+    let d = Daemon::start(&state, &args);
     assert_eq!(
         d.get_json("/v1/status")["forward"]["outbox"]["pending"],
         n as u64,
@@ -229,19 +208,7 @@ fn the_threshold_comes_from_the_manifest_unless_the_config_or_set_overrides_it()
     let f = Fixture::new();
     let url = broker.url();
     let state = f.path("state-f5");
-    let d = Daemon::start(
-        &state,
-        &[
-            "--broker",
-            &url,
-            "--device-id",
-            "f5",
-            "--trusted-keys",
-            s(&f.trusted),
-            "--cloud-keys",
-            s(&f.cloud_keys),
-        ],
-    );
+    let d = Daemon::start(&state, &f.fleet_args(&url, "f5"));
     let threshold = |d: &Daemon| {
         d.get_json("/v1/status")["forward"]["threshold"]
             .as_f64()
@@ -263,21 +230,9 @@ fn the_threshold_comes_from_the_manifest_unless_the_config_or_set_overrides_it()
     );
     assert!(d.stop().success());
     // The config wins over the manifest, also after a restart.
-    let d = Daemon::start(
-        &state,
-        &[
-            "--broker",
-            &url,
-            "--device-id",
-            "f5",
-            "--trusted-keys",
-            s(&f.trusted),
-            "--cloud-keys",
-            s(&f.cloud_keys),
-            "--hardness",
-            "margin:0.3",
-        ],
-    );
+    let mut args = f.fleet_args(&url, "f5");
+    args.extend_from_slice(&["--hardness", "margin:0.3"]);
+    let d = Daemon::start(&state, &args);
     let st = d.get_json("/v1/status")["forward"].clone();
     assert_eq!(st["score"], "margin");
     assert!(

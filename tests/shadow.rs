@@ -210,20 +210,11 @@ fn forwarded_hard_cases_say_which_model_agreed_with_the_cloud() {
     let d = Daemon::start(
         &f.path("state"),
         &[
-            "--config",
-            &cfg,
-            "--broker",
-            &broker.url(),
-            "--device-id",
-            "sh1",
-            "--trusted-keys",
-            s(&f.trusted),
-            "--cloud-keys",
-            s(&f.cloud_keys),
+            &["--config", cfg.as_str()][..],
+            &f.fleet_args(&broker.url(), "sh1"),
+            &["--hardness", "max-prob:1.01", "--cloud-deadline-ms", "3000"],
         ]
-        .into_iter()
-        .chain(["--hardness", "max-prob:1.01", "--cloud-deadline-ms", "3000"])
-        .collect::<Vec<_>>(),
+        .concat(),
     );
     stage(&f, &d, &candidate, 2);
     let agent = common::http();

@@ -140,8 +140,10 @@ pub async fn serve(
                 // A request may only ask for chunks to go to the device whose topic it came on (the broker's ACL
                 // decides who may publish there).
                 let topic = mqtt::topic_of(&p);
-                if topics::bundle_get_device(&topic).map(topics::chunk)
-                    != Some(req.reply_to.clone())
+                if topics::bundle_get_device(&topic)
+                    .map(topics::chunk)
+                    .as_deref()
+                    != Some(req.reply_to.as_str())
                 {
                     served.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%topic, reply_to = %req.reply_to, "refused a chunk request for another device");

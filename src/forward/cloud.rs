@@ -5,8 +5,8 @@
 //! of them. Each answer is signed with the worker's key and bound to its case (id, device, input digest), since the
 //! device believes nothing else. A case is taken only when the topic it came on, the device it names and the topic
 //! it asks the answer to go to all name the same device: with the broker's ACL, a device cannot send cases, or have
-//! answers sent, in another's name. A case that comes again (a device resent it after a reconnect) is answered again but stored once: the
-//! dataset is keyed by case id.
+//! answers sent, in another's name. A case that comes again (a device resent it after a reconnect) is answered again
+//! but stored once: the dataset is keyed by case id.
 
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;

@@ -223,6 +223,21 @@ pub fn outpostctl(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The final acknowledgement `outpostctl publish --json` printed, after checking that it succeeded.
+pub fn final_ack(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout
+        .lines()
+        .last()
+        .expect("publish printed no acknowledgement");
+    serde_json::from_str(last).unwrap()
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -273,6 +288,20 @@ impl Fixture {
             cloud_key,
             cloud_keys,
         }
+    }
+
+    /// The flags that put an agent on `broker_url` as device `id`, trusting the fixture's operator and cloud keys.
+    pub fn fleet_args<'a>(&'a self, broker_url: &'a str, id: &'a str) -> Vec<&'a str> {
+        vec![
+            "--broker",
+            broker_url,
+            "--device-id",
+            id,
+            "--trusted-keys",
+            s(&self.trusted),
+            "--cloud-keys",
+            s(&self.cloud_keys),
+        ]
     }
 
     /// A reference cloud worker (`outpostctl cloud`, cloud-fp32) signing with `cloud_key`, given time to subscribe.
