@@ -895,22 +895,18 @@ fn soak_under_faults() {
     let state = f.path("state");
     let config = f.path("agent.toml");
     std::fs::write(&config, AGENT_CONFIG).unwrap();
+    let (url, hardness) = (proxy.url(), format!("max-prob:{HARDNESS}"));
     let args: Vec<String> = [
-        "--config",
-        s(&config),
-        "--broker",
-        &proxy.url(),
-        "--device-id",
-        DEVICE,
-        "--trusted-keys",
-        s(&f.trusted),
-        "--cloud-keys",
-        s(&f.cloud_keys),
-        "--hardness",
-        &format!("max-prob:{HARDNESS}"),
-        "--cloud-deadline-ms",
-        CLOUD_DEADLINE_MS,
+        &["--config", s(&config)][..],
+        &f.fleet_args(&url, DEVICE),
+        &[
+            "--hardness",
+            &hardness,
+            "--cloud-deadline-ms",
+            CLOUD_DEADLINE_MS,
+        ],
     ]
+    .concat()
     .iter()
     .map(|x| x.to_string())
     .collect();
