@@ -272,9 +272,26 @@ pub fn set_threads(n: usize) {
     set_threads_with(n, PARALLEL_MIN_RUN)
 }
 
+/// Chooses tract's kernels before it probes the CPU (once per process; every entry that reaches tract calls it).
+///
+/// tract 0.23.9's AMX int8 kernel (`avx512amx_mmm_i32_16x16`) crashed the process with SIGSEGV on the first
+/// real-int8 run on a Sapphire Rapids-class CPU here (amx_int8 in /proc/cpuinfo), while every other kernel ran:
+/// AMX is taken out of tract's kernel pool unless the operator chose the ISA set with `TRACT_CPU_ISA`.
+fn init_kernels() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        // Naming another architecture's feature is an error to tract: x86_64 only.
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("TRACT_CPU_ISA").is_none() {
+            tract_linalg::knobs::TRACT_CPU_ISA.set(Some("-amx-int8,-amx-bf16".to_string()));
+        }
+    });
+}
+
 /// [`set_threads`] with another threshold (zero: every plan uses the threads; the benchmark's forced rows).
 pub fn set_threads_with(n: usize, min_run: Duration) {
     use tract_linalg::multithread::Executor;
+    init_kernels();
     let n = n.clamp(1, 256);
     let executor = (n > 1).then(|| (Executor::multithread_with_name(n, "outpost-mm"), n, min_run));
     *PARALLEL.lock().unwrap_or_else(|p| p.into_inner()) = executor;
@@ -375,6 +392,7 @@ fn nnef() -> tract_nnef::framework::Nnef {
 /// Builds the plan for `key` from model bytes in its format, then dry-runs it once on zeros: a model that types but
 /// cannot run (unsupported kernel, wrong shape) fails here, at load, not on the first request.
 fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceError> {
+    init_kernels();
     let start = Instant::now();
     let (typed, dequantized_ops) = match key.format {
         Format::Onnx => typed_onnx(model_bytes, &key)?,
@@ -454,6 +472,7 @@ pub fn nnef_form(
     spec: &ModelSpec,
     int8: Int8Mode,
 ) -> Result<Vec<u8>, InferenceError> {
+    init_kernels();
     spec.validate().map_err(InferenceError::Spec)?;
     let key = PlanKey::new(&digest_hex(model_bytes), Format::Onnx, spec, 1, int8);
     let typed = typed_onnx(model_bytes, &key)?
