@@ -7,7 +7,7 @@ use common::KillOnDrop;
 
 use common::{outpostctl, s, wait_until, Daemon, Fixture, Mosquitto};
 use outpost::bundle::SigningKeyFile;
-use outpost::fleet::command::{self, Action, CommandBody, Target};
+use outpost::wire::command::{self, Action, CommandBody, Target};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -313,3 +313,106 @@ fn continuous_requests_across_a_swap_and_a_rollback_never_fail() {
     let daemon = Arc::try_unwrap(daemon).ok().unwrap();
     assert!(daemon.stop().success());
 }
+
+/// Issue 18's stuck device: a signed re-release whose model bytes equal the live model's, under a new version and
+/// with other labels. The daemon must serve it without a restart (answers name version 2 and its labels, none from
+/// the cache of version 1), put it on trial, let probation judge it, and then take the next install.
+#[test]
+fn a_re_release_of_the_same_bytes_goes_live_on_trial_is_judged_and_never_answers_from_the_old_cache(
+) {
+    let f = Fixture::new();
+    let state = f.path("state");
+    let config = write_config(
+        &f,
+        "[probation]\nrequests = 40\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 2.0\n",
+    );
+    let daemon = Daemon::start(&state, &["--config", &config]);
+    let agent = common::http();
+    let image = std::fs::read(&common::test_images()[0].0).unwrap();
+    for _ in 0..2 {
+        let (code, v) = daemon.infer(&agent, &image, "image/png");
+        assert_eq!(code, 200, "{v}");
+    }
+    let (_, cached) = daemon.infer(&agent, &image, "image/png");
+    assert_eq!(cached["source"], "cache", "{cached}");
+    let v1_label = cached["label"].as_str().unwrap().to_string();
+    send(&daemon, 40); // the built-in model's baseline
+    let int8 = digest_of("edge-int8");
+    assert_eq!(
+        daemon.get_json("/v1/status")["model"]["digest"],
+        int8.as_str()
+    );
+
+    // The same bytes, version 2, labels renamed.
+    let mut spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::models().join("edge-int8.spec.json")).unwrap(),
+    )
+    .unwrap();
+    let renamed: Vec<String> = (0..10).map(|i| format!("digit-{i}")).collect();
+    spec["labels"] = serde_json::json!(renamed);
+    let spec_path = f.path("renamed.spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let bundle = f.path("v2.bundle");
+    let models = common::models();
+    let o = common::outpostctl(&[
+        "bundle",
+        "--model",
+        s(&models.join("edge-int8.onnx")),
+        "--spec",
+        s(&spec_path),
+        "--version",
+        "2",
+        "--golden-images",
+        s(&models.join("data/calib")),
+        "--out",
+        s(&bundle),
+        "--key",
+        s(&f.key1),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = f.install(&state, &bundle, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the daemon serves version 2 on trial",
+        Duration::from_secs(20),
+        || {
+            let st = daemon.get_json("/v1/status");
+            st["model"]["version"] == 2 && !st["trial"].is_null()
+        },
+    );
+    let st = daemon.get_json("/v1/status");
+    assert_eq!(st["model"]["digest"], int8.as_str(), "the same bytes: {st}");
+    assert_eq!(st["trial"]["version"], 2, "{st}");
+
+    // The input cached under version 1 is answered by version 2, with version 2's label for the same class.
+    let (code, v) = daemon.infer(&agent, &image, "image/png");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["model"]["version"], 2, "{v}");
+    assert_eq!(v["source"], "edge", "an answer of version 1's cache: {v}");
+    assert_eq!(v["label"], format!("digit-{v1_label}"), "{v}");
+
+    let answers = send(&daemon, 40);
+    assert!(answers
+        .iter()
+        .all(|a| a["model"]["version"] == 2 && a["label"].as_str().unwrap().starts_with("digit-")));
+    wait_until("the trial is committed", Duration::from_secs(10), || {
+        status(&state)["trial"].is_null()
+    });
+    // The record is written first, then the service ends the trial.
+    wait_until("the daemon ends the trial", Duration::from_secs(5), || {
+        daemon.get_json("/v1/status")["trial"].is_null()
+    });
+    let st = daemon.get_json("/v1/status");
+    assert_eq!(st["last_transition"]["transition"], "commit", "{st}");
+    assert_eq!(st["last_transition"]["version"], 2, "{st}");
+
+    // Not stuck: the next release installs and goes on trial.
+    let fp32 = digest_of("edge-fp32");
+    let b3 = f.bundle("v3.bundle", "edge-fp32", 3, &[&f.key1], &[]);
+    install_and_wait(&f, &daemon, &state, &b3, &fp32);
+    assert!(daemon.stop().success());
+}

@@ -11,7 +11,7 @@
 //! answered, as a real one would. Afterwards (faults stopped, link and broker up, outbox drained) the test checks
 //! that no request went unanswered; that every hard case reached the cloud worker and was stored once: those the
 //! clients were told about (`case_id` with `forwarded` queued or answered), and those whose hard edge answer a client
-//! got from the cache (their ids are derived here from device, model digest and input, as the agent derives them);
+//! got from the cache (their ids are derived here from device, model release and input, as the agent derives them);
 //! that the outbox is empty and dropped nothing; that the slot record is consistent at every read and back on the
 //! built-in model; that cloud answers were accepted and none refused for a security reason; and that the agent's RSS
 //! in the last third of the run stays within 10 % of its maximum in [T/6, T/2] (the issue's "last 10 minutes within
@@ -360,13 +360,17 @@ impl Inputs {
         out.into_inner()
     }
 
-    /// The case id the agent gives this input under the model with this digest.
-    fn case_id(&self, body: &[u8], model_digest: &str) -> String {
+    /// The case id the agent gives this input under the release with this digest and version (every release here
+    /// carries the built-in edge-int8 spec under its own version).
+    fn case_id(&self, body: &[u8], model_digest: &str, version: u64) -> String {
         let tensor = self
             .engine
             .tensor_from_image(body, &outpost::inference::DecodeLimits::default())
             .unwrap();
-        let key = outpost::store::CacheKey::new(model_digest, &tensor);
+        let mut spec = self.engine.spec().clone();
+        spec.version = version;
+        let release = outpost::inference::Release::of(model_digest, &spec);
+        let key = outpost::store::CacheKey::new(&release.id(), &tensor);
         outpost::forward::case_id(DEVICE, key.as_bytes())
     }
 }
@@ -446,7 +450,8 @@ fn record(t: &mut Traffic, inputs: &Inputs, body: &[u8], v: &serde_json::Value) 
         "cloud" | "cloud-cache" => true,
         _ => confidence < HARDNESS,
     };
-    let derived = hard.then(|| inputs.case_id(body, &digest));
+    let version = v["model"]["version"].as_u64().unwrap_or(0);
+    let derived = hard.then(|| inputs.case_id(body, &digest, version));
     if let Some(id) = &derived {
         t.hard.insert(id.clone());
     }

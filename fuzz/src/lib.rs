@@ -315,8 +315,8 @@ fn seed_bundles_with(key: &SigningKeyFile, other: &SigningKeyFile) -> Vec<(&'sta
 /// The fleet command decoder, as a device runs it: arbitrary bytes through `command::verify` (the trusted key, device
 /// `d1` in group `g1`, a last sequence number of 100). When the body decodes, it is also re-signed with the trusted key
 /// and verified again, so the checks behind the signature (target, expiry, sequence, offer limits) get fuzzed too.
-pub fn run_command(data: &[u8]) -> Result<(), outpost::fleet::command::CommandError> {
-    use outpost::fleet::command::{self, Action, Checker};
+pub fn run_command(data: &[u8]) -> Result<(), outpost::wire::command::CommandError> {
+    use outpost::wire::command::{self, Action, Checker};
     let f = fixture();
     let checker = Checker {
         keys: &f.trusted,

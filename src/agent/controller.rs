@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::probation::Verdict;
-use super::{load_model, Service};
-use crate::inference::Engine;
-use crate::slots::{install::load_active, SlotError, SlotId, SlotState, SlotStore};
+use super::load_model;
+use crate::inference::{Engine, Release};
+use crate::serve::probation::Verdict;
+use crate::serve::Service;
+use crate::slots::{install::load_active, SlotError, SlotState, SlotStore};
+use crate::wire::status::{Cause, Serving, TransitionKind};
 
 /// How often the record is re-read for changes made by other processes.
 const POLL: Duration = Duration::from_millis(250);
@@ -44,16 +46,16 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
             _ = service.decided.notified() => {}
         }
-        if let Some((digest, verdict)) = service.trial_verdict(Instant::now()) {
+        if let Some((release, verdict)) = service.trial_verdict(Instant::now()) {
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Commit(reason) => {
-                    if let Some(g) = commit(&service, &store, &digest, &reason).await {
+                    if let Some(g) = commit(&service, &store, &release, &reason).await {
                         seen = g;
                     }
                 }
                 Verdict::Rollback(reason) => {
-                    if let Some(g) = rollback(&service, &store, &digest, &reason).await {
+                    if let Some(g) = rollback(&service, &store, &release, &reason).await {
                         seen = g;
                     }
                 }
@@ -70,97 +72,98 @@ pub(crate) async fn run(
     }
 }
 
-fn trial_digest(state: &SlotState) -> Option<&str> {
-    let t = state.trial.as_ref()?;
-    state.slot(t.slot).map(|i| i.digest.as_str())
+/// Is `release` the model on trial in this record?
+fn on_trial(state: &SlotState, release: &Release) -> bool {
+    state
+        .trial
+        .as_ref()
+        .and_then(|t| state.slot(t.slot))
+        .is_some_and(|i| i.matches(release))
 }
 
-async fn commit(service: &Service, store: &SlotStore, digest: &str, reason: &str) -> Option<u64> {
-    let (st, d) = (store.clone(), digest.to_string());
+/// Carries out probation's verdict on `release` in the record (one locked transition); `None` when that release is
+/// no longer on trial (someone else ended it: `follow` will see how) or the write failed (retried at the next tick).
+async fn judge(
+    store: &SlotStore,
+    release: &Release,
+    verdict: fn(&SlotState) -> Result<SlotState, SlotError>,
+) -> Option<SlotState> {
+    let (st, r) = (store.clone(), release.clone());
     let done = tokio::task::spawn_blocking(move || {
         st.update(|s| {
-            if trial_digest(s) != Some(d.as_str()) {
+            if !on_trial(s, &r) {
                 return Err(SlotError::NoTrial);
             }
-            Ok((s.commit()?, ()))
+            Ok((verdict(s)?, ()))
         })
     })
     .await;
     match done {
-        Ok(Ok((state, ()))) => {
-            service.end_trial(digest);
-            service.note_transition(
-                "commit",
-                "probation",
-                reason,
-                service.engine().spec().version,
-            );
-            tracing::info!(version = service.engine().spec().version, %reason, "model committed");
-            Some(state.generation)
-        }
-        Ok(Err(SlotError::NoTrial)) => None, // someone else ended it; `follow` will see how
-        other => {
-            tracing::error!(result = ?other.map(|r| r.map(|_| ())), "cannot commit the trial; will retry");
-            None
-        }
-    }
-}
-
-async fn rollback(service: &Service, store: &SlotStore, digest: &str, reason: &str) -> Option<u64> {
-    let (st, d) = (store.clone(), digest.to_string());
-    let done = tokio::task::spawn_blocking(move || {
-        st.update(|s| {
-            if trial_digest(s) != Some(d.as_str()) {
-                return Err(SlotError::NoTrial);
-            }
-            Ok((s.rollback()?, ()))
-        })
-    })
-    .await;
-    match done {
-        Ok(Ok((state, ()))) => {
-            let version = service.engine().spec().version;
-            tracing::warn!(%reason, version, "model on trial rolled back");
-            match engine_for(service, store, &state).await {
-                Some((engine, slot)) => {
-                    service.swap(engine, &slot);
-                    service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
-                }
-                None => tracing::error!("the previous model cannot be loaded; still serving the model that failed its trial"),
-            }
-            service.note_transition("rollback", "probation", reason, version);
-            Some(state.generation)
-        }
+        Ok(Ok((state, ()))) => Some(state),
         Ok(Err(SlotError::NoTrial)) => None,
         other => {
-            tracing::error!(result = ?other.map(|r| r.map(|_| ())), "cannot roll the trial back; will retry");
+            tracing::error!(result = ?other.map(|r| r.map(|_| ())), "cannot record the trial's verdict; will retry");
             None
         }
     }
 }
 
-/// The engine the record says should serve, reusing the kept fallback or the current engine when digests match.
+async fn commit(
+    service: &Service,
+    store: &SlotStore,
+    release: &Release,
+    reason: &str,
+) -> Option<u64> {
+    let state = judge(store, release, SlotState::commit).await?;
+    service.end_trial(release);
+    let version = service.engine().spec().version;
+    service.note_transition(TransitionKind::Commit, Cause::Probation, reason, version);
+    tracing::info!(version, %reason, "model committed");
+    Some(state.generation)
+}
+
+async fn rollback(
+    service: &Service,
+    store: &SlotStore,
+    release: &Release,
+    reason: &str,
+) -> Option<u64> {
+    let state = judge(store, release, SlotState::rollback).await?;
+    let version = service.engine().spec().version;
+    tracing::warn!(%reason, version, "model on trial rolled back");
+    match engine_for(service, store, &state).await {
+        Some((engine, slot)) => {
+            service.swap(engine, slot);
+            service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
+        }
+        None => tracing::error!(
+            "the previous model cannot be loaded; still serving the model that failed its trial"
+        ),
+    }
+    service.note_transition(TransitionKind::Rollback, Cause::Probation, reason, version);
+    Some(state.generation)
+}
+
+/// The engine the record says should serve: the kept fallback or the current engine when it is the same release,
+/// else the engine an install in this process built and gated for that slot, else loaded from the slot's files.
 async fn engine_for(
     service: &Service,
     store: &SlotStore,
     state: &SlotState,
-) -> Option<(Arc<Engine>, String)> {
-    let want = state.active_info().map(|i| i.digest.clone());
-    let slot = state
-        .active
-        .map(SlotId::name)
-        .unwrap_or("builtin")
-        .to_string();
+) -> Option<(Arc<Engine>, Serving)> {
+    let want = state.active_info();
+    let slot = state.active.map(Serving::slot).unwrap_or(Serving::Builtin);
     for candidate in [service.fallback(), Some(service.engine())]
         .into_iter()
         .flatten()
     {
-        let matches = match &want {
-            Some(d) => candidate.digest() == d,
-            None => false,
-        };
-        if matches {
+        if want.is_some_and(|i| i.matches(candidate.release())) {
             return Some((candidate, slot));
+        }
+    }
+    if let (Some(active), Some(info)) = (state.active, want) {
+        if let Some(engine) = service.take_installed(Serving::slot(active), info) {
+            return Some((engine, slot));
         }
     }
     let (st, s, config) = (store.clone(), state.clone(), service.config().clone());
@@ -173,7 +176,7 @@ async fn engine_for(
     match loaded {
         Ok(Ok(engine)) => {
             let slot = if state.active.is_none() && service.config().model.path.is_some() {
-                "file".to_string()
+                Serving::File
             } else {
                 slot
             };
@@ -192,16 +195,20 @@ async fn engine_for(
 
 /// Makes the service's candidate the one the record stages (or none).
 async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState) {
-    let want = state
-        .candidate
-        .zip(state.candidate_info().map(|i| i.digest.clone()));
-    let have = service.candidate().map(|c| c.digest().to_string());
+    let want = state.candidate.zip(state.candidate_info());
+    let have = service.candidate();
     match want {
         None if have.is_some() => {
             tracing::info!("candidate dropped");
             service.set_candidate(None);
         }
-        Some((slot, digest)) if have.as_deref() != Some(digest.as_str()) => {
+        Some((slot, info)) if !have.is_some_and(|c| info.matches(c.release())) => {
+            if let Some(engine) = service.take_installed(Serving::slot(slot), info) {
+                tracing::info!(version = info.version, digest = %info.digest, "candidate staged: running in shadow");
+                service.set_candidate(Some(engine));
+                return;
+            }
+            let digest = info.digest.clone();
             let (st, s) = (store.clone(), state.clone());
             match tokio::task::spawn_blocking(move || {
                 crate::slots::install::load_slot(&st, &s, slot)
@@ -223,17 +230,24 @@ async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState)
 /// Applies a record written by another process.
 async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
     sync_candidate(service, store, &state).await;
-    let want = state.active_info().map(|i| i.digest.clone());
     let serving = service.engine();
-    let same = match &want {
-        Some(d) => serving.digest() == d,
-        None => matches!(service.slot().as_str(), "builtin" | "file" | "fallback"),
+    // The same release, not the same bytes: a re-release of identical model bytes under a new version or spec
+    // must go live (and on trial) like any other.
+    let same = match state.active_info() {
+        Some(info) => info.matches(serving.release()),
+        None => matches!(
+            service.slot(),
+            Serving::Builtin | Serving::File | Serving::Fallback
+        ),
     };
-    let on_trial = trial_digest(&state).is_some_and(|d| Some(d) == want.as_deref());
-    if same && !on_trial && service.end_trial(serving.digest()) {
+    let on_trial = state
+        .trial
+        .as_ref()
+        .is_some_and(|t| Some(t.slot) == state.active);
+    if same && !on_trial && service.end_trial(serving.release()) {
         service.note_transition(
-            "commit",
-            "operator",
+            TransitionKind::Commit,
+            Cause::Operator,
             "promoted by an operator",
             serving.spec().version,
         );
@@ -248,17 +262,22 @@ async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
     };
     if on_trial {
         let version = engine.spec().version;
-        tracing::info!(slot = %slot, version, digest = %engine.digest(), "new model live, on trial");
-        service.begin_trial(engine, &slot, Some(serving));
-        service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
-        service.note_transition("trial", "install", &format!("version {version}"), version);
-    } else {
-        tracing::info!(slot = %slot, digest = %engine.digest(), "switching to the model the slot record names");
-        service.swap(engine, &slot);
+        tracing::info!(slot = slot.name(), version, digest = %engine.digest(), "new model live, on trial");
+        service.begin_trial(engine, slot, Some(serving));
         service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
         service.note_transition(
-            "rollback",
-            "operator",
+            TransitionKind::Trial,
+            Cause::Install,
+            &format!("version {version}"),
+            version,
+        );
+    } else {
+        tracing::info!(slot = slot.name(), digest = %engine.digest(), "switching to the model the slot record names");
+        service.swap(engine, slot);
+        service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
+        service.note_transition(
+            TransitionKind::Rollback,
+            Cause::Operator,
             "changed by an operator",
             serving.spec().version,
         );

@@ -5,19 +5,17 @@
 //! flushed, then `run` returns.
 
 mod controller;
-pub mod probation;
-mod service;
-pub mod shadow;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub use service::{bytes_like, InferResponse, ModelInfo, Service, ServiceError};
+use crate::serve::Service;
 
 use crate::config::Config;
 use crate::inference::{Engine, InferenceError, ModelSpec};
 use crate::store::{Store, StoreError};
+use crate::wire::status::{Cause, Serving, TransitionKind};
 use crate::worker::Pool;
 
 /// The edge model built into the binary: what `outpost run` serves with no configuration at all.
@@ -136,12 +134,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 
     let pool = Arc::new(Pool::start(config.worker_count(), config.workers.queue));
     let service = Arc::new(Service::new(engine, pool.clone(), cache, &config));
-    service.set_slot(&started.slot);
+    service.set_slot(started.slot);
     service.set_model_threshold(started.hardness_threshold);
     if started.on_trial {
         // A trial found at start: no baseline from this run, but the previous model is kept for failed runs.
         let current = service.engine();
-        service.begin_trial(current, &started.slot, started.previous.map(Arc::new));
+        service.begin_trial(current, started.slot, started.previous.map(Arc::new));
     }
 
     // The fleet link (and the forwarder it carries) is in place before the API answers, so the first request
@@ -150,7 +148,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         Some(_) => {
             let s = store.clone();
             let records = blocking(move || s.records()).await??;
-            let mut link = crate::fleet::link::Link::new(service.clone(), &config, records)
+            let mut link = crate::fleet::device::Link::new(service.clone(), &config, records)
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
             let cloud_keys = match (&config.forward.cloud_keys, config.forward.enabled) {
                 (Some(p), true) => Some(
@@ -288,13 +286,13 @@ pub async fn start_headless(
     let started = blocking(move || start_model(&cfg, &sd)).await??;
     let service = Arc::new(Service::new(started.engine, pool, None, &config));
     service.set_background(background);
-    service.set_slot(&started.slot);
+    service.set_slot(started.slot);
     service.set_model_threshold(started.hardness_threshold);
     if started.on_trial {
         let current = service.engine();
-        service.begin_trial(current, &started.slot, started.previous.map(Arc::new));
+        service.begin_trial(current, started.slot, started.previous.map(Arc::new));
     }
-    let link = crate::fleet::link::Link::new(service.clone(), &config, records)
+    let link = crate::fleet::device::Link::new(service.clone(), &config, records)
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let token = shutdown.clone();
     let link = tokio::spawn(async move {
@@ -314,8 +312,7 @@ pub async fn start_headless(
 /// What start-up chose to serve.
 struct Started {
     engine: Engine,
-    /// `a`/`b`, `builtin`, `file` or `fallback`.
-    slot: String,
+    slot: Serving,
     /// The live slot is a model on trial.
     on_trial: bool,
     /// The model that served before the trial, when it loads.
@@ -338,7 +335,7 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError>
         .map_err(internal)?;
     match &action {
         BootAction::RolledBack { version, boots } => {
-            metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => "rollback", "cause" => "boot_count").increment(1);
+            metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => TransitionKind::Rollback.name(), "cause" => Cause::BootCount.name()).increment(1);
             tracing::warn!(
                 version,
                 boots,
@@ -351,24 +348,20 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError>
     crate::fault::maybe_abort_on_load(state.active_info().map(|i| i.digest.as_str()));
     let (engine, slot, on_trial) = match load_active(&slots, &state) {
         Ok(Some(engine)) => {
-            let slot = state
-                .active
-                .map(|s| s.name())
-                .unwrap_or("builtin")
-                .to_string();
+            let slot = state.active.map(Serving::slot).unwrap_or(Serving::Builtin);
             (engine, slot, state.trial.is_some())
         }
         Ok(None) => {
             let slot = if config.model.path.is_some() {
-                "file"
+                Serving::File
             } else {
-                "builtin"
+                Serving::Builtin
             };
-            (load_model(config)?, slot.to_string(), false)
+            (load_model(config)?, slot, false)
         }
         Err(e) => {
             tracing::error!(error = %e, "the live slot cannot be loaded; serving the configured or built-in model");
-            (load_model(config)?, "fallback".to_string(), false)
+            (load_model(config)?, Serving::Fallback, false)
         }
     };
     let previous = match state.trial.as_ref().filter(|_| on_trial) {
@@ -383,7 +376,7 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError>
         }
         None => None,
     };
-    let hardness_threshold = if matches!(slot.as_str(), "a" | "b") {
+    let hardness_threshold = if matches!(slot, Serving::A | Serving::B) {
         state.active_info().and_then(|i| i.hardness_threshold)
     } else {
         None

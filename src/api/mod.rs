@@ -10,8 +10,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 
-use crate::agent::{Service, ServiceError};
 use crate::inference::InferenceError;
+use crate::serve::{Service, ServiceError};
 use crate::worker::PoolError;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,7 @@ async fn infer(
     State(service): State<Arc<Service>>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<crate::agent::InferResponse>, ApiError> {
+) -> Result<Json<crate::serve::InferResponse>, ApiError> {
     let start = std::time::Instant::now();
     let result = read_body(&service, &headers, body).await;
     match result {
@@ -165,7 +165,7 @@ async fn read_body(
     Ok(body)
 }
 
-async fn status(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
+async fn status(State(service): State<Arc<Service>>) -> Json<crate::wire::status::ServiceStatus> {
     Json(service.status())
 }
 

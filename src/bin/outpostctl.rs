@@ -328,8 +328,8 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn target(&self) -> outpost::fleet::command::Target {
-        use outpost::fleet::command::Target;
+    fn target(&self) -> outpost::wire::command::Target {
+        use outpost::wire::command::Target;
         match (&self.device, &self.group) {
             (Some(d), _) => Target::Device(d.clone()),
             (None, Some(g)) => Target::Group(g.clone()),
@@ -546,29 +546,24 @@ struct Shown {
 }
 
 impl outpost::fleet::operator::Progress for Shown {
-    fn status(&mut self, device: &str, status: &serde_json::Value) {
-        let d = &status["download"];
-        if let (Some(bar), Some(done), Some(total)) = (
-            &self.bar,
-            d["chunks_done"].as_u64(),
-            d["chunks_total"].as_u64(),
-        ) {
-            bar.set_length(total);
-            bar.set_position(done);
-            bar.set_message(format!("{device}: version {}", d["version"]));
+    fn status(&mut self, status: &outpost::wire::status::OnlineStatus) {
+        if let (Some(bar), Some(d)) = (&self.bar, &status.service.download) {
+            bar.set_length(d.chunks_total);
+            bar.set_position(d.chunks_done);
+            bar.set_message(format!("{}: version {}", status.device, d.version));
         }
     }
 
-    fn ack(&mut self, ack: &serde_json::Value) {
+    fn ack(&mut self, ack: &outpost::wire::status::Ack) {
         if self.json {
-            println!("{ack}");
+            println!("{}", ack.to_json());
         }
     }
 }
 
 async fn fleet(c: Command) -> Result<()> {
-    use outpost::fleet::command::Action;
     use outpost::fleet::operator::{self, Outgoing};
+    use outpost::wire::command::Action;
     use std::time::Duration;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let token = shutdown.clone();
@@ -619,7 +614,7 @@ async fn fleet(c: Command) -> Result<()> {
                 shutdown,
                 |fleet, last| {
                     if json {
-                        println!("{last}");
+                        println!("{}", String::from_utf8_lossy(last));
                         return;
                     }
                     if tty {
@@ -637,29 +632,32 @@ async fn fleet(c: Command) -> Result<()> {
                         "P99_US",
                         "REQ/S"
                     );
+                    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                     for (device, s) in &fleet.devices {
-                        let trial = if s["trial"].is_null() {
-                            "-".to_string()
-                        } else {
-                            format!("{}", s["trial"]["requests"])
+                        let Some(s) = s.online() else {
+                            println!("{device:<20} offline");
+                            continue;
                         };
-                        let dl = &s["download"];
-                        let state = if dl.is_null() {
-                            s["state"].as_str().unwrap_or("?").to_string()
-                        } else {
-                            format!("dl {}/{}", dl["chunks_done"], dl["chunks_total"])
+                        let svc = &s.service;
+                        let trial = svc
+                            .trial
+                            .as_ref()
+                            .map_or("-".to_string(), |t| t.requests.to_string());
+                        let state = match &svc.download {
+                            None => "online".to_string(),
+                            Some(dl) => format!("dl {}/{}", dl.chunks_done, dl.chunks_total),
                         };
                         println!(
                             "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7}",
                             device,
                             state,
-                            s["model"]["name"].as_str().unwrap_or("-"),
-                            s["model"]["version"],
-                            s["slot"].as_str().unwrap_or("-"),
+                            svc.model.name,
+                            svc.model.version,
+                            svc.slot.name(),
                             trial,
-                            s["latency_us"]["p50"],
-                            s["latency_us"]["p99"],
-                            s["request_rate"]
+                            opt(svc.latency_us.p50),
+                            opt(svc.latency_us.p99),
+                            s.request_rate
                         );
                     }
                     if !fleet.rollouts.is_empty() {
@@ -740,12 +738,11 @@ async fn fleet(c: Command) -> Result<()> {
             if acks.is_empty() {
                 bail!("no acknowledgement within {wait} s (is the device online? see `outpostctl watch`)");
             }
-            if acks.iter().any(|a| a["ok"] == false) {
+            if acks.iter().any(|a| !a.ok) {
                 bail!(
                     "refused or failed: {}",
                     acks.iter()
-                        .filter(|a| a["ok"] == false)
-                        .map(|a| a["error"].to_string())
+                        .filter_map(|a| a.error.as_deref())
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
@@ -827,19 +824,33 @@ async fn fleet(c: Command) -> Result<()> {
             }
             for a in &acks {
                 if !json {
-                    match a["ok"].as_bool() {
-                        Some(true) => eprintln!(
+                    let outcome = a.outcome();
+                    match (a.ok, outcome.and_then(|o| o.installed.as_ref())) {
+                        (true, Some(installed)) => eprintln!(
                             "{}: installed version {} in slot {} after {:.1} s",
-                            a["device"],
-                            a["result"]["installed"]["version"],
-                            a["result"]["slot"],
+                            a.device,
+                            installed.version,
+                            outcome.and_then(|o| o.slot).map_or("?", |s| s.name()),
                             started.elapsed().as_secs_f64()
                         ),
-                        _ => eprintln!("{}: refused: {}", a["device"], a["error"]),
+                        (true, None) => eprintln!(
+                            "{}: version {} was already {}",
+                            a.device,
+                            outcome.and_then(|o| o.version).unwrap_or(0),
+                            match outcome.and_then(|o| o.already) {
+                                Some(outpost::wire::status::Already::Staged) => "staged",
+                                _ => "live",
+                            }
+                        ),
+                        (false, _) => eprintln!(
+                            "{}: refused: {}",
+                            a.device,
+                            a.error.as_deref().unwrap_or("no reason given")
+                        ),
                     }
                 }
             }
-            if acks.iter().any(|a| a["ok"] == false) {
+            if acks.iter().any(|a| !a.ok) {
                 bail!("the update was refused");
             }
             Ok(())
@@ -869,8 +880,8 @@ async fn fleet(c: Command) -> Result<()> {
                 key.id(),
                 dataset.display()
             );
-            let stats = std::sync::Arc::new(outpost::forward::cloud::WorkerStats::default());
-            outpost::forward::cloud::run_worker(
+            let stats = std::sync::Arc::new(outpost::fleet::cloud::WorkerStats::default());
+            outpost::fleet::cloud::run_worker(
                 mqtt.settings("cloud")?,
                 engine,
                 key,

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::bundle::build::{build, Build};
 use crate::bundle::SigningKeyFile;
 use crate::config::{Config, HardnessScore};
-use crate::fleet::command::{Action, Target};
 use crate::fleet::mqtt::{Broker, Settings, TlsFiles};
 use crate::fleet::operator::{self, Outgoing, Progress};
 use crate::inference::ModelSpec;
+use crate::wire::command::{Action, Target};
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -139,8 +139,8 @@ fn settings(port: u16, role: &str) -> Settings {
 
 struct Quiet;
 impl Progress for Quiet {
-    fn status(&mut self, _: &str, _: &serde_json::Value) {}
-    fn ack(&mut self, _: &serde_json::Value) {}
+    fn status(&mut self, _: &crate::wire::status::OnlineStatus) {}
+    fn ack(&mut self, _: &crate::wire::status::Ack) {}
 }
 
 fn test_images(models: &Path) -> Result<Vec<(Vec<u8>, String)>> {
@@ -242,7 +242,7 @@ pub async fn run(models: PathBuf) -> Result<()> {
         &models.join("cloud-fp32.onnx"),
         None,
     )?);
-    let stats = Arc::new(crate::forward::cloud::WorkerStats::default());
+    let stats = Arc::new(crate::fleet::cloud::WorkerStats::default());
     let (s, st, tok, ds) = (
         settings(broker_port, "cloud"),
         stats.clone(),
@@ -250,7 +250,7 @@ pub async fn run(models: PathBuf) -> Result<()> {
         work.path().join("cloud-dataset"),
     );
     tokio::spawn(async move {
-        crate::forward::cloud::run_worker(s, cloud_engine, cloud_key, ds, st, tok).await
+        crate::fleet::cloud::run_worker(s, cloud_engine, cloud_key, ds, st, tok).await
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
     println!("   agent API on {api}, device id demo-device; cloud worker: cloud-fp32");
@@ -414,21 +414,22 @@ pub async fn run(models: PathBuf) -> Result<()> {
     let v2 = bundle_of("edge-fp32", "edge-fp32", 2)?;
     let (offer, acks) = publish(v2, 2).await?;
     let ack = acks.first().context("no acknowledgement from the device")?;
-    if ack["ok"] != true {
-        bail!("v2 was refused: {ack}");
-    }
+    let installed = match (ack.ok, ack.outcome()) {
+        (true, Some(o)) => o.installed.clone().zip(o.slot),
+        _ => None,
+    };
+    let Some((installed, slot)) = installed else {
+        bail!("v2 was not installed: {}", ack.to_json());
+    };
     println!(
         "   {} bytes in {} chunks, installed in slot {} ({}) after {:.1} s",
         offer.size,
         offer.chunks.len(),
-        ack["result"]["slot"],
-        ack["result"]["installed"]["reason"],
+        slot.name(),
+        installed.reason,
         t.elapsed().as_secs_f64()
     );
-    let fp32 = ack["result"]["installed"]["digest"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let fp32 = installed.digest;
     wait(
         || Ok(status(&http, &api)?["model"]["digest"] == fp32.as_str()),
         "v2 serving",
@@ -457,10 +458,10 @@ pub async fn run(models: PathBuf) -> Result<()> {
     let (_, acks) = publish(tampered, 3).await?;
     let refused = acks
         .first()
-        .map(|a| a["error"].to_string())
+        .and_then(|a| a.error.clone())
         .unwrap_or_else(|| "no answer".into());
     println!("   refused: {refused}");
-    if acks.first().is_some_and(|a| a["ok"] == true) {
+    if acks.first().is_some_and(|a| a.ok) {
         bail!("a tampered bundle was accepted");
     }
     summary.push(("tampered bundle".into(), "refused".into()));
@@ -471,7 +472,7 @@ pub async fn run(models: PathBuf) -> Result<()> {
     );
     let bad = bundle_of("edge-flat", "edge-flat", 4)?;
     let (_, acks) = publish(bad, 4).await?;
-    if acks.first().is_none_or(|a| a["ok"] != true) {
+    if acks.first().is_none_or(|a| !a.ok) {
         bail!("the bad model was not installed: {acks:?}");
     }
     println!("   v4 installed and on trial; traffic continues...");

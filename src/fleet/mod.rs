@@ -13,8 +13,8 @@
 //! | `outpost/v1/cloud/infer` | device | postcard [`crate::forward::Case`], MQTT 5 request |
 //! | `outpost/v1/device/<id>/cloud` | cloud worker | postcard [`crate::forward::Answer`], correlation data = case id |
 
-pub mod command;
-pub mod link;
+pub mod cloud;
+pub mod device;
 pub mod mqtt;
 pub mod operator;
 pub mod rollout;
@@ -96,6 +96,11 @@ pub mod topics {
     pub fn cloud_reply(device: &str) -> String {
         format!("{PREFIX}/device/{device}/cloud")
     }
+    /// Retained summary of a rollout, for `outpostctl watch`.
+    pub fn rollout_status(name: &str) -> String {
+        format!("{PREFIX}/rollout/{name}/status")
+    }
+    pub const ALL_ROLLOUTS: &str = "outpost/v1/rollout/+/status";
     pub const ALL_STATUS: &str = "outpost/v1/device/+/status";
     pub const ALL_ACKS: &str = "outpost/v1/device/+/ack";
 }

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{self, Action, CommandBody, Target};
 use super::mqtt::{self, LinkEvent, Settings};
 use super::{topics, FleetError};
 use crate::bundle::{now_unix, SigningKeyFile};
+use crate::slots::SlotInfo;
+use crate::wire::command::{self, Action, CommandBody, Target};
+use crate::wire::status::{Ack, AckResult, DeviceStatus, OnlineStatus, Outcome, SeenIn};
 
 /// Connects and waits for the broker's CONNACK; the first failure is an error (an operator wants to know now).
 pub async fn connect(
@@ -56,8 +58,8 @@ pub fn default_seq() -> u64 {
 /// How waiting for answers shows itself.
 pub trait Progress: Send {
     /// A device's status arrived (for downloads: its progress).
-    fn status(&mut self, device: &str, status: &serde_json::Value);
-    fn ack(&mut self, ack: &serde_json::Value);
+    fn status(&mut self, status: &OnlineStatus);
+    fn ack(&mut self, ack: &Ack);
 }
 
 /// Sends a signed command and collects acknowledgements: for a device, until its final one; for a group, until
@@ -69,7 +71,7 @@ pub async fn send(
     keys: &[&SigningKeyFile],
     wait: Duration,
     progress: &mut dyn Progress,
-) -> Result<Vec<serde_json::Value>, FleetError> {
+) -> Result<Vec<Ack>, FleetError> {
     let (ack_topic, status_topic) = match &out.target {
         Target::Device(d) => (topics::ack(d), topics::status(d)),
         Target::Group(_) => (topics::ALL_ACKS.to_string(), topics::ALL_STATUS.to_string()),
@@ -120,47 +122,75 @@ pub async fn send(
             _ => continue,
         };
         let t = mqtt::topic_of(&p);
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
-            continue;
-        };
         if t.ends_with("/status") {
-            let device = v["device"].as_str().unwrap_or("?").to_string();
-            progress.status(&device, &v);
+            let status = match DeviceStatus::from_json(&p.payload) {
+                Ok(DeviceStatus::Online(s)) => s,
+                Ok(DeviceStatus::Offline { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(topic = %t, error = %e, "ignored a status that does not decode");
+                    continue;
+                }
+            };
+            progress.status(&status);
             // The device's own status turning to the offered model also ends an update: its acknowledgement can
             // be lost when this clean session reconnects after a broker restart while the device installs. Only a
             // change counts: a device that already ran that version answers for itself (a refusal or "already").
             if let (Some(offer), Target::Device(d)) = (out.action.offer(), &out.target) {
-                let offered = v["model"]["name"] == offer.name.as_str()
-                    && v["model"]["version"].as_u64() == Some(offer.version);
-                if v["device"] != d.as_str() {
+                let model = &status.service.model;
+                let offered = model.name == offer.name && model.version == offer.version;
+                if status.device != *d {
                     continue;
                 }
-                if !offered && v["model"].is_object() {
+                if !offered {
                     saw_other_model = true;
                 } else if saw_other_model {
-                    acks.push(serde_json::json!({
-                        "device": d,
-                        "seq": out.seq,
-                        "command": out.action.name(),
-                        "ok": true,
-                        "result": {"installed": {"version": offer.version}, "seen_in": "status"},
-                    }));
+                    acks.push(Ack {
+                        device: d.clone(),
+                        seq: Some(out.seq),
+                        command: out.action.kind(),
+                        ok: true,
+                        unix: now_unix(),
+                        result: Some(AckResult::done(Outcome {
+                            installed: Some(SlotInfo {
+                                name: model.name.clone(),
+                                version: model.version,
+                                digest: model.digest.clone(),
+                                variant: String::new(),
+                                reason:
+                                    "seen in the device's status (its acknowledgement was lost)"
+                                        .into(),
+                                hardness_threshold: None,
+                                spec_digest: None,
+                            }),
+                            slot: Some(status.service.slot),
+                            seen_in: Some(SeenIn::Status),
+                            ..Outcome::default()
+                        })),
+                        error: None,
+                    });
                     break;
                 }
             }
             continue;
         }
-        if v["seq"].as_u64() != Some(out.seq) {
+        let ack = match Ack::from_json(&p.payload) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(topic = %t, error = %e, "ignored an acknowledgement that does not decode");
+                continue;
+            }
+        };
+        if ack.seq != Some(out.seq) {
             continue;
         }
-        progress.ack(&v);
+        progress.ack(&ack);
         // An update's first answer may be an early refusal (final) or nothing until the install.
         let final_ack = !is_update
-            || v["command"] == out.action.name()
-            || v["ok"] == false
-            || !v["result"]["already"].is_null();
+            || ack.command == out.action.kind()
+            || !ack.ok
+            || ack.outcome().is_some_and(|o| o.already.is_some());
         if final_ack {
-            acks.push(v);
+            acks.push(ack);
             if matches!(out.target, Target::Device(_)) {
                 break;
             }
@@ -172,7 +202,7 @@ pub async fn send(
 /// The fleet as `watch` sees it: device statuses and rollout summaries, by id and by rollout name.
 #[derive(Debug, Default)]
 pub struct Fleet {
-    pub devices: BTreeMap<String, serde_json::Value>,
+    pub devices: BTreeMap<String, DeviceStatus>,
     pub rollouts: BTreeMap<String, serde_json::Value>,
 }
 
@@ -181,7 +211,7 @@ async fn watch_subscribe(client: &AsyncClient) -> Result<(), FleetError> {
         .subscribe(topics::ALL_STATUS, QoS::AtLeastOnce)
         .await?;
     client
-        .subscribe(super::rollout::ALL_ROLLOUTS, QoS::AtLeastOnce)
+        .subscribe(topics::ALL_ROLLOUTS, QoS::AtLeastOnce)
         .await?;
     Ok(())
 }
@@ -193,7 +223,7 @@ pub async fn watch(
     events: &mut mpsc::Receiver<LinkEvent>,
     duration: Option<Duration>,
     shutdown: CancellationToken,
-    mut show: impl FnMut(&Fleet, &serde_json::Value),
+    mut show: impl FnMut(&Fleet, &[u8]),
 ) -> Result<(), FleetError> {
     watch_subscribe(client).await?;
     let mut fleet = Fleet::default();
@@ -215,24 +245,32 @@ pub async fn watch(
         };
         match ev {
             LinkEvent::Message(p) => {
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
-                    continue;
-                };
                 let topic = mqtt::topic_of(&p);
                 if let Some(name) = topic
                     .strip_prefix("outpost/v1/rollout/")
                     .and_then(|r| r.strip_suffix("/status"))
                 {
-                    fleet.rollouts.insert(name.to_string(), v.clone());
+                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
+                        continue;
+                    };
+                    fleet.rollouts.insert(name.to_string(), v);
                 } else {
                     let device = topic
                         .strip_prefix("outpost/v1/device/")
                         .and_then(|r| r.strip_suffix("/status"))
                         .unwrap_or("?")
                         .to_string();
-                    fleet.devices.insert(device, v.clone());
+                    match DeviceStatus::from_json(&p.payload) {
+                        Ok(s) => {
+                            fleet.devices.insert(device, s);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%device, error = %e, "ignored a status that does not decode");
+                            continue;
+                        }
+                    }
                 }
-                show(&fleet, &v);
+                show(&fleet, &p.payload);
             }
             LinkEvent::Connected { session_present } => {
                 if !session_present {

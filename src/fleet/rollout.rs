@@ -13,19 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{self, Action, CommandBody, Target};
 use super::mqtt::{self, LinkEvent, Settings};
 use super::topics;
 use crate::bundle::{now_unix, SigningKeyFile};
 use crate::rollout::{
     Control, Decision, DeviceView, Owed, Phase, Progress, ProgressFile, RolloutError,
 };
-
-/// Retained summary of a rollout, for `outpostctl watch`.
-pub fn status_topic(name: &str) -> String {
-    format!("{}/rollout/{name}/status", topics::PREFIX)
-}
-pub const ALL_ROLLOUTS: &str = "outpost/v1/rollout/+/status";
+use crate::wire::command::{self, Action, CommandBody, Target};
+use crate::wire::status::{Ack, DeviceStatus};
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -96,20 +91,29 @@ pub async fn drive(
                         let Some(device) = topic.strip_prefix("outpost/v1/device/").and_then(|r| r.split('/').next()) else {
                             continue;
                         };
-                        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else { continue };
                         if topic.ends_with("/status") {
-                            if v["state"] == "offline" {
-                                if let Some(d) = devices.get_mut(device) {
-                                    d.online = false;
+                            match DeviceStatus::from_json(&p.payload) {
+                                Ok(DeviceStatus::Offline { .. }) => {
+                                    if let Some(d) = devices.get_mut(device) {
+                                        d.online = false;
+                                    }
                                 }
-                            } else if let Some(view) = DeviceView::from_status(&v, &progress.plan.group) {
-                                dirty |= progress.observe(device, &view, now_ms());
-                                devices.insert(device.to_string(), view);
+                                Ok(DeviceStatus::Online(s)) => {
+                                    if let Some(view) = DeviceView::from_status(&s, &progress.plan.group) {
+                                        dirty |= progress.observe(device, &view, now_ms());
+                                        devices.insert(device.to_string(), view);
+                                    }
+                                }
+                                Err(e) => tracing::warn!(%device, error = %e, "ignored a status that does not decode"),
                             }
-                        } else if topic.ends_with("/ack") && v["ok"] == false {
-                            if let Some(seq) = v["seq"].as_u64() {
-                                let error = v["error"].as_str().unwrap_or("failed").to_string();
-                                dirty |= progress.command_failed(device, seq, &error, now_ms());
+                        } else if topic.ends_with("/ack") {
+                            match Ack::from_json(&p.payload) {
+                                Ok(Ack { ok: false, seq: Some(seq), error, .. }) => {
+                                    let error = error.unwrap_or_else(|| "failed".into());
+                                    dirty |= progress.command_failed(device, seq, &error, now_ms());
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(%device, error = %e, "ignored an acknowledgement that does not decode"),
                             }
                         }
                     }
@@ -157,7 +161,7 @@ pub async fn drive(
                         show(&summary);
                     }
                     client
-                        .publish(status_topic(&name), QoS::AtLeastOnce, true, text.clone())
+                        .publish(topics::rollout_status(&name), QoS::AtLeastOnce, true, text.clone())
                         .await
                         .map_err(fleet_err)?;
                     last_shown = text;

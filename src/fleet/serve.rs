@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use super::command::Offer;
 use super::mqtt::{self, LinkEvent, Settings};
 use super::transfer::{decode_request, Chunk};
 use super::{topics, FleetError};
+use crate::wire::command::Offer;
 
 struct Counting<R> {
     inner: R,

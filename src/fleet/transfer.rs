@@ -13,8 +13,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::command::Offer;
 use crate::store::Records;
+use crate::wire::command::Offer;
+use crate::wire::status::TransferSummary;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkRequest {
@@ -364,23 +365,23 @@ impl Download {
         let _ = self.records.remove(CANDIDATE);
     }
 
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "bundle": self.offer.bundle_hex(),
-            "name": self.offer.name,
-            "version": self.offer.version,
-            "candidate": self.candidate,
-            "size": self.offer.size,
-            "chunks_total": self.total(),
-            "chunks_done": self.done_count(),
-            "chunks_synced": self.synced,
-            "resumed_from": self.resumed_from,
-            "fetched": self.fetched,
-            "duplicates": self.duplicates,
-            "retries": self.retries,
-            "rejected": self.rejected,
-            "elapsed_ms": self.started.elapsed().as_millis() as u64,
-        })
+    pub fn summary(&self) -> TransferSummary {
+        TransferSummary {
+            bundle: self.offer.bundle_hex(),
+            name: self.offer.name.clone(),
+            version: self.offer.version,
+            candidate: self.candidate,
+            size: self.offer.size,
+            chunks_total: self.total() as u64,
+            chunks_done: self.done_count() as u64,
+            chunks_synced: self.synced as u64,
+            resumed_from: self.resumed_from as u64,
+            fetched: self.fetched as u64,
+            duplicates: self.duplicates as u64,
+            retries: self.retries as u64,
+            rejected: self.rejected as u64,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        }
     }
 }
 

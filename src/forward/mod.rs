@@ -13,8 +13,6 @@
 //! issue time no earlier than the case. Everything else is refused before it touches the outbox or the cache, and
 //! counted by reason (`outpost_cloud_answers_total{result}`); the request is answered from the edge.
 
-pub mod cloud;
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -25,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bundle::keys::{SigningKeyFile, TrustedKeys};
 use crate::config::{ForwardConfig, HardnessScore};
 use crate::store::{CacheKey, CachedResult, Outbox, ResultCache};
+use crate::wire::status::{ForwardStatus, OutboxStatus};
 
 /// Largest case accepted by a cloud worker, and largest answer accepted by a device.
 pub const MAX_CASE: usize = 8 * 1024 * 1024;
@@ -452,14 +451,22 @@ impl Forwarder {
         self.outbox.len()
     }
 
-    pub fn status(&self) -> serde_json::Value {
-        let (score, t) = self.policy();
-        serde_json::json!({
-            "score": score.name(),
-            "threshold": t,
-            "deadline_ms": self.deadline.as_millis() as u64,
-            "outbox": {"pending": self.outbox.len(), "bytes": self.outbox.bytes(), "dropped": self.outbox.dropped()},
-            "answers": self.answer_counts(),
-        })
+    pub fn status(&self) -> ForwardStatus {
+        let (score, threshold) = self.policy();
+        ForwardStatus {
+            score,
+            threshold,
+            deadline_ms: self.deadline.as_millis() as u64,
+            outbox: OutboxStatus {
+                pending: self.outbox.len(),
+                bytes: self.outbox.bytes(),
+                dropped: self.outbox.dropped(),
+            },
+            answers: self
+                .answer_counts()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
     }
 }

@@ -98,7 +98,50 @@ pub struct Engine {
     plan: Arc<SharedPlan>,
     spec: Arc<ModelSpec>,
     digest: String,
+    release: Arc<(Release, String)>,
     load_time: Duration,
+}
+
+/// A model release: its name, version, file digest and spec, together. Two engines serve the same release only when
+/// all four match: the same bytes with a new version, labels or preprocessing are another release (their answers,
+/// cache entries, trials and shadow figures are their own).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Release {
+    pub name: String,
+    pub version: u64,
+    /// Hex SHA-256 of the model file.
+    pub digest: String,
+    /// Hex SHA-256 of the spec's canonical JSON.
+    pub spec_digest: String,
+}
+
+impl Release {
+    pub fn of(digest: &str, spec: &ModelSpec) -> Release {
+        Release {
+            name: spec.name.clone(),
+            version: spec.version,
+            digest: digest.to_string(),
+            spec_digest: spec_digest(spec),
+        }
+    }
+
+    /// One hex string naming the release (cache keys, logs).
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"outpost-release-v1\0");
+        h.update(self.name.as_bytes());
+        h.update([0]);
+        h.update(self.version.to_le_bytes());
+        h.update(self.digest.as_bytes());
+        h.update([0]);
+        h.update(self.spec_digest.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// Hex SHA-256 of a spec's JSON (serde's field order, so the same spec always hashes the same).
+pub fn spec_digest(spec: &ModelSpec) -> String {
+    digest_hex(&serde_json::to_vec(spec).unwrap_or_default())
 }
 
 impl std::fmt::Debug for Engine {
@@ -576,10 +619,14 @@ impl Engine {
             }
         };
         fits(&plan, &spec)?;
+        let release = Release::of(&digest, &spec);
+        let id = release.id();
+        let release = Arc::new((release, id));
         Ok(Engine {
             plan,
             spec: Arc::new(spec),
             digest,
+            release,
             load_time,
         })
     }
@@ -591,6 +638,16 @@ impl Engine {
     /// Hex SHA-256 of the model file.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The release this engine serves: what decides whether two engines are the same model.
+    pub fn release(&self) -> &Release {
+        &self.release.0
+    }
+
+    /// [`Release::id`] of [`Engine::release`], computed once at load.
+    pub fn release_id(&self) -> &str {
+        &self.release.1
     }
 
     /// Parse + type + optimise + plan time; zero when the plan was shared with an engine already loaded.

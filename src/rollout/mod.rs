@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::fleet::command::Offer;
+use crate::wire::command::Offer;
+use crate::wire::status::{OnlineStatus, TransitionKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -229,41 +230,37 @@ pub struct DeviceView {
 }
 
 impl DeviceView {
-    /// Reads the parts of a status JSON that rollouts use; None for a status from another group.
-    pub fn from_status(v: &serde_json::Value, group: &str) -> Option<DeviceView> {
-        if v["group"].as_str() != Some(group) {
+    /// Reads the parts of a device's status that rollouts use; None for a status from another group.
+    pub fn from_status(s: &OnlineStatus, group: &str) -> Option<DeviceView> {
+        if s.group.as_deref() != Some(group) {
             return None;
         }
-        let mut rolled_back: Vec<(u64, String)> = v["transitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(std::iter::once(&v["last_transition"]))
-            .filter(|t| t["transition"] == "rollback")
-            .filter_map(|t| {
-                let why = format!(
-                    "{}: {}",
-                    t["cause"].as_str().unwrap_or("?"),
-                    t["detail"].as_str().unwrap_or("")
-                );
-                t["version"].as_u64().map(|v| (v, why))
-            })
+        let svc = &s.service;
+        let mut rolled_back: Vec<(u64, String)> = svc
+            .transitions
+            .iter()
+            .chain(svc.last_transition.iter())
+            .filter(|t| t.transition == TransitionKind::Rollback)
+            .map(|t| (t.version, format!("{}: {}", t.cause.name(), t.detail)))
             .collect();
         rolled_back.dedup_by_key(|r| r.0);
-        let shadow_for = |n: u64| {
-            v["shadow"]["model"]["version"].as_u64() == v["candidate"]["version"].as_u64() && n > 0
-        };
-        let runs = v["shadow"]["runs"].as_u64().unwrap_or(0);
+        let candidate_version = svc.candidate.as_ref().map(|c| c.version);
+        // Shadow figures count only when they are about the candidate the device stages now.
+        let shadow = svc
+            .shadow
+            .as_ref()
+            .filter(|sh| Some(sh.model.version) == candidate_version && sh.runs > 0);
         Some(DeviceView {
-            online: v["state"] == "online",
-            live_version: v["model"]["version"].as_u64(),
-            on_trial: !v["trial"].is_null(),
-            candidate_version: v["candidate"]["version"].as_u64(),
-            shadow_runs: if shadow_for(runs) { runs } else { 0 },
-            shadow_agreements: v["shadow"]["agreements"].as_u64().unwrap_or(0),
-            shadow_confidence: v["shadow"]["active_mean_confidence"]
-                .as_f64()
-                .zip(v["shadow"]["candidate_mean_confidence"].as_f64()),
+            online: true,
+            live_version: Some(svc.model.version),
+            on_trial: svc.trial.is_some(),
+            candidate_version,
+            shadow_runs: shadow.map_or(0, |sh| sh.runs),
+            shadow_agreements: svc.shadow.as_ref().map_or(0, |sh| sh.agreements),
+            shadow_confidence: svc
+                .shadow
+                .as_ref()
+                .and_then(|sh| sh.active_mean_confidence.zip(sh.candidate_mean_confidence)),
             rolled_back,
         })
     }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{AgentError, Service};
+use crate::agent::AgentError;
 use crate::config::{Config, ProbationConfig};
+use crate::serve::Service;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,7 @@ pub struct Sim {
     store: Store,
 }
 
-fn load_images(dir: &Path) -> Result<Vec<crate::agent::bytes_like::Bytes>, SimError> {
+fn load_images(dir: &Path) -> Result<Vec<crate::serve::bytes_like::Bytes>, SimError> {
     let io = |e: std::io::Error| SimError::Io {
         path: dir.display().to_string(),
         message: e.to_string(),
@@ -95,7 +96,7 @@ fn load_images(dir: &Path) -> Result<Vec<crate::agent::bytes_like::Bytes>, SimEr
         .iter()
         .map(|p| {
             std::fs::read(p)
-                .map(crate::agent::bytes_like::Bytes::from)
+                .map(crate::serve::bytes_like::Bytes::from)
                 .map_err(io)
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -194,14 +195,14 @@ impl Sim {
                 let s = a.service.status();
                 serde_json::json!({
                     "device": a.id,
-                    "model": s["model"],
-                    "slot": s["slot"],
-                    "trial": !s["trial"].is_null(),
-                    "candidate": s["candidate"],
-                    "transitions": s["transitions"],
-                    "last_transfer": s["last_transfer"],
-                    "shadow": s["shadow"],
-                    "counters": s["counters"],
+                    "model": s.model,
+                    "slot": s.slot,
+                    "trial": s.trial.is_some(),
+                    "candidate": s.candidate,
+                    "transitions": s.transitions,
+                    "last_transfer": s.last_transfer,
+                    "shadow": s.shadow,
+                    "counters": s.counters,
                 })
             })
             .collect()
@@ -220,7 +221,7 @@ impl Sim {
 /// Sends `rate` requests per second, round-robin over the agents, each a random image.
 async fn feed(
     services: Vec<Arc<Service>>,
-    images: Arc<Vec<crate::agent::bytes_like::Bytes>>,
+    images: Arc<Vec<crate::serve::bytes_like::Bytes>>,
     rate: f64,
     traffic: Arc<Traffic>,
     shutdown: CancellationToken,

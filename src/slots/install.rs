@@ -139,12 +139,17 @@ pub fn install_as(
     }
     bundle::expect_end(r)?;
 
+    // The served model reports the bundle's name and version, whatever the spec file said when it was bundled; the
+    // engines are built with that spec, so the one chosen here is the release the record names (and can serve as is).
+    let mut spec = manifest.spec.clone();
+    spec.name = manifest.name.clone();
+    spec.version = manifest.version;
     let mut trials = Vec::new();
     let mut best: Option<(usize, f64, Engine)> = None;
     for (i, path) in files.iter().enumerate() {
         let name = manifest.variants[i].name.clone();
         let bytes = std::fs::read(path).map_err(io(path))?;
-        let outcome = Engine::load(&bytes, manifest.spec.clone())
+        let outcome = Engine::load(&bytes, spec.clone())
             .map_err(|e| e.to_string())
             .and_then(|engine| gate(&engine, manifest, i).map(|us| (us, engine)));
         match outcome {
@@ -166,9 +171,6 @@ pub fn install_as(
     };
     let model_path = store.model_path(target);
     std::fs::rename(&files[chosen], &model_path).map_err(io(&model_path))?;
-    // The served model reports the bundle's version, whatever the spec file said when it was bundled.
-    let mut spec = manifest.spec.clone();
-    spec.version = manifest.version;
     let spec_bytes = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     crate::fsutil::write_atomic(&store.spec_path(target), &spec_bytes).map_err(io(&model_path))?;
     for (i, f) in files.iter().enumerate() {
@@ -199,6 +201,7 @@ pub fn install_as(
         variant: manifest.variants[chosen].name.clone(),
         reason,
         hardness_threshold: manifest.hardness_threshold,
+        spec_digest: Some(crate::inference::spec_digest(&spec)),
     };
     tracing::info!(version = info.version, variant = %info.variant, median_us = us, slot = target.name(), "bundle installed");
     let state = match mode {
@@ -230,12 +233,31 @@ pub fn load_slot(store: &SlotStore, state: &SlotState, slot: SlotId) -> Result<E
     let info = state
         .slot(slot)
         .ok_or_else(|| format!("slot {} is live but empty in the record", slot.name()))?;
-    let engine = Engine::load_files(&store.model_path(slot), Some(&store.spec_path(slot)))
+    let model_path = store.model_path(slot);
+    let bytes = std::fs::read(&model_path)
+        .map_err(|e| format!("cannot read {}: {e}", model_path.display()))?;
+    let mut spec = crate::inference::ModelSpec::from_file(&store.spec_path(slot))
         .map_err(|e| e.to_string())?;
+    // The record names the release. Specs written before installs set the name kept the spec file's own.
+    if info.spec_digest.is_none() {
+        spec.name = info.name.clone();
+        spec.version = info.version;
+    }
+    let engine = Engine::load(&bytes, spec).map_err(|e| e.to_string())?;
     if engine.digest() != info.digest {
         return Err(format!(
             "slot {} holds a model whose digest differs from the record",
             slot.name()
+        ));
+    }
+    if !info.matches(engine.release()) {
+        return Err(format!(
+            "slot {} holds {} version {} but the record names {} version {} (or another spec)",
+            slot.name(),
+            engine.spec().name,
+            engine.spec().version,
+            info.name,
+            info.version
         ));
     }
     Ok(engine)

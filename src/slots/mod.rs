@@ -8,6 +8,8 @@
 pub mod install;
 
 use serde::{Deserialize, Serialize};
+
+use crate::inference::Release;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -66,6 +68,24 @@ pub struct SlotInfo {
     /// The manifest's hardness threshold for forwarding to the cloud (config and `set` override it).
     #[serde(default)]
     pub hardness_threshold: Option<f32>,
+    /// Hex SHA-256 of the installed spec ([`crate::inference::spec_digest`]). Records written before releases were
+    /// told apart by their spec have none; theirs is whatever spec file sits in the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
+}
+
+impl SlotInfo {
+    /// Is `release` the model this slot records? Name, version and file digest must all match, and the spec too
+    /// when the record names one: the same bytes under another version or spec are another release.
+    pub fn matches(&self, release: &Release) -> bool {
+        self.name == release.name
+            && self.version == release.version
+            && self.digest == release.digest
+            && self
+                .spec_digest
+                .as_ref()
+                .is_none_or(|s| *s == release.spec_digest)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -395,6 +415,7 @@ mod tests {
             variant: "int8".into(),
             reason: String::new(),
             hardness_threshold: None,
+            spec_digest: None,
         }
     }
 

@@ -12,15 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::StoreError;
 
-/// Cache key: model digest then input digest (64 bytes).
+/// Cache key: release digest then input digest (64 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheKey([u8; 64]);
 
 impl CacheKey {
-    /// `model_digest_hex` is the engine's hex SHA-256 of the model file.
-    pub fn new(model_digest_hex: &str, input: &[f32]) -> CacheKey {
+    /// `release_id` names the model release ([`crate::inference::Release::id`]): the same input for another
+    /// release (new bytes, version, labels or preprocessing) is another entry, so a re-release never serves old answers.
+    pub fn new(release_id: &str, input: &[f32]) -> CacheKey {
         let mut key = [0u8; 64];
-        let model = Sha256::digest(model_digest_hex.as_bytes());
+        let model = Sha256::digest(release_id.as_bytes());
         key[..32].copy_from_slice(&model);
         let mut h = Sha256::new();
         for x in input {
@@ -31,9 +32,9 @@ impl CacheKey {
     }
 
     /// The key of the same input for another model, without hashing the input again.
-    pub fn for_model(&self, model_digest_hex: &str) -> CacheKey {
+    pub fn for_model(&self, release_id: &str) -> CacheKey {
         let mut key = self.0;
-        key[..32].copy_from_slice(&Sha256::digest(model_digest_hex.as_bytes()));
+        key[..32].copy_from_slice(&Sha256::digest(release_id.as_bytes()));
         CacheKey(key)
     }
 

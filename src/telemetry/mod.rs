@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::LogFormat;
+use crate::wire::status::{Counts, Latency};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -164,14 +165,17 @@ impl Outcome {
 
 impl Counters {
     /// p50 and p99 of the last 1024 requests (µs).
-    pub fn latency_percentiles(&self) -> serde_json::Value {
+    pub fn latency_percentiles(&self) -> Latency {
         let v: Vec<u64> = self
             .recent
             .lock()
             .map(|r| r.iter().copied().collect())
             .unwrap_or_default();
-        let p = |q: f64| crate::agent::probation::percentile(&v, q);
-        serde_json::json!({"p50": p(0.5), "p99": p(0.99), "n": v.len()})
+        Latency {
+            p50: percentile(&v, 0.5),
+            p99: percentile(&v, 0.99),
+            n: v.len() as u64,
+        }
     }
 
     /// Hits over lookups since start.
@@ -217,18 +221,29 @@ impl Counters {
         }
     }
 
-    pub fn snapshot(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> Counts {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "requests": g(&self.requests),
-            "ok": g(&self.ok),
-            "cache_hits": g(&self.cache_hits),
-            "cache_misses": g(&self.cache_misses),
-            "bad_input": g(&self.bad_input),
-            "busy": g(&self.busy),
-            "errors": g(&self.errors),
-        })
+        Counts {
+            requests: g(&self.requests),
+            ok: g(&self.ok),
+            cache_hits: g(&self.cache_hits),
+            cache_misses: g(&self.cache_misses),
+            bad_input: g(&self.bad_input),
+            busy: g(&self.busy),
+            errors: g(&self.errors),
+        }
     }
+}
+
+/// Nearest-rank percentile (q in 0..=1) of unsorted values.
+pub fn percentile(values: &[u64], q: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
 }
 
 /// systemd notifications; each is a no-op outside systemd (no `NOTIFY_SOCKET`).

@@ -112,13 +112,15 @@ impl Pool {
 }
 
 fn work(rx: Receiver<Job>, depth: Arc<AtomicUsize>) {
-    // One session per thread, rebuilt only when a job brings another model.
+    // One session per thread, rebuilt only when a job brings another release: a session answers with its own
+    // engine's spec, so the same model bytes under another version or labels need their own (keyed by the file
+    // digest, a re-release answered with the old labels).
     let mut session: Option<Session> = None;
     while let Ok(job) = rx.recv() {
         depth.fetch_sub(1, Ordering::SeqCst);
         let same = session
             .as_ref()
-            .is_some_and(|s| s.engine().digest() == job.engine.digest());
+            .is_some_and(|s| s.engine().release_id() == job.engine.release_id());
         if !same {
             session = None;
         }

@@ -33,7 +33,7 @@ fn main() {
 
 /// Signed commands of every action for `command_decode`.
 fn command_seeds(dir: &std::path::Path) {
-    use outpost::fleet::command::{sign, Action, CommandBody, Offer, Target};
+    use outpost::wire::command::{sign, Action, CommandBody, Offer, Target};
     let cd = dir.join("command_decode");
     std::fs::create_dir_all(&cd).unwrap();
     let f = outpost_fuzz::fixture();

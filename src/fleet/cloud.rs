@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use super::{decode_case, Answer, ANSWER_CONTENT_TYPE};
+use super::mqtt::{self, LinkEvent, Settings};
+use super::{topics, FleetError};
 use crate::bundle::keys::SigningKeyFile;
-use crate::fleet::mqtt::{self, LinkEvent, Settings};
-use crate::fleet::{topics, FleetError};
+use crate::forward::{decode_case, Answer, ANSWER_CONTENT_TYPE};
 use crate::inference::{DecodeLimits, Engine};
 
 #[derive(Debug, Default)]

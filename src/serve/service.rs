@@ -11,17 +11,17 @@ use super::shadow::{in_candidate_arm, sampled, Arm, ShadowRun, ShadowStats};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Config;
-use crate::inference::{DecodeLimits, Engine, InferenceError};
+use crate::inference::{DecodeLimits, Engine, InferenceError, Release};
+use crate::slots::SlotInfo;
 use crate::store::{CacheKey, CachedResult, ResultCache};
 use crate::telemetry::{Counters, Outcome};
 use crate::worker::{Background, Pool, PoolError};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    pub name: String,
-    pub version: u64,
-    pub digest: String,
-}
+pub use crate::wire::status::ModelInfo;
+use crate::wire::status::{
+    AbSummary, ArmName, CacheStatus, Cause, Forwarded, ServiceStatus, Serving, Source,
+    TransferSummary, Transition, TransitionKind,
+};
 
 impl ModelInfo {
     pub fn of(engine: &Engine) -> ModelInfo {
@@ -40,8 +40,8 @@ pub struct InferResponse {
     pub confidence: f32,
     pub margin: f32,
     pub entropy: f32,
-    /// `edge` (the local model ran), `cloud` (the cloud tier answered a hard case) or `cache`.
-    pub source: String,
+    /// Which tier answered, and whether from the cache.
+    pub source: Source,
     pub model: ModelInfo,
     pub latency_us: u64,
     /// For a hard case: the edge model's label, beside the cloud's.
@@ -49,12 +49,12 @@ pub struct InferResponse {
     pub edge_label: Option<String>,
     /// For a hard case: `answered` (the cloud answered in time) or `queued` (it will, from the outbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forwarded: Option<String>,
+    pub forwarded: Option<Forwarded>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub case_id: Option<String>,
-    /// During an A/B split: `active` or `candidate`, the arm that answered.
+    /// During an A/B split: the arm that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arm: Option<String>,
+    pub arm: Option<ArmName>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +75,8 @@ pub struct Service {
     limits: DecodeLimits,
     pub counters: Counters,
     started: Instant,
-    /// Where the served model came from: `builtin`, `file`, or slot `a`/`b`.
-    slot: arc_swap::ArcSwap<String>,
+    /// Where the served model came from.
+    slot: Mutex<Serving>,
     config: Config,
     /// Recent runs of the serving model (digest, runs): the baseline of the next trial.
     window: Mutex<(String, Window)>,
@@ -89,11 +89,11 @@ pub struct Service {
     pub(crate) decided: tokio::sync::Notify,
     /// The last few transitions, oldest first (a rollback followed by another change stays visible); the last one
     /// is also shown on its own.
-    transitions: Mutex<std::collections::VecDeque<serde_json::Value>>,
+    transitions: Mutex<std::collections::VecDeque<Transition>>,
     /// Settings changed at run time by the fleet (`set`), by key.
     settings: Mutex<std::collections::BTreeMap<String, String>>,
-    last_transfer: Mutex<Option<serde_json::Value>>,
-    download: Mutex<Option<serde_json::Value>>,
+    last_transfer: Mutex<Option<TransferSummary>>,
+    download: Mutex<Option<TransferSummary>>,
     forwarder: std::sync::OnceLock<Arc<crate::forward::Forwarder>>,
     model_threshold: Mutex<Option<f32>>,
     /// The staged candidate (shadow and A/B), if a rollout staged one.
@@ -109,6 +109,9 @@ pub struct Service {
     split: AtomicU64,
     /// Bumped by every change worth telling the fleet about at once (see [`Service::changes`]).
     changes: AtomicU64,
+    /// Engines that an install in this process built and passed through its quality gate, by slot, until the
+    /// controller puts them to use: the model is parsed and optimised once, not again from the slot's files.
+    installed: Mutex<Vec<(Serving, Arc<Engine>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,10 +131,10 @@ impl Service {
             max_height: config.api.max_image_side,
             ..DecodeLimits::default()
         };
-        let digest = engine.digest().to_string();
+        let release = engine.release_id().to_string();
         let service = Service {
             model: ArcSwap::from_pointee(engine),
-            window: Mutex::new((digest, Window::default())),
+            window: Mutex::new((release, Window::default())),
             trial: Mutex::new(None),
             fallback: ArcSwapOption::empty(),
             decided: tokio::sync::Notify::new(),
@@ -149,12 +152,13 @@ impl Service {
             shadow_fraction: AtomicU64::new(config.shadow.fraction.to_bits()),
             split: AtomicU64::new(config.shadow.split.to_bits()),
             changes: AtomicU64::new(0),
+            installed: Mutex::new(Vec::new()),
             pool,
             cache: cache.map(Arc::new),
             limits,
             counters: Counters::default(),
             started: Instant::now(),
-            slot: ArcSwap::from_pointee(String::new()),
+            slot: Mutex::new(Serving::Builtin),
             config: config.clone(),
         };
         service.publish_model_info();
@@ -166,13 +170,13 @@ impl Service {
         metrics::gauge!(crate::telemetry::MODEL_INFO, "name" => m.name, "version" => m.version.to_string(), "digest" => m.digest).set(1.0);
     }
 
-    pub fn set_slot(&self, slot: &str) {
-        self.slot.store(Arc::new(slot.to_string()));
+    pub fn set_slot(&self, slot: Serving) {
+        *lock(&self.slot) = slot;
     }
 
-    /// Where the serving model came from: `builtin`, `file`, `fallback` or slot `a`/`b`.
-    pub fn slot(&self) -> Arc<String> {
-        self.slot.load_full()
+    /// Where the serving model came from.
+    pub fn slot(&self) -> Serving {
+        *lock(&self.slot)
     }
 
     pub fn config(&self) -> &Config {
@@ -181,10 +185,26 @@ impl Service {
 
     /// Makes `engine` serve new requests; requests already admitted finish on the engine they started with. Ends
     /// any trial.
-    pub fn swap(&self, engine: Arc<Engine>, slot: &str) {
+    pub fn swap(&self, engine: Arc<Engine>, slot: Serving) {
         *lock(&self.trial) = None;
         self.fallback.store(None);
         self.serve(engine, slot);
+    }
+
+    /// Hands over the engine an install built and gated for `slot` (it replaces any earlier one for that slot).
+    pub fn hand_over(&self, slot: Serving, engine: Engine) {
+        let mut all = lock(&self.installed);
+        all.retain(|(s, _)| *s != slot);
+        all.push((slot, Arc::new(engine)));
+    }
+
+    /// The engine handed over for `slot`, if it is the release `info` records; taken (or dropped, when it is not:
+    /// the record moved on, and the slot's files decide).
+    pub fn take_installed(&self, slot: Serving, info: &SlotInfo) -> Option<Arc<Engine>> {
+        let mut all = lock(&self.installed);
+        let i = all.iter().position(|(s, _)| *s == slot)?;
+        let (_, engine) = all.swap_remove(i);
+        info.matches(engine.release()).then_some(engine)
     }
 
     /// Counts changes of substance (model, slot, trial, candidate, transitions, transfers): the fleet link
@@ -197,9 +217,9 @@ impl Service {
         self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn serve(&self, engine: Arc<Engine>, slot: &str) {
+    fn serve(&self, engine: Arc<Engine>, slot: Serving) {
         self.changed();
-        *lock(&self.window) = (engine.digest().to_string(), Window::default());
+        *lock(&self.window) = (engine.release_id().to_string(), Window::default());
         self.model.store(engine);
         self.set_slot(slot);
         self.publish_model_info();
@@ -212,19 +232,18 @@ impl Service {
 
     /// Puts `engine` on trial: the serving model's recent runs become the baseline, and `fallback` (the model that
     /// served before) answers any run that fails on the new one.
-    pub fn begin_trial(&self, engine: Arc<Engine>, slot: &str, fallback: Option<Arc<Engine>>) {
+    pub fn begin_trial(&self, engine: Arc<Engine>, slot: Serving, fallback: Option<Arc<Engine>>) {
         let current = self.engine();
         let baseline = {
             let w = lock(&self.window);
-            if w.0 == current.digest() {
+            if w.0 == current.release_id() {
                 w.1.clone()
             } else {
                 Window::default()
             }
         };
         let probation = Probation::new(
-            engine.digest().to_string(),
-            engine.spec().version,
+            engine.release().clone(),
             baseline,
             &self.config.probation,
             Instant::now(),
@@ -234,10 +253,10 @@ impl Service {
         self.serve(engine, slot);
     }
 
-    /// Ends the trial of `digest` (committed) and keeps serving it.
-    pub fn end_trial(&self, digest: &str) -> bool {
+    /// Ends the trial of `release` (committed) and keeps serving it.
+    pub fn end_trial(&self, release: &Release) -> bool {
         let mut t = lock(&self.trial);
-        if t.as_ref().is_some_and(|p| p.digest == digest) {
+        if t.as_ref().is_some_and(|p| p.release == *release) {
             *t = None;
             self.fallback.store(None);
             metrics::gauge!(crate::telemetry::TRIAL_ACTIVE).set(0.0);
@@ -257,11 +276,11 @@ impl Service {
         self.fallback.load_full()
     }
 
-    /// The trial's digest and verdict now, if a trial runs.
-    pub fn trial_verdict(&self, now: Instant) -> Option<(String, Verdict)> {
+    /// The release on trial and the verdict now, if a trial runs.
+    pub fn trial_verdict(&self, now: Instant) -> Option<(Release, Verdict)> {
         lock(&self.trial)
             .as_ref()
-            .map(|p| (p.digest.clone(), p.verdict(now)))
+            .map(|p| (p.release.clone(), p.verdict(now)))
     }
 
     /// Shares one shadow thread among many services (a fleet simulation); call before the first request.
@@ -272,7 +291,7 @@ impl Service {
     /// Stages `engine` as the candidate (or clears it): shadow and A/B figures start over.
     pub fn set_candidate(&self, engine: Option<Arc<Engine>>) {
         let same = match (&engine, &*self.candidate.load()) {
-            (Some(a), Some(b)) => a.digest() == b.digest(),
+            (Some(a), Some(b)) => a.release() == b.release(),
             (None, None) => true,
             _ => false,
         };
@@ -366,28 +385,34 @@ impl Service {
     }
 
     /// The summary of the last finished download, for status.
-    pub fn set_last_transfer(&self, summary: serde_json::Value) {
+    pub fn set_last_transfer(&self, summary: TransferSummary) {
         *lock(&self.last_transfer) = Some(summary);
         self.changed();
     }
 
     /// The fleet download in progress, for status.
-    pub fn set_download(&self, summary: Option<serde_json::Value>) {
+    pub fn set_download(&self, summary: Option<TransferSummary>) {
         *lock(&self.download) = summary;
     }
 
     /// Remembered for status and telemetry.
     /// `version` is the model's the transition is about: the one committed, put on trial or rolled back from.
-    pub fn note_transition(&self, transition: &str, cause: &str, detail: &str, version: u64) {
-        metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => transition.to_string(), "cause" => cause.to_string()).increment(1);
+    pub fn note_transition(
+        &self,
+        transition: TransitionKind,
+        cause: Cause,
+        detail: &str,
+        version: u64,
+    ) {
+        metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => transition.name(), "cause" => cause.name()).increment(1);
         self.changed();
-        let t = serde_json::json!({
-            "transition": transition,
-            "cause": cause,
-            "detail": detail,
-            "version": version,
-            "unix": crate::bundle::now_unix(),
-        });
+        let t = Transition {
+            transition,
+            cause,
+            detail: detail.to_string(),
+            version,
+            unix: crate::bundle::now_unix(),
+        };
         let mut all = lock(&self.transitions);
         if all.len() == 8 {
             all.pop_front();
@@ -395,11 +420,11 @@ impl Service {
         all.push_back(t);
     }
 
-    fn record_run(&self, digest: &str, run: Duration, confidence: f32) {
+    fn record_run(&self, release: &str, run: Duration, confidence: f32) {
         let us = micros(run);
         {
             let mut t = lock(&self.trial);
-            if let Some(p) = t.as_mut().filter(|p| p.digest == digest) {
+            if let Some(p) = t.as_mut().filter(|p| p.release_id == release) {
                 p.record_run(us, confidence);
                 if p.verdict(Instant::now()) != Verdict::Continue {
                     self.decided.notify_one();
@@ -408,14 +433,14 @@ impl Service {
             }
         }
         let mut w = lock(&self.window);
-        if w.0 == digest {
+        if w.0 == release {
             w.1.push(us, confidence);
         }
     }
 
-    fn record_error(&self, digest: &str, message: &str) {
+    fn record_error(&self, release: &str, message: &str) {
         let mut t = lock(&self.trial);
-        if let Some(p) = t.as_mut().filter(|p| p.digest == digest) {
+        if let Some(p) = t.as_mut().filter(|p| p.release_id == release) {
             p.record_error(message);
             self.decided.notify_one();
         }
@@ -436,7 +461,7 @@ impl Service {
         let start = Instant::now();
         let result = self.infer_inner(body, start).await;
         let outcome = match &result {
-            Ok(r) if r.source == "cache" || r.source == "cloud-cache" => Outcome::Cache,
+            Ok(r) if r.source.from_cache() => Outcome::Cache,
             Ok(_) => Outcome::Edge,
             Err(ServiceError::BadInput(_)) => Outcome::BadInput,
             Err(ServiceError::Busy(_)) => Outcome::Busy,
@@ -456,7 +481,7 @@ impl Service {
         let active = self.engine();
         // Taken with the engine: a rollback that lands while this request runs must not take its fallback away.
         let fallback_at_admission = self.fallback();
-        let candidate = self.candidate().filter(|c| c.digest() != active.digest());
+        let candidate = self.candidate().filter(|c| c.release() != active.release());
         let split = if candidate.is_some() {
             self.split()
         } else {
@@ -472,21 +497,21 @@ impl Service {
                 .tensor_from_image(&body, &limits)
                 .map_err(ServiceError::BadInput)?;
             // One hash of the input: the cache key, and (its input half) the sticky A/B arm.
-            let key = CacheKey::new(a.digest(), &tensor);
+            let key = CacheKey::new(a.release_id(), &tensor);
             let (engine, arm, tensor, key) = match c {
                 Some(c) if in_candidate_arm(key.input_digest(), split) => {
                     let (tensor, key) = if same_input(&a, &c) {
-                        (tensor, key.for_model(c.digest()))
+                        (tensor, key.for_model(c.release_id()))
                     } else {
                         let t = c
                             .tensor_from_image(&body, &limits)
                             .map_err(ServiceError::BadInput)?;
-                        let k = CacheKey::new(c.digest(), &t);
+                        let k = CacheKey::new(c.release_id(), &t);
                         (t, k)
                     };
-                    (c, Some("candidate"), tensor, key)
+                    (c, Some(ArmName::Candidate), tensor, key)
                 }
-                _ => (a, (split > 0.0).then_some("active"), tensor, key),
+                _ => (a, (split > 0.0).then_some(ArmName::Active), tensor, key),
             };
             let hit = match &cache {
                 Some(c) => c.get(&key).unwrap_or_else(|err| {
@@ -512,24 +537,23 @@ impl Service {
                 entropy: hit.entropy,
                 // A cached cloud answer says so: the client learns which tier decided.
                 source: if hit.tier == "cloud" {
-                    "cloud-cache"
+                    Source::CloudCache
                 } else {
-                    "cache"
-                }
-                .into(),
+                    Source::Cache
+                },
                 model,
                 latency_us: micros(start.elapsed()),
                 edge_label: None,
                 forwarded: None,
                 case_id: None,
-                arm: arm.map(str::to_string),
+                arm,
             });
         }
 
         // Kept for a shadow run of the candidate, which happens after this request is answered: when sampled, or
         // when a forwarder may find it a hard case (those always run).
         let shadow_input = match (&candidate, arm) {
-            (Some(c), None | Some("active")) => {
+            (Some(c), None | Some(ArmName::Active)) => {
                 let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
                 let sample = sampled(n, self.shadow_fraction());
                 (sample || self.forwarder.get().is_some())
@@ -540,12 +564,12 @@ impl Service {
         let (engine, key, ran) = match self.run(&engine, tensor.clone()).await {
             Ok(ran) => (engine, key, ran),
             Err(ServiceError::Internal(message)) => {
-                self.record_error(engine.digest(), &message);
+                self.record_error(engine.release_id(), &message);
                 // The previous model kept for the trial or, if the trial already ended in a rollback, whatever
                 // serves now (for the candidate's arm: the live model).
                 let previous = fallback_at_admission
                     .or_else(|| Some(self.engine()))
-                    .filter(|f| f.digest() != engine.digest());
+                    .filter(|f| f.release() != engine.release());
                 match previous {
                     Some(previous) => {
                         tracing::warn!(error = %message, "the model on trial (or the candidate) failed; answering with the previous model");
@@ -559,7 +583,7 @@ impl Service {
                                 .map_err(|e| ServiceError::Internal(e.to_string()))?
                                 .map_err(ServiceError::BadInput)?
                         };
-                        let key = CacheKey::new(previous.digest(), &tensor);
+                        let key = CacheKey::new(previous.release_id(), &tensor);
                         let ran = self.run(&previous, tensor).await?;
                         (previous, key, ran)
                     }
@@ -569,7 +593,7 @@ impl Service {
             Err(e) => return Err(e),
         };
         let cache_key = key;
-        self.record_run(engine.digest(), ran.run, ran.prediction.confidence);
+        self.record_run(engine.release_id(), ran.run, ran.prediction.confidence);
         if let Some(name) = arm {
             self.record_arm(name, ran.prediction.confidence, Some(micros(ran.run)));
         }
@@ -581,13 +605,13 @@ impl Service {
             confidence: prediction.confidence,
             margin: prediction.margin,
             entropy: prediction.entropy,
-            source: "edge".into(),
+            source: Source::Edge,
             model,
             latency_us: micros(start.elapsed()),
             edge_label: None,
             forwarded: None,
             case_id: None,
-            arm: arm.map(str::to_string),
+            arm,
         };
         let hard_case = self
             .forwarder
@@ -634,22 +658,22 @@ impl Service {
             match f.forward(case).await {
                 Ok(Some(answer)) => {
                     self.note_cloud_label(&id, &answer.label);
-                    response.source = "cloud".into();
+                    response.source = Source::Cloud;
                     response.label = answer.label;
                     response.confidence = answer.confidence;
                     response.margin = answer.margin;
                     response.entropy = answer.entropy;
-                    response.forwarded = Some("answered".into());
+                    response.forwarded = Some(Forwarded::Answered);
                 }
-                Ok(None) => response.forwarded = Some("queued".into()),
+                Ok(None) => response.forwarded = Some(Forwarded::Queued),
                 Err(e) => {
                     tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
-                    response.forwarded = Some("failed".into());
+                    response.forwarded = Some(Forwarded::Failed);
                 }
             }
             // Cached only once the case is durably queued (so a crash in between cannot leave a cached answer whose
             // case never reached the cloud), and never over the cloud's answer, which may have come meanwhile.
-            if response.forwarded.as_deref() != Some("answered") {
+            if response.forwarded != Some(Forwarded::Answered) {
                 self.cache_edge(cache_key, edge_entry).await;
             }
             response.latency_us = micros(start.elapsed());
@@ -674,9 +698,9 @@ impl Service {
         }
     }
 
-    fn record_arm(&self, name: &'static str, confidence: f32, run_us: Option<u64>) {
-        let i = usize::from(name == "candidate");
-        lock(&self.arms)[i].record(name, confidence, run_us);
+    fn record_arm(&self, arm: ArmName, confidence: f32, run_us: Option<u64>) {
+        let i = usize::from(arm == ArmName::Candidate);
+        lock(&self.arms)[i].record(arm.name(), confidence, run_us);
     }
 
     /// Queues a shadow run of the candidate on the shadow thread; the answer has been decided already and is never
@@ -708,7 +732,7 @@ impl Service {
             let us = micros(t.elapsed());
             let mut s = lock(&stats);
             // A candidate replaced meanwhile: this run belongs to no current figures.
-            if s.model.as_ref().map(|m| m.digest.as_str()) != Some(candidate.digest()) {
+            if s.model.as_ref() != Some(&ModelInfo::of(&candidate)) {
                 return;
             }
             match result {
@@ -750,43 +774,45 @@ impl Service {
     }
 
     /// What `GET /v1/status` shows.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> ServiceStatus {
         let engine = self.engine();
-        let cache = self.cache.as_ref().map(|c| {
-            serde_json::json!({"entries": c.len(), "bytes": c.bytes(), "evictions": c.evictions()})
+        let cache = self.cache.as_ref().map(|c| CacheStatus {
+            entries: c.len(),
+            bytes: c.bytes(),
+            evictions: c.evictions(),
         });
-        serde_json::json!({
-            "agent_version": env!("CARGO_PKG_VERSION"),
-            "model": ModelInfo::of(&engine),
-            "slot": self.slot.load().as_str(),
-            "uptime_s": self.started.elapsed().as_secs(),
-            "workers": self.pool.workers(),
-            "queue_depth": self.pool.depth(),
-            "counters": self.counters.snapshot(),
-            "cache": cache,
-            "trial": lock(&self.trial).as_ref().map(|p| p.summary(Instant::now())),
-            "last_transition": lock(&self.transitions).back().cloned(),
-            "transitions": lock(&self.transitions).clone(),
-            "last_transfer": lock(&self.last_transfer).clone(),
-            "download": lock(&self.download).clone(),
-            "settings": lock(&self.settings).clone(),
-            "latency_us": self.counters.latency_percentiles(),
-            "cache_hit_rate": self.counters.cache_hit_rate(),
-            "forward": self.forwarder.get().map(|f| f.status()),
-            "candidate": self.candidate().map(|c| ModelInfo::of(&c)),
-            "shadow": lock(&self.shadow).summary().map(|mut v| {
-                v["fraction"] = self.shadow_fraction().into();
-                v
-            }),
-            "ab": (self.split() > 0.0 && self.candidate().is_some()).then(|| {
+        let transitions = lock(&self.transitions).clone();
+        ServiceStatus {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            model: ModelInfo::of(&engine),
+            slot: self.slot(),
+            uptime_s: self.started.elapsed().as_secs(),
+            workers: self.pool.workers() as u64,
+            queue_depth: self.pool.depth() as u64,
+            counters: self.counters.snapshot(),
+            cache,
+            trial: lock(&self.trial)
+                .as_ref()
+                .map(|p| p.summary(Instant::now())),
+            last_transition: transitions.back().cloned(),
+            transitions: transitions.into(),
+            last_transfer: lock(&self.last_transfer).clone(),
+            download: lock(&self.download).clone(),
+            settings: lock(&self.settings).clone(),
+            latency_us: self.counters.latency_percentiles(),
+            cache_hit_rate: self.counters.cache_hit_rate(),
+            forward: self.forwarder.get().map(|f| f.status()),
+            candidate: self.candidate().map(|c| ModelInfo::of(&c)),
+            shadow: lock(&self.shadow).summary(self.shadow_fraction()),
+            ab: (self.split() > 0.0 && self.candidate().is_some()).then(|| {
                 let arms = lock(&self.arms);
-                serde_json::json!({
-                    "split": self.split(),
-                    "active": arms[0].summary(),
-                    "candidate": arms[1].summary(),
-                })
+                AbSummary {
+                    split: self.split(),
+                    active: arms[0].summary(),
+                    candidate: arms[1].summary(),
+                }
             }),
-        })
+        }
     }
 }
 

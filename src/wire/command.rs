@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::status::CommandName;
 use crate::bundle::{BundleSignature, SigningKeyFile, TrustedKeys};
 
 /// Largest encoded command accepted (an update offer for a 512 MiB bundle in 64 KiB chunks is ~260 KiB).
@@ -124,18 +125,23 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn name(&self) -> &'static str {
+    /// The name acknowledgements carry.
+    pub fn kind(&self) -> CommandName {
         match self {
-            Action::Status => "status",
-            Action::Rollback => "rollback",
-            Action::Promote => "promote",
-            Action::Set { .. } => "set",
-            Action::PurgeCache => "purge-cache",
-            Action::Update(_) => "update",
-            Action::Candidate { .. } => "candidate",
-            Action::Activate { .. } => "activate",
-            Action::Abandon { .. } => "abandon",
+            Action::Status => CommandName::Status,
+            Action::Rollback => CommandName::Rollback,
+            Action::Promote => CommandName::Promote,
+            Action::Set { .. } => CommandName::Set,
+            Action::PurgeCache => CommandName::PurgeCache,
+            Action::Update(_) => CommandName::Update,
+            Action::Candidate { .. } => CommandName::Candidate,
+            Action::Activate { .. } => CommandName::Activate,
+            Action::Abandon { .. } => CommandName::Abandon,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// The bundle offer this action carries, if it is an update.

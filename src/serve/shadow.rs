@@ -6,6 +6,9 @@ use std::collections::{HashMap, VecDeque};
 
 use super::probation::{ks_distance, percentile};
 use super::ModelInfo;
+use crate::wire::status::{
+    ArmSummary, ConfidenceQuantiles, Percentiles, ShadowCloud, ShadowSummary,
+};
 
 /// Samples kept per distribution: enough for percentiles and a KS distance, bounded whatever the traffic.
 const KEEP: usize = 1024;
@@ -161,7 +164,8 @@ impl ShadowStats {
         (self.runs > 0).then(|| self.agreements as f64 / self.runs as f64)
     }
 
-    pub fn summary(&self) -> Option<serde_json::Value> {
+    /// The figures so far (`fraction` is the caller's: the setting in force).
+    pub fn summary(&self, fraction: f64) -> Option<ShadowSummary> {
         let model = self.model.as_ref()?;
         let cand: Vec<f32> = self.candidate_conf.iter().copied().collect();
         let act: Vec<f32> = self.active_conf.iter().copied().collect();
@@ -174,25 +178,36 @@ impl ShadowStats {
                 .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
                 .copied()
         };
-        Some(serde_json::json!({
-            "model": model,
-            "runs": self.runs,
-            "agreements": self.agreements,
-            "agreement": self.agreement().map(round),
-            "failures": self.failures,
-            "dropped": self.dropped,
-            "active_mean_confidence": mean(&self.active_conf).map(round),
-            "candidate_mean_confidence": mean(&self.candidate_conf).map(round),
-            "candidate_confidence": {"p10": q(0.1), "p50": q(0.5), "p90": q(0.9)},
-            "confidence_ks": round(ks_distance(&cand, &act)),
-            "candidate_run_us": {"p50": percentile(&cand_us, 0.5), "p99": percentile(&cand_us, 0.99)},
-            "active_run_us": {"p50": percentile(&act_us, 0.5), "p99": percentile(&act_us, 0.99)},
-            "cloud": {
-                "cases": self.cloud_cases,
-                "active_agreed": self.cloud_active_agreed,
-                "candidate_agreed": self.cloud_candidate_agreed,
+        Some(ShadowSummary {
+            model: model.clone(),
+            runs: self.runs,
+            agreements: self.agreements,
+            agreement: self.agreement().map(round),
+            failures: self.failures,
+            dropped: self.dropped,
+            active_mean_confidence: mean(&self.active_conf).map(round),
+            candidate_mean_confidence: mean(&self.candidate_conf).map(round),
+            candidate_confidence: ConfidenceQuantiles {
+                p10: q(0.1),
+                p50: q(0.5),
+                p90: q(0.9),
             },
-        }))
+            confidence_ks: round(ks_distance(&cand, &act)),
+            candidate_run_us: Percentiles {
+                p50: percentile(&cand_us, 0.5),
+                p99: percentile(&cand_us, 0.99),
+            },
+            active_run_us: Percentiles {
+                p50: percentile(&act_us, 0.5),
+                p99: percentile(&act_us, 0.99),
+            },
+            cloud: ShadowCloud {
+                cases: self.cloud_cases,
+                active_agreed: self.cloud_active_agreed,
+                candidate_agreed: self.cloud_candidate_agreed,
+            },
+            fraction,
+        })
     }
 }
 
@@ -218,13 +233,16 @@ impl Arm {
         }
     }
 
-    pub fn summary(&self) -> serde_json::Value {
+    pub fn summary(&self) -> ArmSummary {
         let us: Vec<u64> = self.run_us.iter().copied().collect();
-        serde_json::json!({
-            "requests": self.requests,
-            "mean_confidence": mean(&self.confidence).map(round),
-            "run_us": {"p50": percentile(&us, 0.5), "p99": percentile(&us, 0.99)},
-        })
+        ArmSummary {
+            requests: self.requests,
+            mean_confidence: mean(&self.confidence).map(round),
+            run_us: Percentiles {
+                p50: percentile(&us, 0.5),
+                p99: percentile(&us, 0.99),
+            },
+        }
     }
 }
 
@@ -300,11 +318,11 @@ mod tests {
         s.cloud_label("a", "8"); // shadow first, then the cloud
         s.cloud_label("b", "3"); // the cloud first, then the shadow
         s.record(run("b"));
-        let v = s.summary().unwrap();
-        assert_eq!(v["cloud"]["cases"], 2);
-        assert_eq!(v["cloud"]["candidate_agreed"], 1);
-        assert_eq!(v["cloud"]["active_agreed"], 1);
-        assert_eq!(v["agreement"], 0.0);
-        assert_eq!(v["runs"], 2);
+        let v = s.summary(1.0).unwrap();
+        assert_eq!(v.cloud.cases, 2);
+        assert_eq!(v.cloud.candidate_agreed, 1);
+        assert_eq!(v.cloud.active_agreed, 1);
+        assert_eq!(v.agreement, Some(0.0));
+        assert_eq!(v.runs, 2);
     }
 }

@@ -9,6 +9,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::ProbationConfig;
+use crate::inference::Release;
+pub use crate::telemetry::percentile;
+use crate::wire::status::TrialSummary;
 
 /// The most recent runs of one model.
 #[derive(Debug, Clone, Default)]
@@ -42,17 +45,6 @@ impl Window {
     fn confidences(&self) -> Vec<f32> {
         self.runs.iter().map(|r| r.1).collect()
     }
-}
-
-/// Nearest-rank percentile (q in 0..=1) of unsorted values.
-pub fn percentile(values: &[u64], q: f64) -> Option<u64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    Some(v[rank - 1])
 }
 
 /// The KS distance that two samples of sizes `n` and `m` from one distribution exceed with probability 0.001:
@@ -107,9 +99,10 @@ pub enum Verdict {
 /// One trial in progress.
 #[derive(Debug, Clone)]
 pub struct Probation {
-    /// Digest of the model on trial.
-    pub digest: String,
-    pub version: u64,
+    /// The release on trial: runs and errors of any other are not its own.
+    pub release: Release,
+    /// [`Release::id`], for the comparisons each run makes.
+    pub release_id: String,
     config: ProbationConfig,
     started: Instant,
     baseline: Window,
@@ -121,15 +114,14 @@ pub struct Probation {
 
 impl Probation {
     pub fn new(
-        digest: String,
-        version: u64,
+        release: Release,
         baseline: Window,
         config: &ProbationConfig,
         now: Instant,
     ) -> Probation {
         Probation {
-            digest,
-            version,
+            release_id: release.id(),
+            release,
             config: config.clone(),
             started: now,
             baseline,
@@ -201,27 +193,36 @@ impl Probation {
     }
 
     /// What status and telemetry show about the trial.
-    pub fn summary(&self, now: Instant) -> serde_json::Value {
-        serde_json::json!({
-            "version": self.version,
-            "digest": self.digest,
-            "requests": self.requests,
-            "errors": self.errors,
-            "elapsed_s": now.saturating_duration_since(self.started).as_secs(),
-            "baseline_runs": self.baseline.len(),
-            "p99_us": percentile(&self.runs.latencies(), 0.99),
-            "baseline_p99_us": percentile(&self.baseline.latencies(), 0.99),
-            "mean_confidence": mean(&self.runs.confidences()),
-            "baseline_mean_confidence": mean(&self.baseline.confidences()),
-            "requests_to_commit": self.config.requests,
-            "seconds_to_commit": self.config.seconds,
-        })
+    pub fn summary(&self, now: Instant) -> TrialSummary {
+        TrialSummary {
+            version: self.release.version,
+            digest: self.release.digest.clone(),
+            requests: self.requests,
+            errors: self.errors,
+            elapsed_s: now.saturating_duration_since(self.started).as_secs(),
+            baseline_runs: self.baseline.len() as u64,
+            p99_us: percentile(&self.runs.latencies(), 0.99),
+            baseline_p99_us: percentile(&self.baseline.latencies(), 0.99),
+            mean_confidence: mean(&self.runs.confidences()),
+            baseline_mean_confidence: mean(&self.baseline.confidences()),
+            requests_to_commit: self.config.requests,
+            seconds_to_commit: self.config.seconds,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn release() -> Release {
+        Release {
+            name: "m".into(),
+            version: 2,
+            digest: "d".into(),
+            spec_digest: "s".into(),
+        }
+    }
 
     fn config() -> ProbationConfig {
         ProbationConfig {
@@ -261,7 +262,7 @@ mod tests {
     #[test]
     fn a_healthy_model_commits_after_its_requests_or_its_seconds() {
         let t0 = Instant::now();
-        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        let mut p = Probation::new(release(), baseline(100, 0.95), &config(), t0);
         for _ in 0..99 {
             p.record_run(110, 0.95);
         }
@@ -269,7 +270,7 @@ mod tests {
         p.record_run(110, 0.95);
         assert!(matches!(p.verdict(t0), Verdict::Commit(_)));
 
-        let p = Probation::new("d".into(), 2, Window::default(), &config(), t0);
+        let p = Probation::new(release(), Window::default(), &config(), t0);
         assert_eq!(p.verdict(t0 + Duration::from_secs(59)), Verdict::Continue);
         assert!(matches!(
             p.verdict(t0 + Duration::from_secs(60)),
@@ -280,11 +281,11 @@ mod tests {
     #[test]
     fn errors_latency_and_drift_roll_back() {
         let t0 = Instant::now();
-        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        let mut p = Probation::new(release(), baseline(100, 0.95), &config(), t0);
         p.record_error("boom");
         assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("boom")));
 
-        let mut p = Probation::new("d".into(), 2, baseline(1000, 0.95), &config(), t0);
+        let mut p = Probation::new(release(), baseline(1000, 0.95), &config(), t0);
         for _ in 0..19 {
             p.record_run(5000, 0.95);
         }
@@ -292,14 +293,14 @@ mod tests {
         p.record_run(5000, 0.95);
         assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("latency")));
 
-        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        let mut p = Probation::new(release(), baseline(100, 0.95), &config(), t0);
         for _ in 0..20 {
             p.record_run(100, 0.4);
         }
         assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("drift")));
 
         // A systematic but harmless shift (KS 1.0, mean 0.03 lower: an fp32 build of an int8 model) is not one.
-        let mut p = Probation::new("d".into(), 2, baseline(100, 0.95), &config(), t0);
+        let mut p = Probation::new(release(), baseline(100, 0.95), &config(), t0);
         for _ in 0..20 {
             p.record_run(100, 0.88);
         }
@@ -307,7 +308,7 @@ mod tests {
         assert_eq!(p.verdict(t0), Verdict::Continue);
 
         // A more confident model is not a degradation.
-        let mut p = Probation::new("d".into(), 2, baseline(100, 0.6), &config(), t0);
+        let mut p = Probation::new(release(), baseline(100, 0.6), &config(), t0);
         for _ in 0..20 {
             p.record_run(100, 0.99);
         }
@@ -317,7 +318,7 @@ mod tests {
     #[test]
     fn without_a_baseline_only_errors_and_time_judge() {
         let t0 = Instant::now();
-        let mut p = Probation::new("d".into(), 2, Window::default(), &config(), t0);
+        let mut p = Probation::new(release(), Window::default(), &config(), t0);
         for _ in 0..50 {
             p.record_run(1_000_000, 0.1);
         }

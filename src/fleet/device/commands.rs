@@ -1,0 +1,312 @@
+//! Signed commands from the operator: verified, their sequence number made durable, then run; each is answered on
+//! the device's ack topic.
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use std::time::Duration;
+
+use super::{Link, LAST_SEQ, SETTINGS};
+use crate::bundle::now_unix;
+use crate::fleet::topics;
+use crate::slots::SlotStore;
+use crate::wire::command::{self, Action, Checker, CommandBody};
+use crate::wire::status::{Ack, AckResult, CommandName, Outcome, Setting};
+
+/// A slot-record change run off the async threads.
+type SlotJob = Box<dyn FnOnce(&SlotStore) -> Result<Outcome, String> + Send>;
+
+/// Runtime settings that the `set` command may change, and their checks.
+pub const SETTABLE: &[&str] = &[
+    "hardness.threshold",
+    "telemetry.heartbeat_s",
+    "shadow.fraction",
+    "shadow.split",
+];
+
+pub(super) fn check_setting(key: &str, value: &str) -> Result<(), String> {
+    match key {
+        "hardness.threshold" => match value.parse::<f32>() {
+            Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(()),
+            _ => Err(format!("{key} takes a number from 0 to 100, not {value:?}")),
+        },
+        "shadow.fraction" | "shadow.split" => match value.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+            _ => Err(format!("{key} takes a fraction from 0 to 1, not {value:?}")),
+        },
+        "telemetry.heartbeat_s" => match value.parse::<u64>() {
+            Ok(v) if (1..=86_400).contains(&v) => Ok(()),
+            _ => Err(format!(
+                "{key} takes whole seconds from 1 to 86400, not {value:?}"
+            )),
+        },
+        _ => Err(format!(
+            "{key} cannot be set remotely (allowed: {})",
+            SETTABLE.join(", ")
+        )),
+    }
+}
+
+impl Link {
+    pub(super) async fn ack(
+        &self,
+        client: &AsyncClient,
+        seq: Option<u64>,
+        action: CommandName,
+        result: Result<AckResult, String>,
+    ) {
+        let (ok, result, error) = match result {
+            Ok(v) => (true, Some(v), None),
+            Err(e) => (false, None, Some(e)),
+        };
+        let msg = Ack {
+            device: self.device.clone(),
+            seq,
+            command: action,
+            ok,
+            unix: now_unix(),
+            result,
+            error,
+        };
+        metrics::counter!(crate::telemetry::COMMANDS, "command" => action.name(), "ok" => ok.to_string()).increment(1);
+        if let Some(error) = &msg.error {
+            tracing::warn!(seq, command = action.name(), %error, "command refused or failed");
+        }
+        let _ = client
+            .publish(
+                topics::ack(&self.device),
+                QoS::AtLeastOnce,
+                false,
+                msg.to_json(),
+            )
+            .await;
+    }
+
+    /// `retained`: the broker delivered a retained command at subscription (a rollout's fleet-wide abandon). Once
+    /// seen, it comes again at every new session; that repeat is expected, so it is not acknowledged as a refusal.
+    pub(super) async fn on_command(
+        &mut self,
+        client: &AsyncClient,
+        payload: &[u8],
+        retained: bool,
+    ) {
+        if !self.in_flight.is_empty() && self.in_flight.len() > 100_000 {
+            self.in_flight.clear(); // bounded: a lost answer only costs a resend
+        }
+        let last_seq: u64 = self.records.get(LAST_SEQ).ok().flatten().unwrap_or(0);
+        let checker = Checker {
+            keys: &self.keys,
+            threshold: self.config.slots.threshold,
+            device: &self.device,
+            group: self.config.fleet.group.as_deref(),
+            now_unix: now_unix(),
+            last_seq,
+        };
+        let body = match command::verify(payload, &checker) {
+            Ok(b) => b,
+            Err(command::CommandError::Replayed { seq, .. }) if retained => {
+                tracing::debug!(seq, "a retained command already applied");
+                return;
+            }
+            Err(e) => {
+                self.ack(
+                    client,
+                    command::peek_seq(payload),
+                    CommandName::Refused,
+                    Err(e.to_string()),
+                )
+                .await;
+                return;
+            }
+        };
+        // The sequence number is durable before anything runs: a crash cannot make a command run twice.
+        let records = self.records.clone();
+        let seq = body.seq;
+        if let Err(e) = tokio::task::spawn_blocking(move || records.put(LAST_SEQ, &seq)).await {
+            tracing::error!(error = %e, "cannot record the command sequence");
+            return;
+        }
+        let action = body.action.kind();
+        let result = self.execute(client, &body).await;
+        if let Some(r) = result {
+            self.ack(client, Some(body.seq), action, r).await;
+        }
+    }
+
+    /// Runs a verified command; `None` when the acknowledgement comes later (an update acks when installed).
+    pub(super) async fn execute(
+        &mut self,
+        client: &AsyncClient,
+        body: &CommandBody,
+    ) -> Option<Result<AckResult, String>> {
+        let slots = self.slots.clone();
+        let blocking = |f: SlotJob| async move {
+            tokio::task::spawn_blocking(move || f(&slots))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map(AckResult::done)
+        };
+        match &body.action {
+            Action::Status => {
+                self.publish_status(client, true).await;
+                Some(Ok(AckResult::Status(Box::new(self.status()))))
+            }
+            Action::Rollback => Some(
+                blocking(Box::new(|s| {
+                    let (st, ()) = s
+                        .update(|s| Ok((s.rollback()?, ())))
+                        .map_err(|e| e.to_string())?;
+                    Ok(Outcome {
+                        now_active: Some(st.active_info().map(|i| i.version)),
+                        ..Outcome::default()
+                    })
+                }))
+                .await,
+            ),
+            Action::Promote => Some(
+                blocking(Box::new(|s| {
+                    let (st, ()) = s
+                        .update(|s| Ok((s.commit()?, ())))
+                        .map_err(|e| e.to_string())?;
+                    Ok(Outcome {
+                        committed: Some(st.active_info().map(|i| i.version)),
+                        ..Outcome::default()
+                    })
+                }))
+                .await,
+            ),
+            Action::Set { key, value } => {
+                if let Err(e) = check_setting(key, value) {
+                    return Some(Err(e));
+                }
+                Some(
+                    self.store_settings(&[(key.clone(), value.clone())])
+                        .await
+                        .map(|()| {
+                            AckResult::done(Outcome {
+                                set: Some(Setting {
+                                    key: key.clone(),
+                                    value: value.clone(),
+                                }),
+                                ..Outcome::default()
+                            })
+                        }),
+                )
+            }
+            Action::PurgeCache => {
+                let svc = self.service.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || svc.purge_cache())
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r)
+                        .map(|n| {
+                            AckResult::done(Outcome {
+                                purged: Some(n),
+                                ..Outcome::default()
+                            })
+                        }),
+                )
+            }
+            Action::Update(offer) => {
+                self.start_download(client, offer.clone(), body.seq, false)
+                    .await
+            }
+            Action::Candidate {
+                offer,
+                shadow,
+                split,
+            } => {
+                let mut settings = Vec::new();
+                for (key, v) in [("shadow.fraction", shadow), ("shadow.split", split)] {
+                    if let Some(v) = v {
+                        if let Err(e) = check_setting(key, &v.to_string()) {
+                            return Some(Err(e));
+                        }
+                        settings.push((key.to_string(), v.to_string()));
+                    }
+                }
+                if let Err(e) = self.store_settings(&settings).await {
+                    return Some(Err(e));
+                }
+                self.start_download(client, offer.clone(), body.seq, true)
+                    .await
+            }
+            Action::Activate { version } => {
+                let v = *version;
+                Some(
+                    blocking(Box::new(move |s| {
+                        let (st, ()) = s
+                            .update(|s| Ok((s.activate(v)?, ())))
+                            .map_err(|e| e.to_string())?;
+                        Ok(Outcome {
+                            now_active: Some(st.active_info().map(|i| i.version)),
+                            trial: Some(st.trial.is_some()),
+                            ..Outcome::default()
+                        })
+                    }))
+                    .await,
+                )
+            }
+            Action::Abandon { version } => {
+                let v = *version;
+                // A download of the abandoned version stops here: it must never complete into a slot.
+                if let Some(d) = self.download.take() {
+                    if d.offer.version == v {
+                        let _ = tokio::task::spawn_blocking(move || d.discard()).await;
+                        self.service.set_download(None);
+                    } else {
+                        self.download = Some(d);
+                    }
+                }
+                Some(
+                    blocking(Box::new(move |s| {
+                        let (st, changed) = s
+                            .update(|now| {
+                                Ok(match now.abandon(v)? {
+                                    Some(next) => (next, true),
+                                    None => (now.clone(), false),
+                                })
+                            })
+                            .map_err(|e| e.to_string())?;
+                        Ok(Outcome {
+                            abandoned: Some(v),
+                            changed: Some(changed),
+                            now_active: Some(st.active_info().map(|i| i.version)),
+                            ..Outcome::default()
+                        })
+                    }))
+                    .await,
+                )
+            }
+        }
+    }
+
+    /// Records runtime settings durably (they survive restarts), then applies them.
+    pub(super) async fn store_settings(
+        &mut self,
+        settings: &[(String, String)],
+    ) -> Result<(), String> {
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let records = self.records.clone();
+        let new = settings.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut all: Vec<(String, String)> = records.get(SETTINGS)?.unwrap_or_default();
+            all.retain(|(x, _)| !new.iter().any(|(k, _)| k == x));
+            all.extend(new);
+            records.put(SETTINGS, &all)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        for (key, value) in settings {
+            if key == "telemetry.heartbeat_s" {
+                self.heartbeat = Duration::from_secs(value.parse().unwrap_or(30));
+            }
+            self.service.set_setting(key, value);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! The agent's side of the fleet link: one task that owns the MQTT client (the only event loop on the device),
+//! dispatches what arrives to the command (`commands`), update (`update`) and hard-case (`cases`) paths, and
+//! publishes status.
+//!
+//! Slot changes go through the same library calls as `outpost install` / `rollback` / `promote` (a locked record
+//! transition); the daemon's slot controller then swaps the model, exactly as it does for an operator on the device.
+
+use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+mod cases;
+mod commands;
+mod update;
+
+pub use commands::SETTABLE;
+
+use crate::bundle::TrustedKeys;
+use crate::config::Config;
+use crate::fleet::mqtt::{self, Broker, LinkEvent, Settings, TlsFiles};
+use crate::fleet::transfer::Download;
+use crate::fleet::{topics, FleetError};
+use crate::serve::Service;
+use crate::slots::SlotStore;
+use crate::store::Records;
+use crate::wire::status::{DeviceStatus, OnlineStatus};
+
+const LAST_SEQ: &str = "command.last_seq";
+const SETTINGS: &str = "settings";
+
+/// Everything the link works with.
+pub struct Link {
+    service: Arc<Service>,
+    config: Config,
+    device: String,
+    records: Records,
+    slots: SlotStore,
+    keys: TrustedKeys,
+    incoming: PathBuf,
+    download: Option<Download>,
+    heartbeat: Duration,
+    started: Instant,
+    last_marker: Option<(u64, Option<usize>, u64)>,
+    last_published: Instant,
+    last_requests: (u64, Instant),
+    /// Hard cases: the forwarder, new cases from the request path, and cases sent and not yet answered.
+    forward: Option<(
+        Arc<crate::forward::Forwarder>,
+        tokio::sync::mpsc::Receiver<Vec<u8>>,
+    )>,
+    in_flight: std::collections::HashMap<String, Instant>,
+}
+
+/// Connection settings for the agent, from the config.
+pub fn settings(config: &Config) -> Result<Settings, FleetError> {
+    let f = &config.fleet;
+    let url = f
+        .broker
+        .as_deref()
+        .ok_or_else(|| FleetError::BrokerUrl(String::new(), "no broker configured".into()))?;
+    let offline = DeviceStatus::Offline {
+        device: f.device_id.clone(),
+    }
+    .to_json();
+    Ok(Settings {
+        broker: Broker::parse(url)?,
+        client_id: format!("outpost-{}", f.device_id),
+        tls: TlsFiles {
+            ca: f.ca_file.clone(),
+            cert: f.cert_file.clone(),
+            key: f.key_file.clone(),
+        },
+        keep_alive: Duration::from_secs(f.keep_alive_s),
+        max_packet: f.max_packet_bytes,
+        session_expiry_s: 3600,
+        last_will: Some((topics::status(&f.device_id), offline.into_bytes())),
+    })
+}
+
+impl Link {
+    pub fn new(
+        service: Arc<Service>,
+        config: &Config,
+        records: Records,
+    ) -> Result<Link, FleetError> {
+        let keys_path = config
+            .fleet
+            .command_keys
+            .clone()
+            .or(config.slots.trusted_keys.clone());
+        let keys = match keys_path {
+            Some(p) => TrustedKeys::from_file(&p).map_err(|e| FleetError::Keys(e.to_string()))?,
+            None => {
+                tracing::warn!("no trusted keys (slots.trusted_keys): every command and update will be refused");
+                TrustedKeys::default()
+            }
+        };
+        let state_dir = &config.agent.state_dir;
+        let slots = SlotStore::new(state_dir).map_err(|e| FleetError::Io {
+            path: state_dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let stored = records
+            .get::<Vec<(String, String)>>(SETTINGS)?
+            .unwrap_or_default();
+        // Settings made by `set` survive restarts.
+        for (k, v) in &stored {
+            service.set_setting(k, v);
+        }
+        let heartbeat = stored
+            .iter()
+            .find(|(k, _)| k == "telemetry.heartbeat_s")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(config.fleet.heartbeat_s);
+        Ok(Link {
+            service,
+            device: config.fleet.device_id.clone(),
+            incoming: state_dir.join("incoming"),
+            config: config.clone(),
+            records,
+            slots,
+            keys,
+            download: None,
+            heartbeat: Duration::from_secs(heartbeat),
+            started: Instant::now(),
+            last_marker: None,
+            last_published: Instant::now(),
+            last_requests: (0, Instant::now()),
+            forward: None,
+            in_flight: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Carries hard cases to the cloud tier.
+    pub fn with_forwarder(
+        mut self,
+        f: Arc<crate::forward::Forwarder>,
+        rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Link {
+        self.forward = Some((f, rx));
+        self
+    }
+
+    /// Runs until `shutdown`; the last status published says `offline`.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), FleetError> {
+        let settings = settings(&self.config)?;
+        tracing::info!(broker = %settings.broker, device = %self.device, "fleet link starting");
+        let (client, mut events) = mqtt::connect(&settings, shutdown.clone())?;
+        self.download = {
+            let (r, dir) = (self.records.clone(), self.incoming.clone());
+            tokio::task::spawn_blocking(move || Download::resume(r, &dir))
+                .await
+                .map_err(|e| FleetError::Client(e.to_string()))?
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot resume the recorded download; dropping it");
+                    None
+                })
+        };
+        if let Some(d) = &self.download {
+            tracing::info!(bundle = %d.offer.bundle_hex(), done = d.done_count(), total = d.total(), "resuming a download");
+            self.service.set_download(Some(d.summary()));
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected = false;
+        let mut ever_connected = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    match ev {
+                        LinkEvent::Connected { session_present } => {
+                            connected = true;
+                            ever_connected = true;
+                            tracing::info!(session_present, "connected to the broker");
+                            if !session_present {
+                                self.subscribe(&client).await?;
+                            }
+                            if let Some(d) = self.download.as_mut() {
+                                d.forget_in_flight();
+                            }
+                            self.publish_status(&client, true).await;
+                            self.advance(&client).await;
+                        }
+                        LinkEvent::Disconnected { error, retry_in } => {
+                            if connected {
+                                tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "lost the broker; reconnecting");
+                            } else if ever_connected {
+                                tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "the broker is still unreachable; retrying");
+                            } else {
+                                tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "cannot connect to the broker (check fleet.broker, fleet.ca_file, fleet.cert_file and fleet.key_file)");
+                            }
+                            connected = false;
+                        }
+                        LinkEvent::Message(p) => {
+                            if connected {
+                                self.on_message(&client, p).await;
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if connected {
+                        self.on_tick(&client).await;
+                        self.resend(&client).await;
+                    }
+                }
+                case = async {
+                    match self.forward.as_mut() {
+                        Some((_, rx)) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Offline, the case waits in the outbox for the paced resend; one the resend already sent is
+                    // not sent twice.
+                    if let (Some(case), true) = (case, connected) {
+                        let sent = crate::store::outbox::case_id(&case)
+                            .is_some_and(|id| self.in_flight.contains_key(&id));
+                        if !sent {
+                            self.send_case(&client, case).await;
+                        }
+                    }
+                }
+            }
+        }
+        let offline = DeviceStatus::Offline {
+            device: self.device.clone(),
+        }
+        .to_json();
+        let _ = client
+            .publish(
+                topics::status(&self.device),
+                QoS::AtLeastOnce,
+                true,
+                offline,
+            )
+            .await;
+        let _ = client.disconnect().await;
+        Ok(())
+    }
+
+    async fn subscribe(&self, client: &AsyncClient) -> Result<(), FleetError> {
+        client
+            .subscribe(topics::device_cmd(&self.device), QoS::AtLeastOnce)
+            .await?;
+        client
+            .subscribe(topics::chunk(&self.device), QoS::AtLeastOnce)
+            .await?;
+        if let Some(g) = &self.config.fleet.group {
+            client
+                .subscribe(topics::group_cmd(g), QoS::AtLeastOnce)
+                .await?;
+        }
+        if self.forward.is_some() {
+            client
+                .subscribe(topics::cloud_reply(&self.device), QoS::AtLeastOnce)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, client: &AsyncClient, p: Publish) {
+        let topic = mqtt::topic_of(&p);
+        if topic == topics::chunk(&self.device) {
+            self.on_chunk(client, &p.payload).await;
+        } else if topic == topics::cloud_reply(&self.device) {
+            self.on_answer(&p).await;
+        } else if topic.ends_with("/cmd") {
+            self.on_command(client, &p.payload, p.retain).await;
+        } else {
+            tracing::debug!(%topic, "ignored a message on an unexpected topic");
+        }
+    }
+
+    async fn on_tick(&mut self, client: &AsyncClient) {
+        let timeout = Duration::from_millis(self.config.fleet.chunk_timeout_ms);
+        let mut expired = 0;
+        if let Some(d) = self.download.as_mut() {
+            expired = d.expire(Instant::now(), timeout);
+        }
+        if expired > 0 {
+            tracing::debug!(expired, "chunk requests timed out; asking again");
+        }
+        // Also refills the window when the download-speed cap held requests back.
+        self.pump(client).await;
+        self.publish_status(client, false).await;
+    }
+
+    fn status(&self) -> OnlineStatus {
+        let mut service = self.service.status();
+        let now = Instant::now();
+        let requests = self
+            .service
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let dt = now
+            .saturating_duration_since(self.last_requests.1)
+            .as_secs_f64();
+        let rate = if dt > 0.0 {
+            (requests.saturating_sub(self.last_requests.0)) as f64 / dt
+        } else {
+            0.0
+        };
+        service.download = self.download.as_ref().map(|d| d.summary());
+        OnlineStatus {
+            device: self.device.clone(),
+            group: self.config.fleet.group.clone(),
+            link_uptime_s: self.started.elapsed().as_secs(),
+            request_rate: (rate * 100.0).round() / 100.0,
+            service,
+        }
+    }
+
+    /// Publishes the retained status when it changed in substance, or when the heartbeat is due.
+    async fn publish_status(&mut self, client: &AsyncClient, force: bool) {
+        // What makes a status worth publishing before the heartbeat, read without building the status: the
+        // service's change counter (model, slot, trial, candidate, transitions, transfers), download progress, and
+        // every 20th shadow run.
+        let marker = (
+            self.service.changes(),
+            self.download.as_ref().map(|d| d.done_count()),
+            self.service.shadow_runs() / 20,
+        );
+        let changed = self.last_marker != Some(marker);
+        let due = self.last_published.elapsed() >= self.heartbeat;
+        let download_tick =
+            self.download.is_some() && self.last_published.elapsed() >= Duration::from_millis(500);
+        if !(force || due || (changed && (self.download.is_none() || download_tick))) {
+            return;
+        }
+        let requests = self
+            .service
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.last_requests = (requests, Instant::now());
+        self.last_published = Instant::now();
+        let text = DeviceStatus::Online(Box::new(self.status())).to_json();
+        self.last_marker = Some(marker);
+        if let Err(e) = client
+            .publish(topics::status(&self.device), QoS::AtLeastOnce, true, text)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish status");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The update path: an offer becomes a resumable chunked download, its signed header is checked before the rest
+//! is fetched, and the finished bundle is installed through the same library call as `outpost install`.
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+use std::time::Instant;
+
+use super::Link;
+use crate::bundle::{now_unix, Policy, TrustedKeys};
+use crate::fleet::topics;
+use crate::fleet::transfer::{decode_chunk, Accepted, ChunkRequest, Download};
+use crate::wire::command::Offer;
+use crate::wire::status::{AckResult, Already, CommandName, Outcome, Serving};
+
+impl Link {
+    pub(super) async fn start_download(
+        &mut self,
+        client: &AsyncClient,
+        offer: Offer,
+        seq: u64,
+        candidate: bool,
+    ) -> Option<Result<AckResult, String>> {
+        if let Err(e) = offer.check(self.config.fleet.max_bundle_bytes) {
+            return Some(Err(e.to_string()));
+        }
+        let state = self.slots.load().unwrap_or_default();
+        // The same offer again (a rollout resent it after a restart): already done, say so.
+        let staged = state.candidate_info().map(|i| i.version);
+        let live = state.active_info().map(|i| i.version);
+        if (candidate && staged == Some(offer.version)) || live == Some(offer.version) {
+            return Some(Ok(AckResult::done(Outcome {
+                already: Some(if live == Some(offer.version) {
+                    Already::Live
+                } else {
+                    Already::Staged
+                }),
+                version: Some(offer.version),
+                ..Outcome::default()
+            })));
+        }
+        let highest = state.highest_version;
+        if offer.version <= highest {
+            return Some(Err(format!(
+                "version {} is not newer than version {highest}, the highest ever accepted",
+                offer.version
+            )));
+        }
+        if let Some(d) = &self.download {
+            if d.offer.bundle == offer.bundle {
+                return Some(Ok(AckResult::done(Outcome {
+                    download: Some("already in progress".into()),
+                    ..Outcome::default()
+                })));
+            }
+        }
+        // Room for the download and the slot copy, checked before a byte is fetched.
+        if let Ok(st) = nix::sys::statvfs::statvfs(&self.config.agent.state_dir) {
+            // The field types differ by target (32-bit on armv7 without LFS), hence the casts.
+            #[allow(clippy::unnecessary_cast)]
+            let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+            if free < offer.size.saturating_mul(2) {
+                return Some(Err(format!(
+                    "not enough disk: the bundle needs {} bytes twice (download and slot), {free} free",
+                    offer.size
+                )));
+            }
+        }
+        if let Some(old) = self.download.take() {
+            tracing::info!(bundle = %old.offer.bundle_hex(), "a newer offer replaces an unfinished download");
+            let _ = tokio::task::spawn_blocking(move || old.discard()).await;
+        }
+        let (r, dir) = (self.records.clone(), self.incoming.clone());
+        let name = offer.name.clone();
+        match tokio::task::spawn_blocking(move || Download::start(r, &dir, offer, seq, candidate))
+            .await
+        {
+            Ok(Ok(d)) => {
+                tracing::info!(bundle = %d.offer.bundle_hex(), name = %name, version = d.offer.version, chunks = d.total(), "download started");
+                self.download = Some(d);
+                self.pump(client).await;
+                None
+            }
+            Ok(Err(e)) => Some(Err(e)),
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+
+    /// Requests chunks up to the window.
+    pub(super) async fn pump(&mut self, client: &AsyncClient) {
+        let Some(d) = self.download.as_mut() else {
+            return;
+        };
+        let reply_to = topics::chunk(&self.device);
+        let topic = topics::bundle_get(&d.offer.bundle_hex(), &self.device);
+        let mut window = self.config.fleet.window;
+        let rate = self.config.fleet.max_download_bytes_per_s;
+        if rate > 0 {
+            // Token bucket: what this run may have fetched by now, plus one chunk of burst.
+            let chunk = d.offer.chunk_size as u64;
+            let budget = (rate as f64 * d.started.elapsed().as_secs_f64()) as u64 + chunk;
+            let used = (d.fetched + d.in_flight()) as u64 * chunk;
+            let room = (budget.saturating_sub(used) / chunk) as usize;
+            window = window.min(d.in_flight() + room);
+        }
+        for index in d.next_requests(window, Instant::now()) {
+            let req = ChunkRequest {
+                bundle: d.offer.bundle,
+                index,
+                reply_to: reply_to.clone(),
+            };
+            let bytes = postcard::to_stdvec(&req).unwrap_or_default();
+            if let Err(e) = client.publish(&topic, QoS::AtLeastOnce, false, bytes).await {
+                tracing::warn!(error = %e, "cannot request a chunk");
+            }
+        }
+    }
+
+    pub(super) async fn on_chunk(&mut self, client: &AsyncClient, payload: &[u8]) {
+        let max = self.config.fleet.max_packet_bytes as usize;
+        let chunk = match decode_chunk(payload, max) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropped a chunk message");
+                return;
+            }
+        };
+        let Some(mut d) = self.download.take() else {
+            return; // a late duplicate of a finished download
+        };
+        if chunk.bundle != d.offer.bundle {
+            self.download = Some(d);
+            return;
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = d.accept(&chunk);
+            (d, r)
+        })
+        .await;
+        let Ok((d, res)) = joined else {
+            // The download stays recorded on disk; the next start resumes it.
+            tracing::error!("the chunk writer failed; the download resumes at the next start");
+            return;
+        };
+        match res {
+            Ok(Accepted::New) | Ok(Accepted::Duplicate) => {}
+            Err(e) => tracing::warn!(error = %e, "chunk refused"),
+        }
+        self.service.set_download(Some(d.summary()));
+        self.download = Some(d);
+        self.advance(client).await;
+    }
+
+    /// Moves the download on: checks the header once its chunks are in, installs once all are, else requests more.
+    /// Also the first step after a restart, when the recorded chunks may already hold the header or everything.
+    pub(super) async fn advance(&mut self, client: &AsyncClient) {
+        let Some(mut d) = self.download.take() else {
+            return;
+        };
+        if !d.header_checked && d.header_ready() {
+            match self.check_header(&d).await {
+                Ok(()) => d.header_checked = true,
+                Err(e) => {
+                    let seq = d.seq;
+                    let action = if d.candidate {
+                        CommandName::Candidate
+                    } else {
+                        CommandName::Update
+                    };
+                    let _ = tokio::task::spawn_blocking(move || d.discard()).await;
+                    self.service.set_download(None);
+                    self.ack(
+                        client,
+                        Some(seq),
+                        action,
+                        Err(format!("refused before download: {e}")),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+        if d.complete() {
+            self.finish(client, d).await;
+            return;
+        }
+        self.download = Some(d);
+        self.pump(client).await;
+    }
+
+    pub(super) fn policy_keys(&self) -> (TrustedKeys, usize) {
+        (self.keys.clone(), self.config.slots.threshold)
+    }
+
+    /// The signed header, read from the first chunks: signatures, expiry, agent version, and the offer's claims.
+    pub(super) async fn check_header(&self, d: &Download) -> Result<(), String> {
+        let (keys, threshold) = self.policy_keys();
+        let path = d.path.clone();
+        let (version, name) = (d.offer.version, d.offer.name.clone());
+        let slots = self.slots.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            let policy = Policy {
+                keys: &keys,
+                threshold,
+                now_unix: now_unix(),
+                agent_version: env!("CARGO_PKG_VERSION"),
+            };
+            let h = crate::bundle::read_header(&mut f, &policy).map_err(|e| e.to_string())?;
+            if h.manifest.version != version || h.manifest.name != name {
+                return Err(format!(
+                    "the offer announced {name} version {version} but the bundle holds {} version {}",
+                    h.manifest.name, h.manifest.version
+                ));
+            }
+            let highest = slots.load().map_err(|e| e.to_string())?.highest_version;
+            if version <= highest {
+                return Err(format!("version {version} is not newer than {highest}"));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    pub(super) async fn finish(&mut self, client: &AsyncClient, d: Download) {
+        let (keys, threshold) = self.policy_keys();
+        let slots = self.slots.clone();
+        let service = self.service.clone();
+        let summary = d.summary();
+        let seq = d.seq;
+        let (mode, action) = if d.candidate {
+            (
+                crate::slots::install::Mode::Candidate,
+                CommandName::Candidate,
+            )
+        } else {
+            (crate::slots::install::Mode::Trial, CommandName::Update)
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&d.path).map_err(|e| e.to_string());
+            let r = f.and_then(|f| {
+                let policy = Policy {
+                    keys: &keys,
+                    threshold,
+                    now_unix: now_unix(),
+                    agent_version: env!("CARGO_PKG_VERSION"),
+                };
+                crate::slots::install::install_as(
+                    &slots,
+                    &mut std::io::BufReader::new(f),
+                    &policy,
+                    mode,
+                )
+                .map(|(installed, engine)| {
+                    service.hand_over(Serving::slot(installed.slot), engine);
+                    installed
+                })
+                .map_err(|e| e.to_string())
+            });
+            d.discard();
+            r
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        self.service.set_last_transfer(summary.clone());
+        self.service.set_download(None);
+        match result {
+            Ok(installed) => {
+                tracing::info!(
+                    version = installed.info.version,
+                    slot = installed.slot.name(),
+                    "update installed from the fleet"
+                );
+                self.ack(
+                    client,
+                    Some(seq),
+                    action,
+                    Ok(AckResult::done(Outcome {
+                        installed: Some(installed.info),
+                        slot: Some(Serving::slot(installed.slot)),
+                        transfer: Some(summary),
+                        ..Outcome::default()
+                    })),
+                )
+                .await;
+            }
+            Err(e) => self.ack(client, Some(seq), action, Err(e)).await,
+        }
+        self.publish_status(client, true).await;
+    }
+}

@@ -1,0 +1,666 @@
+//! What a device tells its operator: the retained status and the acknowledgement of each command (JSON).
+//!
+//! The field names are the wire format that `docs/topics.md` documents and that deployed agents and operator tools
+//! already speak: renaming one breaks a mixed fleet, so every rename here must keep the old name readable
+//! (`#[serde(alias)]`). Fields that feed a decision (the rollout gates' shadow counts, the live version, the trial)
+//! are required: a status without them does not decode, so a gate can never read a silent zero.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::config::HardnessScore;
+use crate::slots::{SlotId, SlotInfo};
+
+/// A model release as the device reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: u64,
+    /// Hex SHA-256 of the model file.
+    pub digest: String,
+}
+
+/// Where the serving model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Serving {
+    /// The model built into the binary.
+    Builtin,
+    /// The model file the configuration names.
+    File,
+    /// The configured or built-in model, because the slot the record names could not be loaded.
+    Fallback,
+    /// Slot A or B of the record.
+    A,
+    B,
+}
+
+impl Serving {
+    pub fn slot(id: SlotId) -> Serving {
+        match id {
+            SlotId::A => Serving::A,
+            SlotId::B => Serving::B,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Serving::Builtin => "builtin",
+            Serving::File => "file",
+            Serving::Fallback => "fallback",
+            Serving::A => "a",
+            Serving::B => "b",
+        }
+    }
+}
+
+/// Who answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The local model ran.
+    Edge,
+    /// The cloud tier answered a hard case.
+    Cloud,
+    /// The edge model's answer, from the result cache.
+    Cache,
+    /// The cloud's answer, from the result cache.
+    CloudCache,
+}
+
+impl Source {
+    pub fn from_cache(self) -> bool {
+        matches!(self, Source::Cache | Source::CloudCache)
+    }
+}
+
+/// What became of a hard case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarded {
+    /// The cloud answered in time.
+    Answered,
+    /// It will, from the outbox.
+    Queued,
+    /// The case could not be queued; the edge answered.
+    Failed,
+}
+
+/// The arm of an A/B split that answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArmName {
+    Active,
+    Candidate,
+}
+
+impl ArmName {
+    pub fn name(self) -> &'static str {
+        match self {
+            ArmName::Active => "active",
+            ArmName::Candidate => "candidate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransitionKind {
+    /// The model on trial was kept.
+    Commit,
+    /// Back to the model that served before.
+    Rollback,
+    /// A new model went live on trial.
+    Trial,
+}
+
+impl TransitionKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransitionKind::Commit => "commit",
+            TransitionKind::Rollback => "rollback",
+            TransitionKind::Trial => "trial",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Probation judged the trial.
+    Probation,
+    /// An operator (on the device or through the fleet) changed the record.
+    Operator,
+    /// An install put a model on trial.
+    Install,
+    /// The model on trial crashed the agent too often.
+    BootCount,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Probation => "probation",
+            Cause::Operator => "operator",
+            Cause::Install => "install",
+            Cause::BootCount => "boot_count",
+        }
+    }
+}
+
+/// A change of the serving model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub transition: TransitionKind,
+    pub cause: Cause,
+    pub detail: String,
+    /// The version the transition is about: the one committed, put on trial or rolled back from.
+    pub version: u64,
+    pub unix: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub requests: u64,
+    pub ok: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub bad_input: u64,
+    pub busy: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub n: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheStatus {
+    pub entries: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+}
+
+/// The trial in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialSummary {
+    pub version: u64,
+    pub digest: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed_s: u64,
+    pub baseline_runs: u64,
+    pub p99_us: Option<u64>,
+    pub baseline_p99_us: Option<u64>,
+    pub mean_confidence: f64,
+    pub baseline_mean_confidence: f64,
+    pub requests_to_commit: u64,
+    pub seconds_to_commit: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfidenceQuantiles {
+    pub p10: Option<f32>,
+    pub p50: Option<f32>,
+    pub p90: Option<f32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowCloud {
+    pub cases: u64,
+    pub active_agreed: u64,
+    pub candidate_agreed: u64,
+}
+
+/// The candidate's figures in shadow, against the live model. The rollout gates read `runs`, `agreements` and the
+/// mean confidences: they are required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowSummary {
+    /// The candidate these figures are about.
+    pub model: ModelInfo,
+    pub runs: u64,
+    pub agreements: u64,
+    pub agreement: Option<f64>,
+    pub failures: u64,
+    pub dropped: u64,
+    pub active_mean_confidence: Option<f64>,
+    pub candidate_mean_confidence: Option<f64>,
+    pub candidate_confidence: ConfidenceQuantiles,
+    pub confidence_ks: f64,
+    pub candidate_run_us: Percentiles,
+    pub active_run_us: Percentiles,
+    pub cloud: ShadowCloud,
+    /// The shadow fraction in force.
+    pub fraction: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArmSummary {
+    pub requests: u64,
+    pub mean_confidence: Option<f64>,
+    pub run_us: Percentiles,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbSummary {
+    pub split: f64,
+    pub active: ArmSummary,
+    pub candidate: ArmSummary,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    pub pending: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardStatus {
+    pub score: HardnessScore,
+    pub threshold: f32,
+    pub deadline_ms: u64,
+    pub outbox: OutboxStatus,
+    /// Cloud answers by outcome (`accepted`, `forged`, ...).
+    pub answers: BTreeMap<String, u64>,
+}
+
+/// A chunked download, in progress or finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferSummary {
+    pub bundle: String,
+    pub name: String,
+    pub version: u64,
+    pub candidate: bool,
+    pub size: u64,
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    pub chunks_synced: u64,
+    pub resumed_from: u64,
+    pub fetched: u64,
+    pub duplicates: u64,
+    pub retries: u64,
+    pub rejected: u64,
+    pub elapsed_ms: u64,
+}
+
+/// What the request service reports (`GET /v1/status`); the fleet link adds the device's part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub agent_version: String,
+    pub model: ModelInfo,
+    pub slot: Serving,
+    pub uptime_s: u64,
+    pub workers: u64,
+    pub queue_depth: u64,
+    pub counters: Counts,
+    pub cache: Option<CacheStatus>,
+    pub trial: Option<TrialSummary>,
+    pub last_transition: Option<Transition>,
+    pub transitions: Vec<Transition>,
+    pub last_transfer: Option<TransferSummary>,
+    pub download: Option<TransferSummary>,
+    pub settings: BTreeMap<String, String>,
+    pub latency_us: Latency,
+    pub cache_hit_rate: f64,
+    pub forward: Option<ForwardStatus>,
+    pub candidate: Option<ModelInfo>,
+    pub shadow: Option<ShadowSummary>,
+    pub ab: Option<AbSummary>,
+}
+
+/// An online device's retained status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineStatus {
+    pub device: String,
+    pub group: Option<String>,
+    pub link_uptime_s: u64,
+    /// Requests per second since the last status.
+    pub request_rate: f64,
+    #[serde(flatten)]
+    pub service: ServiceStatus,
+}
+
+/// The retained message on `outpost/v1/device/<id>/status`; the broker publishes `Offline` as the device's last
+/// will.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Online(Box<OnlineStatus>),
+    Offline { device: String },
+}
+
+impl DeviceStatus {
+    pub fn device(&self) -> &str {
+        match self {
+            DeviceStatus::Online(s) => &s.device,
+            DeviceStatus::Offline { device } => device,
+        }
+    }
+
+    pub fn online(&self) -> Option<&OnlineStatus> {
+        match self {
+            DeviceStatus::Online(s) => Some(s),
+            DeviceStatus::Offline { .. } => None,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<DeviceStatus, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The command an acknowledgement answers (`refused` when it never ran).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandName {
+    Status,
+    Rollback,
+    Promote,
+    Set,
+    PurgeCache,
+    Update,
+    Candidate,
+    Activate,
+    Abandon,
+    Refused,
+}
+
+impl CommandName {
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandName::Status => "status",
+            CommandName::Rollback => "rollback",
+            CommandName::Promote => "promote",
+            CommandName::Set => "set",
+            CommandName::PurgeCache => "purge-cache",
+            CommandName::Update => "update",
+            CommandName::Candidate => "candidate",
+            CommandName::Activate => "activate",
+            CommandName::Abandon => "abandon",
+            CommandName::Refused => "refused",
+        }
+    }
+}
+
+/// Where an offered version already is, when the device had it before the offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Already {
+    Live,
+    Staged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: String,
+}
+
+/// Where the operator tool learnt an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeenIn {
+    Status,
+}
+
+/// What a command did. Each command fills the fields that concern it; the rest are absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The offered version was already live or staged: nothing was fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub already: Option<Already>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// `"already in progress"`: the same offer's download runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now_active: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<SlotInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<Serving>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    /// Set by the operator tool when it learnt the outcome from the device's status, not from an acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_in: Option<SeenIn>,
+    /// What a `set` command set. (Agents before the typed messages put the key and value at the top of the
+    /// result, which decodes to an outcome without this field.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<Setting>,
+}
+
+/// A command's result: the status (for `status`) or what the command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AckResult {
+    Status(Box<OnlineStatus>),
+    Done(Box<Outcome>),
+}
+
+impl AckResult {
+    pub fn done(o: Outcome) -> AckResult {
+        AckResult::Done(Box::new(o))
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match self {
+            AckResult::Done(o) => Some(o),
+            AckResult::Status(_) => None,
+        }
+    }
+}
+
+/// The acknowledgement of one command, on `outpost/v1/device/<id>/ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub device: String,
+    /// None when a refused command's sequence number could not be read.
+    pub seq: Option<u64>,
+    pub command: CommandName,
+    pub ok: bool,
+    pub unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<AckResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Ack {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Ack, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.result.as_ref().and_then(AckResult::outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_status() -> OnlineStatus {
+        let model = ModelInfo {
+            name: "m".into(),
+            version: 3,
+            digest: "ab".into(),
+        };
+        let p = Percentiles {
+            p50: Some(10),
+            p99: Some(20),
+        };
+        let transfer = TransferSummary {
+            bundle: "cd".into(),
+            name: "m".into(),
+            version: 3,
+            candidate: true,
+            size: 4096,
+            chunks_total: 4,
+            chunks_done: 2,
+            chunks_synced: 2,
+            resumed_from: 0,
+            fetched: 2,
+            duplicates: 0,
+            retries: 1,
+            rejected: 0,
+            elapsed_ms: 5,
+        };
+        let transition = Transition {
+            transition: TransitionKind::Rollback,
+            cause: Cause::Probation,
+            detail: "confidence drifted".into(),
+            version: 3,
+            unix: 1_700_000_000,
+        };
+        OnlineStatus {
+            device: "d1".into(),
+            group: Some("g".into()),
+            link_uptime_s: 7,
+            request_rate: 0.0,
+            service: ServiceStatus {
+                agent_version: "0.1.0".into(),
+                model: model.clone(),
+                slot: Serving::B,
+                uptime_s: 9,
+                workers: 2,
+                queue_depth: 0,
+                counters: Counts::default(),
+                cache: Some(CacheStatus {
+                    entries: 1,
+                    bytes: 2,
+                    evictions: 0,
+                }),
+                trial: Some(TrialSummary {
+                    version: 3,
+                    digest: "ab".into(),
+                    requests: 5,
+                    errors: 0,
+                    elapsed_s: 1,
+                    baseline_runs: 40,
+                    p99_us: None,
+                    baseline_p99_us: Some(100),
+                    mean_confidence: 0.0,
+                    baseline_mean_confidence: 0.95,
+                    requests_to_commit: 40,
+                    seconds_to_commit: 600,
+                }),
+                last_transition: Some(transition.clone()),
+                transitions: vec![transition],
+                last_transfer: Some(transfer.clone()),
+                download: Some(transfer),
+                settings: [("shadow.fraction".to_string(), "0.5".to_string())].into(),
+                latency_us: Latency {
+                    p50: Some(1),
+                    p99: Some(2),
+                    n: 3,
+                },
+                cache_hit_rate: 0.5,
+                forward: Some(ForwardStatus {
+                    score: HardnessScore::Margin,
+                    threshold: 0.25,
+                    deadline_ms: 300,
+                    outbox: OutboxStatus::default(),
+                    answers: [("accepted".to_string(), 4)].into(),
+                }),
+                candidate: Some(model.clone()),
+                shadow: Some(ShadowSummary {
+                    model,
+                    runs: 30,
+                    agreements: 29,
+                    agreement: Some(0.9667),
+                    failures: 0,
+                    dropped: 1,
+                    active_mean_confidence: Some(0.9),
+                    candidate_mean_confidence: Some(0.85),
+                    candidate_confidence: ConfidenceQuantiles::default(),
+                    confidence_ks: 0.0,
+                    candidate_run_us: p.clone(),
+                    active_run_us: p.clone(),
+                    cloud: ShadowCloud::default(),
+                    fraction: 1.0,
+                }),
+                ab: Some(AbSummary {
+                    split: 0.5,
+                    active: ArmSummary::default(),
+                    candidate: ArmSummary {
+                        requests: 3,
+                        mean_confidence: Some(0.5),
+                        run_us: p,
+                    },
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn a_full_status_and_acks_round_trip_through_json() {
+        let s = DeviceStatus::Online(Box::new(full_status()));
+        let back = DeviceStatus::from_json(s.to_json().as_bytes());
+        assert_eq!(back.as_ref().ok(), Some(&s), "{:?}\n{}", back, s.to_json());
+        let ack = Ack {
+            device: "d1".into(),
+            seq: Some(5),
+            command: CommandName::Status,
+            ok: true,
+            unix: 1,
+            result: Some(AckResult::Status(Box::new(full_status()))),
+            error: None,
+        };
+        assert_eq!(Ack::from_json(ack.to_json().as_bytes()).unwrap(), ack);
+        let set = Ack {
+            command: CommandName::Set,
+            result: Some(AckResult::done(Outcome {
+                set: Some(Setting {
+                    key: "k".into(),
+                    value: "v".into(),
+                }),
+                ..Outcome::default()
+            })),
+            ..ack
+        };
+        assert_eq!(Ack::from_json(set.to_json().as_bytes()).unwrap(), set);
+    }
+
+    #[test]
+    fn offline_status_round_trips_and_a_status_without_gate_fields_is_refused() {
+        let off = DeviceStatus::Offline {
+            device: "d1".into(),
+        };
+        let text = off.to_json();
+        assert_eq!(text, r#"{"state":"offline","device":"d1"}"#);
+        assert_eq!(DeviceStatus::from_json(text.as_bytes()).unwrap(), off);
+        let shadow = r#"{"model":{"name":"m","version":2,"digest":"ab"},"runs":30}"#;
+        let err = serde_json::from_str::<ShadowSummary>(shadow).unwrap_err();
+        assert!(err.to_string().contains("agreements"), "{err}");
+    }
+}
