@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod forward;
 pub mod fsutil;
 pub mod inference;
+pub mod repo;
 pub mod rollout;
 pub mod serve;
 pub mod sim;

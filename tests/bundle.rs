@@ -5,6 +5,13 @@ mod common;
 use outpost::bundle::{self, Manifest, SigningKeyFile, Variant};
 use outpost::inference::{Engine, ModelSpec};
 use outpost::slots::{install::load_active, SlotStore};
+
+/// The default (built-in) model's slots in the state directory's repository.
+fn slots_of(state: &Path) -> SlotStore {
+    outpost::repo::Repository::open(state, "edge-int8")
+        .and_then(|r| r.slots("edge-int8"))
+        .unwrap()
+}
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,7 +20,7 @@ use common::{outpost, outpostctl, s, status, Fixture};
 fn slot_files(state: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v = Vec::new();
     for slot in ["a", "b"] {
-        let d = state.join("slots").join(slot);
+        let d = state.join("models/edge-int8").join(slot);
         if let Ok(rd) = std::fs::read_dir(&d) {
             for e in rd.flatten() {
                 v.push((e.path(), std::fs::read(e.path()).unwrap()));
@@ -55,7 +62,7 @@ fn attack_matrix_leaves_the_device_untouched() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Commit the trial by rolling forward: simplest is to read the record and clear the trial through the library.
-    let store = SlotStore::new(&state).unwrap();
+    let store = slots_of(&state);
     store
         .save(&store.load().unwrap().commit().unwrap())
         .unwrap();
@@ -172,11 +179,17 @@ fn attack_matrix_leaves_the_device_untouched() {
         let live = before_status["active"].as_str().unwrap().to_lowercase();
         let live_files: Vec<_> = slot_files(&state)
             .into_iter()
-            .filter(|(p, _)| p.to_string_lossy().contains(&format!("/slots/{live}/")))
+            .filter(|(p, _)| {
+                p.to_string_lossy()
+                    .contains(&format!("/models/edge-int8/{live}/"))
+            })
             .collect();
         let before_live: Vec<_> = before_files
             .iter()
-            .filter(|(p, _)| p.to_string_lossy().contains(&format!("/slots/{live}/")))
+            .filter(|(p, _)| {
+                p.to_string_lossy()
+                    .contains(&format!("/models/edge-int8/{live}/"))
+            })
             .cloned()
             .collect();
         assert_eq!(
@@ -276,7 +289,7 @@ fn a_bundle_whose_spec_does_not_fit_is_refused_while_the_same_model_serves() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = outpost(&["promote", "--state-dir", s(&state)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let store = SlotStore::new(&state).unwrap();
+    let store = slots_of(&state);
     let serving = load_active(&store, &store.load().unwrap())
         .unwrap()
         .expect("v1 is live");
@@ -421,7 +434,7 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
     let (mut staged, mut activates) = (0, 0);
     let mut longest = std::time::Duration::ZERO;
     for i in 0..iterations {
-        let store = SlotStore::new(&state).unwrap();
+        let store = slots_of(&state);
         let before = store.load().expect("the record decodes");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
         if before.trial.is_some() && rng.random_bool(0.5) {
@@ -533,7 +546,7 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
         "too few kills landed mid-operation ({killed})"
     );
     // Finally the real daemon starts on whatever state is left and serves the recorded model.
-    let store = SlotStore::new(&state).unwrap();
+    let store = slots_of(&state);
     let rec = store.load().unwrap();
     let daemon = common::Daemon::start(&state, &[]);
     let st = daemon.get_json("/v1/status");

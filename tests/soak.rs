@@ -1390,7 +1390,10 @@ fn soak_under_faults() {
             // Every slot the record names holds the model file it says.
             for (i, slot) in r["slots"].as_array().into_iter().flatten().enumerate() {
                 if let Some(d) = slot["digest"].as_str() {
-                    let file = state.join("slots").join(["a", "b"][i]).join("model.onnx");
+                    let file = state
+                        .join("models/edge-int8")
+                        .join(["a", "b"][i])
+                        .join("model.onnx");
                     let on_disk = std::fs::read(&file).map(|b| outpost::inference::digest_hex(&b));
                     check(
                         on_disk.as_deref().ok() == Some(d),

@@ -5,7 +5,6 @@
 //! probation's verdicts: a locked record transition first, then the engine swap, so that a SIGKILL between the two
 //! leaves a record that the next start honours.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -22,17 +21,10 @@ const POLL: Duration = Duration::from_millis(250);
 
 pub(crate) async fn run(
     service: Arc<Service>,
-    state_dir: PathBuf,
+    store: SlotStore,
     mut seen: u64,
     shutdown: CancellationToken,
 ) {
-    let store = match SlotStore::new(&state_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "slot controller cannot start: installs will need a restart");
-            return;
-        }
-    };
     // A candidate staged before this start runs in shadow again.
     let st = store.clone();
     if let Ok(Ok(state)) = tokio::task::spawn_blocking(move || st.load()).await {

@@ -58,6 +58,44 @@ pub fn configure_engine(config: &Config) {
     crate::inference::set_int8_mode(config.engine.int8);
 }
 
+/// The name of the model this agent serves by default: the configured model's (its spec's name), else the built-in
+/// model's. A single-model agent's slots become this model's in the repository.
+pub fn default_model_name(config: &Config) -> Result<String, AgentError> {
+    let spec = match &config.model.path {
+        Some(path) => {
+            let spec_path = config
+                .model
+                .spec
+                .clone()
+                .unwrap_or_else(|| ModelSpec::default_path_for(path));
+            ModelSpec::from_file(&spec_path).map_err(|source| AgentError::Model {
+                path: path.clone(),
+                source,
+            })?
+        }
+        None => serde_json::from_str::<ModelSpec>(BUILTIN_SPEC).map_err(|e| AgentError::Model {
+            path: PathBuf::from("<built-in edge-int8>"),
+            source: InferenceError::Spec(e.to_string()),
+        })?,
+    };
+    crate::repo::check_name(&spec.name).map_err(|e| AgentError::Internal(e.to_string()))?;
+    Ok(spec.name)
+}
+
+/// The default model's slots, in the state directory's model repository (`<state>/models/<name>`; a single-model
+/// agent's `<state>/slots` is moved there first).
+pub fn default_slots(config: &Config) -> Result<crate::slots::SlotStore, AgentError> {
+    let name = default_model_name(config)?;
+    let state_dir = &config.agent.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(|source| AgentError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    crate::repo::Repository::open(state_dir, &name)
+        .and_then(|r| r.slots(&name))
+        .map_err(|e| AgentError::Internal(e.to_string()))
+}
+
 /// Loads the configured model, or the built-in one.
 pub fn load_model(config: &Config) -> Result<Engine, AgentError> {
     match &config.model.path {
@@ -108,8 +146,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let _ = std::fs::remove_file(&addr_file);
 
     let cfg = config.clone();
-    let sd = state_dir.clone();
-    let started = blocking(move || start_model(&cfg, &sd)).await??;
+    let slots = blocking(move || default_slots(&cfg)).await??;
+    let (cfg, st) = (config.clone(), slots.clone());
+    let started = blocking(move || start_model(&cfg, &st)).await??;
     let engine = started.engine;
     tracing::info!(
         model = %engine.spec().name,
@@ -148,8 +187,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         Some(_) => {
             let s = store.clone();
             let records = blocking(move || s.records()).await??;
-            let mut link = crate::fleet::device::Link::new(service.clone(), &config, records)
-                .map_err(|e| AgentError::Internal(e.to_string()))?;
+            let mut link =
+                crate::fleet::device::Link::new(service.clone(), &config, records, slots.clone())
+                    .map_err(|e| AgentError::Internal(e.to_string()))?;
             let cloud_keys = match (&config.forward.cloud_keys, config.forward.enabled) {
                 (Some(p), true) => Some(
                     crate::bundle::TrustedKeys::from_file(p)
@@ -224,7 +264,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     crate::telemetry::notify::ready();
     let watcher = tokio::spawn(controller::run(
         service.clone(),
-        state_dir.clone(),
+        slots,
         started.generation,
         shutdown.clone(),
     ));
@@ -282,8 +322,10 @@ pub async fn start_headless(
         path: state_dir.clone(),
         source,
     })?;
-    let (cfg, sd) = (config.clone(), state_dir.clone());
-    let started = blocking(move || start_model(&cfg, &sd)).await??;
+    let cfg = config.clone();
+    let slots = blocking(move || default_slots(&cfg)).await??;
+    let (cfg, st) = (config.clone(), slots.clone());
+    let started = blocking(move || start_model(&cfg, &st)).await??;
     let service = Arc::new(Service::new(started.engine, pool, None, &config));
     service.set_background(background);
     service.set_slot(started.slot);
@@ -292,7 +334,7 @@ pub async fn start_headless(
         let current = service.engine();
         service.begin_trial(current, started.slot, started.previous.map(Arc::new));
     }
-    let link = crate::fleet::device::Link::new(service.clone(), &config, records)
+    let link = crate::fleet::device::Link::new(service.clone(), &config, records, slots.clone())
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let token = shutdown.clone();
     let link = tokio::spawn(async move {
@@ -302,7 +344,7 @@ pub async fn start_headless(
     });
     let controller = tokio::spawn(controller::run(
         service.clone(),
-        state_dir,
+        slots,
         started.generation,
         shutdown,
     ));
@@ -325,10 +367,9 @@ struct Started {
 
 /// At start: count the start against a pending trial (boot counting), then load the live slot's model, falling back
 /// to the configured or built-in model.
-fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError> {
-    use crate::slots::{install::load_active, BootAction, SlotStore};
+fn start_model(config: &Config, slots: &crate::slots::SlotStore) -> Result<Started, AgentError> {
+    use crate::slots::{install::load_active, BootAction};
     let internal = |e: crate::slots::SlotError| AgentError::Internal(e.to_string());
-    let slots = SlotStore::new(state_dir).map_err(internal)?;
     // Persisted before the model loads: a model that crashes the agent on load still gets counted.
     let (state, action) = slots
         .update(|s| Ok(s.boot(config.slots.max_boots)))
@@ -346,7 +387,7 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError>
         BootAction::Normal => {}
     }
     crate::fault::maybe_abort_on_load(state.active_info().map(|i| i.digest.as_str()));
-    let (engine, slot, on_trial) = match load_active(&slots, &state) {
+    let (engine, slot, on_trial) = match load_active(slots, &state) {
         Ok(Some(engine)) => {
             let slot = state.active.map(Serving::slot).unwrap_or(Serving::Builtin);
             (engine, slot, state.trial.is_some())
@@ -368,7 +409,7 @@ fn start_model(config: &Config, state_dir: &Path) -> Result<Started, AgentError>
         Some(t) => {
             let mut before = state.clone();
             before.active = t.previous;
-            match load_active(&slots, &before) {
+            match load_active(slots, &before) {
                 Ok(Some(e)) => Some(e),
                 Ok(None) => load_model(config).ok(),
                 Err(_) => None,

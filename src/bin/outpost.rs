@@ -346,7 +346,7 @@ fn install(
     bundle: PathBuf,
 ) -> Result<ExitCode> {
     use outpost::bundle::{now_unix, Policy, TrustedKeys};
-    use outpost::slots::{install, SlotStore};
+    use outpost::slots::install;
     let config = state.config()?;
     let keys_path = keys.or(config.slots.trusted_keys.clone()).ok_or_else(|| {
         anyhow::anyhow!(
@@ -360,7 +360,7 @@ fn install(
         now_unix: now_unix(),
         agent_version: env!("CARGO_PKG_VERSION"),
     };
-    let store = SlotStore::new(&config.agent.state_dir)?;
+    let store = outpost::agent::default_slots(&config)?;
     let file =
         std::fs::File::open(&bundle).map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
     let mode = if candidate {
@@ -388,7 +388,7 @@ fn install(
 
 fn rollback(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    let store = outpost::agent::default_slots(&config)?;
     let (next, ()) = store.update(|s| Ok((s.rollback()?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
@@ -396,7 +396,7 @@ fn rollback(state: StateArgs) -> Result<ExitCode> {
 
 fn activate(state: StateArgs, version: u64) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    let store = outpost::agent::default_slots(&config)?;
     let (next, ()) = store.update(|s| Ok((s.activate(version)?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
@@ -404,7 +404,7 @@ fn activate(state: StateArgs, version: u64) -> Result<ExitCode> {
 
 fn promote(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    let store = outpost::agent::default_slots(&config)?;
     let (next, ()) = store.update(|s| Ok((s.commit()?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
@@ -412,7 +412,7 @@ fn promote(state: StateArgs) -> Result<ExitCode> {
 
 fn status(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::slots::SlotStore::new(&config.agent.state_dir)?;
+    let store = outpost::agent::default_slots(&config)?;
     println!("{}", serde_json::to_string(&store.load()?)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -109,6 +109,9 @@ pub struct SlotState {
     pub candidate: Option<SlotId>,
     /// Counts writes, for logs and tests.
     pub generation: u64,
+    /// The model was removed: this record is its tombstone, kept for its version floor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// What a start-up found.
@@ -156,10 +159,24 @@ impl SlotState {
         }
         let target = self.active.map(SlotId::other).unwrap_or(SlotId::A);
         let mut s = self.next();
+        // A newer release of a removed model brings it back (an older one was refused above).
+        s.removed = false;
         s.slots[target.index()] = None;
         // The inactive slot is where a candidate lives: a new install replaces it.
         s.candidate = None;
         Ok((s, target))
+    }
+
+    /// The model is removed from the device: nothing serves or is staged, the slots are empty, and the version
+    /// floor stays, so no release at or below it is ever accepted again.
+    pub fn remove(&self) -> SlotState {
+        let mut s = self.next();
+        s.active = None;
+        s.slots = [None, None];
+        s.trial = None;
+        s.candidate = None;
+        s.removed = true;
+        s
     }
 
     /// Step 2 of a candidate install: the checked slot is kept beside the live one for shadow evaluation, not made
@@ -308,7 +325,8 @@ pub struct SlotLock {
     _file: std::fs::File,
 }
 
-/// Where slots live: `<state>/slots/{a,b}/model.onnx`, `spec.json`, and `state.json`.
+/// Where one model's slots live: `<dir>/{a,b}/model.onnx`, `spec.json`, and `state.json` (the repository gives each
+/// model its `<state>/models/<name>` as `dir`).
 #[derive(Debug, Clone)]
 pub struct SlotStore {
     dir: PathBuf,
@@ -322,8 +340,8 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> SlotError {
 }
 
 impl SlotStore {
-    pub fn new(state_dir: &Path) -> Result<SlotStore, SlotError> {
-        let dir = state_dir.join("slots");
+    pub fn open(dir: &Path) -> Result<SlotStore, SlotError> {
+        let dir = dir.to_path_buf();
         for d in [dir.clone(), dir.join("a"), dir.join("b")] {
             std::fs::create_dir_all(&d).map_err(|e| io_err(&d, e))?;
         }
@@ -417,6 +435,24 @@ mod tests {
             hardness_threshold: None,
             spec_digest: None,
         }
+    }
+
+    #[test]
+    fn a_removed_model_keeps_its_version_floor_and_only_a_newer_release_brings_it_back() {
+        let (s, t) = SlotState::default().begin_install(4).unwrap();
+        let s = s.flip(t, info(4)).commit().unwrap();
+        let gone = s.remove();
+        assert!(gone.removed && gone.active.is_none() && gone.slots == [None, None]);
+        assert_eq!(gone.highest_version, 4);
+        assert_eq!(
+            gone.begin_install(3).unwrap_err(),
+            SlotError::NotNewer {
+                offered: 3,
+                highest: 4
+            }
+        );
+        let (back, _) = gone.begin_install(5).unwrap();
+        assert!(!back.removed);
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl Link {
         service: Arc<Service>,
         config: &Config,
         records: Records,
+        slots: SlotStore,
     ) -> Result<Link, FleetError> {
         let keys_path = config
             .fleet
@@ -100,10 +101,6 @@ impl Link {
             }
         };
         let state_dir = &config.agent.state_dir;
-        let slots = SlotStore::new(state_dir).map_err(|e| FleetError::Io {
-            path: state_dir.display().to_string(),
-            message: e.to_string(),
-        })?;
         let stored = records
             .get::<Vec<(String, String)>>(SETTINGS)?
             .unwrap_or_default();
