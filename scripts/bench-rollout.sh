@@ -25,9 +25,9 @@ URL=$broker
 MOSQ=$mosquitto_pid
 
 "$CTL" keygen --out "$W/op.key" >"$W/trusted" 2>/dev/null
-"$CTL" bundle --model models/edge-fp32.onnx --spec models/edge-fp32.spec.json --version 2 \
+"$CTL" bundle --model models/edge-fp32.onnx --spec models/edge-fp32.spec.json --name edge-int8 --version 2 \
   --golden-images models/data/calib --key "$W/op.key" --out "$W/good.bundle" >/dev/null
-"$CTL" bundle --model models/edge-flat.onnx --spec models/edge-flat.spec.json --version 3 \
+"$CTL" bundle --model models/edge-flat.onnx --spec models/edge-flat.spec.json --name edge-int8 --version 3 \
   --golden-images models/data/calib --key "$W/op.key" --out "$W/bad.bundle" >/dev/null
 
 sys() { mosquitto_sub -p "$PORT" -t "\$SYS/broker/publish/messages/$1" -C 1 -W 5; }

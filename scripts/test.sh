@@ -17,6 +17,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# The Open Inference Protocol tests drive the agent with the real tritonclient package: a cached, pinned venv.
+# shellcheck source=lib/pyenv.sh
+source scripts/lib/pyenv.sh
+outpost_pyenv
+
 # --features demo: the same build also runs the one-command demo as a test (tests/demo.rs); nnef: the NNEF-form
 # lever of the engine (benchmark only, not in the device build) and its test.
 cargo test --no-fail-fast --features demo,nnef "$@"

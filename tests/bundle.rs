@@ -240,7 +240,7 @@ fn signed_bundle(
     tamper_out(&mut out);
     tamper_spec(&mut spec);
     let manifest = Manifest {
-        name: "edge".into(),
+        name: "edge-int8".into(), // a release of the built-in model
         version,
         created_unix: bundle::now_unix(),
         expires_unix: bundle::now_unix() + 3600,
@@ -451,7 +451,7 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
             installs += 1;
             let m = &models[i % models.len()];
             let manifest = Manifest {
-                name: "edge".into(),
+                name: "edge-int8".into(), // a release of the built-in model
                 version: before.highest_version + 1,
                 created_unix: bundle::now_unix(),
                 expires_unix: bundle::now_unix() + 3600,

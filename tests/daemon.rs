@@ -44,7 +44,7 @@ fn serves_the_test_split_then_answers_from_the_cache_after_restart() {
     }
     let metrics = daemon.metrics();
     assert!(
-        metrics.contains("outpost_requests_total{outcome=\"edge\"} 300"),
+        metrics.contains("outpost_requests_total{model=\"edge-int8\",outcome=\"edge\"} 300"),
         "{metrics}"
     );
     assert!(

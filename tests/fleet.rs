@@ -8,7 +8,7 @@ use common::KillOnDrop;
 use common::{outpostctl, s, wait_until, Daemon, Fixture, Mosquitto};
 use outpost::bundle::SigningKeyFile;
 use outpost::wire::command::{self, Action, CommandBody, Target};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -273,54 +273,6 @@ fn a_transfer_survives_a_broker_restart_and_resumes_after_an_agent_sigkill() {
     assert!(daemon.stop().success());
 }
 
-/// Publishes raw bytes on a topic with mosquitto_pub.
-fn raw_publish(broker: &Mosquitto, topic: &str, bytes: &[u8], dir: &Path) {
-    let file = dir.join("raw.bin");
-    std::fs::write(&file, bytes).unwrap();
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-            s(&file),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-/// The next acknowledgement the device publishes (subscribe first, then act).
-fn next_ack(broker: &Mosquitto, device: &str, act: impl FnOnce()) -> serde_json::Value {
-    let sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
-        .args([
-            "-t",
-            &format!("outpost/v1/device/{device}/ack"),
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    act();
-    let out = sub.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "no acknowledgement: {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 #[test]
 fn commands_are_verified_refusals_are_reported_and_rollback_works() {
     let broker = Mosquitto::start();
@@ -373,10 +325,11 @@ fn commands_are_verified_refusals_are_reported_and_rollback_works() {
         issued_unix: now,
         expires_unix: now + 60,
         action: Action::Status,
+        model: None,
     };
     let bytes = command::sign(&body(Target::Device("d9".into()), u64::MAX - 10), &[&key]);
-    let ack = next_ack(&broker, "d3", || {
-        raw_publish(&broker, "outpost/v1/device/d3/cmd", &bytes, f.dir.path())
+    let ack = common::next_ack(&broker, "d3", || {
+        common::raw_publish(&broker, "outpost/v1/device/d3/cmd", &bytes, f.dir.path())
     });
     assert_eq!(ack["ok"], false);
     assert!(
@@ -388,14 +341,14 @@ fn commands_are_verified_refusals_are_reported_and_rollback_works() {
     let mut bytes = command::sign(&body(Target::Device("d3".into()), u64::MAX - 9), &[&key]);
     let n = bytes.len();
     bytes[n / 3] ^= 0x01;
-    let ack = next_ack(&broker, "d3", || {
-        raw_publish(&broker, "outpost/v1/device/d3/cmd", &bytes, f.dir.path())
+    let ack = common::next_ack(&broker, "d3", || {
+        common::raw_publish(&broker, "outpost/v1/device/d3/cmd", &bytes, f.dir.path())
     });
     assert_eq!(ack["ok"], false, "{ack}");
 
     // Garbage and an oversized message: refused, the link lives on.
-    let ack = next_ack(&broker, "d3", || {
-        raw_publish(
+    let ack = common::next_ack(&broker, "d3", || {
+        common::raw_publish(
             &broker,
             "outpost/v1/device/d3/cmd",
             b"\xff\xfe not a command",
@@ -404,8 +357,8 @@ fn commands_are_verified_refusals_are_reported_and_rollback_works() {
     });
     assert_eq!(ack["ok"], false);
     let big = vec![7u8; 2 * 1024 * 1024];
-    let ack = next_ack(&broker, "d3", || {
-        raw_publish(&broker, "outpost/v1/device/d3/cmd", &big, f.dir.path())
+    let ack = common::next_ack(&broker, "d3", || {
+        common::raw_publish(&broker, "outpost/v1/device/d3/cmd", &big, f.dir.path())
     });
     assert_eq!(ack["ok"], false, "{ack}");
 

@@ -90,7 +90,10 @@ fn a_healthy_model_is_committed_after_its_trial() {
     let m = daemon.metrics();
     assert!(counted(&m, "trial", "install"), "{m}");
     assert!(counted(&m, "commit", "probation"), "{m}");
-    assert!(m.contains("outpost_trial_active 0"), "{m}");
+    assert!(
+        m.contains("outpost_trial_active{model=\"edge-int8\"} 0"),
+        "{m}"
+    );
     assert!(daemon.stop().success());
 }
 
@@ -124,7 +127,10 @@ fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)]) -> String {
     assert_eq!(st["last_transition"]["transition"], "rollback", "{st}");
     let m = daemon.metrics();
     assert!(counted(&m, "rollback", "probation"), "{m}");
-    assert!(m.contains("outpost_trial_active 0"), "{m}");
+    assert!(
+        m.contains("outpost_trial_active{model=\"edge-int8\"} 0"),
+        "{m}"
+    );
     // A reinstall of the same version is refused as a replay.
     let again = f.install(&state, &b, &[]);
     assert!(!again.status.success());

@@ -104,7 +104,7 @@ fn a_candidate_shadows_live_traffic_and_an_ab_split_is_sticky_with_per_arm_metri
     );
     let m = d.metrics();
     for want in [
-        "outpost_candidate_staged 1",
+        "outpost_candidate_staged{model=\"edge-int8\"} 1",
         &format!(
             "outpost_ab_requests_total{{arm=\"candidate\"}} {}",
             2 * on_candidate

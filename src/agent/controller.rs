@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::load_model;
+use super::models::Base;
 use crate::inference::{Engine, Release};
 use crate::serve::probation::Verdict;
 use crate::serve::Service;
@@ -22,6 +22,7 @@ const POLL: Duration = Duration::from_millis(250);
 pub(crate) async fn run(
     service: Arc<Service>,
     store: SlotStore,
+    base: Base,
     mut seen: u64,
     shutdown: CancellationToken,
 ) {
@@ -47,7 +48,7 @@ pub(crate) async fn run(
                     }
                 }
                 Verdict::Rollback(reason) => {
-                    if let Some(g) = rollback(&service, &store, &release, &reason).await {
+                    if let Some(g) = rollback(&service, &store, &base, &release, &reason).await {
                         seen = g;
                     }
                 }
@@ -59,7 +60,7 @@ pub(crate) async fn run(
         };
         if state.generation != seen {
             seen = state.generation;
-            follow(&service, &store, state).await;
+            follow(&service, &store, &base, state).await;
         }
     }
 }
@@ -117,13 +118,14 @@ async fn commit(
 async fn rollback(
     service: &Service,
     store: &SlotStore,
+    base: &Base,
     release: &Release,
     reason: &str,
 ) -> Option<u64> {
     let state = judge(store, release, SlotState::rollback).await?;
     let version = service.engine().spec().version;
     tracing::warn!(%reason, version, "model on trial rolled back");
-    match engine_for(service, store, &state).await {
+    match engine_for(service, store, base, &state).await {
         Some((engine, slot)) => {
             service.swap(engine, slot);
             service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
@@ -141,10 +143,11 @@ async fn rollback(
 async fn engine_for(
     service: &Service,
     store: &SlotStore,
+    base: &Base,
     state: &SlotState,
 ) -> Option<(Arc<Engine>, Serving)> {
     let want = state.active_info();
-    let slot = state.active.map(Serving::slot).unwrap_or(Serving::Builtin);
+    let slot = state.active.map(Serving::slot).unwrap_or(base.serving());
     for candidate in [service.fallback(), Some(service.engine())]
         .into_iter()
         .flatten()
@@ -158,22 +161,19 @@ async fn engine_for(
             return Some((engine, slot));
         }
     }
-    let (st, s, config) = (store.clone(), state.clone(), service.config().clone());
+    let (st, s, b) = (store.clone(), state.clone(), base.clone());
     let loaded = tokio::task::spawn_blocking(move || match load_active(&st, &s) {
         Ok(Some(e)) => Ok(e),
-        Ok(None) => load_model(&config).map_err(|e| e.to_string()),
+        // No live release: the base, if the model has one (else the registry stops serving it).
+        Ok(None) => b
+            .load()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the model has no live release and no base".to_string()),
         Err(e) => Err(e),
     })
     .await;
     match loaded {
-        Ok(Ok(engine)) => {
-            let slot = if state.active.is_none() && service.config().model.path.is_some() {
-                Serving::File
-            } else {
-                slot
-            };
-            Some((Arc::new(engine), slot))
-        }
+        Ok(Ok(engine)) => Some((Arc::new(engine), slot)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot load the model the slot record names");
             None
@@ -220,7 +220,7 @@ async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState)
 }
 
 /// Applies a record written by another process.
-async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
+async fn follow(service: &Service, store: &SlotStore, base: &Base, state: SlotState) {
     sync_candidate(service, store, &state).await;
     let serving = service.engine();
     // The same release, not the same bytes: a re-release of identical model bytes under a new version or spec
@@ -249,7 +249,7 @@ async fn follow(service: &Service, store: &SlotStore, state: SlotState) {
     if same {
         return;
     }
-    let Some((engine, slot)) = engine_for(service, store, &state).await else {
+    let Some((engine, slot)) = engine_for(service, store, base, &state).await else {
         return;
     };
     if on_trial {

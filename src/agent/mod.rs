@@ -5,11 +5,13 @@
 //! flushed, then `run` returns.
 
 mod controller;
+pub mod models;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use crate::repo::Repository;
 use crate::serve::Service;
 
 use crate::config::Config;
@@ -58,66 +60,125 @@ pub fn configure_engine(config: &Config) {
     crate::inference::set_int8_mode(config.engine.int8);
 }
 
-/// The name of the model this agent serves by default: the configured model's (its spec's name), else the built-in
-/// model's. A single-model agent's slots become this model's in the repository.
-pub fn default_model_name(config: &Config) -> Result<String, AgentError> {
-    let spec = match &config.model.path {
-        Some(path) => {
-            let spec_path = config
-                .model
-                .spec
-                .clone()
-                .unwrap_or_else(|| ModelSpec::default_path_for(path));
-            ModelSpec::from_file(&spec_path).map_err(|source| AgentError::Model {
-                path: path.clone(),
-                source,
-            })?
+/// The configured model files by name (their specs' names), in order, checked: names valid and distinct.
+pub fn configured_models(config: &Config) -> Result<Vec<(String, models::Base)>, AgentError> {
+    let mut out: Vec<(String, models::Base)> = Vec::new();
+    for m in config.model.entries() {
+        let Some(path) = m.path else { continue };
+        let spec_path = m
+            .spec
+            .clone()
+            .unwrap_or_else(|| ModelSpec::default_path_for(&path));
+        let spec = ModelSpec::from_file(&spec_path).map_err(|source| AgentError::Model {
+            path: path.clone(),
+            source,
+        })?;
+        crate::repo::check_name(&spec.name).map_err(|e| {
+            AgentError::Internal(format!(
+                "{} (spec {}): {e}",
+                path.display(),
+                spec_path.display()
+            ))
+        })?;
+        if out.iter().any(|(n, _)| *n == spec.name) {
+            return Err(AgentError::Internal(format!(
+                "two configured models are named {:?}: every model needs its own name (the spec's `name`)",
+                spec.name
+            )));
         }
-        None => serde_json::from_str::<ModelSpec>(BUILTIN_SPEC).map_err(|e| AgentError::Model {
-            path: PathBuf::from("<built-in edge-int8>"),
-            source: InferenceError::Spec(e.to_string()),
-        })?,
-    };
-    crate::repo::check_name(&spec.name).map_err(|e| AgentError::Internal(e.to_string()))?;
-    Ok(spec.name)
+        out.push((spec.name, models::Base::File { path, spec: m.spec }));
+    }
+    Ok(out)
 }
 
-/// The default model's slots, in the state directory's model repository (`<state>/models/<name>`; a single-model
-/// agent's `<state>/slots` is moved there first).
-pub fn default_slots(config: &Config) -> Result<crate::slots::SlotStore, AgentError> {
+/// The name of the model this agent serves by default: `repository.default`, else the first configured model's
+/// (its spec's name), else the built-in model's. A single-model agent's slots become this model's in the
+/// repository.
+pub fn default_model_name(config: &Config) -> Result<String, AgentError> {
+    let configured = configured_models(config)?;
+    if let Some(d) = &config.repository.default {
+        if configured.iter().any(|(n, _)| n == d)
+            || (configured.is_empty() && *d == builtin_name()?)
+        {
+            return Ok(d.clone());
+        }
+        let names: Vec<&str> = configured.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(AgentError::Internal(format!(
+            "repository.default names {d:?}, which is not a configured model (configured: {})",
+            if names.is_empty() {
+                "none, so only the built-in model".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    match configured.into_iter().next() {
+        Some((name, _)) => Ok(name),
+        None => builtin_name(),
+    }
+}
+
+fn builtin_name() -> Result<String, AgentError> {
+    serde_json::from_str::<ModelSpec>(BUILTIN_SPEC)
+        .map(|s| s.name)
+        .map_err(|e| AgentError::Model {
+            path: PathBuf::from("<built-in edge-int8>"),
+            source: InferenceError::Spec(e.to_string()),
+        })
+}
+
+/// The state directory's model repository (a single-model agent's `<state>/slots` is moved there first, as the
+/// default model's) and the default model's name.
+pub fn open_repository(config: &Config) -> Result<(Repository, String), AgentError> {
     let name = default_model_name(config)?;
     let state_dir = &config.agent.state_dir;
     std::fs::create_dir_all(state_dir).map_err(|source| AgentError::StateDir {
         path: state_dir.clone(),
         source,
     })?;
-    crate::repo::Repository::open(state_dir, &name)
-        .and_then(|r| r.slots(&name))
+    let repo =
+        Repository::open(state_dir, &name).map_err(|e| AgentError::Internal(e.to_string()))?;
+    Ok((repo, name))
+}
+
+/// The default model's slots (`<state>/models/<name>`).
+pub fn default_slots(config: &Config) -> Result<crate::slots::SlotStore, AgentError> {
+    let (repo, name) = open_repository(config)?;
+    repo.slots(&name)
         .map_err(|e| AgentError::Internal(e.to_string()))
 }
 
-/// Loads the configured model, or the built-in one.
-pub fn load_model(config: &Config) -> Result<Engine, AgentError> {
-    match &config.model.path {
-        Some(path) => Engine::load_files(path, config.model.spec.as_deref()).map_err(|source| {
-            AgentError::Model {
-                path: path.clone(),
-                source,
-            }
-        }),
-        None => {
-            let builtin = PathBuf::from("<built-in edge-int8>");
-            let spec: ModelSpec =
-                serde_json::from_str(BUILTIN_SPEC).map_err(|e| AgentError::Model {
-                    path: builtin.clone(),
-                    source: InferenceError::Spec(e.to_string()),
-                })?;
-            Engine::load(BUILTIN_MODEL, spec).map_err(|source| AgentError::Model {
-                path: builtin,
-                source,
-            })
-        }
+/// The slots of the model an operator names on the device (`outpost rollback --model NAME`...). Without a name:
+/// the only model the device holds, else a clear error listing them.
+pub fn model_slots(
+    config: &Config,
+    model: Option<&str>,
+) -> Result<(String, crate::slots::SlotStore), AgentError> {
+    let (repo, default) = open_repository(config)?;
+    let internal = |e: crate::repo::RepoError| AgentError::Internal(e.to_string());
+    let mut names = repo.names().map_err(internal)?;
+    if !names.contains(&default) {
+        names.push(default.clone());
+        names.sort();
     }
+    let name = match model {
+        Some(n) if names.iter().any(|x| x == n) => n.to_string(),
+        Some(n) => {
+            return Err(AgentError::Internal(format!(
+                "no model named {n:?} on this device (it has: {})",
+                names.join(", ")
+            )))
+        }
+        None if names.len() == 1 => default,
+        None => {
+            return Err(AgentError::Internal(format!(
+                "this device holds several models ({}): say which with --model NAME",
+                names.join(", ")
+            )))
+        }
+    };
+    let slots = repo.slots(&name).map_err(internal)?;
+    Ok((name, slots))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -146,17 +207,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let _ = std::fs::remove_file(&addr_file);
 
     let cfg = config.clone();
-    let slots = blocking(move || default_slots(&cfg)).await??;
-    let (cfg, st) = (config.clone(), slots.clone());
-    let started = blocking(move || start_model(&cfg, &st)).await??;
-    let engine = started.engine;
-    tracing::info!(
-        model = %engine.spec().name,
-        version = engine.spec().version,
-        digest = %engine.digest(),
-        load_ms = engine.load_time().as_millis() as u64,
-        "model loaded"
-    );
+    let (repo, default) = blocking(move || open_repository(&cfg)).await??;
+    let slots = repo
+        .slots(&default)
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
 
     let cache_dir = state_dir.join("cache");
     let store = blocking(move || Store::open(&cache_dir)).await??;
@@ -172,14 +226,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     };
 
     let pool = Arc::new(Pool::start(config.worker_count(), config.workers.queue));
-    let service = Arc::new(Service::new(engine, pool.clone(), cache, &config));
-    service.set_slot(started.slot);
-    service.set_model_threshold(started.hardness_threshold);
-    if started.on_trial {
-        // A trial found at start: no baseline from this run, but the previous model is kept for failed runs.
-        let current = service.engine();
-        service.begin_trial(current, started.slot, started.previous.map(Arc::new));
-    }
+    let shared = models::Shared {
+        config: config.clone(),
+        pool: pool.clone(),
+        cache: cache.map(Arc::new),
+        background: None,
+    };
+    let (registry, default_controller) =
+        models::start_default(&default, slots.clone(), &shared, &shutdown).await?;
+    let service = registry.default_service();
 
     // The fleet link (and the forwarder it carries) is in place before the API answers, so the first request
     // and the first status already see it.
@@ -188,7 +243,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             let s = store.clone();
             let records = blocking(move || s.records()).await??;
             let mut link =
-                crate::fleet::device::Link::new(service.clone(), &config, records, slots.clone())
+                crate::fleet::device::Link::new(registry.clone(), &config, records, repo.clone())
                     .map_err(|e| AgentError::Internal(e.to_string()))?;
             let cloud_keys = match (&config.forward.cloud_keys, config.forward.enabled) {
                 (Some(p), true) => Some(
@@ -253,7 +308,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         })?;
     tracing::info!(addr = %local, workers = pool.workers(), "API listening");
 
-    let app = crate::api::router(service.clone());
+    let app = crate::api::router(registry.clone());
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -262,10 +317,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     });
 
     crate::telemetry::notify::ready();
-    let watcher = tokio::spawn(controller::run(
-        service.clone(),
-        slots,
-        started.generation,
+    let watcher = default_controller();
+    let others = tokio::spawn(models::follow(
+        registry.clone(),
+        repo,
+        shared,
         shutdown.clone(),
     ));
     let watchdog = crate::telemetry::notify::watchdog_interval().map(|every| {
@@ -286,6 +342,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     crate::telemetry::notify::stopping();
     let served = server.await;
     let _ = watcher.await;
+    let _ = others.await;
     if let Some(l) = link {
         let _ = l.await;
     }
@@ -317,24 +374,20 @@ pub async fn start_headless(
     records: crate::store::Records,
     shutdown: CancellationToken,
 ) -> Result<(Arc<Service>, Vec<tokio::task::JoinHandle<()>>), AgentError> {
-    let state_dir = config.agent.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
     let cfg = config.clone();
-    let slots = blocking(move || default_slots(&cfg)).await??;
-    let (cfg, st) = (config.clone(), slots.clone());
-    let started = blocking(move || start_model(&cfg, &st)).await??;
-    let service = Arc::new(Service::new(started.engine, pool, None, &config));
-    service.set_background(background);
-    service.set_slot(started.slot);
-    service.set_model_threshold(started.hardness_threshold);
-    if started.on_trial {
-        let current = service.engine();
-        service.begin_trial(current, started.slot, started.previous.map(Arc::new));
-    }
-    let link = crate::fleet::device::Link::new(service.clone(), &config, records, slots.clone())
+    let (repo, default) = blocking(move || open_repository(&cfg)).await??;
+    let slots = repo
+        .slots(&default)
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
+    let shared = models::Shared {
+        config: config.clone(),
+        pool,
+        cache: None,
+        background: Some(background),
+    };
+    let (registry, controller) = models::start_default(&default, slots, &shared, &shutdown).await?;
+    let service = registry.default_service();
+    let link = crate::fleet::device::Link::new(registry, &config, records, repo)
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let token = shutdown.clone();
     let link = tokio::spawn(async move {
@@ -342,17 +395,11 @@ pub async fn start_headless(
             tracing::error!(error = %e, "the fleet link stopped");
         }
     });
-    let controller = tokio::spawn(controller::run(
-        service.clone(),
-        slots,
-        started.generation,
-        shutdown,
-    ));
-    Ok((service, vec![link, controller]))
+    Ok((service, vec![link, controller()]))
 }
 
 /// What start-up chose to serve.
-struct Started {
+pub(crate) struct Started {
     engine: Engine,
     slot: Serving,
     /// The live slot is a model on trial.
@@ -367,7 +414,12 @@ struct Started {
 
 /// At start: count the start against a pending trial (boot counting), then load the live slot's model, falling back
 /// to the configured or built-in model.
-fn start_model(config: &Config, slots: &crate::slots::SlotStore) -> Result<Started, AgentError> {
+fn start_model(
+    name: &str,
+    config: &Config,
+    slots: &crate::slots::SlotStore,
+    base: &models::Base,
+) -> Result<Option<Started>, AgentError> {
     use crate::slots::{install::load_active, BootAction};
     let internal = |e: crate::slots::SlotError| AgentError::Internal(e.to_string());
     // Persisted before the model loads: a model that crashes the agent on load still gets counted.
@@ -376,7 +428,7 @@ fn start_model(config: &Config, slots: &crate::slots::SlotStore) -> Result<Start
         .map_err(internal)?;
     match &action {
         BootAction::RolledBack { version, boots } => {
-            metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => TransitionKind::Rollback.name(), "cause" => Cause::BootCount.name()).increment(1);
+            metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "model" => name.to_string(), "transition" => TransitionKind::Rollback.name(), "cause" => Cause::BootCount.name()).increment(1);
             tracing::warn!(
                 version,
                 boots,
@@ -392,17 +444,16 @@ fn start_model(config: &Config, slots: &crate::slots::SlotStore) -> Result<Start
             let slot = state.active.map(Serving::slot).unwrap_or(Serving::Builtin);
             (engine, slot, state.trial.is_some())
         }
-        Ok(None) => {
-            let slot = if config.model.path.is_some() {
-                Serving::File
-            } else {
-                Serving::Builtin
-            };
-            (load_model(config)?, slot, false)
-        }
+        Ok(None) => match base.load()? {
+            Some(engine) => (engine, base.serving(), false),
+            None => return Ok(None),
+        },
         Err(e) => {
             tracing::error!(error = %e, "the live slot cannot be loaded; serving the configured or built-in model");
-            (load_model(config)?, Serving::Fallback, false)
+            match base.load()? {
+                Some(engine) => (engine, Serving::Fallback, false),
+                None => return Ok(None),
+            }
         }
     };
     let previous = match state.trial.as_ref().filter(|_| on_trial) {
@@ -411,7 +462,7 @@ fn start_model(config: &Config, slots: &crate::slots::SlotStore) -> Result<Start
             before.active = t.previous;
             match load_active(slots, &before) {
                 Ok(Some(e)) => Some(e),
-                Ok(None) => load_model(config).ok(),
+                Ok(None) => base.load().ok().flatten(),
                 Err(_) => None,
             }
         }
@@ -422,12 +473,12 @@ fn start_model(config: &Config, slots: &crate::slots::SlotStore) -> Result<Start
     } else {
         None
     };
-    Ok(Started {
+    Ok(Some(Started {
         engine,
         slot,
         on_trial,
         previous,
         generation: state.generation,
         hardness_threshold,
-    })
+    }))
 }

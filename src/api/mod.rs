@@ -3,7 +3,7 @@
 //! Every failure is a JSON body `{"error": "...", "code": "..."}` with a 4xx that says what the caller should change,
 //! or 503 with `Retry-After` when the agent is saturated or stopping.
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,8 +11,10 @@ use axum::{Json, Router};
 use std::sync::Arc;
 
 use crate::inference::InferenceError;
-use crate::serve::{Service, ServiceError};
+use crate::serve::{Registry, Service, ServiceError};
 use crate::worker::PoolError;
+
+pub mod v2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,15 +68,47 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-pub fn router(service: Arc<Service>) -> Router {
+pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
-        .route("/v1/infer", post(infer))
+        .route("/v1/infer", post(infer_default))
+        .route("/v1/models/{name}/infer", post(infer_named))
         .route("/v1/status", get(status))
+        // The Open Inference Protocol v2 (Triton, KServe, OpenVINO Model Server clients).
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::model_version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2::model_version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::infer_version),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         // The handler enforces the configured limit itself, answering in JSON.
         .layer(DefaultBodyLimit::disable())
-        .with_state(service)
+        .with_state(registry)
+}
+
+/// The named model's service, or a 404 that lists the models served.
+fn model(registry: &Registry, name: &str) -> Result<Arc<Service>, ApiError> {
+    registry.get(name).ok_or_else(|| ApiError::Client {
+        status: StatusCode::NOT_FOUND,
+        code: "unknown_model",
+        message: format!(
+            "no model named {name:?} is served here (served: {})",
+            registry.names().join(", ")
+        ),
+    })
 }
 
 const ACCEPTED: [&str; 4] = [
@@ -84,8 +118,27 @@ const ACCEPTED: [&str; 4] = [
     "application/octet-stream",
 ];
 
+/// `/v1/infer`: the default model.
+async fn infer_default(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<crate::serve::InferResponse>, ApiError> {
+    infer(registry.default_service(), headers, body).await
+}
+
+/// `/v1/models/{name}/infer`.
+async fn infer_named(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<crate::serve::InferResponse>, ApiError> {
+    infer(model(&registry, &name)?, headers, body).await
+}
+
 async fn infer(
-    State(service): State<Arc<Service>>,
+    service: Arc<Service>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<crate::serve::InferResponse>, ApiError> {
@@ -165,8 +218,8 @@ async fn read_body(
     Ok(body)
 }
 
-async fn status(State(service): State<Arc<Service>>) -> Json<crate::wire::status::ServiceStatus> {
-    Json(service.status())
+async fn status(State(registry): State<Arc<Registry>>) -> Json<crate::wire::status::LocalStatus> {
+    Json(registry.status())
 }
 
 async fn metrics() -> Response {

@@ -63,6 +63,9 @@ struct StateArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The model to act on (default: the only model the device holds; `install` takes it from the bundle).
+    #[arg(long)]
+    model: Option<String>,
 }
 
 impl StateArgs {
@@ -90,12 +93,13 @@ struct RunArgs {
     /// State directory (overrides agent.state_dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// ONNX model to serve (overrides model.path); default: the built-in edge model.
+    /// ONNX model to serve, repeatable (replaces the config's [model] / [[model]] files); default: the built-in
+    /// edge model. The first is the default model unless repository.default says otherwise.
     #[arg(long)]
-    model: Option<PathBuf>,
-    /// Model spec (overrides model.spec).
+    model: Vec<PathBuf>,
+    /// The spec of the --model of the same position (default: `<model stem>.spec.json` beside it).
     #[arg(long)]
-    spec: Option<PathBuf>,
+    spec: Vec<PathBuf>,
     /// Inference worker threads (overrides workers.count; 0 = one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -251,11 +255,24 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(v) = args.state_dir {
         config.agent.state_dir = v;
     }
-    if let Some(v) = args.model {
-        config.model.path = Some(v);
+    if args.spec.len() > args.model.len() {
+        anyhow::bail!(
+            "{} --spec for {} --model: give each --spec after its --model",
+            args.spec.len(),
+            args.model.len()
+        );
     }
-    if let Some(v) = args.spec {
-        config.model.spec = Some(v);
+    if !args.model.is_empty() {
+        let entries = args
+            .model
+            .iter()
+            .enumerate()
+            .map(|(i, path)| outpost::config::ModelConfig {
+                path: Some(path.clone()),
+                spec: args.spec.get(i).cloned(),
+            })
+            .collect();
+        config.model.set(entries);
     }
     if let Some(v) = args.workers {
         config.workers.count = v;
@@ -360,20 +377,33 @@ fn install(
         now_unix: now_unix(),
         agent_version: env!("CARGO_PKG_VERSION"),
     };
-    let store = outpost::agent::default_slots(&config)?;
     let file =
         std::fs::File::open(&bundle).map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let refused = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: refused: {e}", bundle.display());
+    let header = outpost::bundle::read_header(&mut reader, &policy).map_err(|e| refused(&e))?;
+    // The bundle installs into the model it names, which the device adds if it does not hold it yet.
+    let name = header.manifest.name.clone();
+    if let Some(m) = state.model.as_deref().filter(|m| *m != name) {
+        return Err(refused(&format!(
+            "the bundle is a release of model {name:?}, not of {m:?}"
+        )));
+    }
+    let (repo, _) = outpost::agent::open_repository(&config)?;
+    repo.check_room(&name, config.repository.max_models)
+        .map_err(|e| refused(&e))?;
+    let store = repo.slots(&name).map_err(|e| refused(&e))?;
     let mode = if candidate {
         install::Mode::Candidate
     } else {
         install::Mode::Trial
     };
     let (installed, _) =
-        install::install_as(&store, &mut std::io::BufReader::new(file), &policy, mode)
-            .map_err(|e| anyhow::anyhow!("{}: refused: {e}", bundle.display()))?;
+        install::install_verified(&store, &header, &mut reader, mode).map_err(|e| refused(&e))?;
     println!(
         "{}",
         serde_json::json!({
+            "model": name,
             "installed": installed.info,
             "slot": installed.slot.name(),
             "candidate": candidate,
@@ -388,7 +418,7 @@ fn install(
 
 fn rollback(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::agent::default_slots(&config)?;
+    let (_, store) = outpost::agent::model_slots(&config, state.model.as_deref())?;
     let (next, ()) = store.update(|s| Ok((s.rollback()?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
@@ -396,7 +426,7 @@ fn rollback(state: StateArgs) -> Result<ExitCode> {
 
 fn activate(state: StateArgs, version: u64) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::agent::default_slots(&config)?;
+    let (_, store) = outpost::agent::model_slots(&config, state.model.as_deref())?;
     let (next, ()) = store.update(|s| Ok((s.activate(version)?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
@@ -404,7 +434,7 @@ fn activate(state: StateArgs, version: u64) -> Result<ExitCode> {
 
 fn promote(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::agent::default_slots(&config)?;
+    let (_, store) = outpost::agent::model_slots(&config, state.model.as_deref())?;
     let (next, ()) = store.update(|s| Ok((s.commit()?, ())))?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
@@ -412,7 +442,7 @@ fn promote(state: StateArgs) -> Result<ExitCode> {
 
 fn status(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
-    let store = outpost::agent::default_slots(&config)?;
+    let (_, store) = outpost::agent::model_slots(&config, state.model.as_deref())?;
     println!("{}", serde_json::to_string(&store.load()?)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -84,7 +84,11 @@ enum Command {
         /// Seconds to wait for acknowledgements.
         #[arg(long, default_value_t = 15)]
         wait: u64,
-        /// status | rollback | promote | set KEY VALUE | purge-cache
+        /// The model the command acts on (default: the device's default model). Agents from before the model
+        /// repository refuse a command that names one.
+        #[arg(long)]
+        model: Option<String>,
+        /// status | rollback | promote | set KEY VALUE | purge-cache | remove (needs --model)
         #[arg(required = true, num_args = 1..=3)]
         command: Vec<String>,
     },
@@ -348,6 +352,10 @@ struct BundleArgs {
     variants: Vec<String>,
     #[arg(long)]
     spec: PathBuf,
+    /// The model this bundle is a release of, on the device (default: the spec's name). A device installs it into
+    /// that model's slots, adding the model if it does not hold it yet.
+    #[arg(long)]
+    name: Option<String>,
     #[arg(long)]
     version: u64,
     /// Signing key file(s); repeat for k-of-n.
@@ -471,7 +479,12 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn make_bundle(args: BundleArgs) -> Result<()> {
-    let spec = ModelSpec::from_file(&args.spec)?;
+    let mut spec = ModelSpec::from_file(&args.spec)?;
+    if let Some(name) = &args.name {
+        spec.name = name.clone();
+    }
+    outpost::repo::check_name(&spec.name)
+        .map_err(|e| anyhow::anyhow!("{e} (set it with --name, or fix the spec's name)"))?;
     let mut named: Vec<(String, PathBuf)> = Vec::new();
     if let Some(m) = &args.model {
         named.push(("default".into(), m.clone()));
@@ -702,6 +715,7 @@ async fn fleet(c: Command) -> Result<()> {
             seq,
             expires_in,
             wait,
+            model,
             command,
         } => {
             let action = match command.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -709,15 +723,21 @@ async fn fleet(c: Command) -> Result<()> {
                 ["rollback"] => Action::Rollback,
                 ["promote"] => Action::Promote,
                 ["purge-cache"] => Action::PurgeCache,
+                ["remove"] if model.is_some() => Action::Remove,
+                ["remove"] => bail!("remove needs --model NAME (the default model cannot be removed)"),
                 ["set", key, value] => Action::Set { key: key.to_string(), value: value.to_string() },
-                other => bail!("unknown command {other:?}: use status, rollback, promote, set KEY VALUE or purge-cache"),
+                other => bail!("unknown command {other:?}: use status, rollback, promote, set KEY VALUE, purge-cache or remove"),
             };
+            if let Some(m) = &model {
+                outpost::repo::check_name(m)?;
+            }
             let keys = load_keys(&keys)?;
             let refs: Vec<&SigningKeyFile> = keys.iter().collect();
             let (client, mut events) = operator::connect(&mqtt.settings("cmd")?, shutdown).await?;
             let out = Outgoing {
                 target: to.target(),
                 action,
+                model,
                 seq: seq.unwrap_or_else(operator::default_seq),
                 expires_in: Duration::from_secs(expires_in),
             };
@@ -801,6 +821,7 @@ async fn fleet(c: Command) -> Result<()> {
             let out = Outgoing {
                 target: to.target(),
                 action: Action::Update(offer),
+                model: None,
                 seq: operator::default_seq(),
                 expires_in: Duration::from_secs(wait.max(60)),
             };

@@ -24,13 +24,15 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub agent: AgentConfig,
-    pub model: ModelConfig,
+    /// `[model]` (one model, as before the repository) or `[[model]]` entries (several).
+    pub model: Models,
     pub api: ApiConfig,
     pub workers: WorkersConfig,
     pub engine: EngineConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub slots: SlotsConfig,
+    pub repository: RepositoryConfig,
     pub probation: ProbationConfig,
     pub fleet: FleetConfig,
     pub forward: ForwardConfig,
@@ -267,6 +269,26 @@ impl Default for ProbationConfig {
     }
 }
 
+/// The models a device holds (`<state_dir>/models/<name>/`, one folder per model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Most models the device holds: an install of one more is refused, the running models untouched.
+    pub max_models: usize,
+    /// The model `/v1/infer` serves and unaddressed commands act on: one of the configured models' names. Unset:
+    /// the first configured model, else the built-in one.
+    pub default: Option<String>,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            max_models: 8,
+            default: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SlotsConfig {
@@ -294,6 +316,38 @@ pub struct AgentConfig {
     /// Where the slots, cache and outbox live. Default: `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`), else
     /// `./outpost-state`.
     pub state_dir: PathBuf,
+}
+
+/// The model files a device serves from its configuration (beside the releases bundles bring).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Models {
+    /// `[model]`: one.
+    One(ModelConfig),
+    /// `[[model]]`: any number; their names are their specs'.
+    Many(Vec<ModelConfig>),
+}
+
+impl Default for Models {
+    fn default() -> Self {
+        Models::One(ModelConfig::default())
+    }
+}
+
+impl Models {
+    /// The configured model files, in order (entries without a path left out).
+    pub fn entries(&self) -> Vec<ModelConfig> {
+        let all = match self {
+            Models::One(m) => vec![m.clone()],
+            Models::Many(v) => v.clone(),
+        };
+        all.into_iter().filter(|m| m.path.is_some()).collect()
+    }
+
+    /// Replaces the configured files (the `--model`/`--spec` flags).
+    pub fn set(&mut self, entries: Vec<ModelConfig>) {
+        *self = Models::Many(entries);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -469,6 +523,12 @@ impl Config {
             key,
             message: message.to_string(),
         };
+        if !(1..=256).contains(&self.repository.max_models) {
+            return Err(invalid(
+                "repository.max_models",
+                "must be 1 to 256 (models each take their own slots, memory and topics)",
+            ));
+        }
         if self.agent.state_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "agent.state_dir",

@@ -343,7 +343,10 @@ pub async fn run(models: PathBuf) -> Result<()> {
     };
 
     let bundle_of = |model: &str, spec: &str, version: u64| -> Result<PathBuf> {
-        let spec = ModelSpec::from_file(&models.join(format!("{spec}.spec.json")))?;
+        let mut spec = ModelSpec::from_file(&models.join(format!("{spec}.spec.json")))?;
+        // Every release here is one of the device's model, the built-in edge-int8: a bundle installs into the model
+        // it names.
+        spec.name = "edge-int8".into();
         let golden = test_images(&models)?
             .into_iter()
             .take(8)
@@ -388,6 +391,7 @@ pub async fn run(models: PathBuf) -> Result<()> {
             let out = Outgoing {
                 target: Target::Device("demo-device".into()),
                 action: Action::Update(offer.clone()),
+                model: None,
                 seq: operator::default_seq(),
                 expires_in: Duration::from_secs(300),
             };

@@ -43,6 +43,8 @@ pub async fn connect(
 pub struct Outgoing {
     pub target: Target,
     pub action: Action,
+    /// The model it acts on (None: the device's default; an update's model is its bundle's).
+    pub model: Option<String>,
     pub seq: u64,
     pub expires_in: Duration,
 }
@@ -87,6 +89,7 @@ pub async fn send(
         issued_unix: now,
         expires_unix: now + out.expires_in.as_secs(),
         action: out.action.clone(),
+        model: out.model.clone(),
     };
     let bytes = command::sign(&body, keys);
     let topic = match &out.target {

@@ -247,6 +247,7 @@ fn signed(
             issued_unix: now,
             expires_unix: now + ttl_s,
             action,
+            model: None,
         },
         keys,
     )

@@ -429,6 +429,7 @@ impl Forwarder {
                 margin: answer.margin,
                 entropy: answer.entropy,
                 tier: "cloud".into(),
+                output: Vec::new(),
             };
             if let Err(e) = cache.insert(&key, &entry) {
                 tracing::warn!(error = %e, "cannot cache the cloud's answer");

@@ -18,6 +18,8 @@ pub struct Prediction {
     pub entropy: f32,
     /// The k most likely (class index, probability), best first.
     pub top: Vec<(usize, f32)>,
+    /// The model's raw output (logits or probabilities, as the spec says).
+    pub output: Vec<f32>,
 }
 
 /// Numerically stable softmax.
@@ -68,6 +70,7 @@ pub fn predict(output: &[f32], spec: &ModelSpec, k: usize) -> Prediction {
         margin,
         entropy: entropy(&probs),
         top: top.into_iter().take(k.max(1)).collect(),
+        output: output.to_vec(),
     }
 }
 

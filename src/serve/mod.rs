@@ -3,7 +3,9 @@
 //! controller drive its model changes. It imports neither of them.
 
 pub mod probation;
+mod registry;
 mod service;
 pub mod shadow;
 
+pub use registry::Registry;
 pub use service::{bytes_like, InferResponse, ModelInfo, Service, ServiceError};

@@ -55,6 +55,10 @@ pub struct InferResponse {
     /// During an A/B split: the arm that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arm: Option<ArmName>,
+    /// The model's raw output (logits or probabilities, as the spec says), for protocols that return tensors. An
+    /// answer from the cloud keeps the edge model's output.
+    #[serde(skip)]
+    pub output: Vec<f32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,8 @@ pub enum ServiceError {
 }
 
 pub struct Service {
+    /// The model's name on this device (its folder in the repository, its route in the API).
+    name: String,
     model: ArcSwap<Engine>,
     pool: Arc<Pool>,
     cache: Option<Arc<ResultCache>>,
@@ -120,9 +126,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Service {
     pub fn new(
+        name: &str,
         engine: Engine,
         pool: Arc<Pool>,
-        cache: Option<ResultCache>,
+        cache: Option<Arc<ResultCache>>,
         config: &Config,
     ) -> Service {
         let limits = DecodeLimits {
@@ -154,9 +161,10 @@ impl Service {
             changes: AtomicU64::new(0),
             installed: Mutex::new(Vec::new()),
             pool,
-            cache: cache.map(Arc::new),
+            cache,
+            name: name.to_string(),
             limits,
-            counters: Counters::default(),
+            counters: Counters::for_model(name),
             started: Instant::now(),
             slot: Mutex::new(Serving::Builtin),
             config: config.clone(),
@@ -167,7 +175,7 @@ impl Service {
 
     fn publish_model_info(&self) {
         let m = ModelInfo::of(&self.model.load());
-        metrics::gauge!(crate::telemetry::MODEL_INFO, "name" => m.name, "version" => m.version.to_string(), "digest" => m.digest).set(1.0);
+        metrics::gauge!(crate::telemetry::MODEL_INFO, "model" => self.name.clone(), "name" => m.name, "version" => m.version.to_string(), "digest" => m.digest).set(1.0);
     }
 
     pub fn set_slot(&self, slot: Serving) {
@@ -177,6 +185,11 @@ impl Service {
     /// Where the serving model came from.
     pub fn slot(&self) -> Serving {
         *lock(&self.slot)
+    }
+
+    /// The model's name on this device.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn config(&self) -> &Config {
@@ -223,11 +236,8 @@ impl Service {
         self.model.store(engine);
         self.set_slot(slot);
         self.publish_model_info();
-        metrics::gauge!(crate::telemetry::TRIAL_ACTIVE).set(if self.on_trial() {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(crate::telemetry::TRIAL_ACTIVE, "model" => self.name.clone())
+            .set(if self.on_trial() { 1.0 } else { 0.0 });
     }
 
     /// Puts `engine` on trial: the serving model's recent runs become the baseline, and `fallback` (the model that
@@ -259,7 +269,7 @@ impl Service {
         if t.as_ref().is_some_and(|p| p.release == *release) {
             *t = None;
             self.fallback.store(None);
-            metrics::gauge!(crate::telemetry::TRIAL_ACTIVE).set(0.0);
+            metrics::gauge!(crate::telemetry::TRIAL_ACTIVE, "model" => self.name.clone()).set(0.0);
             self.changed();
             true
         } else {
@@ -300,11 +310,8 @@ impl Service {
         }
         lock(&self.shadow).reset(engine.as_deref().map(ModelInfo::of));
         *lock(&self.arms) = Default::default();
-        metrics::gauge!(crate::telemetry::CANDIDATE_ACTIVE).set(if engine.is_some() {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(crate::telemetry::CANDIDATE_ACTIVE, "model" => self.name.clone())
+            .set(if engine.is_some() { 1.0 } else { 0.0 });
         self.candidate.store(engine);
         self.changed();
     }
@@ -404,7 +411,7 @@ impl Service {
         detail: &str,
         version: u64,
     ) {
-        metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "transition" => transition.name(), "cause" => cause.name()).increment(1);
+        metrics::counter!(crate::telemetry::SLOT_TRANSITIONS, "model" => self.name.clone(), "transition" => transition.name(), "cause" => cause.name()).increment(1);
         self.changed();
         let t = Transition {
             transition,
@@ -458,8 +465,33 @@ impl Service {
 
     /// Answers one encoded image (PNG or JPEG).
     pub async fn infer(&self, body: bytes_like::Bytes) -> Result<InferResponse, ServiceError> {
+        self.answer(Input::Image(body), Tier::Cascade).await
+    }
+
+    /// Answers for a protocol that returns the model's output tensor (the Open Inference Protocol): an encoded
+    /// image, or a tensor already preprocessed, which must have the element count of the model's input. The cache,
+    /// probation and shadow apply as on `/v1`; the answer is the edge model's, with its output (hard cases are not
+    /// forwarded from here yet: a cloud answer carries no output tensor).
+    pub async fn infer_output(
+        &self,
+        image: Option<bytes_like::Bytes>,
+        tensor: Option<Vec<f32>>,
+    ) -> Result<InferResponse, ServiceError> {
+        let input = match (image, tensor) {
+            (Some(b), _) => Input::Image(b),
+            (None, Some(t)) => Input::Tensor(t),
+            (None, None) => {
+                return Err(ServiceError::Internal(
+                    "no input given to the service".into(),
+                ))
+            }
+        };
+        self.answer(input, Tier::EdgeWithOutput).await
+    }
+
+    async fn answer(&self, input: Input, tier: Tier) -> Result<InferResponse, ServiceError> {
         let start = Instant::now();
-        let result = self.infer_inner(body, start).await;
+        let result = self.infer_inner(input, tier, start).await;
         let outcome = match &result {
             Ok(r) if r.source.from_cache() => Outcome::Cache,
             Ok(_) => Outcome::Edge,
@@ -474,9 +506,14 @@ impl Service {
 
     async fn infer_inner(
         &self,
-        body: bytes_like::Bytes,
+        input: Input,
+        tier: Tier,
         start: Instant,
     ) -> Result<InferResponse, ServiceError> {
+        let body = match &input {
+            Input::Image(b) => Some(b.clone()),
+            Input::Tensor(_) => None,
+        };
         // The engine is chosen once, at admission: the whole request runs against it even if a swap happens.
         let active = self.engine();
         // Taken with the engine: a rollback that lands while this request runs must not take its fallback away.
@@ -493,18 +530,37 @@ impl Service {
         let raw = body.clone();
         // Decoding, the A/B arm and the cache lookup are blocking work too.
         let (engine, arm, tensor, key, hit) = tokio::task::spawn_blocking(move || {
-            let tensor = a
-                .tensor_from_image(&body, &limits)
-                .map_err(ServiceError::BadInput)?;
+            let tensor = match input {
+                Input::Image(body) => a
+                    .tensor_from_image(&body, &limits)
+                    .map_err(ServiceError::BadInput)?,
+                Input::Tensor(t) => {
+                    let shape = a.spec().input.shape.clone();
+                    let expected = shape.iter().product::<usize>();
+                    if t.len() != expected {
+                        return Err(ServiceError::BadInput(InferenceError::InputShape {
+                            expected,
+                            got: t.len(),
+                            shape,
+                        }));
+                    }
+                    t
+                }
+            };
             // One hash of the input: the cache key, and (its input half) the sticky A/B arm.
             let key = CacheKey::new(a.release_id(), &tensor);
-            let (engine, arm, tensor, key) = match c {
-                Some(c) if in_candidate_arm(key.input_digest(), split) => {
+            // A tensor fits a candidate only when both models take the same input; an image always can be decoded.
+            let (engine, arm, tensor, key) = match (c, &body) {
+                (Some(c), body)
+                    if in_candidate_arm(key.input_digest(), split)
+                        && (same_input(&a, &c) || body.is_some()) =>
+                {
                     let (tensor, key) = if same_input(&a, &c) {
                         (tensor, key.for_model(c.release_id()))
                     } else {
+                        let body = body.as_deref().unwrap_or_default();
                         let t = c
-                            .tensor_from_image(&body, &limits)
+                            .tensor_from_image(body, &limits)
                             .map_err(ServiceError::BadInput)?;
                         let k = CacheKey::new(c.release_id(), &t);
                         (t, k)
@@ -525,6 +581,8 @@ impl Service {
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))??;
 
+        // An answer without the model's output (the cloud's) does not serve a request that returns the output.
+        let hit = hit.filter(|h| tier == Tier::Cascade || !h.output.is_empty());
         if let Some(hit) = hit {
             let model = ModelInfo::of(&engine);
             if let Some(name) = arm {
@@ -547,6 +605,7 @@ impl Service {
                 forwarded: None,
                 case_id: None,
                 arm,
+                output: hit.output,
             });
         }
 
@@ -573,15 +632,19 @@ impl Service {
                 match previous {
                     Some(previous) => {
                         tracing::warn!(error = %message, "the model on trial (or the candidate) failed; answering with the previous model");
-                        let tensor = if same_input(&previous, &engine) {
-                            tensor
-                        } else {
-                            let p = previous.clone();
-                            let raw = raw.clone();
-                            tokio::task::spawn_blocking(move || p.tensor_from_image(&raw, &limits))
+                        let tensor = match (&raw, same_input(&previous, &engine)) {
+                            (_, true) => tensor,
+                            (Some(raw), false) => {
+                                let (p, raw) = (previous.clone(), raw.clone());
+                                tokio::task::spawn_blocking(move || {
+                                    p.tensor_from_image(&raw, &limits)
+                                })
                                 .await
                                 .map_err(|e| ServiceError::Internal(e.to_string()))?
                                 .map_err(ServiceError::BadInput)?
+                            }
+                            // A tensor made for the failed model does not fit the previous one.
+                            (None, false) => return Err(ServiceError::Internal(message)),
                         };
                         let key = CacheKey::new(previous.release_id(), &tensor);
                         let ran = self.run(&previous, tensor).await?;
@@ -612,10 +675,12 @@ impl Service {
             forwarded: None,
             case_id: None,
             arm,
+            output: prediction.output,
         };
         let hard_case = self
             .forwarder
             .get()
+            .filter(|_| raw.is_some() && tier == Tier::Cascade)
             .filter(|f| f.is_hard(response.confidence, response.margin, response.entropy));
         let case_id = hard_case
             .map(|_| crate::forward::case_id(&self.config.fleet.device_id, cache_key.as_bytes()));
@@ -626,6 +691,7 @@ impl Service {
             margin: response.margin,
             entropy: response.entropy,
             tier: "edge".into(),
+            output: response.output.clone(),
         };
         if hard_case.is_none() {
             self.cache_edge(cache_key, edge_entry.clone()).await;
@@ -634,15 +700,17 @@ impl Service {
             // Forwarded hard cases always run, so the cloud's label can say which model was right.
             if case_id.is_some() || sample {
                 // A candidate that preprocesses differently decodes the image itself, on the shadow thread.
-                let input = if same_input(&c, &engine) {
-                    ShadowInput::Tensor(tensor)
-                } else {
-                    ShadowInput::Image(raw.clone(), limits)
+                let input = match (&raw, same_input(&c, &engine)) {
+                    (_, true) => Some(ShadowInput::Tensor(tensor)),
+                    (Some(raw), false) => Some(ShadowInput::Image(raw.clone(), limits)),
+                    (None, false) => None,
                 };
-                self.shadow(c, input, &response, micros(ran.run), case_id.clone());
+                if let Some(input) = input {
+                    self.shadow(c, input, &response, micros(ran.run), case_id.clone());
+                }
             }
         }
-        if let (Some(f), Some(id)) = (hard_case, case_id) {
+        if let (Some(f), Some(id), Some(raw)) = (hard_case, case_id, &raw) {
             let case = crate::forward::Case {
                 id: id.clone(),
                 device: self.config.fleet.device_id.clone(),
@@ -814,6 +882,21 @@ impl Service {
             }),
         }
     }
+}
+
+/// Which tiers may answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// The edge model, and the cloud for a hard case (`/v1`).
+    Cascade,
+    /// The edge model alone, whose output tensor the answer carries.
+    EdgeWithOutput,
+}
+
+/// What a request brings: an encoded image, or a tensor already preprocessed for the model.
+enum Input {
+    Image(bytes_like::Bytes),
+    Tensor(Vec<f32>),
 }
 
 /// What a shadow run starts from: the live model's tensor, or the image when the candidate preprocesses differently.

@@ -116,6 +116,17 @@ pub fn install_as(
     mode: Mode,
 ) -> Result<(Installed, Engine), InstallError> {
     let header = bundle::read_header(r, policy)?;
+    install_verified(store, &header, r, mode)
+}
+
+/// The rest of [`install_as`], once the caller has read and verified the header (and chosen `store` by the model
+/// the manifest names): `r` is positioned after the header.
+pub fn install_verified(
+    store: &SlotStore,
+    header: &bundle::VerifiedHeader,
+    r: &mut impl Read,
+    mode: Mode,
+) -> Result<(Installed, Engine), InstallError> {
     let manifest = &header.manifest;
     // Held to the final write: nothing else may change the record while the slot is being filled.
     let _lock = store.lock()?;

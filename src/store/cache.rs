@@ -67,6 +67,9 @@ pub struct CachedResult {
     pub entropy: f32,
     /// Which tier produced the answer (`edge` or `cloud`).
     pub tier: String,
+    /// The edge model's raw output, for answers that return tensors (empty for the cloud's answers).
+    #[serde(default)]
+    pub output: Vec<f32>,
 }
 
 const META_BYTES: &[u8] = b"bytes";
@@ -260,6 +263,7 @@ mod tests {
             margin: 0.5,
             entropy: 0.3,
             tier: "edge".into(),
+            output: vec![0.5, 0.25],
         }
     }
 

@@ -127,9 +127,10 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// Counters that status reports read back.
+/// Counters that status reports read back, of one model (its name labels the metrics).
 #[derive(Debug, Default)]
 pub struct Counters {
+    model: String,
     pub requests: AtomicU64,
     pub ok: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -164,6 +165,13 @@ impl Outcome {
 }
 
 impl Counters {
+    pub fn for_model(model: &str) -> Counters {
+        Counters {
+            model: model.to_string(),
+            ..Counters::default()
+        }
+    }
+
     /// p50 and p99 of the last 1024 requests (µs).
     pub fn latency_percentiles(&self) -> Latency {
         let v: Vec<u64> = self
@@ -202,12 +210,12 @@ impl Counters {
         let c = match outcome {
             Outcome::Edge => {
                 self.cache_misses.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CACHE_MISSES).increment(1);
+                metrics::counter!(CACHE_MISSES, "model" => self.model.clone()).increment(1);
                 &self.ok
             }
             Outcome::Cache => {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CACHE_HITS).increment(1);
+                metrics::counter!(CACHE_HITS, "model" => self.model.clone()).increment(1);
                 &self.ok
             }
             Outcome::BadInput => &self.bad_input,
@@ -215,9 +223,11 @@ impl Counters {
             Outcome::Error => &self.errors,
         };
         c.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(REQUESTS, "outcome" => outcome.as_str()).increment(1);
+        metrics::counter!(REQUESTS, "model" => self.model.clone(), "outcome" => outcome.as_str())
+            .increment(1);
         if matches!(outcome, Outcome::Edge | Outcome::Cache) {
-            metrics::histogram!(REQUEST_SECONDS).record(elapsed.as_secs_f64());
+            metrics::histogram!(REQUEST_SECONDS, "model" => self.model.clone())
+                .record(elapsed.as_secs_f64());
         }
     }
 

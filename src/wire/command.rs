@@ -18,6 +18,34 @@ pub const MAX_SIGNATURES: usize = 16;
 pub const MAX_CHUNKS: usize = 65_536;
 
 const DOMAIN: &[u8] = b"outpost-command-v1\0";
+/// Commands that name a model (or remove one) are signed under their own tag: an agent from before the model
+/// repository knows only the first, so it refuses them (bad signature) instead of acting on its only model.
+const DOMAIN_V2: &[u8] = b"outpost-command-v2\0";
+
+/// The two encodings of a command body. Version 1 is every agent's; version 2 adds the model it acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    V1,
+    V2,
+}
+
+impl Format {
+    fn domain(self) -> &'static [u8] {
+        match self {
+            Format::V1 => DOMAIN,
+            Format::V2 => DOMAIN_V2,
+        }
+    }
+
+    /// The format a body is sent in: version 1 whenever it can be (so agents of every version take it).
+    pub fn of(body: &CommandBody) -> Format {
+        if body.model.is_some() || matches!(body.action, Action::Remove) {
+            Format::V2
+        } else {
+            Format::V1
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
@@ -122,6 +150,9 @@ pub enum Action {
     Activate { version: u64 },
     /// Get rid of this version wherever it is (candidate, trial or live) and refuse it from now on.
     Abandon { version: u64 },
+    /// Stop serving the model and empty its slots; its version floor stays (a tombstone), so an old bundle of it
+    /// can never bring it back. The default model cannot be removed.
+    Remove,
 }
 
 impl Action {
@@ -137,6 +168,7 @@ impl Action {
             Action::Candidate { .. } => CommandName::Candidate,
             Action::Activate { .. } => CommandName::Activate,
             Action::Abandon { .. } => CommandName::Abandon,
+            Action::Remove => CommandName::Remove,
         }
     }
 
@@ -162,6 +194,19 @@ pub struct CommandBody {
     pub issued_unix: u64,
     pub expires_unix: u64,
     pub action: Action,
+    /// The model it acts on; None: the device's default model (and every version-1 command). An update names its
+    /// model in its offer.
+    pub model: Option<String>,
+}
+
+/// A version-1 body: the same fields without the model, laid out as every agent reads them.
+#[derive(Serialize, Deserialize)]
+struct BodyV1 {
+    target: Target,
+    seq: u64,
+    issued_unix: u64,
+    expires_unix: u64,
+    action: Action,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,17 +237,29 @@ pub enum CommandError {
     BadOffer(String),
 }
 
-fn message(body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(DOMAIN.len() + body.len());
-    m.extend_from_slice(DOMAIN);
+fn message(format: Format, body: &[u8]) -> Vec<u8> {
+    let domain = format.domain();
+    let mut m = Vec::with_capacity(domain.len() + body.len());
+    m.extend_from_slice(domain);
     m.extend_from_slice(body);
     m
 }
 
 /// Encodes and signs a command (operator side).
 pub fn sign(body: &CommandBody, keys: &[&SigningKeyFile]) -> Vec<u8> {
-    let bytes = postcard::to_stdvec(body).expect("a command body always encodes");
-    let msg = message(&bytes);
+    let format = Format::of(body);
+    let bytes = match format {
+        Format::V2 => postcard::to_stdvec(body),
+        Format::V1 => postcard::to_stdvec(&BodyV1 {
+            target: body.target.clone(),
+            seq: body.seq,
+            issued_unix: body.issued_unix,
+            expires_unix: body.expires_unix,
+            action: body.action.clone(),
+        }),
+    }
+    .expect("a command body always encodes");
+    let msg = message(format, &bytes);
     let signed = SignedCommand {
         body: bytes,
         signatures: keys.iter().map(|k| k.sign(&msg)).collect(),
@@ -212,6 +269,34 @@ pub fn sign(body: &CommandBody, keys: &[&SigningKeyFile]) -> Vec<u8> {
 
 /// Decodes untrusted bytes into the envelope and its body, without judging the signatures.
 pub fn decode(bytes: &[u8]) -> Result<(SignedCommand, CommandBody), CommandError> {
+    decode_with_format(bytes).map(|(s, b, _)| (s, b))
+}
+
+/// The body in whichever format it is: exactly one fits, since a version-2 body is a version-1 body followed by
+/// the model (a version-1 body ends before it; a version-2 body has bytes left over as version 1).
+fn decode_body(bytes: &[u8]) -> Result<(CommandBody, Format), CommandError> {
+    if let Ok((body, [])) = postcard::take_from_bytes::<CommandBody>(bytes) {
+        return Ok((body, Format::V2));
+    }
+    let (v1, rest): (BodyV1, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CommandError::Malformed("trailing bytes in the body".into()));
+    }
+    Ok((
+        CommandBody {
+            target: v1.target,
+            seq: v1.seq,
+            issued_unix: v1.issued_unix,
+            expires_unix: v1.expires_unix,
+            action: v1.action,
+            model: None,
+        },
+        Format::V1,
+    ))
+}
+
+fn decode_with_format(bytes: &[u8]) -> Result<(SignedCommand, CommandBody, Format), CommandError> {
     if bytes.len() > MAX_COMMAND {
         return Err(CommandError::TooLarge(bytes.len()));
     }
@@ -230,11 +315,7 @@ pub fn decode(bytes: &[u8]) -> Result<(SignedCommand, CommandBody), CommandError
             signed.signatures.len()
         )));
     }
-    let (body, rest): (CommandBody, _) = postcard::take_from_bytes(&signed.body)
-        .map_err(|e| CommandError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(CommandError::Malformed("trailing bytes in the body".into()));
-    }
+    let (body, format) = decode_body(&signed.body)?;
     if let Some(o) = body.action.offer() {
         if o.chunks.len() > MAX_CHUNKS {
             return Err(CommandError::BadOffer(format!(
@@ -243,7 +324,7 @@ pub fn decode(bytes: &[u8]) -> Result<(SignedCommand, CommandBody), CommandError
             )));
         }
     }
-    Ok((signed, body))
+    Ok((signed, body, format))
 }
 
 /// Who is checking: this device, its keys, and the last sequence number it accepted.
@@ -259,8 +340,8 @@ pub struct Checker<'a> {
 /// Decodes and checks a command: signatures first (nothing unsigned is looked at further), then target, expiry and
 /// sequence.
 pub fn verify(bytes: &[u8], c: &Checker) -> Result<CommandBody, CommandError> {
-    let (signed, body) = decode(bytes)?;
-    let msg = message(&signed.body);
+    let (signed, body, format) = decode_with_format(bytes)?;
+    let msg = message(format, &signed.body);
     let mut signers: Vec<&str> = Vec::new();
     for s in &signed.signatures {
         if signers.contains(&s.key_id.as_str()) {
@@ -307,6 +388,52 @@ pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_naming_a_model_is_version_2_and_an_agent_before_the_repository_refuses_it() {
+        let key = SigningKeyFile::generate().unwrap();
+        let keys = TrustedKeys::parse(&key.trusted_line("op")).unwrap();
+        let checker = Checker {
+            keys: &keys,
+            threshold: 1,
+            device: "d",
+            group: None,
+            now_unix: 10,
+            last_seq: 0,
+        };
+        let mut body = CommandBody {
+            target: Target::Device("d".into()),
+            seq: 5,
+            issued_unix: 1,
+            expires_unix: 100,
+            action: Action::Rollback,
+            model: None,
+        };
+        // Unaddressed: version 1, exactly what every agent reads.
+        let v1 = sign(&body, &[&key]);
+        assert_eq!(decode_with_format(&v1).unwrap().2, Format::V1);
+        assert_eq!(verify(&v1, &checker).unwrap(), body);
+        body.model = Some("digits".into());
+        let v2 = sign(&body, &[&key]);
+        let (signed, back, format) = decode_with_format(&v2).unwrap();
+        assert_eq!((format, &back), (Format::V2, &body));
+        assert_eq!(verify(&v2, &checker).unwrap(), body);
+        // An old agent checks the version-1 tag: the signature does not hold there, so it refuses the command
+        // instead of rolling back its only model.
+        let old = message(Format::V1, &signed.body);
+        assert!(!keys.verify(
+            &signed.signatures[0].key_id,
+            &old,
+            &signed.signatures[0].signature
+        ));
+        // Remove is version 2 even without a model (and the device refuses it for the default model).
+        body.model = None;
+        body.action = Action::Remove;
+        assert_eq!(
+            decode_with_format(&sign(&body, &[&key])).unwrap().2,
+            Format::V2
+        );
+    }
 
     #[test]
     fn offer_helpers_are_total_on_offers_that_check_refuses() {

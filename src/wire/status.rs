@@ -318,6 +318,18 @@ pub struct ServiceStatus {
     pub ab: Option<AbSummary>,
 }
 
+/// What `GET /v1/status` shows: the default model's status at the top, as a single-model agent showed it, and every
+/// other model's by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalStatus {
+    /// The model `/v1/infer` serves.
+    pub default_model: String,
+    #[serde(flatten)]
+    pub service: ServiceStatus,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ServiceStatus>,
+}
+
 /// An online device's retained status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OnlineStatus {
@@ -326,8 +338,15 @@ pub struct OnlineStatus {
     pub link_uptime_s: u64,
     /// Requests per second since the last status.
     pub request_rate: f64,
+    /// The model the top-level fields are about (absent from agents before the model repository, which had one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+    /// The default model's status, where a single-model agent put its own.
     #[serde(flatten)]
     pub service: ServiceStatus,
+    /// Every other model the device serves, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ServiceStatus>,
 }
 
 /// The retained message on `outpost/v1/device/<id>/status`; the broker publishes `Offline` as the device's last
@@ -376,6 +395,7 @@ pub enum CommandName {
     Candidate,
     Activate,
     Abandon,
+    Remove,
     Refused,
 }
 
@@ -391,6 +411,7 @@ impl CommandName {
             CommandName::Candidate => "candidate",
             CommandName::Activate => "activate",
             CommandName::Abandon => "abandon",
+            CommandName::Remove => "remove",
             CommandName::Refused => "refused",
         }
     }
@@ -444,6 +465,9 @@ pub struct Outcome {
     pub transfer: Option<TransferSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<u64>,
+    /// The model a `remove` took off the device (its version floor is `version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
     /// Set by the operator tool when it learnt the outcome from the device's status, not from an acknowledgement.
@@ -547,6 +571,8 @@ mod tests {
             group: Some("g".into()),
             link_uptime_s: 7,
             request_rate: 0.0,
+            default_model: Some("m".into()),
+            models: BTreeMap::new(),
             service: ServiceStatus {
                 agent_version: "0.1.0".into(),
                 model: model.clone(),
@@ -624,7 +650,9 @@ mod tests {
 
     #[test]
     fn a_full_status_and_acks_round_trip_through_json() {
-        let s = DeviceStatus::Online(Box::new(full_status()));
+        let mut two = full_status();
+        two.models.insert("other".into(), full_status().service);
+        let s = DeviceStatus::Online(Box::new(two));
         let back = DeviceStatus::from_json(s.to_json().as_bytes());
         assert_eq!(back.as_ref().ok(), Some(&s), "{:?}\n{}", back, s.to_json());
         let ack = Ack {

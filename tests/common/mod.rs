@@ -335,7 +335,8 @@ impl Fixture {
         self.bundle_with_spec(name, model, "edge-int8", version, keys, extra)
     }
 
-    /// The same with `<spec>.spec.json`.
+    /// The same with `<spec>.spec.json`, named `edge-int8` (the built-in model: the bundle updates it) unless `extra`
+    /// has a `--name`.
     pub fn bundle_with_spec(
         &self,
         name: &str,
@@ -366,6 +367,10 @@ impl Fixture {
         for k in keys {
             args.push("--key".into());
             args.push(k.display().to_string());
+        }
+        // A release of the device's (built-in) model unless the test names another.
+        if !extra.contains(&"--name") {
+            args.extend(["--name".to_string(), "edge-int8".to_string()]);
         }
         args.extend(extra.iter().map(|x| x.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -426,25 +431,41 @@ impl Mosquitto {
             "mosquitto is not installed: run scripts/test.sh (it installs it), or apt-get install -y mosquitto"
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        let text = format!(
-            "{}set_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest stderr\nlog_type error\n",
-            listener(dir.path(), port),
-            dir.path().display()
-        );
-        std::fs::write(&conf, text).unwrap();
+        // A free port can be taken by a parallel test between the probe and mosquitto's bind: then our broker
+        // exits, and a test would talk to the other test's broker (found: a cloud case answered by two tests'
+        // workers). Another port is tried until our own broker holds it.
         let mut m = Mosquitto {
             child: None,
-            port,
+            port: 0,
             dir,
             conf,
         };
-        m.spawn();
-        m
+        for _ in 0..10 {
+            m.port = free_port();
+            let text = format!(
+                "{}set_tcp_nodelay true\npersistence true\npersistence_location {}/\nautosave_interval 1\nuser root\nlog_dest stderr\nlog_type error\n",
+                listener(m.dir.path(), m.port),
+                m.dir.path().display()
+            );
+            std::fs::write(&m.conf, text).unwrap();
+            if m.try_spawn() {
+                return m;
+            }
+        }
+        panic!("mosquitto could not hold a free port in 10 tries");
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "mosquitto could not listen on {} again (taken while it was down)",
+            self.port
+        );
+    }
+
+    /// Starts mosquitto and waits until it listens; false when it exited (its port was taken).
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&self.conf)
@@ -454,6 +475,9 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if self.exited() {
+                return false;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "mosquitto did not listen on {}",
@@ -461,6 +485,15 @@ impl Mosquitto {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // Something listens; it is ours only if our process is still up once a failed bind would have ended it.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        !self.exited()
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
     }
 
     pub fn url(&self) -> String {
@@ -547,4 +580,52 @@ pub fn make_certs(dir: &Path, clients: &[&str]) {
         leaf(vec![], cn, cn);
     }
     std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+}
+
+/// Publishes raw bytes on a topic with mosquitto_pub.
+pub fn raw_publish(broker: &Mosquitto, topic: &str, bytes: &[u8], dir: &Path) {
+    let file = dir.join("raw.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let st = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+            s(&file),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// The next acknowledgement the device publishes (subscribe first, then act).
+pub fn next_ack(broker: &Mosquitto, device: &str, act: impl FnOnce()) -> serde_json::Value {
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .args([
+            "-t",
+            &format!("outpost/v1/device/{device}/ack"),
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    act();
+    let out = sub.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no acknowledgement: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }

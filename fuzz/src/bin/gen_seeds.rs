@@ -61,6 +61,7 @@ fn command_seeds(dir: &std::path::Path) {
             issued_unix: outpost_fuzz::NOW_UNIX,
             expires_unix: outpost_fuzz::NOW_UNIX + 60,
             action,
+            model: None,
         };
         let bytes = sign(&body, &[&f.key]);
         println!("command {name}: {} bytes, {:?}", bytes.len(), outpost_fuzz::run_command(&bytes).err());

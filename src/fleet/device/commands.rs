@@ -138,7 +138,22 @@ impl Link {
         client: &AsyncClient,
         body: &CommandBody,
     ) -> Option<Result<AckResult, String>> {
-        let slots = self.slots.clone();
+        // The model the command acts on: the one it names (version-2 commands), else the default model.
+        let (model, slots) = match &body.model {
+            None => (self.registry.default_name().to_string(), self.slots.clone()),
+            Some(m) => match self.repo.existing(m) {
+                Ok(slots) => (m.clone(), slots),
+                Err(e) => return Some(Err(e.to_string())),
+            },
+        };
+        if let (Some(m), Some(o)) = (&body.model, body.action.offer()) {
+            if *m != o.name {
+                return Some(Err(format!(
+                    "the command names model {m:?} but its bundle is a release of {:?}",
+                    o.name
+                )));
+            }
+        }
         let blocking = |f: SlotJob| async move {
             tokio::task::spawn_blocking(move || f(&slots))
                 .await
@@ -180,7 +195,7 @@ impl Link {
                     return Some(Err(e));
                 }
                 Some(
-                    self.store_settings(&[(key.clone(), value.clone())])
+                    self.store_settings(&model, &[(key.clone(), value.clone())])
                         .await
                         .map(|()| {
                             AckResult::done(Outcome {
@@ -194,6 +209,7 @@ impl Link {
                 )
             }
             Action::PurgeCache => {
+                // One cache serves every model (its keys name the release): purged whole.
                 let svc = self.service.clone();
                 Some(
                     tokio::task::spawn_blocking(move || svc.purge_cache())
@@ -226,7 +242,7 @@ impl Link {
                         settings.push((key.to_string(), v.to_string()));
                     }
                 }
-                if let Err(e) = self.store_settings(&settings).await {
+                if let Err(e) = self.store_settings(&offer.name, &settings).await {
                     return Some(Err(e));
                 }
                 self.start_download(client, offer.clone(), body.seq, true)
@@ -248,11 +264,41 @@ impl Link {
                     .await,
                 )
             }
+            Action::Remove => {
+                if model == self.registry.default_name() {
+                    return Some(Err(format!(
+                        "{model} is the default model: it cannot be removed (set repository.default to another)"
+                    )));
+                }
+                // A download of the removed model stops here: it must never complete into a slot.
+                if let Some(d) = self.download.take() {
+                    if d.offer.name == model {
+                        let _ = tokio::task::spawn_blocking(move || d.discard()).await;
+                        self.service.set_download(None);
+                    } else {
+                        self.download = Some(d);
+                    }
+                }
+                let name = model.clone();
+                Some(
+                    blocking(Box::new(move |s| {
+                        let (st, ()) = s
+                            .update(|s| Ok((s.remove(), ())))
+                            .map_err(|e| e.to_string())?;
+                        Ok(Outcome {
+                            removed: Some(name),
+                            version: Some(st.highest_version),
+                            ..Outcome::default()
+                        })
+                    }))
+                    .await,
+                )
+            }
             Action::Abandon { version } => {
                 let v = *version;
                 // A download of the abandoned version stops here: it must never complete into a slot.
                 if let Some(d) = self.download.take() {
-                    if d.offer.version == v {
+                    if d.offer.version == v && d.offer.name == model {
                         let _ = tokio::task::spawn_blocking(move || d.discard()).await;
                         self.service.set_download(None);
                     } else {
@@ -283,8 +329,11 @@ impl Link {
     }
 
     /// Records runtime settings durably (they survive restarts), then applies them.
+    /// Records runtime settings of `model` durably (they survive restarts, and a model that starts later gets its
+    /// own), then applies them to it if it serves.
     pub(super) async fn store_settings(
         &mut self,
+        model: &str,
         settings: &[(String, String)],
     ) -> Result<(), String> {
         if settings.is_empty() {
@@ -292,11 +341,12 @@ impl Link {
         }
         let records = self.records.clone();
         let new = settings.to_vec();
+        let key = settings_key(self.registry.default_name(), model);
         tokio::task::spawn_blocking(move || {
-            let mut all: Vec<(String, String)> = records.get(SETTINGS)?.unwrap_or_default();
+            let mut all: Vec<(String, String)> = records.get(&key)?.unwrap_or_default();
             all.retain(|(x, _)| !new.iter().any(|(k, _)| k == x));
             all.extend(new);
-            records.put(SETTINGS, &all)
+            records.put(&key, &all)
         })
         .await
         .map_err(|e| e.to_string())?
@@ -305,8 +355,35 @@ impl Link {
             if key == "telemetry.heartbeat_s" {
                 self.heartbeat = Duration::from_secs(value.parse().unwrap_or(30));
             }
-            self.service.set_setting(key, value);
+            if let Some(service) = self.registry.get(model) {
+                service.set_setting(key, value);
+            }
         }
         Ok(())
+    }
+
+    /// Applies the recorded settings of models that started since the last look (once each).
+    pub(super) fn apply_new_models_settings(&mut self) {
+        for (name, service) in self.registry.all() {
+            if self.settings_applied.contains(&name) {
+                continue;
+            }
+            let key = settings_key(self.registry.default_name(), &name);
+            if let Ok(Some(stored)) = self.records.get::<Vec<(String, String)>>(&key) {
+                for (k, v) in &stored {
+                    service.set_setting(k, v);
+                }
+            }
+            self.settings_applied.insert(name);
+        }
+    }
+}
+
+/// Where a model's settings are recorded: the default model's where a single-model agent kept them.
+fn settings_key(default: &str, model: &str) -> String {
+    if model == default {
+        SETTINGS.to_string()
+    } else {
+        format!("{SETTINGS}/{model}")
     }
 }

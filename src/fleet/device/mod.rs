@@ -24,7 +24,8 @@ use crate::config::Config;
 use crate::fleet::mqtt::{self, Broker, LinkEvent, Settings, TlsFiles};
 use crate::fleet::transfer::Download;
 use crate::fleet::{topics, FleetError};
-use crate::serve::Service;
+use crate::repo::Repository;
+use crate::serve::{Registry, Service};
 use crate::slots::SlotStore;
 use crate::store::Records;
 use crate::wire::status::{DeviceStatus, OnlineStatus};
@@ -34,11 +35,15 @@ const SETTINGS: &str = "settings";
 
 /// Everything the link works with.
 pub struct Link {
+    /// The default model's service and slots: what commands act on.
     service: Arc<Service>,
+    slots: SlotStore,
+    /// Every model served, and the repository an update installs into (the model its bundle names).
+    registry: Arc<Registry>,
+    repo: Repository,
     config: Config,
     device: String,
     records: Records,
-    slots: SlotStore,
     keys: TrustedKeys,
     incoming: PathBuf,
     download: Option<Download>,
@@ -53,6 +58,8 @@ pub struct Link {
         tokio::sync::mpsc::Receiver<Vec<u8>>,
     )>,
     in_flight: std::collections::HashMap<String, Instant>,
+    /// Models whose recorded settings have been applied (a model that starts later gets its own).
+    settings_applied: std::collections::BTreeSet<String>,
 }
 
 /// Connection settings for the agent, from the config.
@@ -83,11 +90,18 @@ pub fn settings(config: &Config) -> Result<Settings, FleetError> {
 
 impl Link {
     pub fn new(
-        service: Arc<Service>,
+        registry: Arc<Registry>,
         config: &Config,
         records: Records,
-        slots: SlotStore,
+        repo: Repository,
     ) -> Result<Link, FleetError> {
+        let service = registry.default_service();
+        let slots = repo
+            .slots(registry.default_name())
+            .map_err(|e| FleetError::Io {
+                path: repo.root().display().to_string(),
+                message: e.to_string(),
+            })?;
         let keys_path = config
             .fleet
             .command_keys
@@ -101,6 +115,7 @@ impl Link {
             }
         };
         let state_dir = &config.agent.state_dir;
+        let service_name = service.name().to_string();
         let stored = records
             .get::<Vec<(String, String)>>(SETTINGS)?
             .unwrap_or_default();
@@ -115,6 +130,8 @@ impl Link {
             .unwrap_or(config.fleet.heartbeat_s);
         Ok(Link {
             service,
+            registry,
+            repo,
             device: config.fleet.device_id.clone(),
             incoming: state_dir.join("incoming"),
             config: config.clone(),
@@ -129,6 +146,7 @@ impl Link {
             last_requests: (0, Instant::now()),
             forward: None,
             in_flight: std::collections::HashMap::new(),
+            settings_applied: [service_name].into(),
         })
     }
 
@@ -275,6 +293,7 @@ impl Link {
     }
 
     async fn on_tick(&mut self, client: &AsyncClient) {
+        self.apply_new_models_settings();
         let timeout = Duration::from_millis(self.config.fleet.chunk_timeout_ms);
         let mut expired = 0;
         if let Some(d) = self.download.as_mut() {
@@ -305,12 +324,20 @@ impl Link {
             0.0
         };
         service.download = self.download.as_ref().map(|d| d.summary());
+        let mut models = std::collections::BTreeMap::new();
+        for (name, s) in self.registry.all() {
+            if name != self.registry.default_name() {
+                models.insert(name, s.status());
+            }
+        }
         OnlineStatus {
             device: self.device.clone(),
             group: self.config.fleet.group.clone(),
             link_uptime_s: self.started.elapsed().as_secs(),
             request_rate: (rate * 100.0).round() / 100.0,
+            default_model: Some(self.registry.default_name().to_string()),
             service,
+            models,
         }
     }
 
@@ -319,10 +346,11 @@ impl Link {
         // What makes a status worth publishing before the heartbeat, read without building the status: the
         // service's change counter (model, slot, trial, candidate, transitions, transfers), download progress, and
         // every 20th shadow run.
+        let all = self.registry.all();
         let marker = (
-            self.service.changes(),
+            all.iter().map(|(_, s)| s.changes()).sum::<u64>() + all.len() as u64,
             self.download.as_ref().map(|d| d.done_count()),
-            self.service.shadow_runs() / 20,
+            all.iter().map(|(_, s)| s.shadow_runs() / 20).sum::<u64>(),
         );
         let changed = self.last_marker != Some(marker);
         let due = self.last_published.elapsed() >= self.heartbeat;

@@ -23,7 +23,13 @@ impl Link {
         if let Err(e) = offer.check(self.config.fleet.max_bundle_bytes) {
             return Some(Err(e.to_string()));
         }
-        let state = self.slots.load().unwrap_or_default();
+        // The bundle installs into the model it names: a model this device does not hold yet is added, within the
+        // cap, and its own version floor applies.
+        let slots = match self.model_slots(&offer.name) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let state = slots.load().unwrap_or_default();
         // The same offer again (a rollout resent it after a restart): already done, say so.
         let staged = state.candidate_info().map(|i| i.version);
         let live = state.active_info().map(|i| i.version);
@@ -187,6 +193,14 @@ impl Link {
         self.pump(client).await;
     }
 
+    /// The slots of the model `name` names, if the device holds it or has room for one more.
+    pub(super) fn model_slots(&self, name: &str) -> Result<crate::slots::SlotStore, String> {
+        self.repo
+            .check_room(name, self.config.repository.max_models)
+            .and_then(|()| self.repo.slots(name))
+            .map_err(|e| e.to_string())
+    }
+
     pub(super) fn policy_keys(&self) -> (TrustedKeys, usize) {
         (self.keys.clone(), self.config.slots.threshold)
     }
@@ -196,7 +210,7 @@ impl Link {
         let (keys, threshold) = self.policy_keys();
         let path = d.path.clone();
         let (version, name) = (d.offer.version, d.offer.name.clone());
-        let slots = self.slots.clone();
+        let slots = self.model_slots(&name)?;
         tokio::task::spawn_blocking(move || {
             let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
             let policy = Policy {
@@ -224,8 +238,8 @@ impl Link {
 
     pub(super) async fn finish(&mut self, client: &AsyncClient, d: Download) {
         let (keys, threshold) = self.policy_keys();
-        let slots = self.slots.clone();
-        let service = self.service.clone();
+        let slots = self.model_slots(&d.offer.name);
+        let service = self.registry.get(&d.offer.name);
         let summary = d.summary();
         let seq = d.seq;
         let (mode, action) = if d.candidate {
@@ -238,25 +252,30 @@ impl Link {
         };
         let result = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&d.path).map_err(|e| e.to_string());
-            let r = f.and_then(|f| {
-                let policy = Policy {
-                    keys: &keys,
-                    threshold,
-                    now_unix: now_unix(),
-                    agent_version: env!("CARGO_PKG_VERSION"),
-                };
-                crate::slots::install::install_as(
-                    &slots,
-                    &mut std::io::BufReader::new(f),
-                    &policy,
-                    mode,
-                )
-                .map(|(installed, engine)| {
-                    service.hand_over(Serving::slot(installed.slot), engine);
-                    installed
-                })
-                .map_err(|e| e.to_string())
-            });
+            let r = slots
+                .and_then(|slots| f.map(|f| (slots, f)))
+                .and_then(|(slots, f)| {
+                    let policy = Policy {
+                        keys: &keys,
+                        threshold,
+                        now_unix: now_unix(),
+                        agent_version: env!("CARGO_PKG_VERSION"),
+                    };
+                    crate::slots::install::install_as(
+                        &slots,
+                        &mut std::io::BufReader::new(f),
+                        &policy,
+                        mode,
+                    )
+                    .map(|(installed, engine)| {
+                        // A model already served takes the gated engine as is; a new one loads when it starts.
+                        if let Some(service) = &service {
+                            service.hand_over(Serving::slot(installed.slot), engine);
+                        }
+                        installed
+                    })
+                    .map_err(|e| e.to_string())
+                });
             d.discard();
             r
         })

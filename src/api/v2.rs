@@ -1,0 +1,593 @@
+//! The Open Inference Protocol v2 over HTTP, as Triton, KServe, OpenVINO Model Server and MLServer speak it, beside
+//! `/v1` on the same listener: server health and metadata, model metadata and readiness (also under
+//! `/versions/{v}`, for the live and the staged candidate version), and inference with JSON tensors, the binary tensor
+//! data extension (`Inference-Header-Content-Length`), an encoded PNG/JPEG as a `BYTES` input under the model's
+//! input name (as OpenVINO Model Server takes images), and Triton's `classification` output parameter.
+//!
+//! A request goes through the same service as `/v1` (cache, probation, shadow). What does not fit the model (an
+//! unknown model, version or input, a wrong datatype, shape or byte count, an oversized body) is a 4xx
+//! `{"error": ...}` and changes nothing.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use super::ApiError;
+use crate::serve::{InferResponse, Registry, Service};
+
+/// The header that splits a binary request or response into its JSON part and its tensors.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The protocol's tensor datatypes (the closed set the spec names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Datatype {
+    Bool,
+    Uint8,
+    Uint16,
+    Uint32,
+    Uint64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Fp16,
+    Fp32,
+    Fp64,
+    Bytes,
+}
+
+#[derive(Debug, Serialize)]
+struct ServerMetadata {
+    name: &'static str,
+    version: &'static str,
+    extensions: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct TensorMetadata {
+    name: String,
+    datatype: Datatype,
+    shape: Vec<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelMetadata {
+    name: String,
+    versions: Vec<String>,
+    platform: &'static str,
+    inputs: Vec<TensorMetadata>,
+    outputs: Vec<TensorMetadata>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InputParameters {
+    binary_data_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: Datatype,
+    #[serde(default)]
+    parameters: InputParameters,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct OutputParameters {
+    #[serde(default)]
+    binary_data: bool,
+    #[serde(default)]
+    classification: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestOutput {
+    name: String,
+    #[serde(default)]
+    parameters: OutputParameters,
+}
+
+#[derive(Debug, Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<RequestInput>,
+    #[serde(default)]
+    outputs: Vec<RequestOutput>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum OutputData {
+    Floats(Vec<f32>),
+    Strings(Vec<String>),
+}
+
+#[derive(Debug, Serialize)]
+struct OutputBinary {
+    binary_data_size: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ResponseOutput {
+    name: String,
+    datatype: Datatype,
+    shape: Vec<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<OutputData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<OutputBinary>,
+}
+
+#[derive(Debug, Serialize)]
+struct InferReply {
+    model_name: String,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    outputs: Vec<ResponseOutput>,
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::Client {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_request",
+        message,
+    }
+}
+
+fn not_found(message: String) -> ApiError {
+    ApiError::Client {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message,
+    }
+}
+
+pub async fn server_metadata() -> Response {
+    Json(ServerMetadata {
+        name: "outpost",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: vec!["binary_tensor_data", "classification"],
+    })
+    .into_response()
+}
+
+pub async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+/// Ready: the API listens only once the default model serves.
+pub async fn ready() -> StatusCode {
+    StatusCode::OK
+}
+
+/// The service of model `name` and, when a version is named, that it is the live one or the staged candidate.
+/// `live_only`: inference runs on the live version alone (the candidate answers in shadow).
+fn lookup(
+    registry: &Registry,
+    name: &str,
+    version: Option<&str>,
+    live_only: bool,
+) -> Result<Arc<Service>, ApiError> {
+    let service = registry.get(name).ok_or_else(|| {
+        not_found(format!(
+            "no model named {name:?} is served here (served: {})",
+            registry.names().join(", ")
+        ))
+    })?;
+    if let Some(v) = version {
+        let live = service.engine().spec().version.to_string();
+        let candidate = service.candidate().map(|c| c.spec().version.to_string());
+        if v == live {
+            return Ok(service);
+        }
+        if candidate.as_deref() == Some(v) {
+            if live_only {
+                return Err(bad(format!(
+                    "version {v} of {name} is a staged candidate: it answers in shadow only; infer on the live version {live}"
+                )));
+            }
+            return Ok(service);
+        }
+        return Err(not_found(format!(
+            "model {name} has no version {v} here (live: {live}{})",
+            candidate
+                .map(|c| format!(", candidate: {c}"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(service)
+}
+
+fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
+    let engine = service.engine();
+    let spec = engine.spec();
+    let mut versions = vec![spec.version.to_string()];
+    if let Some(c) = service.candidate() {
+        versions.push(c.spec().version.to_string());
+    }
+    ModelMetadata {
+        name: name.to_string(),
+        versions,
+        platform: "onnx_onnxv1",
+        inputs: vec![TensorMetadata {
+            name: spec.input.name.clone(),
+            datatype: Datatype::Fp32,
+            shape: spec.input.shape.iter().map(|d| *d as i64).collect(),
+        }],
+        outputs: vec![TensorMetadata {
+            name: spec.output.name.clone(),
+            datatype: Datatype::Fp32,
+            shape: vec![1, spec.labels.len() as i64],
+        }],
+    }
+}
+
+pub async fn model_metadata(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let service = lookup(&registry, &name, None, false)?;
+    Ok(Json(metadata_of(&service, &name)).into_response())
+}
+
+pub async fn model_version_metadata(
+    State(registry): State<Arc<Registry>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let service = lookup(&registry, &name, Some(&version), false)?;
+    Ok(Json(metadata_of(&service, &name)).into_response())
+}
+
+pub async fn model_ready(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    lookup(&registry, &name, None, false).map(|_| StatusCode::OK)
+}
+
+pub async fn model_version_ready(
+    State(registry): State<Arc<Registry>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    lookup(&registry, &name, Some(&version), false).map(|_| StatusCode::OK)
+}
+
+pub async fn infer(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let service = lookup(&registry, &name, None, true)?;
+    run(service, name, headers, body).await
+}
+
+pub async fn infer_version(
+    State(registry): State<Arc<Registry>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let service = lookup(&registry, &name, Some(&version), true)?;
+    run(service, name, headers, body).await
+}
+
+/// What one request asks the model.
+enum Input {
+    Tensor(Vec<f32>),
+    Image(axum::body::Bytes),
+}
+
+/// Splits the body into the JSON header and the binary tensors after it.
+fn split(headers: &HeaderMap, body: &[u8]) -> Result<(usize, usize), ApiError> {
+    match headers.get(HEADER_LENGTH) {
+        None => Ok((body.len(), body.len())),
+        Some(v) => {
+            let n = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?;
+            if n > body.len() {
+                return Err(bad(format!(
+                    "{HEADER_LENGTH} says the JSON part is {n} bytes, but the body has {}",
+                    body.len()
+                )));
+            }
+            Ok((n, n))
+        }
+    }
+}
+
+/// Flattens JSON tensor data (flat or nested, row-major) into numbers, at most `max` of them.
+fn flat_numbers(v: &serde_json::Value, max: usize, out: &mut Vec<f32>) -> Result<(), String> {
+    match v {
+        serde_json::Value::Array(items) => {
+            for item in items {
+                flat_numbers(item, max, out)?;
+            }
+            Ok(())
+        }
+        serde_json::Value::Number(n) => {
+            if out.len() >= max {
+                return Err(format!("more than the {max} values the input takes"));
+            }
+            let x = n.as_f64().ok_or("a number out of range")?;
+            out.push(x as f32);
+            Ok(())
+        }
+        other => Err(format!("a {} where FP32 data holds numbers", kind(other))),
+    }
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Reads the one input of an image or tensor model, checked against its spec.
+fn read_input(service: &Service, request: &InferRequest, binary: &[u8]) -> Result<Input, ApiError> {
+    let engine = service.engine();
+    let spec = engine.spec();
+    let [input] = request.inputs.as_slice() else {
+        return Err(bad(format!(
+            "model {} takes one input, {:?}; the request has {}",
+            service.name(),
+            spec.input.name,
+            request.inputs.len()
+        )));
+    };
+    if input.name != spec.input.name {
+        return Err(bad(format!(
+            "model {} has no input {:?}: its input is {:?}",
+            service.name(),
+            input.name,
+            spec.input.name
+        )));
+    }
+    let binary_len = input.parameters.binary_data_size;
+    if binary_len.is_some_and(|n| n != binary.len() as u64) {
+        return Err(bad(format!(
+            "input {} announces {} binary bytes, the body carries {}",
+            input.name,
+            binary_len.unwrap_or(0),
+            binary.len()
+        )));
+    }
+    match input.datatype {
+        Datatype::Fp32 => {
+            let want: Vec<i64> = spec.input.shape.iter().map(|d| *d as i64).collect();
+            if input.shape != want {
+                return Err(bad(format!(
+                    "input {} has shape {:?}; model {} takes {want:?}",
+                    input.name,
+                    input.shape,
+                    service.name()
+                )));
+            }
+            let n = spec.input.shape.iter().product::<usize>();
+            let values = match (&input.data, binary_len) {
+                (_, Some(_)) => {
+                    if binary.len() != n * 4 {
+                        return Err(bad(format!(
+                            "input {} needs {} bytes of FP32 data, the body carries {}",
+                            input.name,
+                            n * 4,
+                            binary.len()
+                        )));
+                    }
+                    binary
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect::<Vec<f32>>()
+                }
+                (Some(data), None) => {
+                    let mut v = Vec::with_capacity(n);
+                    flat_numbers(data, n, &mut v)
+                        .map_err(|e| bad(format!("input {}: {e}", input.name)))?;
+                    if v.len() != n {
+                        return Err(bad(format!(
+                            "input {} holds {} values; shape {:?} needs {n}",
+                            input.name,
+                            v.len(),
+                            input.shape
+                        )));
+                    }
+                    v
+                }
+                (None, None) => {
+                    return Err(bad(format!(
+                        "input {} has neither data nor binary_data_size",
+                        input.name
+                    )))
+                }
+            };
+            if values.iter().any(|x| !x.is_finite()) {
+                return Err(bad(format!(
+                    "input {} holds a value that is not a finite number",
+                    input.name
+                )));
+            }
+            Ok(Input::Tensor(values))
+        }
+        Datatype::Bytes => {
+            if input.shape != [1] {
+                return Err(bad(format!(
+                    "an encoded image is one BYTES element (shape [1]), not shape {:?}",
+                    input.shape
+                )));
+            }
+            let image = match (&input.data, binary_len) {
+                (_, Some(_)) => {
+                    // One element: a little-endian u32 length, then the bytes.
+                    if binary.len() < 4 {
+                        return Err(bad("the BYTES element has no length prefix".into()));
+                    }
+                    let len = u32::from_le_bytes([binary[0], binary[1], binary[2], binary[3]])
+                        as usize;
+                    if len != binary.len() - 4 {
+                        return Err(bad(format!(
+                            "the BYTES element says {len} bytes, {} follow",
+                            binary.len() - 4
+                        )));
+                    }
+                    axum::body::Bytes::copy_from_slice(&binary[4..])
+                }
+                (Some(serde_json::Value::Array(items)), None) => match items.as_slice() {
+                    [serde_json::Value::String(s)] => axum::body::Bytes::from(s.clone().into_bytes()),
+                    _ => return Err(bad("BYTES data in JSON is one string".into())),
+                },
+                _ => {
+                    return Err(bad(format!(
+                        "input {} has no image bytes (send them as binary data)",
+                        input.name
+                    )))
+                }
+            };
+            Ok(Input::Image(image))
+        }
+        other => Err(bad(format!(
+            "input {} is {other:?}; model {} takes FP32 tensors of shape {:?}, or one encoded PNG/JPEG as BYTES",
+            input.name,
+            service.name(),
+            spec.input.shape
+        ))),
+    }
+}
+
+async fn run(
+    service: Arc<Service>,
+    name: String,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let max = service.max_body_bytes();
+    let body = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| ApiError::Client {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message: format!(
+                "the request is larger than the limit of {max} bytes (api.max_body_bytes)"
+            ),
+        })?;
+    let (json_len, binary_start) = split(&headers, &body)?;
+    let request: InferRequest = serde_json::from_slice(&body[..json_len])
+        .map_err(|e| bad(format!("the request is not an inference request: {e}")))?;
+    let input = read_input(&service, &request, &body[binary_start..])?;
+    let spec = service.engine().spec().clone();
+    for o in &request.outputs {
+        if o.name != spec.output.name {
+            return Err(bad(format!(
+                "model {name} has no output {:?}: its output is {:?}",
+                o.name, spec.output.name
+            )));
+        }
+    }
+    let answer: InferResponse = match input {
+        Input::Tensor(t) => service.infer_output(None, Some(t)).await?,
+        Input::Image(bytes) => service.infer_output(Some(bytes), None).await?,
+    };
+    let requested = match request.outputs.as_slice() {
+        [] => vec![RequestOutput {
+            name: spec.output.name.clone(),
+            parameters: OutputParameters::default(),
+        }],
+        _ => request.outputs,
+    };
+    let mut outputs = Vec::new();
+    let mut binary: Vec<u8> = Vec::new();
+    for o in requested {
+        let (datatype, shape, data) = match o.parameters.classification {
+            Some(k) => {
+                // Triton's form: "score:index:label" for the k best classes.
+                let k = (k as usize).clamp(1, answer.output.len().max(1));
+                let mut order: Vec<usize> = (0..answer.output.len()).collect();
+                order.sort_by(|a, b| answer.output[*b].total_cmp(&answer.output[*a]));
+                let labels: Vec<String> = order
+                    .into_iter()
+                    .take(k)
+                    .map(|i| {
+                        format!(
+                            "{}:{i}:{}",
+                            answer.output[i],
+                            spec.labels.get(i).map(String::as_str).unwrap_or("")
+                        )
+                    })
+                    .collect();
+                (
+                    Datatype::Bytes,
+                    vec![1, labels.len() as u64],
+                    OutputData::Strings(labels),
+                )
+            }
+            None => (
+                Datatype::Fp32,
+                vec![1, answer.output.len() as u64],
+                OutputData::Floats(answer.output.clone()),
+            ),
+        };
+        if o.parameters.binary_data {
+            let start = binary.len();
+            match &data {
+                OutputData::Floats(v) => v.iter().for_each(|x| binary.extend(x.to_le_bytes())),
+                OutputData::Strings(v) => v.iter().for_each(|s| {
+                    binary.extend((s.len() as u32).to_le_bytes());
+                    binary.extend(s.as_bytes());
+                }),
+            }
+            outputs.push(ResponseOutput {
+                name: o.name,
+                datatype,
+                shape,
+                data: None,
+                parameters: Some(OutputBinary {
+                    binary_data_size: (binary.len() - start) as u64,
+                }),
+            });
+        } else {
+            outputs.push(ResponseOutput {
+                name: o.name,
+                datatype,
+                shape,
+                data: Some(data),
+                parameters: None,
+            });
+        }
+    }
+    let reply = InferReply {
+        model_name: name,
+        model_version: answer.model.version.to_string(),
+        id: request.id,
+        outputs,
+    };
+    let json = serde_json::to_vec(&reply).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if binary.is_empty() {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
+    }
+    let json_len = json.len();
+    let mut body = json;
+    body.extend(binary);
+    let mut response = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
+    response.headers_mut().insert(
+        HEADER_LENGTH,
+        HeaderValue::from_str(&json_len.to_string())
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    Ok(response)
+}

@@ -1,0 +1,87 @@
+//! The models a device serves, by name: what the API routes a request to and what the fleet link reports.
+//!
+//! One [`Service`] per model (its own engine, trial, candidate, shadow, counters and settings), all sharing the
+//! worker pool and the result cache (whose keys name the release, so models never meet there). The default model
+//! is the one `/v1/infer` serves; it is always present.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use super::Service;
+use crate::wire::status::LocalStatus;
+
+pub struct Registry {
+    default: String,
+    models: RwLock<BTreeMap<String, Arc<Service>>>,
+}
+
+impl Registry {
+    pub fn new(default: &str, service: Arc<Service>) -> Registry {
+        Registry {
+            default: default.to_string(),
+            models: RwLock::new([(default.to_string(), service)].into()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Service>>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Service>>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The name of the model `/v1/infer` serves.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    pub fn default_service(&self) -> Arc<Service> {
+        self.get(&self.default)
+            .expect("the default model is never removed from the registry")
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Service>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every model served, by name.
+    pub fn all(&self) -> Vec<(String, Arc<Service>)> {
+        self.read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// The default model's status at the top (what single-model clients read), every other model's by name.
+    pub fn status(&self) -> LocalStatus {
+        let mut models = BTreeMap::new();
+        for (name, service) in self.all() {
+            if name != self.default {
+                models.insert(name, service.status());
+            }
+        }
+        LocalStatus {
+            default_model: self.default.clone(),
+            service: self.default_service().status(),
+            models,
+        }
+    }
+
+    /// Serves `service` as `name` (replacing any earlier one of that name).
+    pub fn insert(&self, name: &str, service: Arc<Service>) {
+        self.write().insert(name.to_string(), service);
+    }
+
+    /// Stops serving `name`; the default model stays.
+    pub fn remove(&self, name: &str) -> Option<Arc<Service>> {
+        if name == self.default {
+            return None;
+        }
+        self.write().remove(name)
+    }
+}
