@@ -301,3 +301,33 @@ fn configured_models_serve_side_by_side_and_a_bad_model_list_is_a_clear_error() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("repository.default names \"nope\""), "{err}");
 }
+
+#[test]
+fn an_install_that_would_pass_the_engine_byte_cap_is_refused_with_the_running_models_untouched() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    let config = f.path("outpost.toml");
+    // The built-in model (11 KiB) and a 37 KiB fp32 edge model fit; MobileNetV2 (14 MB) does not.
+    std::fs::write(&config, "[repository]\nmax_engine_bytes = 200000\n").unwrap();
+    let daemon = Daemon::start(&state, &["--config", s(&config)]);
+    let small = named_bundle(&f, "small.bundle", "edge-fp32", "small", 1);
+    let out = f.install(&state, &small, &["--config", s(&config)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let big = named_bundle(&f, "big.bundle", "mobilenetv2-fp32", "big", 1);
+    let out = f.install(&state, &big, &["--config", s(&config)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_engine_bytes (200000)"), "{err}");
+    assert!(!state.join("models/big/state.json").exists());
+    wait_until("the small model serves", Duration::from_secs(20), || {
+        daemon.get_json("/v1/status")["models"]["small"]["model"]["version"] == 1
+    });
+    let st = daemon.get_json("/v1/status");
+    assert!(st["models"]["big"].is_null(), "{st}");
+    assert_eq!(st["model"]["name"], "edge-int8", "{st}");
+    assert!(daemon.stop().success());
+}

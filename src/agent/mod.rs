@@ -20,9 +20,7 @@ use crate::store::{Store, StoreError};
 use crate::wire::status::{Cause, Serving, TransitionKind};
 use crate::worker::Pool;
 
-/// The edge model built into the binary: what `outpost run` serves with no configuration at all.
-pub const BUILTIN_MODEL: &[u8] = include_bytes!("../../models/edge-int8.onnx");
-pub const BUILTIN_SPEC: &str = include_str!("../../models/edge-int8.spec.json");
+pub use crate::inference::{BUILTIN_MODEL, BUILTIN_SPEC};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -392,6 +392,21 @@ fn install(
     let (repo, _) = outpost::agent::open_repository(&config)?;
     repo.check_room(&name, config.repository.max_models)
         .map_err(|e| refused(&e))?;
+    // The largest variant is what the chosen one may weigh.
+    let largest = header
+        .manifest
+        .variants
+        .iter()
+        .map(|v| v.size)
+        .max()
+        .unwrap_or(0);
+    repo.check_engine_bytes(
+        &name,
+        largest,
+        outpost::repo::base_bytes(&config),
+        config.repository.max_engine_bytes,
+    )
+    .map_err(|e| refused(&e))?;
     let store = repo.slots(&name).map_err(|e| refused(&e))?;
     let mode = if candidate {
         install::Mode::Candidate

@@ -278,6 +278,10 @@ pub struct RepositoryConfig {
     /// The model `/v1/infer` serves and unaddressed commands act on: one of the configured models' names. Unset:
     /// the first configured model, else the built-in one.
     pub default: Option<String>,
+    /// Most bytes of model files the engines may hold together: every model's live and other slot (its fallback
+    /// or candidate), the configured and built-in models, and the install in flight. An install that would pass it
+    /// is refused, the running models untouched. Engines take about 1-3 times their file in memory.
+    pub max_engine_bytes: u64,
 }
 
 impl Default for RepositoryConfig {
@@ -285,6 +289,7 @@ impl Default for RepositoryConfig {
         RepositoryConfig {
             max_models: 8,
             default: None,
+            max_engine_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -523,6 +528,12 @@ impl Config {
             key,
             message: message.to_string(),
         };
+        if self.repository.max_engine_bytes == 0 {
+            return Err(invalid(
+                "repository.max_engine_bytes",
+                "must be above 0 (bytes of model files the engines may hold)",
+            ));
+        }
         if !(1..=256).contains(&self.repository.max_models) {
             return Err(invalid(
                 "repository.max_models",

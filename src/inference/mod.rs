@@ -92,6 +92,10 @@ struct SharedPlan {
     parallel: Option<tract_linalg::multithread::Executor>,
 }
 
+/// The edge model built into the binary: what `outpost run` serves with no configuration at all.
+pub const BUILTIN_MODEL: &[u8] = include_bytes!("../../models/edge-int8.onnx");
+pub const BUILTIN_SPEC: &str = include_str!("../../models/edge-int8.spec.json");
+
 /// A loaded, optimised model. Cheap to clone (the plan is shared).
 #[derive(Clone)]
 pub struct Engine {

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::slots::{SlotError, SlotStore};
+use crate::slots::{SlotError, SlotId, SlotStore};
 
 /// Longest model name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -23,6 +23,8 @@ pub enum RepoError {
     TooMany { max: usize, names: String },
     #[error("no model named {name:?} on this device (it has: {names})")]
     Unknown { name: String, names: String },
+    #[error("installing {name} would make the engines hold {need} bytes of model files, above repository.max_engine_bytes ({cap}): remove a model, or raise the cap if the device has the memory")]
+    EngineBytes { name: String, need: u64, cap: u64 },
     #[error(transparent)]
     Slots(#[from] SlotError),
     #[error("I/O error on {path}: {source}")]
@@ -53,6 +55,20 @@ pub fn check_name(name: &str) -> Result<(), RepoError> {
     } else {
         Err(RepoError::BadName(name.chars().take(80).collect()))
     }
+}
+
+/// Bytes of the model files the configuration holds in engines whatever the repository does: the configured
+/// models, or the built-in one when none is configured.
+pub fn base_bytes(config: &crate::config::Config) -> u64 {
+    let configured = config.model.entries();
+    if configured.is_empty() {
+        return crate::inference::BUILTIN_MODEL.len() as u64;
+    }
+    configured
+        .iter()
+        .filter_map(|m| m.path.as_ref())
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
 }
 
 /// The models folder of a state directory.
@@ -128,6 +144,39 @@ impl Repository {
                 names: names.join(", "),
             })
         }
+    }
+
+    /// Refuses an install of `incoming` bytes of model into `name` when the engines would then hold more than `cap`
+    /// bytes of model files: every model's two slots (the one the install fills is replaced, so not counted), plus
+    /// `base` (the configured and built-in models).
+    pub fn check_engine_bytes(
+        &self,
+        name: &str,
+        incoming: u64,
+        base: u64,
+        cap: u64,
+    ) -> Result<(), RepoError> {
+        let mut held = base;
+        for model in self.names()? {
+            let slots = self.slots(&model)?;
+            let state = slots.load()?;
+            let replaced =
+                (model == name).then(|| state.active.map(SlotId::other).unwrap_or(SlotId::A));
+            for id in [SlotId::A, SlotId::B] {
+                if state.slot(id).is_some() && Some(id) != replaced {
+                    held += std::fs::metadata(slots.model_path(id)).map_or(0, |m| m.len());
+                }
+            }
+        }
+        let need = held.saturating_add(incoming);
+        if need > cap {
+            return Err(RepoError::EngineBytes {
+                name: name.to_string(),
+                need,
+                cap,
+            });
+        }
+        Ok(())
     }
 
     /// The store of a model this device holds; a clear error naming the models it has otherwise.

@@ -29,6 +29,10 @@ impl Link {
             Ok(s) => s,
             Err(e) => return Some(Err(e)),
         };
+        // The bundle's size bounds its largest variant: checked before a byte is fetched.
+        if let Err(e) = self.engine_room(&offer.name, offer.size) {
+            return Some(Err(e));
+        }
         let state = slots.load().unwrap_or_default();
         // The same offer again (a rollout resent it after a restart): already done, say so.
         let staged = state.candidate_info().map(|i| i.version);
@@ -198,6 +202,19 @@ impl Link {
         self.repo
             .check_room(name, self.config.repository.max_models)
             .and_then(|()| self.repo.slots(name))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Room in memory for `incoming` bytes of model into `name` (repository.max_engine_bytes).
+    pub(super) fn engine_room(&self, name: &str, incoming: u64) -> Result<(), String> {
+        let cap = &self.config.repository;
+        self.repo
+            .check_engine_bytes(
+                name,
+                incoming,
+                crate::repo::base_bytes(&self.config),
+                cap.max_engine_bytes,
+            )
             .map_err(|e| e.to_string())
     }
 

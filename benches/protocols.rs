@@ -1,0 +1,308 @@
+//! What each way in costs (issue 18): the same input through `/v1` (an encoded PNG), the Open Inference Protocol v2
+//! with a JSON tensor and with a binary tensor, against the in-process call of the same service with the same tensor
+//! (no decoding on either side), in one run; and the daemon's resident memory serving one model and two.
+//!
+//! ```text
+//! cargo bench --bench protocols                      # edge-int8 and mobilenetv2-fp32, 2 s of requests per row
+//! cargo bench --bench protocols -- --seconds 5 edge-int8
+//! ```
+//!
+//! Every daemon is the `outpost` binary of this build (`CARGO_BIN_EXE_outpost`), one worker, cache off, on
+//! loopback; one keep-alive client sends requests one after the other. The rows of a model are measured in rounds
+//! (in-process, /v1, v2 JSON, v2 binary, 250 ms each, repeated) so that drift of the machine falls on all alike.
+//! p50/p99 nearest rank. RSS is VmRSS after 50 requests to each model served.
+
+use outpost::inference::{DecodeLimits, Engine};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MODELS: &[&str] = &["edge-int8", "mobilenetv2-fp32"];
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(models: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("outpost.toml");
+        std::fs::write(
+            &config,
+            "[cache]\nenabled = false\n\n[log]\nlevel = \"warn\"\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        cmd.args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+        for m in models {
+            cmd.arg("--model")
+                .arg(models_dir().join(format!("{m}.onnx")));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr_file = dir.path().join("state/api.addr");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Daemon {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// One way in: sends one request and checks the answer names the expected label.
+type Call<'a> = Box<dyn FnMut() -> String + 'a>;
+
+fn p(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let seconds: f64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let named: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--") && a.parse::<f64>().is_err())
+        .map(String::as_str)
+        .collect();
+    let picked: Vec<&str> = if named.is_empty() {
+        MODELS.to_vec()
+    } else {
+        named
+    };
+    println!("| model | way in | p50 µs | p99 µs | runs | p50 / in-process |");
+    println!("|---|---|---|---|---|---|");
+    for stem in &picked {
+        bench(stem, seconds);
+    }
+    rss();
+}
+
+fn bench(stem: &str, seconds: f64) {
+    let engine = Engine::load_files(&models_dir().join(format!("{stem}.onnx")), None).unwrap();
+    let spec = engine.spec().clone();
+    let image = std::fs::read(models_dir().join("data/test/0003_2.png")).unwrap();
+    let tensor = engine
+        .tensor_from_image(&image, &DecodeLimits::default())
+        .unwrap();
+    let want = engine.classify(&tensor).unwrap().label;
+
+    // In process: the same service the daemon runs, the same tensor, no HTTP.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = outpost::config::Config::default();
+    let pool = Arc::new(outpost::worker::Pool::start(1, 64));
+    let service = outpost::serve::Service::new(&spec.name, engine.clone(), pool, None, &config);
+
+    let daemon = Daemon::start(&[stem]);
+    let http = agent();
+    let v1 = format!("http://{}/v1/infer", daemon.addr);
+    let v2 = format!("http://{}/v2/models/{}/infer", daemon.addr, spec.name);
+    let shape: Vec<usize> = spec.input.shape.clone();
+    let json_body = serde_json::json!({
+        "inputs": [{"name": spec.input.name, "shape": shape, "datatype": "FP32", "data": tensor}],
+        "outputs": [{"name": spec.output.name, "parameters": {"classification": 1}}],
+    })
+    .to_string();
+    let header = serde_json::json!({
+        "inputs": [{"name": spec.input.name, "shape": shape, "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len() * 4}}],
+        "outputs": [{"name": spec.output.name, "parameters": {"classification": 1, "binary_data": false}}],
+    })
+    .to_string();
+    let mut binary_body = header.clone().into_bytes();
+    for x in &tensor {
+        binary_body.extend(x.to_le_bytes());
+    }
+    let label_of_v2 = |body: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let s = v["outputs"][0]["data"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        s.split(':').nth(2).unwrap_or_default().to_string()
+    };
+    let mut ways: Vec<(&str, Call)> = vec![
+        (
+            "in-process (service, tensor)",
+            Box::new(|| {
+                rt.block_on(service.infer_output(None, Some(tensor.clone())))
+                    .unwrap()
+                    .label
+            }),
+        ),
+        (
+            "/v1/infer (PNG, decoded by the agent)",
+            Box::new(|| {
+                let mut r = http
+                    .post(&v1)
+                    .header("content-type", "image/png")
+                    .send(&image[..])
+                    .unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                v["label"].as_str().unwrap_or_default().to_string()
+            }),
+        ),
+        (
+            "v2 JSON tensor",
+            Box::new(|| {
+                let mut r = http
+                    .post(&v2)
+                    .header("content-type", "application/json")
+                    .send(&json_body)
+                    .unwrap();
+                label_of_v2(&r.body_mut().read_to_string().unwrap())
+            }),
+        ),
+        (
+            "v2 binary tensor",
+            Box::new(|| {
+                let mut r = http
+                    .post(&v2)
+                    .header("inference-header-content-length", header.len().to_string())
+                    .header("content-type", "application/octet-stream")
+                    .send(&binary_body[..])
+                    .unwrap();
+                label_of_v2(&r.body_mut().read_to_string().unwrap())
+            }),
+        ),
+    ];
+    // Warm every way up, checking each answers the same label.
+    for (name, call) in ways.iter_mut() {
+        for _ in 0..3 {
+            let got = call();
+            assert_eq!(got, want, "{stem} {name}");
+        }
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds * ways.len() as f64 {
+        for (i, (_, call)) in ways.iter_mut().enumerate() {
+            let round = Instant::now();
+            while round.elapsed() < Duration::from_millis(250) {
+                let t = Instant::now();
+                std::hint::black_box(call());
+                times[i].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    let base = {
+        let mut t = times[0].clone();
+        t.sort_by(f64::total_cmp);
+        p(&t, 0.5)
+    };
+    for ((name, _), mut t) in ways.iter().zip(times) {
+        t.sort_by(f64::total_cmp);
+        println!(
+            "| {stem} | {name} | {:.0} | {:.0} | {} | {:.3} |",
+            p(&t, 0.5),
+            p(&t, 0.99),
+            t.len(),
+            p(&t, 0.5) / base
+        );
+    }
+}
+
+/// Resident memory of the daemon serving MobileNetV2 alone, then beside the edge model, after 50 requests each.
+fn rss() {
+    let image = std::fs::read(models_dir().join("data/test/0003_2.png")).unwrap();
+    let http = agent();
+    let warm = |d: &Daemon, models: &[&str]| {
+        for m in models {
+            for _ in 0..50 {
+                http.post(&format!("http://{}/v1/models/{m}/infer", d.addr))
+                    .header("content-type", "image/png")
+                    .send(&image[..])
+                    .unwrap();
+            }
+        }
+    };
+    let one = Daemon::start(&["mobilenetv2-fp32"]);
+    warm(&one, &["mobilenetv2-fp32"]);
+    let rss_one = one.rss_mib();
+    drop(one);
+    let two = Daemon::start(&["mobilenetv2-fp32", "edge-int8"]);
+    std::thread::sleep(Duration::from_millis(600)); // the second model starts beside the default
+    warm(&two, &["mobilenetv2-fp32", "edge-int8"]);
+    let rss_two = two.rss_mib();
+    drop(two);
+    let edge_file = std::fs::metadata(models_dir().join("edge-int8.onnx"))
+        .unwrap()
+        .len() as f64
+        / (1024.0 * 1024.0);
+    let edge_alone = Daemon::start(&["edge-int8"]);
+    warm(&edge_alone, &["edge-int8"]);
+    let rss_edge = edge_alone.rss_mib();
+    drop(edge_alone);
+    println!();
+    println!("| daemon serving | RSS MiB |");
+    println!("|---|---|");
+    println!("| mobilenetv2-fp32 | {rss_one:.1} |");
+    println!("| mobilenetv2-fp32 + edge-int8 | {rss_two:.1} |");
+    println!("| edge-int8 | {rss_edge:.1} |");
+    println!(
+        "\nthe second model (edge-int8, file {:.3} MiB) added {:.2} MiB: {:.1}x its file",
+        edge_file,
+        rss_two - rss_one,
+        (rss_two - rss_one) / edge_file
+    );
+}
