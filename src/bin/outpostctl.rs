@@ -651,27 +651,32 @@ async fn fleet(c: Command) -> Result<()> {
                             println!("{device:<20} offline");
                             continue;
                         };
-                        let svc = &s.service;
-                        let trial = svc
-                            .trial
-                            .as_ref()
-                            .map_or("-".to_string(), |t| t.requests.to_string());
-                        let state = match &svc.download {
+                        let state = match &s.service.download {
                             None => "online".to_string(),
                             Some(dl) => format!("dl {}/{}", dl.chunks_done, dl.chunks_total),
                         };
-                        println!(
-                            "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7}",
-                            device,
-                            state,
-                            svc.model.name,
-                            svc.model.version,
-                            svc.slot.name(),
-                            trial,
-                            opt(svc.latency_us.p50),
-                            opt(svc.latency_us.p99),
-                            s.request_rate
-                        );
+                        // A row per model: the default model first (with the device's request rate), then the
+                        // others by name.
+                        let rows = std::iter::once((&s.service, Some(s.request_rate)))
+                            .chain(s.models.values().map(|m| (m, None)));
+                        for (i, (svc, rate)) in rows.enumerate() {
+                            let trial = svc
+                                .trial
+                                .as_ref()
+                                .map_or("-".to_string(), |t| t.requests.to_string());
+                            println!(
+                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7}",
+                                if i == 0 { device.as_str() } else { "" },
+                                if i == 0 { state.as_str() } else { "" },
+                                svc.model.name,
+                                svc.model.version,
+                                svc.slot.name(),
+                                trial,
+                                opt(svc.latency_us.p50),
+                                opt(svc.latency_us.p99),
+                                rate.map_or("-".to_string(), |r| r.to_string())
+                            );
+                        }
                     }
                     if !fleet.rollouts.is_empty() {
                         println!(
