@@ -99,7 +99,7 @@ pub async fn drive(
                                     }
                                 }
                                 Ok(DeviceStatus::Online(s)) => {
-                                    if let Some(view) = DeviceView::from_status(&s, &progress.plan.group) {
+                                    if let Some(view) = DeviceView::from_status(&s, &progress.plan.group, &progress.plan.offer.name) {
                                         dirty |= progress.observe(device, &view, now_ms());
                                         devices.insert(device.to_string(), view);
                                     }
@@ -149,7 +149,7 @@ pub async fn drive(
                         }
                     }
                     if matches!(progress.phase, Phase::Halted(_) | Phase::Aborted(_)) && progress.abandon_seq.is_none() {
-                        abandon(&file, &client, &keys, &mut progress).await?;
+                        abandon(&file, &client, &keys, &mut progress, &devices).await?;
                         dirty = true;
                     }
                 }
@@ -232,11 +232,14 @@ fn apply_control(control: Control, p: &mut Progress, now: u64) -> bool {
     false
 }
 
+/// `model`: named only where it must be (the rollout's model is not the device's default), so that agents from
+/// before the model repository, which know only unnamed commands, keep taking rollouts of their one model.
 fn signed(
     target: Target,
     seq: u64,
     ttl_s: u64,
     action: Action,
+    model: Option<String>,
     keys: &[&SigningKeyFile],
 ) -> Vec<u8> {
     let now = now_unix();
@@ -247,7 +250,7 @@ fn signed(
             issued_unix: now,
             expires_unix: now + ttl_s,
             action,
-            model: None,
+            model,
         },
         keys,
     )
@@ -282,11 +285,15 @@ async fn send_owed(
             },
             Owed::Update => Action::Update(plan.offer.clone()),
         };
+        // An update or candidate names its model in the offer; activate names it when it is not the default.
+        let named = devices.get(&device).is_some_and(|v| !v.default_model)
+            && matches!(action, Action::Activate { .. });
         let bytes = signed(
             Target::Device(device.clone()),
             seq,
             COMMAND_TTL_S,
             action,
+            named.then(|| plan.offer.name.clone()),
             keys,
         );
         client
@@ -311,15 +318,20 @@ async fn abandon(
     client: &AsyncClient,
     keys: &[&SigningKeyFile],
     progress: &mut Progress,
+    devices: &BTreeMap<String, DeviceView>,
 ) -> Result<(), RolloutError> {
     let seq = progress.reserve(1, now_ms());
     save(file, progress).await?;
     let version = progress.plan.version();
+    // One retained command for the group: it names the model unless the model is every device's default (a group
+    // of agents before the repository, or of one model), so that it never reaches a device's other model.
+    let named = devices.values().any(|v| !v.default_model);
     let bytes = signed(
         Target::Group(progress.plan.group.clone()),
         seq,
         ABANDON_TTL_S,
         Action::Abandon { version },
+        named.then(|| progress.plan.offer.name.clone()),
         keys,
     );
     client

@@ -227,15 +227,34 @@ pub struct DeviceView {
     pub shadow_confidence: Option<(f64, f64)>,
     /// Versions the device reported rolling back (from its recent transitions), with the device's reason.
     pub rolled_back: Vec<(u64, String)>,
+    /// The rollout's model is the device's default one (or the device has no model repository): its commands
+    /// need not name the model, and agents of every version take them.
+    pub default_model: bool,
 }
 
 impl DeviceView {
-    /// Reads the parts of a device's status that rollouts use; None for a status from another group.
-    pub fn from_status(s: &OnlineStatus, group: &str) -> Option<DeviceView> {
+    /// Reads the parts of a device's status that rollouts use, about the rollout's `model` only (a device's other
+    /// models never feed this rollout's gates); None for a status from another group.
+    pub fn from_status(s: &OnlineStatus, group: &str, model: &str) -> Option<DeviceView> {
         if s.group.as_deref() != Some(group) {
             return None;
         }
-        let svc = &s.service;
+        let default_model = s.default_model.as_deref().is_none_or(|d| d == model);
+        let svc = if default_model {
+            &s.service
+        } else {
+            match s.models.get(model) {
+                Some(svc) => svc,
+                // The device does not serve that model (yet): online, nothing live, nothing staged.
+                None => {
+                    return Some(DeviceView {
+                        online: true,
+                        default_model,
+                        ..DeviceView::default()
+                    })
+                }
+            }
+        };
         let mut rolled_back: Vec<(u64, String)> = svc
             .transitions
             .iter()
@@ -262,6 +281,7 @@ impl DeviceView {
                 .as_ref()
                 .and_then(|sh| sh.active_mean_confidence.zip(sh.candidate_mean_confidence)),
             rolled_back,
+            default_model,
         })
     }
 }

@@ -1,0 +1,187 @@
+//! Rollouts per model (issue 18, item 4): on devices that serve two models, a rollout of each runs at the same
+//! time; the one of a bad release of the second model halts on its own figures and abandons that release, while
+//! the rollout of the default model completes. Neither touches the other model.
+
+mod common;
+
+use common::{outpost, s, wait_until, Daemon, Fixture, KillOnDrop, Mosquitto};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DEVICES: usize = 3;
+
+fn rollout(
+    url: &str,
+    f: &Fixture,
+    state: &std::path::Path,
+    bundle: &std::path::Path,
+) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(["rollout", "start", "--broker", url, "--key", s(&f.key1)])
+            .args(["--state", s(state), "--group", "two", "--waves", "50,100"])
+            .args([
+                "--shadow-s",
+                "2",
+                "--observe-s",
+                "2",
+                "--min-shadow-runs",
+                "5",
+            ])
+            .args(["--shadow-fraction", "1", "--min-devices", "1"])
+            .arg(bundle)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not finish in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let f = Fixture::new();
+    let config = f.path("outpost.toml");
+    // No cache (every request runs the models, so shadow and probation see traffic); short trials.
+    std::fs::write(
+        &config,
+        "[cache]\nenabled = false\n\n[probation]\nrequests = 30\nseconds = 3600\nmin_samples = 10\nlatency_slack_ms = 50.0\n",
+    )
+    .unwrap();
+    let digits_v1 = f.bundle_with_spec(
+        "d1.bundle",
+        "edge-fp32",
+        "edge-fp32",
+        1,
+        &[&f.key1],
+        &["--name", "digits"],
+    );
+    let mut daemons = Vec::new();
+    for i in 0..DEVICES {
+        let id = format!("two-{i}");
+        let state = f.path(&id);
+        let mut args = f.fleet_args(&url, &id);
+        args.extend(["--group", "two", "--config", s(&config)]);
+        let out = f.install(&state, &digits_v1, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = outpost(&["promote", "--state-dir", s(&state), "--model", "digits"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        daemons.push(Daemon::start(&state, &args));
+    }
+    for d in &daemons {
+        wait_until("digits serves", Duration::from_secs(20), || {
+            d.get_json("/v1/status")["models"]["digits"]["model"]["version"] == 1
+        });
+    }
+
+    // Steady traffic to both models of every device; every answer must be a 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let images: Vec<Vec<u8>> = common::test_images()
+        .iter()
+        .take(300)
+        .map(|(p, _)| std::fs::read(p).unwrap())
+        .collect();
+    let clients: Vec<_> = daemons
+        .iter()
+        .map(|d| {
+            let urls = [d.url("/v1/infer"), d.url("/v1/models/digits/infer")];
+            let (stop, failed, images) = (stop.clone(), failed.clone(), images.clone());
+            std::thread::spawn(move || {
+                let agent = common::http();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    for u in &urls {
+                        let r = agent
+                            .post(u)
+                            .header("content-type", "image/png")
+                            .send(&images[i % images.len()][..]);
+                        if !matches!(r, Ok(ref r) if r.status() == 200) {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+
+    // A good release of the default model and a bad one of digits (its confidence collapses), rolled out together.
+    let good = f.bundle_with_spec("e2.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
+    let bad = f.bundle_with_spec(
+        "d2.bundle",
+        "edge-flat",
+        "edge-flat",
+        2,
+        &[&f.key1],
+        &["--name", "digits"],
+    );
+    let mut good_run = rollout(&url, &f, &f.path("rollout-edge"), &good);
+    let mut bad_run = rollout(&url, &f, &f.path("rollout-digits"), &bad);
+    let bad_st = wait_exit(&mut bad_run, Duration::from_secs(180));
+    let good_st = wait_exit(&mut good_run, Duration::from_secs(180));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(
+        bad_st.code(),
+        Some(3),
+        "the digits rollout halts (exit 3): {bad_st}"
+    );
+    assert!(
+        good_st.success(),
+        "the default model's rollout completes: {good_st}"
+    );
+    for d in &daemons {
+        wait_until("the abandon lands", Duration::from_secs(20), || {
+            let st = d.get_json("/v1/status");
+            st["models"]["digits"]["model"]["version"] == 1
+                && st["models"]["digits"]["candidate"].is_null()
+        });
+        let st = d.get_json("/v1/status");
+        assert_eq!(st["model"]["name"], "edge-int8", "{st}");
+        assert_eq!(
+            st["model"]["version"], 2,
+            "the default model's rollout reached it: {st}"
+        );
+        assert_eq!(
+            st["models"]["digits"]["model"]["version"], 1,
+            "digits kept v1: {st}"
+        );
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the rollouts"
+    );
+    for d in daemons {
+        assert!(d.stop().success());
+    }
+}
