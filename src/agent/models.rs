@@ -172,6 +172,8 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Models that could not start, with their record's generation then.
+    let mut tried: BTreeMap<String, Option<u64>> = BTreeMap::new();
     let configured = match super::configured_models(&shared.config) {
         Ok(c) => c,
         Err(e) => {
@@ -187,9 +189,10 @@ pub async fn follow(
             _ = tick.tick() => {}
         }
         let r = repo.clone();
-        let Ok(Ok(mut wanted)) = blocking(move || serving_names(&r)).await else {
+        let Ok(Ok(records)) = blocking(move || serving_names(&r)).await else {
             continue;
         };
+        let mut wanted: Vec<String> = records.keys().cloned().collect();
         // Configured models always serve (their file is their base).
         for (name, _) in &configured {
             if !wanted.contains(name) {
@@ -199,6 +202,10 @@ pub async fn follow(
         let new: Vec<String> = wanted
             .iter()
             .filter(|n| n.as_str() != registry.default_name() && !running.contains_key(n.as_str()))
+            // A model that could not start is tried again only once its record changes: each try counts as a
+            // start of a model on trial (boot counting), and retrying a broken slot every tick would roll its
+            // trial back for starts that never happened.
+            .filter(|n| tried.get(n.as_str()) != Some(&records.get(n.as_str()).copied()))
             .cloned()
             .collect();
         for name in &new {
@@ -213,6 +220,7 @@ pub async fn follow(
             let stop = shutdown.child_token();
             match start(name, slots, base, &shared, &stop).await {
                 Ok(Some((service, spawn))) => {
+                    tried.remove(name);
                     registry.insert(name, service.clone());
                     tracing::info!(model = %name, "serving a new model");
                     running.insert(
@@ -224,8 +232,13 @@ pub async fn follow(
                         },
                     );
                 }
-                Ok(None) => {}
-                Err(e) => tracing::error!(model = %name, error = %e, "cannot start the model"),
+                Ok(None) => {
+                    tried.insert(name.clone(), records.get(name).copied());
+                }
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e, "cannot start the model; trying again when its record changes");
+                    tried.insert(name.clone(), records.get(name).copied());
+                }
             }
         }
         let gone: Vec<String> = running
@@ -247,12 +260,13 @@ pub async fn follow(
     }
 }
 
-/// The models of the repository that have a live release to serve.
-fn serving_names(repo: &Repository) -> Result<Vec<String>, crate::repo::RepoError> {
-    let mut names = Vec::new();
+/// The models of the repository that have a live release to serve, with their record's generation.
+fn serving_names(repo: &Repository) -> Result<BTreeMap<String, u64>, crate::repo::RepoError> {
+    let mut names = BTreeMap::new();
     for name in repo.names()? {
-        if repo.slots(&name)?.load()?.active.is_some() {
-            names.push(name);
+        let state = repo.slots(&name)?.load()?;
+        if state.active.is_some() {
+            names.insert(name, state.generation);
         }
     }
     Ok(names)
