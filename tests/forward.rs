@@ -449,3 +449,70 @@ fn malformed_oversized_mistyped_or_unknown_answers_are_dropped_counted_and_the_a
     assert_eq!(infer(&d, 0)["source"], "cloud-cache");
     assert!(d.stop().success());
 }
+
+/// Every model forwards its own hard cases, tagged with its name, and the worker answers each with the cloud model
+/// that stands behind that model (`--model NAME=PATH`); a model without one is answered by the edge.
+#[test]
+fn each_model_forwards_its_hard_cases_and_the_worker_answers_with_that_models_counterpart() {
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let ds = f.path("dataset");
+    let _w = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(["cloud", "--broker", &broker.url(), "--dataset", s(&ds)])
+            .arg("--model")
+            .arg(format!(
+                "digits={}",
+                common::models().join("cloud-fp32.onnx").display()
+            ))
+            .args(["--key", s(&f.cloud_key)])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let d = agent(&f, &broker.url(), "f9", &["--cloud-deadline-ms", "1500"]);
+    let b = f.bundle_with_spec(
+        "d1.bundle",
+        "edge-fp32",
+        "edge-fp32",
+        1,
+        &[&f.key1],
+        &["--name", "digits"],
+    );
+    let out = f.install(&d.state_dir, &b, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::wait_until("digits serves", Duration::from_secs(20), || {
+        !d.get_json("/v1/status")["models"]["digits"].is_null()
+    });
+    let agent = common::http();
+    let r = agent
+        .post(&d.url("/v1/models/digits/infer"))
+        .header("content-type", "image/png")
+        .send(&image(4)[..])
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&r.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(v["source"], "cloud", "{v}");
+    assert_eq!(v["model"]["name"], "digits", "{v}");
+    // The default model's case reaches a worker with no counterpart for it: the edge answers, the case waits.
+    let v = infer(&d, 5);
+    assert_eq!(v["source"], "edge", "{v}");
+    assert_eq!(v["forwarded"], "queued", "{v}");
+    let lines = std::fs::read_to_string(ds.join("cases.jsonl")).unwrap();
+    let cases: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(cases.len(), 1, "{lines}");
+    assert_eq!(cases[0]["model"], "digits", "{lines}");
+    let st = d.get_json("/v1/status");
+    assert_eq!(
+        st["models"]["digits"]["forward"]["outbox"]["pending"], 1,
+        "the default model's case waits: {st}"
+    );
+    assert!(d.stop().success());
+}

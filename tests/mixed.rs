@@ -272,3 +272,14 @@ fn statuses_and_acks_of_an_agent_before_the_repository_decode() {
         assert_eq!(ack.device, "fixture-device", "{file}");
     }
 }
+
+/// A hard case as an agent before the repository sent it (and keeps it in its outbox across the upgrade) still
+/// decodes, as a case of no named model, which a worker answers with its model for any.
+#[test]
+fn a_case_of_an_agent_before_the_repository_decodes() {
+    let bytes = std::fs::read(v0().join("messages/captured/cloud-case-sample.bin")).unwrap();
+    let case = outpost::forward::decode_case(&bytes).unwrap();
+    assert_eq!(case.device, "fixture-device");
+    assert_eq!(case.model, "");
+    assert!(!case.image.is_empty());
+}

@@ -1,6 +1,7 @@
-//! Rollouts per model (issue 18, item 4): on devices that serve two models, a rollout of each runs at the same
-//! time; the one of a bad release of the second model halts on its own figures and abandons that release, while
-//! the rollout of the default model completes. Neither touches the other model.
+//! Rollouts per model (issue 18, item 4): on devices that serve two models under traffic, the rollout of a bad
+//! release of the second model halts on that model's own figures and abandons that release (a version the default
+//! model goes on to use as well), and then the rollout of the default model completes. Neither touches the other
+//! model. (One after the other: a device runs one download at a time, and a second offer replaces the first.)
 
 mod common;
 
@@ -132,7 +133,7 @@ fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched()
         })
         .collect();
 
-    // A good release of the default model and a bad one of digits (its confidence collapses), rolled out together.
+    // A bad release of digits (its confidence collapses), then a good release of the default model.
     let good = f.bundle_with_spec("e2.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
     let bad = f.bundle_with_spec(
         "d2.bundle",
@@ -142,9 +143,15 @@ fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched()
         &[&f.key1],
         &["--name", "digits"],
     );
-    let mut good_run = rollout(&url, &f, &f.path("rollout-edge"), &good);
     let mut bad_run = rollout(&url, &f, &f.path("rollout-digits"), &bad);
     let bad_st = wait_exit(&mut bad_run, Duration::from_secs(180));
+    for d in &daemons {
+        wait_until("the digits abandon lands", Duration::from_secs(20), || {
+            d.get_json("/v1/status")["models"]["digits"]["candidate"].is_null()
+        });
+    }
+    // The halted rollout abandoned digits version 2 only: the default model's version 2 still goes through.
+    let mut good_run = rollout(&url, &f, &f.path("rollout-edge"), &good);
     let good_st = wait_exit(&mut good_run, Duration::from_secs(180));
     stop.store(true, Ordering::SeqCst);
     for c in clients {

@@ -229,7 +229,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         pool: pool.clone(),
         cache: cache.map(Arc::new),
         background: None,
+        forwarder: Default::default(),
     };
+    let forwarder = shared.forwarder.clone();
     let (registry, default_controller) =
         models::start_default(&default, slots.clone(), &shared, &shutdown).await?;
     let service = registry.default_service();
@@ -268,13 +270,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                     service.cache(),
                     &config.forward,
                 );
-                if let Some(t) = service
-                    .setting("hardness.threshold")
-                    .and_then(|v| v.parse().ok())
-                {
-                    f.set_threshold(t);
+                // Every model forwards its hard cases, the ones that start later too.
+                for (_, s) in registry.all() {
+                    s.set_forwarder(f.clone());
                 }
-                service.set_forwarder(f.clone());
+                let _ = forwarder.set(f.clone());
                 link = link.with_forwarder(f, rx);
             }
             let token = shutdown.clone();
@@ -382,6 +382,7 @@ pub async fn start_headless(
         pool,
         cache: None,
         background: Some(background),
+        forwarder: Default::default(),
     };
     let (registry, controller) = models::start_default(&default, slots, &shared, &shutdown).await?;
     let service = registry.default_service();

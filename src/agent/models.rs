@@ -90,6 +90,8 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     pub cache: Option<Arc<ResultCache>>,
     pub background: Option<Arc<crate::worker::Background>>,
+    /// The hard-case forwarder, once the fleet link has one: every model's service gets it.
+    pub forwarder: Arc<std::sync::OnceLock<Arc<crate::forward::Forwarder>>>,
 }
 
 /// One served model: its service and the controller task that follows its record.
@@ -134,6 +136,9 @@ pub async fn start(
     ));
     if let Some(bg) = &shared.background {
         service.set_background(bg.clone());
+    }
+    if let Some(f) = shared.forwarder.get() {
+        service.set_forwarder(f.clone());
     }
     service.set_slot(started.slot);
     service.set_model_threshold(started.hardness_threshold);

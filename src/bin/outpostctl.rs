@@ -107,9 +107,11 @@ enum Command {
     Cloud {
         #[command(flatten)]
         mqtt: MqttArgs,
+        /// The cloud model: PATH answers every case; NAME=PATH (repeatable) answers the cases of the device model
+        /// NAME. Each spec is <model stem>.spec.json beside it, or --spec for a single PATH.
         #[arg(long, default_value = "models/cloud-fp32.onnx")]
-        model: PathBuf,
-        /// Its spec (default: <model stem>.spec.json beside it).
+        model: Vec<String>,
+        /// The spec of a single --model PATH (default: <model stem>.spec.json beside it).
         #[arg(long)]
         spec: Option<PathBuf>,
         /// Where the received cases go (cases.jsonl and the images).
@@ -895,10 +897,30 @@ async fn fleet(c: Command) -> Result<()> {
                     key.display()
                 )
             })?);
-            let engine = std::sync::Arc::new(
-                Engine::load_files(&model, spec.as_deref())
-                    .with_context(|| model.display().to_string())?,
-            );
+            let mut models = outpost::fleet::cloud::CloudModels::default();
+            for m in &model {
+                match m.split_once('=') {
+                    Some((name, path)) => {
+                        outpost::repo::check_name(name)?;
+                        let engine = Engine::load_files(std::path::Path::new(path), None)
+                            .with_context(|| path.to_string())?;
+                        models
+                            .by_model
+                            .insert(name.to_string(), std::sync::Arc::new(engine));
+                    }
+                    None => {
+                        let engine = Engine::load_files(std::path::Path::new(m), spec.as_deref())
+                            .with_context(|| m.to_string())?;
+                        models.any = Some(std::sync::Arc::new(engine));
+                    }
+                }
+            }
+            let engine = models
+                .any
+                .clone()
+                .or_else(|| models.by_model.values().next().cloned())
+                .context("no cloud model: pass --model PATH or --model NAME=PATH")?;
+            let models = std::sync::Arc::new(models);
             eprintln!(
                 "cloud worker: {} ({}), signing key {}, dataset in {}",
                 engine.spec().name,
@@ -909,7 +931,7 @@ async fn fleet(c: Command) -> Result<()> {
             let stats = std::sync::Arc::new(outpost::fleet::cloud::WorkerStats::default());
             outpost::fleet::cloud::run_worker(
                 mqtt.settings("cloud")?,
-                engine,
+                models,
                 key,
                 dataset,
                 stats.clone(),

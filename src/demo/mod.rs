@@ -250,7 +250,8 @@ pub async fn run(models: PathBuf) -> Result<()> {
         work.path().join("cloud-dataset"),
     );
     tokio::spawn(async move {
-        crate::fleet::cloud::run_worker(s, cloud_engine, cloud_key, ds, st, tok).await
+        let models = Arc::new(crate::fleet::cloud::CloudModels::one(cloud_engine));
+        crate::fleet::cloud::run_worker(s, models, cloud_key, ds, st, tok).await
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
     println!("   agent API on {api}, device id demo-device; cloud worker: cloud-fp32");

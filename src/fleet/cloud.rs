@@ -41,9 +41,30 @@ pub fn dataset_ids(dataset: &std::path::Path) -> HashSet<String> {
         .collect()
 }
 
+/// The cloud models a worker answers with: by the device model they stand behind, and one for any other model
+/// (`outpostctl cloud --model PATH`, as before several models; cases of agents before the repository name none).
+#[derive(Default)]
+pub struct CloudModels {
+    pub by_model: std::collections::BTreeMap<String, Arc<Engine>>,
+    pub any: Option<Arc<Engine>>,
+}
+
+impl CloudModels {
+    pub fn one(engine: Arc<Engine>) -> CloudModels {
+        CloudModels {
+            by_model: Default::default(),
+            any: Some(engine),
+        }
+    }
+
+    fn for_case(&self, model: &str) -> Option<Arc<Engine>> {
+        self.by_model.get(model).or(self.any.as_ref()).cloned()
+    }
+}
+
 pub async fn run_worker(
     settings: Settings,
-    engine: Arc<Engine>,
+    models: Arc<CloudModels>,
     key: Arc<SigningKeyFile>,
     dataset: PathBuf,
     stats: Arc<WorkerStats>,
@@ -104,6 +125,11 @@ pub async fn run_worker(
             stats.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        let Some(engine) = models.for_case(&case.model) else {
+            tracing::warn!(model = %case.model, id = %case.id, "no cloud model stands behind this device model; the edge answers for it");
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         let e = engine.clone();
         let image = case.image.clone();
         let ran = tokio::task::spawn_blocking(move || {
@@ -137,6 +163,7 @@ pub async fn run_worker(
         let line = serde_json::json!({
             "id": case.id,
             "device": case.device,
+            "model": case.model,
             "edge_label": case.edge_label,
             "edge_confidence": case.edge_confidence,
             "edge_model": case.edge_model,

@@ -323,9 +323,10 @@ async fn abandon(
     let seq = progress.reserve(1, now_ms());
     save(file, progress).await?;
     let version = progress.plan.version();
-    // One retained command for the group: it names the model unless the model is every device's default (a group
-    // of agents before the repository, or of one model), so that it never reaches a device's other model.
-    let named = devices.values().any(|v| !v.default_model);
+    // One retained command for the group: it names the model unless every device heard from has it as its default
+    // (a group of agents before the repository, or of one model), so that it never reaches a device's other model.
+    // Heard from none (a halt before any status arrived): named, for the same reason.
+    let named = devices.is_empty() || devices.values().any(|v| !v.default_model);
     let bytes = signed(
         Target::Group(progress.plan.group.clone()),
         seq,

@@ -98,6 +98,24 @@ pub struct Case {
     #[serde(with = "serde_bytes")]
     pub cache_key: Vec<u8>,
     pub created_unix: u64,
+    /// The device's model that found the case hard, so the cloud answers with its counterpart. Empty in cases of
+    /// agents before the model repository (their one model). Last, so those agents' workers still read a case.
+    pub model: String,
+}
+
+/// A case as agents before the model repository wrote it (still in their outboxes after an upgrade).
+#[derive(Deserialize)]
+struct CaseV1 {
+    id: String,
+    device: String,
+    #[serde(with = "serde_bytes")]
+    image: Vec<u8>,
+    edge_label: String,
+    edge_confidence: f32,
+    edge_model: String,
+    #[serde(with = "serde_bytes")]
+    cache_key: Vec<u8>,
+    created_unix: u64,
 }
 
 /// The cloud's answer to one case. Every field is covered by the signature of the [`SignedAnswer`] that carries it.
@@ -182,7 +200,25 @@ pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
     if bytes.len() > MAX_CASE {
         return Err(format!("case of {} bytes exceeds {MAX_CASE}", bytes.len()));
     }
-    postcard::from_bytes(bytes).map_err(|e| format!("malformed case: {e}"))
+    if let Ok((case, [])) = postcard::take_from_bytes::<Case>(bytes) {
+        return Ok(case);
+    }
+    let (v1, rest): (CaseV1, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| format!("malformed case: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("malformed case: {} trailing bytes", rest.len()));
+    }
+    Ok(Case {
+        id: v1.id,
+        device: v1.device,
+        image: v1.image,
+        edge_label: v1.edge_label,
+        edge_confidence: v1.edge_confidence,
+        edge_model: v1.edge_model,
+        cache_key: v1.cache_key,
+        created_unix: v1.created_unix,
+        model: String::new(),
+    })
 }
 
 /// Checks everything an answer says about itself: size, content type, encoding, a valid signature by a trusted cloud
@@ -246,10 +282,8 @@ pub struct Forwarder {
     /// Requests waiting for a case's answer: more than one when the same input came again while it was pending.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Answer>>>>,
     score: HardnessScore,
-    /// Precedence: `set` at run time, then the config, then the serving model's manifest, then the default.
-    runtime: Mutex<Option<f32>>,
+    /// The configured threshold. Each model has its own `set` and manifest thresholds (see [`Forwarder::policy`]).
     configured: Option<f32>,
-    manifest: Mutex<Option<f32>>,
     deadline: Duration,
     /// Ids answered lately, so a second delivery of a good answer is told apart from an answer to no case.
     recent: Mutex<(VecDeque<String>, HashSet<String>)>,
@@ -282,9 +316,7 @@ impl Forwarder {
                 to_link: tx,
                 waiters: Mutex::new(HashMap::new()),
                 score: config.score,
-                runtime: Mutex::new(None),
                 configured: config.threshold,
-                manifest: Mutex::new(None),
                 deadline: Duration::from_millis(config.deadline_ms),
                 recent: Mutex::new((VecDeque::new(), HashSet::new())),
                 answers: Mutex::new(BTreeMap::new()),
@@ -293,27 +325,14 @@ impl Forwarder {
         )
     }
 
-    /// The `set hardness.threshold` command.
-    pub fn set_threshold(&self, t: f32) {
-        *lock(&self.runtime) = Some(t);
-    }
-
-    /// The serving model's manifest threshold (None for the built-in model or a bundle without one).
-    pub fn set_manifest_threshold(&self, t: Option<f32>) {
-        *lock(&self.manifest) = t;
-    }
-
-    pub fn policy(&self) -> (HardnessScore, f32) {
-        let t = (*lock(&self.runtime))
+    /// The hardness policy of one model: its `set hardness.threshold` (`runtime`), then the configured threshold,
+    /// then its release's manifest threshold, then the score's default.
+    pub fn policy(&self, runtime: Option<f32>, manifest: Option<f32>) -> (HardnessScore, f32) {
+        let t = runtime
             .or(self.configured)
-            .or(*lock(&self.manifest))
+            .or(manifest)
             .unwrap_or_else(|| ForwardConfig::default_threshold(self.score));
         (self.score, t)
-    }
-
-    pub fn is_hard(&self, confidence: f32, margin: f32, entropy: f32) -> bool {
-        let (score, t) = self.policy();
-        score.is_hard(t, confidence, margin, entropy)
     }
 
     /// Queues the case durably, hands it to the link and waits up to the deadline for the cloud's answer.
@@ -452,8 +471,9 @@ impl Forwarder {
         self.outbox.len()
     }
 
-    pub fn status(&self) -> ForwardStatus {
-        let (score, threshold) = self.policy();
+    /// The forwarding status as one model sees it (its own thresholds; the outbox and answers are shared).
+    pub fn status(&self, runtime: Option<f32>, manifest: Option<f32>) -> ForwardStatus {
+        let (score, threshold) = self.policy(runtime, manifest);
         ForwardStatus {
             score,
             threshold,

@@ -349,26 +349,25 @@ impl Service {
                 .store(v.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed),
             _ => {}
         }
-        if key == "hardness.threshold" {
-            if let (Some(f), Ok(t)) = (self.forwarder.get(), value.parse::<f32>()) {
-                f.set_threshold(t);
-            }
-        }
         lock(&self.settings).insert(key.to_string(), value.to_string());
     }
 
-    /// Turns on forwarding of hard cases (done once, when the fleet link starts).
+    /// Turns on forwarding of hard cases (one forwarder for every model of the device).
     pub fn set_forwarder(&self, f: Arc<crate::forward::Forwarder>) {
-        f.set_manifest_threshold(*lock(&self.model_threshold));
         let _ = self.forwarder.set(f);
     }
 
     /// The serving model's manifest hardness threshold (from its slot record).
     pub fn set_model_threshold(&self, t: Option<f32>) {
         *lock(&self.model_threshold) = t;
-        if let Some(f) = self.forwarder.get() {
-            f.set_manifest_threshold(t);
-        }
+    }
+
+    /// This model's hardness thresholds: set at run time, and its release's manifest one.
+    fn thresholds(&self) -> (Option<f32>, Option<f32>) {
+        let runtime = self
+            .setting("hardness.threshold")
+            .and_then(|v| v.parse::<f32>().ok());
+        (runtime, *lock(&self.model_threshold))
     }
 
     pub fn cache(&self) -> Option<Arc<ResultCache>> {
@@ -681,7 +680,11 @@ impl Service {
             .forwarder
             .get()
             .filter(|_| raw.is_some() && tier == Tier::Cascade)
-            .filter(|f| f.is_hard(response.confidence, response.margin, response.entropy));
+            .filter(|f| {
+                let (runtime, manifest) = self.thresholds();
+                let (score, t) = f.policy(runtime, manifest);
+                score.is_hard(t, response.confidence, response.margin, response.entropy)
+            });
         let case_id = hard_case
             .map(|_| crate::forward::case_id(&self.config.fleet.device_id, cache_key.as_bytes()));
         let edge_entry = CachedResult {
@@ -720,6 +723,7 @@ impl Service {
                 edge_model: response.model.digest.clone(),
                 cache_key: cache_key.as_bytes().to_vec(),
                 created_unix: crate::bundle::now_unix(),
+                model: self.name.clone(),
             };
             response.case_id = Some(id.clone());
             response.edge_label = Some(response.label.clone());
@@ -850,6 +854,11 @@ impl Service {
             evictions: c.evictions(),
         });
         let transitions = lock(&self.transitions).clone();
+        // Read before the literal below: its lock guards live to the end of the statement.
+        let forward = self.forwarder.get().map(|f| {
+            let (runtime, manifest) = self.thresholds();
+            f.status(runtime, manifest)
+        });
         ServiceStatus {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             model: ModelInfo::of(&engine),
@@ -869,7 +878,7 @@ impl Service {
             settings: lock(&self.settings).clone(),
             latency_us: self.counters.latency_percentiles(),
             cache_hit_rate: self.counters.cache_hit_rate(),
-            forward: self.forwarder.get().map(|f| f.status()),
+            forward,
             candidate: self.candidate().map(|c| ModelInfo::of(&c)),
             shadow: lock(&self.shadow).summary(self.shadow_fraction()),
             ab: (self.split() > 0.0 && self.candidate().is_some()).then(|| {
