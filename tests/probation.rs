@@ -70,16 +70,25 @@ fn install_and_wait(f: &Fixture, daemon: &Daemon, state: &Path, bundle: &Path, d
 fn a_healthy_model_is_committed_after_its_trial() {
     let f = Fixture::new();
     let state = f.path("state");
-    let config = write_config(&f, PROBATION);
+    // Latency is not this test's subject: with six daemons of this file running at once on two cores, a 2 ms slack
+    // once let a scheduler stall roll the healthy model back on its p99.
+    let config = write_config(
+        &f,
+        &PROBATION.replace("latency_slack_ms = 2.0", "latency_slack_ms = 50.0"),
+    );
     let daemon = Daemon::start(&state, &["--config", &config]);
     send(&daemon, 40); // the built-in model's baseline
     let fp32 = digest_of("edge-fp32");
     let b = f.bundle("v2.bundle", "edge-fp32", 2, &[&f.key1], &[]);
     install_and_wait(&f, &daemon, &state, &b, &fp32);
     let answers = send(&daemon, 40);
-    assert!(answers
-        .iter()
-        .all(|a| a["model"]["digest"] == fp32.as_str()));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["model"]["digest"] == fp32.as_str()),
+        "an answer from another model: {}",
+        daemon.get_json("/v1/status")
+    );
     wait_until("the trial is committed", Duration::from_secs(10), || {
         status(&state)["trial"].is_null()
     });
