@@ -471,14 +471,7 @@ fn each_model_forwards_its_hard_cases_and_the_worker_answers_with_that_models_co
     );
     std::thread::sleep(Duration::from_millis(500));
     let d = agent(&f, &broker.url(), "f9", &["--cloud-deadline-ms", "1500"]);
-    let b = f.bundle_with_spec(
-        "d1.bundle",
-        "edge-fp32",
-        "edge-fp32",
-        1,
-        &[&f.key1],
-        &["--name", "digits"],
-    );
+    let b = f.named_bundle("d1.bundle", "edge-fp32", "digits", 1);
     let out = f.install(&d.state_dir, &b, &[]);
     assert!(
         out.status.success(),

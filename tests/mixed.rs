@@ -26,14 +26,7 @@ fn commands_act_on_the_model_they_name_and_remove_leaves_a_tombstone() {
     let mut args = f.fleet_args(&url, "m1");
     args.extend(["--group", "g"]);
     let daemon = Daemon::start(&state, &args);
-    let b1 = f.bundle_with_spec(
-        "d1.bundle",
-        "edge-fp32",
-        "edge-fp32",
-        1,
-        &[&f.key1],
-        &["--name", "digits"],
-    );
+    let b1 = f.named_bundle("d1.bundle", "edge-fp32", "digits", 1);
     let out = f.install(&state, &b1, &[]);
     assert!(
         out.status.success(),
@@ -116,14 +109,7 @@ fn commands_act_on_the_model_they_name_and_remove_leaves_a_tombstone() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not newer than version 1"));
     let out = outpost(&["status", "--state-dir", s(&state), "--model", "digits"]);
     assert!(!out.status.success(), "a removed model is not listed");
-    let b2 = f.bundle_with_spec(
-        "d2.bundle",
-        "edge-fp32",
-        "edge-fp32",
-        2,
-        &[&f.key1],
-        &["--name", "digits"],
-    );
+    let b2 = f.named_bundle("d2.bundle", "edge-fp32", "digits", 2);
     let out = f.install(&state, &b2, &[]);
     assert!(
         out.status.success(),

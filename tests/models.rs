@@ -9,17 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A bundle of `model` (with its own spec) released as model `name`.
-fn named_bundle(
-    f: &Fixture,
-    file: &str,
-    model: &str,
-    name: &str,
-    version: u64,
-) -> std::path::PathBuf {
-    f.bundle_with_spec(file, model, model, version, &[&f.key1], &["--name", name])
-}
-
 /// Sends the test digits to `/v1/infer` until stopped; counts answers and failures.
 fn steady_client(
     daemon: &Daemon,
@@ -61,7 +50,7 @@ fn a_bundle_for_a_new_name_adds_a_model_beside_the_default_and_the_operator_acts
     let (image, truth) = common::test_images()[3].clone();
     let image = std::fs::read(image).unwrap();
 
-    let b1 = named_bundle(&f, "digits-v1.bundle", "edge-fp32", "digits", 1);
+    let b1 = f.named_bundle("digits-v1.bundle", "edge-fp32", "digits", 1);
     let out = f.install(&state, &b1, &[]);
     assert!(
         out.status.success(),
@@ -149,7 +138,7 @@ fn a_bundle_for_a_new_name_adds_a_model_beside_the_default_and_the_operator_acts
     let out = f.install(&state, &b1, &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not newer than version 1"));
-    let b2 = named_bundle(&f, "digits-v2.bundle", "edge-fp32", "digits", 2);
+    let b2 = f.named_bundle("digits-v2.bundle", "edge-fp32", "digits", 2);
     let out = f.install(&state, &b2, &["--model", "digits"]);
     assert!(
         out.status.success(),
@@ -201,7 +190,7 @@ fn names_are_checked_and_one_model_too_many_is_refused_with_the_running_ones_unt
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not allowed"));
 
-    let b = named_bundle(&f, "second.bundle", "edge-fp32", "second", 1);
+    let b = f.named_bundle("second.bundle", "edge-fp32", "second", 1);
     let out = f.install(&state, &b, &["--config", s(&config)]);
     assert!(
         out.status.success(),
@@ -211,7 +200,7 @@ fn names_are_checked_and_one_model_too_many_is_refused_with_the_running_ones_unt
     wait_until("two models served", Duration::from_secs(20), || {
         !daemon.get_json("/v1/status")["models"]["second"].is_null()
     });
-    let b = named_bundle(&f, "third.bundle", "edge-fp32", "third", 1);
+    let b = f.named_bundle("third.bundle", "edge-fp32", "third", 1);
     let out = f.install(&state, &b, &["--config", s(&config)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -310,14 +299,14 @@ fn an_install_that_would_pass_the_engine_byte_cap_is_refused_with_the_running_mo
     // The built-in model (11 KiB) and a 37 KiB fp32 edge model fit; MobileNetV2 (14 MB) does not.
     std::fs::write(&config, "[repository]\nmax_engine_bytes = 200000\n").unwrap();
     let daemon = Daemon::start(&state, &["--config", s(&config)]);
-    let small = named_bundle(&f, "small.bundle", "edge-fp32", "small", 1);
+    let small = f.named_bundle("small.bundle", "edge-fp32", "small", 1);
     let out = f.install(&state, &small, &["--config", s(&config)]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let big = named_bundle(&f, "big.bundle", "mobilenetv2-fp32", "big", 1);
+    let big = f.named_bundle("big.bundle", "mobilenetv2-fp32", "big", 1);
     let out = f.install(&state, &big, &["--config", s(&config)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

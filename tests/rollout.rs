@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outpost::rollout::{members, Phase, Progress};
 
@@ -164,21 +164,6 @@ fn spawn_ctl(args: &[String], stderr: Stdio) -> KillOnDrop {
             .spawn()
             .unwrap(),
     )
-}
-
-/// Waits for `child` to exit; fails the test after `timeout`.
-fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "outpostctl did not finish in {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn run_rollout(args: &[String], timeout: Duration) -> std::process::ExitStatus {

@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::{outpost, s, wait_until, Daemon, Fixture, KillOnDrop, Mosquitto};
+use common::{s, wait_exit, wait_until, Daemon, Fixture, KillOnDrop, Mosquitto};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEVICES: usize = 3;
 
@@ -40,20 +40,6 @@ fn rollout(
     )
 }
 
-fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rollout did not finish in {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched() {
     let broker = Mosquitto::start();
@@ -66,32 +52,14 @@ fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched()
         "[cache]\nenabled = false\n\n[probation]\nrequests = 30\nseconds = 3600\nmin_samples = 10\nlatency_slack_ms = 50.0\n",
     )
     .unwrap();
-    let digits_v1 = f.bundle_with_spec(
-        "d1.bundle",
-        "edge-fp32",
-        "edge-fp32",
-        1,
-        &[&f.key1],
-        &["--name", "digits"],
-    );
+    let digits_v1 = f.named_bundle("d1.bundle", "edge-fp32", "digits", 1);
     let mut daemons = Vec::new();
     for i in 0..DEVICES {
         let id = format!("two-{i}");
         let state = f.path(&id);
         let mut args = f.fleet_args(&url, &id);
         args.extend(["--group", "two", "--config", s(&config)]);
-        let out = f.install(&state, &digits_v1, &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = outpost(&["promote", "--state-dir", s(&state), "--model", "digits"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        f.install_committed(&state, &digits_v1, "digits");
         daemons.push(Daemon::start(&state, &args));
     }
     for d in &daemons {
@@ -135,14 +103,7 @@ fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched()
 
     // A bad release of digits (its confidence collapses), then a good release of the default model.
     let good = f.bundle_with_spec("e2.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
-    let bad = f.bundle_with_spec(
-        "d2.bundle",
-        "edge-flat",
-        "edge-flat",
-        2,
-        &[&f.key1],
-        &["--name", "digits"],
-    );
+    let bad = f.named_bundle("d2.bundle", "edge-flat", "digits", 2);
     let mut bad_run = rollout(&url, &f, &f.path("rollout-digits"), &bad);
     let bad_st = wait_exit(&mut bad_run, Duration::from_secs(180));
     for d in &daemons {

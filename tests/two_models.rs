@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{outpost, s, wait_until, Daemon, Fixture, Mosquitto};
+use common::{s, wait_until, Daemon, Fixture, Mosquitto};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,26 +20,8 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
         "[cache]\nenabled = false\n\n[forward]\nenabled = false\n\n[probation]\nrequests = 200\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 50.0\n",
     )
     .unwrap();
-    let digits_v1 = f.bundle_with_spec(
-        "d1.bundle",
-        "edge-fp32",
-        "edge-fp32",
-        1,
-        &[&f.key1],
-        &["--name", "digits"],
-    );
-    let out = f.install(&state, &digits_v1, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = outpost(&["promote", "--state-dir", s(&state), "--model", "digits"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let digits_v1 = f.named_bundle("d1.bundle", "edge-fp32", "digits", 1);
+    f.install_committed(&state, &digits_v1, "digits");
     let mut args = f.fleet_args(&url, "t1");
     args.extend(["--config", s(&config)]);
     let daemon = Daemon::start(&state, &args);
@@ -102,14 +84,7 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
     };
 
     // digits v2 (its confidence collapses) over MQTT: on trial, rolled back by probation; the default model serves.
-    let bad_digits = f.bundle_with_spec(
-        "d2.bundle",
-        "edge-flat",
-        "edge-flat",
-        2,
-        &[&f.key1],
-        &["--name", "digits"],
-    );
+    let bad_digits = f.named_bundle("d2.bundle", "edge-flat", "digits", 2);
     publish(&bad_digits);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !rolled_back(Some("digits")) {

@@ -379,6 +379,35 @@ impl Fixture {
         out
     }
 
+    /// A bundle of `model` (with its own spec) released as the device model `name`, signed with key 1.
+    pub fn named_bundle(&self, file: &str, model: &str, name: &str, version: u64) -> PathBuf {
+        self.bundle_with_spec(
+            file,
+            model,
+            model,
+            version,
+            &[&self.key1],
+            &["--name", name],
+        )
+    }
+
+    /// Installs `bundle` into `state` with the CLI and commits it at once (`promote --model`): a second model
+    /// already live before the daemon starts.
+    pub fn install_committed(&self, state: &Path, bundle: &Path, model: &str) {
+        let out = self.install(state, bundle, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = outpost(&["promote", "--state-dir", s(state), "--model", model]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn install(&self, state: &Path, bundle: &Path, extra: &[&str]) -> Output {
         let mut args = vec![
             "install",
@@ -628,4 +657,19 @@ pub fn next_ack(broker: &Mosquitto, device: &str, act: impl FnOnce()) -> serde_j
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// Waits for `child` to exit; fails the test after `timeout`.
+pub fn wait_exit(child: &mut KillOnDrop, timeout: std::time::Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not finish in {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
