@@ -23,7 +23,9 @@ fn write_config(f: &Fixture, body: &str) -> String {
     path.display().to_string()
 }
 
-const PROBATION: &str = "[cache]\nenabled = false\n\n[probation]\nrequests = 40\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 2.0\n";
+/// Latency is the subject of one test only: the others give it a 50 ms slack, since six daemons of this file on two
+/// cores have let a scheduler stall roll a model back on its p99 before the verdict under test.
+const PROBATION: &str = "[cache]\nenabled = false\n\n[probation]\nrequests = 40\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 50.0\n";
 
 /// Sends `n` test images; every one must be answered 200. Returns the answers.
 fn send(daemon: &Daemon, n: usize) -> Vec<serde_json::Value> {
@@ -70,12 +72,7 @@ fn install_and_wait(f: &Fixture, daemon: &Daemon, state: &Path, bundle: &Path, d
 fn a_healthy_model_is_committed_after_its_trial() {
     let f = Fixture::new();
     let state = f.path("state");
-    // Latency is not this test's subject: with six daemons of this file running at once on two cores, a 2 ms slack
-    // once let a scheduler stall roll the healthy model back on its p99.
-    let config = write_config(
-        &f,
-        &PROBATION.replace("latency_slack_ms = 2.0", "latency_slack_ms = 50.0"),
-    );
+    let config = write_config(&f, PROBATION);
     let daemon = Daemon::start(&state, &["--config", &config]);
     send(&daemon, 40); // the built-in model's baseline
     let fp32 = digest_of("edge-fp32");
@@ -92,8 +89,11 @@ fn a_healthy_model_is_committed_after_its_trial() {
     wait_until("the trial is committed", Duration::from_secs(10), || {
         status(&state)["trial"].is_null()
     });
+    // The record is written first, then the service ends the trial: the daemon's status may lag by a moment.
+    wait_until("the daemon ends the trial", Duration::from_secs(5), || {
+        daemon.get_json("/v1/status")["trial"].is_null()
+    });
     let st = daemon.get_json("/v1/status");
-    assert!(st["trial"].is_null(), "{st}");
     assert_eq!(st["model"]["digest"], fp32.as_str());
     assert_eq!(st["last_transition"]["transition"], "commit", "{st}");
     let m = daemon.metrics();
@@ -107,10 +107,10 @@ fn a_healthy_model_is_committed_after_its_trial() {
 }
 
 /// Installs a model that passes its install gate but fails on live traffic; returns the rollback reason.
-fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)]) -> String {
+fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)], probation: &str) -> String {
     let f = Fixture::new();
     let state = f.path("state");
-    let config = write_config(&f, PROBATION);
+    let config = write_config(&f, probation);
     let daemon = Daemon::start_with_env(&state, &["--config", &config], env);
     let builtin = daemon.get_json("/v1/status")["model"]["digest"].clone();
     send(&daemon, 40);
@@ -152,13 +152,18 @@ fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_model_whose_confidence_collapses_is_rolled_back() {
-    let why = rolled_back("edge-flat", "edge-flat", &[]);
+    let why = rolled_back("edge-flat", "edge-flat", &[], PROBATION);
     assert!(why.contains("confidence drifted"), "{why}");
 }
 
 #[test]
 fn a_model_much_slower_than_the_previous_one_is_rolled_back() {
-    let why = rolled_back("mobilenetv2-fp32", "mobilenetv2-fp32", &[]);
+    let why = rolled_back(
+        "mobilenetv2-fp32",
+        "mobilenetv2-fp32",
+        &[],
+        &PROBATION.replace("latency_slack_ms = 50.0", "latency_slack_ms = 2.0"),
+    );
     assert!(why.contains("latency p99"), "{why}");
 }
 
@@ -169,6 +174,7 @@ fn a_model_that_fails_its_runs_is_rolled_back_and_no_request_fails() {
         "edge-fp32",
         "edge-int8",
         &[("OUTPOST_FAULT_FAIL_RUN", digest.as_str())],
+        PROBATION,
     );
     assert!(why.contains("failed run"), "{why}");
 }
@@ -339,7 +345,8 @@ fn a_re_release_of_the_same_bytes_goes_live_on_trial_is_judged_and_never_answers
     let state = f.path("state");
     let config = write_config(
         &f,
-        "[probation]\nrequests = 40\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 2.0\n",
+        // With the cache on; latency is not this test's subject (CI once rolled the re-release back on a 13.6 ms p99).
+        "[probation]\nrequests = 40\nseconds = 3600\nmin_samples = 20\nlatency_slack_ms = 50.0\n",
     );
     let daemon = Daemon::start(&state, &["--config", &config]);
     let agent = common::http();
@@ -411,9 +418,14 @@ fn a_re_release_of_the_same_bytes_goes_live_on_trial_is_judged_and_never_answers
     assert_eq!(v["label"], format!("digit-{v1_label}"), "{v}");
 
     let answers = send(&daemon, 40);
-    assert!(answers
-        .iter()
-        .all(|a| a["model"]["version"] == 2 && a["label"].as_str().unwrap().starts_with("digit-")));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["model"]["version"] == 2
+                && a["label"].as_str().unwrap().starts_with("digit-")),
+        "an answer from another release: {}",
+        daemon.get_json("/v1/status")
+    );
     wait_until("the trial is committed", Duration::from_secs(10), || {
         status(&state)["trial"].is_null()
     });
