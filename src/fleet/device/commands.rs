@@ -92,16 +92,25 @@ impl Link {
         if !self.in_flight.is_empty() && self.in_flight.len() > 100_000 {
             self.in_flight.clear(); // bounded: a lost answer only costs a resend
         }
-        let last_seq: u64 = self.records.get(LAST_SEQ).ok().flatten().unwrap_or(0);
+        // Sequence numbers are checked per model (below, once the body says which model it acts on): two operators
+        // rolling out two models at once each keep their own order, and a replay is refused by its model's floor.
         let checker = Checker {
             keys: &self.keys,
             threshold: self.config.slots.threshold,
             device: &self.device,
             group: self.config.fleet.group.as_deref(),
             now_unix: now_unix(),
-            last_seq,
+            last_seq: 0,
         };
-        let body = match command::verify(payload, &checker) {
+        let verified = command::verify(payload, &checker).and_then(|b| {
+            let last = self.last_seq(&self.seq_key(&b));
+            if b.seq <= last {
+                Err(command::CommandError::Replayed { seq: b.seq, last })
+            } else {
+                Ok(b)
+            }
+        });
+        let body = match verified {
             Ok(b) => b,
             Err(command::CommandError::Replayed { seq, .. }) if retained => {
                 tracing::debug!(seq, "a retained command already applied");
@@ -121,7 +130,8 @@ impl Link {
         // The sequence number is durable before anything runs: a crash cannot make a command run twice.
         let records = self.records.clone();
         let seq = body.seq;
-        if let Err(e) = tokio::task::spawn_blocking(move || records.put(LAST_SEQ, &seq)).await {
+        let key = self.seq_key(&body);
+        if let Err(e) = tokio::task::spawn_blocking(move || records.put(&key, &seq)).await {
             tracing::error!(error = %e, "cannot record the command sequence");
             return;
         }
@@ -130,6 +140,26 @@ impl Link {
         if let Some(r) = result {
             self.ack(client, Some(body.seq), action, r).await;
         }
+    }
+
+    /// The record of the last sequence number accepted for the model `body` acts on (the model it names, or its
+    /// update's bundle, else the default model). The default model's is the record every agent before per-model
+    /// sequences kept, so an upgrade keeps its floor.
+    fn seq_key(&self, body: &CommandBody) -> String {
+        let model = body
+            .model
+            .clone()
+            .or_else(|| body.action.offer().map(|o| o.name.clone()))
+            .unwrap_or_else(|| self.registry.default_name().to_string());
+        if model == self.registry.default_name() {
+            LAST_SEQ.to_string()
+        } else {
+            format!("{LAST_SEQ}/{model}")
+        }
+    }
+
+    fn last_seq(&self, key: &str) -> u64 {
+        self.records.get(key).ok().flatten().unwrap_or(0)
     }
 
     /// Runs a verified command; `None` when the acknowledgement comes later (an update acks when installed).
@@ -296,11 +326,14 @@ impl Link {
             }
             Action::Abandon { version } => {
                 let v = *version;
-                // A download of the abandoned version stops here: it must never complete into a slot.
+                // A download of the abandoned version stops here, and an offer of it waiting in the queue is
+                // dropped: it must never complete into a slot. The next queued offer (another model's) starts.
+                self.drop_queued(&model, v);
                 if let Some(d) = self.download.take() {
                     if d.offer.version == v && d.offer.name == model {
                         let _ = tokio::task::spawn_blocking(move || d.discard()).await;
                         self.service.set_download(None);
+                        self.start_queued(client).await;
                     } else {
                         self.download = Some(d);
                     }

@@ -201,6 +201,8 @@ impl Link {
                             }
                             self.publish_status(&client, true).await;
                             self.advance(&client).await;
+                            // Offers queued behind a download that ended before a restart.
+                            self.start_queued(&client).await;
                         }
                         LinkEvent::Disconnected { error, retry_in } => {
                             if connected {

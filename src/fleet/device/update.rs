@@ -12,6 +12,17 @@ use crate::fleet::transfer::{decode_chunk, Accepted, ChunkRequest, Download};
 use crate::wire::command::Offer;
 use crate::wire::status::{AckResult, Already, CommandName, Outcome, Serving};
 
+/// The record of offers waiting for the running download (another model's): one per model, oldest first.
+const QUEUE: &str = "transfer.queue";
+
+/// An offer that waits for the download of another model to end.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct Queued {
+    pub offer: Offer,
+    pub seq: u64,
+    pub candidate: bool,
+}
+
 impl Link {
     pub(super) async fn start_download(
         &mut self,
@@ -62,6 +73,19 @@ impl Link {
                     ..Outcome::default()
                 })));
             }
+            // A device fetches one bundle at a time; another model's offer waits its turn instead of replacing
+            // that download (two rollouts of two models at once must not cancel each other).
+            if d.offer.name != offer.name {
+                let running = d.offer.name.clone();
+                return Some(self.enqueue(offer, seq, candidate).map(|n| {
+                    AckResult::done(Outcome {
+                        download: Some(format!(
+                            "queued behind the download of {running} ({n} waiting)"
+                        )),
+                        ..Outcome::default()
+                    })
+                }));
+            }
         }
         // Room for the download and the slot copy, checked before a byte is fetched.
         if let Ok(st) = nix::sys::statvfs::statvfs(&self.config.agent.state_dir) {
@@ -92,6 +116,80 @@ impl Link {
             }
             Ok(Err(e)) => Some(Err(e)),
             Err(e) => Some(Err(e.to_string())),
+        }
+    }
+
+    /// Records `offer` to start when the running download ends (durably: a restart keeps the queue), replacing an
+    /// earlier offer for the same model. Returns how many wait.
+    fn enqueue(&mut self, offer: Offer, seq: u64, candidate: bool) -> Result<usize, String> {
+        let mut queue = self.queue();
+        queue.retain(|q| q.offer.name != offer.name);
+        if queue.len() >= self.config.repository.max_models {
+            return Err(format!(
+                "{} offers already wait for the running download; try again when it ends",
+                queue.len()
+            ));
+        }
+        tracing::info!(name = %offer.name, version = offer.version, "offer queued behind the running download");
+        queue.push(Queued {
+            offer,
+            seq,
+            candidate,
+        });
+        self.records
+            .put(QUEUE, &queue)
+            .map_err(|e| format!("cannot record the queued offer: {e}"))?;
+        Ok(queue.len())
+    }
+
+    /// Drops a queued offer of `name` at `version` (an abandoned release).
+    pub(super) fn drop_queued(&mut self, name: &str, version: u64) {
+        let mut queue = self.queue();
+        let before = queue.len();
+        queue.retain(|q| !(q.offer.name == name && q.offer.version == version));
+        if queue.len() != before {
+            tracing::info!(%name, version, "a queued offer of an abandoned release is dropped");
+            if let Err(e) = self.records.put(QUEUE, &queue) {
+                tracing::error!(error = %e, "cannot record the queue of offers");
+            }
+        }
+    }
+
+    fn queue(&self) -> Vec<Queued> {
+        self.records
+            .get::<Vec<Queued>>(QUEUE)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the queue of offers does not read; dropping it");
+                None
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts the oldest queued offer, if no download runs (after one ends, and at start); acknowledges its outcome
+    /// when it ends at once (refused, or already there).
+    pub(super) async fn start_queued(&mut self, client: &AsyncClient) {
+        while self.download.is_none() {
+            let mut queue = self.queue();
+            if queue.is_empty() {
+                return;
+            }
+            let next = queue.remove(0);
+            if let Err(e) = self.records.put(QUEUE, &queue) {
+                tracing::error!(error = %e, "cannot record the queue of offers");
+                return;
+            }
+            let action = if next.candidate {
+                CommandName::Candidate
+            } else {
+                CommandName::Update
+            };
+            tracing::info!(name = %next.offer.name, version = next.offer.version, "starting a queued offer");
+            if let Some(result) = self
+                .start_download(client, next.offer, next.seq, next.candidate)
+                .await
+            {
+                self.ack(client, Some(next.seq), action, result).await;
+            }
         }
     }
 
@@ -185,6 +283,7 @@ impl Link {
                         Err(format!("refused before download: {e}")),
                     )
                     .await;
+                    self.start_queued(client).await;
                     return;
                 }
             }
@@ -324,5 +423,6 @@ impl Link {
             Err(e) => self.ack(client, Some(seq), action, Err(e)).await,
         }
         self.publish_status(client, true).await;
+        self.start_queued(client).await;
     }
 }
