@@ -254,7 +254,9 @@ fn signed_bundle(
             size: bytes.len() as u64,
             sha256: bundle::sha256(&bytes),
             golden_outputs: vec![out],
+            golden_tensor_outputs: vec![],
         }],
+        golden_tensors: vec![],
     };
     let key = SigningKeyFile::load(&f.key1).unwrap();
     let mut buf = Vec::new();
@@ -465,7 +467,9 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
                     size: m.len() as u64,
                     sha256: bundle::sha256(m),
                     golden_outputs: vec![],
+                    golden_tensor_outputs: vec![],
                 }],
+                golden_tensors: vec![],
             };
             let mut buf = Vec::new();
             bundle::write_bundle(&mut buf, &manifest, std::slice::from_ref(m), &[&key]).unwrap();

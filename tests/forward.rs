@@ -509,3 +509,82 @@ fn each_model_forwards_its_hard_cases_and_the_worker_answers_with_that_models_co
     );
     assert!(d.stop().success());
 }
+
+/// The Open Inference Protocol's hard cases (issue 18, item 3): a classifier's input sent as a tensor (no image) is
+/// forwarded as a tensor case, the worker runs its model on that tensor and signs an answer bound to the tensor's
+/// digest; the reply names the tier (`outpost_source`) and puts the cloud's class first in the classification
+/// output, while the output tensor stays the edge model's. Asked again, the cloud's answer comes from the cache and
+/// nothing travels. An encoded image sent as BYTES is forwarded as an image case.
+#[test]
+fn a_v2_tensor_request_is_forwarded_as_a_tensor_case_and_answered_by_the_cloud() {
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let ds = f.path("dataset");
+    let _w = worker(&f, &broker, &ds);
+    let d = agent(&f, &broker.url(), "f-v2", &["--cloud-deadline-ms", "3000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let engine =
+        outpost::inference::Engine::load_files(&common::models().join("edge-int8.onnx"), None)
+            .unwrap();
+    let (path, truth) = common::test_images()[5].clone();
+    let tensor = engine
+        .tensor_from_image(&std::fs::read(&path).unwrap(), &Default::default())
+        .unwrap();
+    let edge = engine.session().unwrap().run(&tensor).unwrap();
+    let request = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": tensor}],
+        "outputs": [{"name": "logits", "parameters": {"classification": 2}},
+                    {"name": "logits"}],
+    });
+    let post = || {
+        let (code, v) = d.post_json("/v2/models/edge-int8/infer", &request);
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    let v = post();
+    assert_eq!(v["parameters"]["outpost_source"], "cloud", "{v}");
+    assert_eq!(v["parameters"]["outpost_forwarded"], "answered", "{v}");
+    let top = v["outputs"][0]["data"][0].as_str().unwrap();
+    assert_eq!(
+        top.split(':').nth(2),
+        Some(truth.as_str()),
+        "the cloud's class first: {v}"
+    );
+    let logits: Vec<f32> = serde_json::from_value(v["outputs"][1]["data"].clone()).unwrap();
+    assert_eq!(logits, edge, "the output tensor is the edge model's");
+    wait_until(
+        "the worker stored the tensor case",
+        Duration::from_secs(5),
+        || dataset_ids(&ds).len() == 1,
+    );
+    let line: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(ds.join("cases.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["input"], "tensor (little-endian f32)", "{line}");
+    let stored = std::fs::read(ds.join(format!("{}.img", line["id"].as_str().unwrap()))).unwrap();
+    assert_eq!(stored.len(), 784 * 4, "the tensor as sent");
+
+    let again = post();
+    assert_eq!(
+        again["parameters"]["outpost_source"], "cloud-cache",
+        "{again}"
+    );
+    assert_eq!(again["outputs"][0]["data"][0], v["outputs"][0]["data"][0]);
+    let answers = &d.get_json("/v1/status")["forward"]["answers"];
+    assert_eq!(
+        answers["accepted"], 1,
+        "one signed answer, verified: {answers}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        dataset_ids(&ds).len(),
+        1,
+        "nothing travelled the second time"
+    );
+    assert!(d.stop().success());
+}

@@ -109,7 +109,7 @@ fn run_bundle(data: &[u8]) -> Result<(), BundleError> {
 fn frame(manifest: &[u8], sigs: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(bundle::MAGIC);
-    out.push(bundle::FORMAT);
+    out.push(bundle::FORMAT_V1);
     out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
     out.extend_from_slice(manifest);
     out.extend_from_slice(&(sigs.len() as u32).to_le_bytes());
@@ -138,9 +138,12 @@ fn run_manifest(
     let unsigned = run_bundle(&frame(m, s));
     let signed = match bundle::read_header_unverified(&mut &frame(m, s)[..]) {
         Err(_) => None,
-        Ok((manifest, bytes, mut sigs)) => {
+        Ok((manifest, format, bytes, mut sigs)) => {
             sigs.push(f.key.sign(&[DOMAIN, &bytes].concat()));
-            Some(bundle::verify_manifest(manifest, bytes, &sigs, &policy(f)).map(|h| h.manifest))
+            Some(
+                bundle::verify_manifest(manifest, format, bytes, &sigs, &policy(f))
+                    .map(|h| h.manifest),
+            )
         }
     };
     (unsigned, signed)
@@ -243,8 +246,10 @@ fn manifest(models: &[&[u8]]) -> Manifest {
                 size: m.len() as u64,
                 sha256: bundle::sha256(m),
                 golden_outputs: vec![],
+                golden_tensor_outputs: vec![],
             })
             .collect(),
+        golden_tensors: vec![],
     }
 }
 
@@ -260,13 +265,13 @@ fn signed_bundle() -> Vec<u8> {
 fn self_signature_matches_write_bundle() {
     let b = signed_bundle();
     run_bundle(&b).unwrap();
-    let (_, bytes, sigs) = bundle::read_header_unverified(&mut &b[..]).unwrap();
+    let (_, _, bytes, sigs) = bundle::read_header_unverified(&mut &b[..]).unwrap();
     assert_eq!(sigs, vec![fixture().key.sign(&[DOMAIN, &bytes].concat())]);
 }
 
 #[test]
 fn section_lengths_past_the_caps_are_refused_before_any_allocation() {
-    let header = |len: u32| [&bundle::MAGIC[..], &[bundle::FORMAT], &len.to_le_bytes()].concat();
+    let header = |len: u32| [&bundle::MAGIC[..], &[bundle::FORMAT_V1], &len.to_le_bytes()].concat();
     for len in [u32::MAX, bundle::MAX_MANIFEST as u32 + 1] {
         let (r, peak) = peak_heap(|| run_bundle(&header(len)));
         assert!(
@@ -299,7 +304,7 @@ fn a_length_at_the_cap_with_nothing_behind_it_is_truncated() {
     // 13 bytes cost one MAX_MANIFEST buffer (by design: the cap bounds it), and nothing more.
     let input = [
         &bundle::MAGIC[..],
-        &[bundle::FORMAT],
+        &[bundle::FORMAT_V1],
         &(bundle::MAX_MANIFEST as u32).to_le_bytes(),
     ]
     .concat();
@@ -316,7 +321,7 @@ fn a_length_at_the_cap_with_nothing_behind_it_is_truncated() {
 fn tampering_with_a_signed_bundle_is_a_clean_error_at_every_stage() {
     let b = signed_bundle();
     let (m, s) = {
-        let (m, bytes, sigs) = bundle::read_header_unverified(&mut &b[..]).unwrap();
+        let (m, _, bytes, sigs) = bundle::read_header_unverified(&mut &b[..]).unwrap();
         (m, (bytes.len(), postcard::to_stdvec(&sigs).unwrap().len()))
     };
     let header_len = 9 + 4 + s.0 + 4 + s.1;
@@ -364,7 +369,8 @@ fn tampering_with_a_signed_bundle_is_a_clean_error_at_every_stage() {
 /// An unsigned manifest whose `golden_inputs` is `n` empty vectors: one input byte each, one 24-byte `Vec` each
 /// once decoded.
 fn empty_vectors_manifest(n: usize) -> Vec<u8> {
-    let m = manifest(&[b"x"]);
+    // Format 1, as the frame says (a classifier's manifest).
+    let m = manifest(&[b"x"]).as_v1().unwrap();
     let head = postcard::to_stdvec(&(
         &m.name,
         m.version,
@@ -389,7 +395,7 @@ fn empty_vectors_bundle() -> Vec<u8> {
     let n = bundle::MAX_MANIFEST - empty_vectors_manifest(0).len() - 4;
     let m = empty_vectors_manifest(n);
     assert!(m.len() <= bundle::MAX_MANIFEST);
-    let decoded: Manifest = postcard::from_bytes(&m).unwrap();
+    let decoded: bundle::ManifestV1 = postcard::from_bytes(&m).unwrap();
     assert_eq!(decoded.golden_inputs.len(), n);
     drop(decoded);
     frame(

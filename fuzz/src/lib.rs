@@ -77,11 +77,12 @@ pub fn policy(f: &Fixture) -> Policy<'_> {
     }
 }
 
-/// `OUTPOSTB | 1 | len | manifest | len | sigs`, the header framing of `write_bundle`.
+/// `OUTPOSTB | 1 | len | manifest | len | sigs`, the header framing of `write_bundle` for a format 1 (classifier)
+/// manifest, the format the corpus was grown on.
 pub fn frame(manifest: &[u8], sigs: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + manifest.len() + sigs.len());
     out.extend_from_slice(bundle::MAGIC);
-    out.push(bundle::FORMAT);
+    out.push(bundle::FORMAT_V1);
     out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
     out.extend_from_slice(manifest);
     out.extend_from_slice(&(sigs.len() as u32).to_le_bytes());
@@ -93,7 +94,7 @@ pub fn frame(manifest: &[u8], sigs: &[u8]) -> Vec<u8> {
 pub fn sections(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let b = b
         .strip_prefix(bundle::MAGIC.as_slice())?
-        .strip_prefix(&[bundle::FORMAT])?;
+        .strip_prefix(&[bundle::FORMAT_V1])?;
     let (m, rest) = take_section(b)?;
     let (s, _) = take_section(rest)?;
     Some((m, s))
@@ -149,7 +150,7 @@ pub fn run_manifest(data: &[u8]) -> Result<(), BundleError> {
     let (m_bytes, s_bytes) = split_manifest_input(data);
     let framed = frame(m_bytes, s_bytes);
     let mut r = &framed[..];
-    let (manifest, manifest_bytes, mut sigs) = bundle::read_header_unverified(&mut r)?;
+    let (manifest, format, manifest_bytes, mut sigs) = bundle::read_header_unverified(&mut r)?;
     assert!(r.is_empty());
     assert_eq!(manifest_bytes, m_bytes);
     // Encoding is stable: what we re-encode decodes and re-encodes to the same bytes.
@@ -158,12 +159,12 @@ pub fn run_manifest(data: &[u8]) -> Result<(), BundleError> {
     assert_eq!(postcard::to_stdvec(&back).unwrap(), again);
     // Unsigned (as read): never accepted, whatever the signature list says, unless it holds a real signature.
     let unsigned =
-        bundle::verify_manifest(manifest.clone(), manifest_bytes.clone(), &sigs, &policy(f));
+        bundle::verify_manifest(manifest.clone(), format, manifest_bytes.clone(), &sigs, &policy(f));
     if let Ok(h) = &unsigned {
         assert_eq!(h.signers, vec![f.key.id()]);
     }
     sigs.push(f.key.sign(&[DOMAIN, &manifest_bytes].concat()));
-    let h = bundle::verify_manifest(manifest, manifest_bytes, &sigs, &policy(f))?;
+    let h = bundle::verify_manifest(manifest, format, manifest_bytes, &sigs, &policy(f))?;
     assert_eq!(h.signers, vec![f.key.id()]);
     assert!((1..=bundle::MAX_VARIANTS).contains(&h.manifest.variants.len()));
     Ok(())
@@ -206,6 +207,7 @@ fn spec(gray: bool, nhwc: bool, w: u32, h: u32) -> ModelSpec {
             n: 100,
             top1: 0.9,
         }),
+        tensors: None,
     };
     spec.validate().expect("seed spec is valid");
     spec
@@ -229,6 +231,7 @@ fn variant(name: &str, bytes: &[u8], goldens: usize, out_len: usize) -> Variant 
                     .collect()
             })
             .collect(),
+        golden_tensor_outputs: vec![],
     }
 }
 
@@ -250,6 +253,7 @@ fn seed_bundles_with(key: &SigningKeyFile, other: &SigningKeyFile) -> Vec<(&'sta
         golden_inputs: goldens,
         golden_tolerance: 0.05,
         variants,
+        golden_tensors: vec![],
     };
     let mut out = Vec::new();
     let mut push =

@@ -54,6 +54,12 @@ impl From<ServiceError> for ApiError {
                 code: "too_large",
                 message: e.to_string(),
             },
+            // Tensors that do not fit the model (or a request for the wrong kind of model): the request is wrong.
+            ServiceError::BadInput(InferenceError::Tensors(m)) => ApiError::Client {
+                status: StatusCode::BAD_REQUEST,
+                code: "bad_request",
+                message: m,
+            },
             ServiceError::BadInput(inner) => ApiError::Client {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 code: "bad_image",

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::ApiError;
+use crate::inference::{Dtype, TensorData, TensorIo, TensorValue};
 use crate::serve::{InferResponse, Registry, Service};
+use crate::wire::status::Source;
 
 /// The header that splits a binary request or response into its JSON part and its tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -94,10 +96,19 @@ struct RequestOutput {
     parameters: OutputParameters,
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct RequestParameters {
+    /// Every output in binary form when the request names no outputs (what tritonclient sends then).
+    #[serde(default)]
+    binary_data_output: bool,
+}
+
 #[derive(Debug, Deserialize)]
 struct InferRequest {
     #[serde(default)]
     id: Option<String>,
+    #[serde(default)]
+    parameters: RequestParameters,
     inputs: Vec<RequestInput>,
     #[serde(default)]
     outputs: Vec<RequestOutput>,
@@ -108,6 +119,64 @@ struct InferRequest {
 enum OutputData {
     Floats(Vec<f32>),
     Strings(Vec<String>),
+    Int64(Vec<i64>),
+    Int32(Vec<i32>),
+    Uint8(Vec<u8>),
+    Int8(Vec<i8>),
+}
+
+impl OutputData {
+    /// The binary tensor data form: little-endian elements; a BYTES element is a u32 length then its bytes.
+    fn write_binary(&self, out: &mut Vec<u8>) {
+        match self {
+            OutputData::Floats(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+            OutputData::Strings(v) => v.iter().for_each(|s| {
+                out.extend((s.len() as u32).to_le_bytes());
+                out.extend(s.as_bytes());
+            }),
+            OutputData::Int64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+            OutputData::Int32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+            OutputData::Uint8(v) => out.extend(v),
+            OutputData::Int8(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        }
+    }
+}
+
+impl From<Dtype> for Datatype {
+    fn from(d: Dtype) -> Datatype {
+        match d {
+            Dtype::Fp32 => Datatype::Fp32,
+            Dtype::Int64 => Datatype::Int64,
+            Dtype::Int32 => Datatype::Int32,
+            Dtype::Uint8 => Datatype::Uint8,
+            Dtype::Int8 => Datatype::Int8,
+        }
+    }
+}
+
+impl std::fmt::Display for Datatype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The protocol's own spelling (FP32, INT64, BYTES...), as serde writes it.
+        let name = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&name)
+    }
+}
+
+impl Datatype {
+    /// The engine's element type for this protocol datatype, if Outpost serves it.
+    fn dtype(self) -> Option<Dtype> {
+        match self {
+            Datatype::Fp32 => Some(Dtype::Fp32),
+            Datatype::Int64 => Some(Dtype::Int64),
+            Datatype::Int32 => Some(Dtype::Int32),
+            Datatype::Uint8 => Some(Dtype::Uint8),
+            Datatype::Int8 => Some(Dtype::Int8),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -132,7 +201,20 @@ struct InferReply {
     model_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
+    /// Which tier decided a classifier's answer, and what became of a hard case (clients that do not know these
+    /// parameters ignore them, as the protocol lets them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ReplyParameters>,
     outputs: Vec<ResponseOutput>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReplyParameters {
+    outpost_source: crate::wire::status::Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outpost_forwarded: Option<crate::wire::status::Forwarded>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outpost_case_id: Option<String>,
 }
 
 fn bad(message: String) -> ApiError {
@@ -213,6 +295,24 @@ fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
     let mut versions = vec![spec.version.to_string()];
     if let Some(c) = service.candidate() {
         versions.push(c.spec().version.to_string());
+    }
+    if let Some(io) = spec.raw() {
+        let list = |l: &[crate::inference::TensorSpec]| {
+            l.iter()
+                .map(|t| TensorMetadata {
+                    name: t.name.clone(),
+                    datatype: t.datatype.into(),
+                    shape: t.shape.iter().map(|d| *d as i64).collect(),
+                })
+                .collect()
+        };
+        return ModelMetadata {
+            name: name.to_string(),
+            versions,
+            platform: "onnx_onnxv1",
+            inputs: list(&io.inputs),
+            outputs: list(&io.outputs),
+        };
     }
     ModelMetadata {
         name: name.to_string(),
@@ -462,7 +562,7 @@ fn read_input(service: &Service, request: &InferRequest, binary: &[u8]) -> Resul
             Ok(Input::Image(image))
         }
         other => Err(bad(format!(
-            "input {} is {other:?}; model {} takes FP32 tensors of shape {:?}, or one encoded PNG/JPEG as BYTES",
+            "input {} is {other}; model {} takes FP32 tensors of shape {:?}, or one encoded PNG/JPEG as BYTES",
             input.name,
             service.name(),
             spec.input.shape
@@ -489,6 +589,9 @@ async fn run(
     let (json_len, binary_start) = split(&headers, &body)?;
     let request: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| bad(format!("the request is not an inference request: {e}")))?;
+    if let Some(io) = service.engine().spec().raw().cloned() {
+        return run_raw(&service, name, &io, request, &body[binary_start..]).await;
+    }
     let input = read_input(&service, &request, &body[binary_start..])?;
     let spec = service.engine().spec().clone();
     for o in &request.outputs {
@@ -506,7 +609,10 @@ async fn run(
     let requested = match request.outputs.as_slice() {
         [] => vec![RequestOutput {
             name: spec.output.name.clone(),
-            parameters: OutputParameters::default(),
+            parameters: OutputParameters {
+                binary_data: request.parameters.binary_data_output,
+                classification: None,
+            },
         }],
         _ => request.outputs,
     };
@@ -515,21 +621,26 @@ async fn run(
     for o in requested {
         let (datatype, shape, data) = match o.parameters.classification {
             Some(k) => {
-                // Triton's form: "score:index:label" for the k best classes.
+                // Triton's form: "score:index:label" for the k best classes, by the edge model's output; when the
+                // cloud decided a hard case, its class comes first with its confidence.
                 let k = (k as usize).clamp(1, answer.output.len().max(1));
                 let mut order: Vec<usize> = (0..answer.output.len()).collect();
                 order.sort_by(|a, b| answer.output[*b].total_cmp(&answer.output[*a]));
-                let labels: Vec<String> = order
-                    .into_iter()
-                    .take(k)
-                    .map(|i| {
-                        format!(
-                            "{}:{i}:{}",
-                            answer.output[i],
-                            spec.labels.get(i).map(String::as_str).unwrap_or("")
-                        )
-                    })
-                    .collect();
+                let cloud = matches!(answer.source, Source::Cloud | Source::CloudCache)
+                    .then(|| spec.labels.iter().position(|l| *l == answer.label))
+                    .flatten();
+                let mut labels: Vec<String> = Vec::new();
+                if let Some(c) = cloud {
+                    labels.push(format!("{}:{c}:{}", answer.confidence, answer.label));
+                    order.retain(|i| *i != c);
+                }
+                labels.extend(order.into_iter().take(k - labels.len()).map(|i| {
+                    format!(
+                        "{}:{i}:{}",
+                        answer.output[i],
+                        spec.labels.get(i).map(String::as_str).unwrap_or("")
+                    )
+                }));
                 (
                     Datatype::Bytes,
                     vec![1, labels.len() as u64],
@@ -542,40 +653,315 @@ async fn run(
                 OutputData::Floats(answer.output.clone()),
             ),
         };
-        if o.parameters.binary_data {
-            let start = binary.len();
-            match &data {
-                OutputData::Floats(v) => v.iter().for_each(|x| binary.extend(x.to_le_bytes())),
-                OutputData::Strings(v) => v.iter().for_each(|s| {
-                    binary.extend((s.len() as u32).to_le_bytes());
-                    binary.extend(s.as_bytes());
-                }),
+        outputs.push(output(
+            o.name,
+            datatype,
+            shape,
+            data,
+            o.parameters.binary_data.then_some(&mut binary),
+        ));
+    }
+    reply(
+        InferReply {
+            model_name: name,
+            model_version: answer.model.version.to_string(),
+            id: request.id,
+            parameters: Some(ReplyParameters {
+                outpost_source: answer.source,
+                outpost_forwarded: answer.forwarded,
+                outpost_case_id: answer.case_id.clone(),
+            }),
+            outputs,
+        },
+        binary,
+    )
+}
+
+/// Reads one input's values from JSON data (flat or nested, row-major): numbers of its datatype, at most `max`.
+fn json_values(
+    v: &serde_json::Value,
+    dtype: Dtype,
+    max: usize,
+    name: &str,
+) -> Result<TensorData, ApiError> {
+    let mut flat = Vec::new();
+    fn walk<'a>(
+        v: &'a serde_json::Value,
+        max: usize,
+        out: &mut Vec<&'a serde_json::Number>,
+    ) -> Result<(), String> {
+        match v {
+            serde_json::Value::Array(items) => items.iter().try_for_each(|i| walk(i, max, out)),
+            serde_json::Value::Number(n) if out.len() < max => {
+                out.push(n);
+                Ok(())
             }
-            outputs.push(ResponseOutput {
-                name: o.name,
+            serde_json::Value::Number(_) => {
+                Err(format!("more than the {max} values the input takes"))
+            }
+            other => Err(format!("a {} where the data holds numbers", kind(other))),
+        }
+    }
+    walk(v, max, &mut flat).map_err(|e| bad(format!("input {name}: {e}")))?;
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .ok_or_else(|| bad(format!("input {name}: {n} is not an integer")))
+    };
+    let narrow = |x: i64, lo: i64, hi: i64| {
+        if (lo..=hi).contains(&x) {
+            Ok(x)
+        } else {
+            Err(bad(format!(
+                "input {name}: {x} is out of range for {}",
+                dtype.name()
+            )))
+        }
+    };
+    Ok(match dtype {
+        Dtype::Fp32 => TensorData::Fp32(
+            flat.iter()
+                .map(|n| {
+                    n.as_f64()
+                        .map(|x| x as f32)
+                        .ok_or_else(|| bad(format!("input {name}: a number out of range")))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Dtype::Int64 => TensorData::Int64(flat.iter().map(|n| int(n)).collect::<Result<_, _>>()?),
+        Dtype::Int32 => TensorData::Int32(
+            flat.iter()
+                .map(|n| narrow(int(n)?, i32::MIN as i64, i32::MAX as i64).map(|x| x as i32))
+                .collect::<Result<_, _>>()?,
+        ),
+        Dtype::Uint8 => TensorData::Uint8(
+            flat.iter()
+                .map(|n| narrow(int(n)?, 0, 255).map(|x| x as u8))
+                .collect::<Result<_, _>>()?,
+        ),
+        Dtype::Int8 => TensorData::Int8(
+            flat.iter()
+                .map(|n| narrow(int(n)?, -128, 127).map(|x| x as i8))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Reads a raw tensor model's inputs (by name, in any order; binary parts in the order of the request) and puts
+/// them in the spec's order. Everything is checked here against the spec so the error names the input.
+fn read_tensors(
+    service: &Service,
+    io: &TensorIo,
+    request: &InferRequest,
+    binary: &[u8],
+) -> Result<Vec<TensorValue>, ApiError> {
+    let mut by_name: Vec<Option<TensorValue>> = vec![None; io.inputs.len()];
+    let mut offset = 0usize;
+    for input in &request.inputs {
+        let Some(i) = io.inputs.iter().position(|t| t.name == input.name) else {
+            return Err(bad(format!(
+                "model {} has no input {:?}: its inputs are {}",
+                service.name(),
+                input.name,
+                io.inputs
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if by_name[i].is_some() {
+            return Err(bad(format!("input {} is given twice", input.name)));
+        }
+        let spec = &io.inputs[i];
+        let dtype = input
+            .datatype
+            .dtype()
+            .filter(|d| *d == spec.datatype)
+            .ok_or_else(|| {
+                bad(format!(
+                    "input {} is {}; model {} takes {} of shape {:?}",
+                    input.name,
+                    input.datatype,
+                    service.name(),
+                    spec.datatype.name(),
+                    spec.shape
+                ))
+            })?;
+        let want: Vec<i64> = spec.shape.iter().map(|d| *d as i64).collect();
+        if input.shape != want {
+            return Err(bad(format!(
+                "input {} has shape {:?}; model {} takes {want:?}",
+                input.name,
+                input.shape,
+                service.name()
+            )));
+        }
+        let n = spec.len();
+        let data = match (&input.data, input.parameters.binary_data_size) {
+            (_, Some(size)) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size != n * dtype.size() {
+                    return Err(bad(format!(
+                        "input {} announces {size} binary bytes; {} of shape {:?} is {} bytes",
+                        input.name,
+                        dtype.name(),
+                        spec.shape,
+                        n * dtype.size()
+                    )));
+                }
+                let end = offset.checked_add(size).filter(|e| *e <= binary.len()).ok_or_else(|| {
+                    bad(format!(
+                        "input {} needs {size} binary bytes at offset {offset}; the body carries {} after its JSON part",
+                        input.name,
+                        binary.len()
+                    ))
+                })?;
+                let d = TensorData::from_le_bytes(dtype, &binary[offset..end])
+                    .ok_or_else(|| bad(format!("input {}: a partial element", input.name)))?;
+                offset = end;
+                d
+            }
+            (Some(data), None) => json_values(data, dtype, n, &input.name)?,
+            (None, None) => {
+                return Err(bad(format!(
+                    "input {} has neither data nor binary_data_size",
+                    input.name
+                )))
+            }
+        };
+        let value = TensorValue {
+            name: spec.name.clone(),
+            shape: spec.shape.clone(),
+            data,
+        };
+        value.check(spec).map_err(bad)?;
+        by_name[i] = Some(value);
+    }
+    if offset != binary.len() {
+        return Err(bad(format!(
+            "the body carries {} binary bytes after its JSON part; the inputs announce {offset}",
+            binary.len()
+        )));
+    }
+    by_name
+        .into_iter()
+        .zip(&io.inputs)
+        .map(|(v, t)| v.ok_or_else(|| bad(format!("input {} is missing", t.name))))
+        .collect()
+}
+
+/// Inference on a raw tensor model: every output (or the ones asked for), as JSON or binary.
+async fn run_raw(
+    service: &Service,
+    name: String,
+    io: &TensorIo,
+    request: InferRequest,
+    binary: &[u8],
+) -> Result<Response, ApiError> {
+    let inputs = read_tensors(service, io, &request, binary)?;
+    for o in &request.outputs {
+        if !io.outputs.iter().any(|t| t.name == o.name) {
+            return Err(bad(format!(
+                "model {name} has no output {:?}: its outputs are {}",
+                o.name,
+                io.outputs
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if o.parameters.classification.is_some() {
+            return Err(bad(format!(
+                "model {name} is a raw tensor model: it has no classes to report"
+            )));
+        }
+    }
+    let answer = service.infer_tensors(inputs).await?;
+    let requested: Vec<(String, bool)> = match request.outputs.as_slice() {
+        [] => io
+            .outputs
+            .iter()
+            .map(|t| (t.name.clone(), request.parameters.binary_data_output))
+            .collect(),
+        some => some
+            .iter()
+            .map(|o| (o.name.clone(), o.parameters.binary_data))
+            .collect(),
+    };
+    let mut outputs = Vec::new();
+    let mut tail: Vec<u8> = Vec::new();
+    for (out_name, as_binary) in requested {
+        let Some(t) = answer.outputs.iter().find(|t| t.name == out_name) else {
+            return Err(ApiError::Internal(format!(
+                "the model gave no output {out_name}"
+            )));
+        };
+        let data = match &t.data {
+            TensorData::Fp32(v) => OutputData::Floats(v.clone()),
+            TensorData::Int64(v) => OutputData::Int64(v.clone()),
+            TensorData::Int32(v) => OutputData::Int32(v.clone()),
+            TensorData::Uint8(v) => OutputData::Uint8(v.clone()),
+            TensorData::Int8(v) => OutputData::Int8(v.clone()),
+        };
+        outputs.push(output(
+            out_name,
+            t.data.dtype().into(),
+            t.shape.iter().map(|d| *d as u64).collect(),
+            data,
+            as_binary.then_some(&mut tail),
+        ));
+    }
+    reply(
+        InferReply {
+            model_name: name,
+            model_version: answer.model.version.to_string(),
+            id: request.id,
+            parameters: Some(ReplyParameters {
+                outpost_source: answer.source,
+                outpost_forwarded: None,
+                outpost_case_id: None,
+            }),
+            outputs,
+        },
+        tail,
+    )
+}
+
+/// One output of a reply: its data in the JSON, or appended to `binary` (the reply's binary part) when given.
+fn output(
+    name: String,
+    datatype: Datatype,
+    shape: Vec<u64>,
+    data: OutputData,
+    binary: Option<&mut Vec<u8>>,
+) -> ResponseOutput {
+    match binary {
+        Some(tail) => {
+            let start = tail.len();
+            data.write_binary(tail);
+            ResponseOutput {
+                name,
                 datatype,
                 shape,
                 data: None,
                 parameters: Some(OutputBinary {
-                    binary_data_size: (binary.len() - start) as u64,
+                    binary_data_size: (tail.len() - start) as u64,
                 }),
-            });
-        } else {
-            outputs.push(ResponseOutput {
-                name: o.name,
-                datatype,
-                shape,
-                data: Some(data),
-                parameters: None,
-            });
+            }
         }
+        None => ResponseOutput {
+            name,
+            datatype,
+            shape,
+            data: Some(data),
+            parameters: None,
+        },
     }
-    let reply = InferReply {
-        model_name: name,
-        model_version: answer.model.version.to_string(),
-        id: request.id,
-        outputs,
-    };
+}
+
+/// The JSON reply, followed by its binary outputs when there are any.
+fn reply(reply: InferReply, binary: Vec<u8>) -> Result<Response, ApiError> {
     let json = serde_json::to_vec(&reply).map_err(|e| ApiError::Internal(e.to_string()))?;
     if binary.is_empty() {
         return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());

@@ -371,6 +371,10 @@ struct BundleArgs {
     /// Directory of PNG/JPEG images for the on-device quality gate (first 8 used).
     #[arg(long)]
     golden_images: Option<PathBuf>,
+    /// For a raw tensor model (a spec that lists tensors): a JSON file of golden cases for the on-device gate, a
+    /// list of cases each a list of {name, datatype, shape, data} in the spec's input order (first 8 used).
+    #[arg(long)]
+    golden_tensors: Option<PathBuf>,
     #[arg(long, default_value_t = 0.05)]
     tolerance: f32,
     #[arg(long)]
@@ -456,7 +460,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut f = std::io::BufReader::new(
                 std::fs::File::open(&bundle).with_context(|| bundle.display().to_string())?,
             );
-            let (m, _, sigs) = bundle::read_header_unverified(&mut f)
+            let (m, _, _, sigs) = bundle::read_header_unverified(&mut f)
                 .with_context(|| bundle.display().to_string())?;
             let variants: Vec<_> = m
                 .variants
@@ -466,7 +470,8 @@ fn run(cli: Cli) -> Result<()> {
             let summary = serde_json::json!({
                 "name": m.name, "version": m.version, "created_unix": m.created_unix, "expires_unix": m.expires_unix,
                 "min_agent_version": m.min_agent_version, "input_shape": m.spec.input.shape, "labels": m.spec.labels.len(),
-                "golden_cases": m.golden_inputs.len(), "golden_tolerance": m.golden_tolerance,
+                "golden_cases": m.golden_inputs.len() + m.golden_tensors.len(), "golden_tolerance": m.golden_tolerance,
+                "tensors": m.spec.tensors,
                 "hardness_threshold": m.hardness_threshold, "variants": variants,
                 "signatures": sigs.iter().map(|s| s.key_id.clone()).collect::<Vec<_>>(),
             });
@@ -513,6 +518,13 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
             golden_images.push(std::fs::read(&p).with_context(|| p.display().to_string())?);
         }
     }
+    let golden_tensors = match &args.golden_tensors {
+        Some(p) => bundle::build::golden_tensors_from_json(
+            &std::fs::read(p).with_context(|| p.display().to_string())?,
+        )
+        .with_context(|| p.display().to_string())?,
+        None => Vec::new(),
+    };
     let mut variants = Vec::new();
     for (name, path) in &named {
         let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
@@ -528,6 +540,7 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
         spec,
         variants,
         golden_images,
+        golden_tensors,
         version: args.version,
         expires_in_s: args.expires_days * 86_400,
         tolerance: args.tolerance,

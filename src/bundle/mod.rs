@@ -3,8 +3,14 @@
 //! Layout of a bundle file (all lengths little-endian u32, each capped before anything is allocated):
 //!
 //! ```text
-//! b"OUTPOSTB" | 1u8 | manifest_len | manifest (postcard) | sigs_len | signatures (postcard) | variant 0 | variant 1 ...
+//! b"OUTPOSTB" | format u8 | manifest_len | manifest (postcard) | sigs_len | signatures (postcard) | variant 0 | ...
 //! ```
+//!
+//! Format 1 is the image classifier's manifest ([`ManifestV1`]); format 2 ([`Manifest`]) adds raw tensor models
+//! (a spec that lists several inputs and outputs, golden tensors of any datatype). A bundle is written in format 1
+//! whenever its manifest fits it, so agents from before format 2 still take classifier updates from a new tool; every
+//! agent since reads both. Each format signs under its own domain tag, so a signed manifest of one format can
+//! never be read as the other.
 //!
 //! Only the manifest is signed; it pins every variant's size and SHA-256, so the (large) model bytes can be streamed
 //! to disk and checked as they arrive, and nothing past the signed size is ever read.
@@ -16,23 +22,31 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 
-use crate::inference::ModelSpec;
+use crate::inference::spec::ModelSpecV1;
+use crate::inference::{ModelSpec, TensorValue};
 pub use keys::{KeyId, SigningKeyFile, TrustedKeys};
 
 pub const MAGIC: &[u8; 8] = b"OUTPOSTB";
-pub const FORMAT: u8 = 1;
+/// The format [`Manifest`] encodes as (postcard of the struct itself).
+pub const FORMAT: u8 = 2;
+/// The image classifier's format, read by every agent ([`ManifestV1`]).
+pub const FORMAT_V1: u8 = 1;
 /// Caps on what an untrusted bundle may make us allocate.
 pub const MAX_MANIFEST: usize = 8 * 1024 * 1024;
 pub const MAX_SIGNATURES: usize = 64 * 1024;
 pub const MAX_VARIANTS: usize = 8;
 pub const MAX_MODEL_BYTES: u64 = 1024 * 1024 * 1024;
-/// Signatures cover this domain tag then the manifest bytes, so a signature made for anything else never verifies.
-const DOMAIN: &[u8] = b"outpost-bundle-manifest-v1\0";
+/// Signatures cover the format's domain tag then the manifest bytes, so a signature made for anything else (or for
+/// the other format's reading of the same bytes) never verifies.
+const DOMAIN_V1: &[u8] = b"outpost-bundle-manifest-v1\0";
+const DOMAIN_V2: &[u8] = b"outpost-bundle-manifest-v2\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("not an Outpost bundle (bad magic or format)")]
+    #[error("not an Outpost bundle (bad magic)")]
     NotABundle,
+    #[error("bundle format {0} is newer than this agent reads (1 and 2): upgrade the agent, or rebuild the bundle with the operator tool of this agent's version")]
+    UnknownFormat(u8),
     #[error("bundle is truncated: {0}")]
     Truncated(String),
     #[error("{what} is {size} bytes, more than the cap of {cap}")]
@@ -68,6 +82,60 @@ pub struct Variant {
     pub sha256: [u8; 32],
     /// The outputs this variant gave on `Manifest::golden_inputs` when the bundle was made.
     pub golden_outputs: Vec<Vec<f32>>,
+    /// A raw tensor model's outputs on `Manifest::golden_tensors` (empty for a classifier).
+    pub golden_tensor_outputs: Vec<Vec<TensorValue>>,
+}
+
+/// A variant in a format 1 manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantV1 {
+    pub name: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub golden_outputs: Vec<Vec<f32>>,
+}
+
+/// A format 1 manifest (an image classifier), as agents before raw tensor models read and sign it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestV1 {
+    pub name: String,
+    pub version: u64,
+    pub created_unix: u64,
+    pub expires_unix: u64,
+    pub min_agent_version: String,
+    pub spec: ModelSpecV1,
+    pub hardness_threshold: Option<f32>,
+    pub golden_inputs: Vec<Vec<f32>>,
+    pub golden_tolerance: f32,
+    pub variants: Vec<VariantV1>,
+}
+
+impl From<ManifestV1> for Manifest {
+    fn from(m: ManifestV1) -> Manifest {
+        Manifest {
+            name: m.name,
+            version: m.version,
+            created_unix: m.created_unix,
+            expires_unix: m.expires_unix,
+            min_agent_version: m.min_agent_version,
+            spec: m.spec.into(),
+            hardness_threshold: m.hardness_threshold,
+            golden_inputs: m.golden_inputs,
+            golden_tolerance: m.golden_tolerance,
+            variants: m
+                .variants
+                .into_iter()
+                .map(|v| Variant {
+                    name: v.name,
+                    size: v.size,
+                    sha256: v.sha256,
+                    golden_outputs: v.golden_outputs,
+                    golden_tensor_outputs: Vec::new(),
+                })
+                .collect(),
+            golden_tensors: Vec::new(),
+        }
+    }
 }
 
 /// What the operator signs.
@@ -87,6 +155,9 @@ pub struct Manifest {
     /// Largest |output - expected| allowed per value in the gate.
     pub golden_tolerance: f32,
     pub variants: Vec<Variant>,
+    /// A raw tensor model's gate: sets of inputs (in the spec's order); each variant's outputs on them are its
+    /// `golden_tensor_outputs`. Empty for a classifier.
+    pub golden_tensors: Vec<Vec<TensorValue>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +167,40 @@ pub struct BundleSignature {
 }
 
 impl Manifest {
+    /// The format 1 form of this manifest, when it has one (an image classifier with no golden tensors).
+    pub fn as_v1(&self) -> Option<ManifestV1> {
+        if self.spec.tensors.is_some()
+            || !self.golden_tensors.is_empty()
+            || self
+                .variants
+                .iter()
+                .any(|v| !v.golden_tensor_outputs.is_empty())
+        {
+            return None;
+        }
+        Some(ManifestV1 {
+            name: self.name.clone(),
+            version: self.version,
+            created_unix: self.created_unix,
+            expires_unix: self.expires_unix,
+            min_agent_version: self.min_agent_version.clone(),
+            spec: self.spec.v1_view(),
+            hardness_threshold: self.hardness_threshold,
+            golden_inputs: self.golden_inputs.clone(),
+            golden_tolerance: self.golden_tolerance,
+            variants: self
+                .variants
+                .iter()
+                .map(|v| VariantV1 {
+                    name: v.name.clone(),
+                    size: v.size,
+                    sha256: v.sha256,
+                    golden_outputs: v.golden_outputs.clone(),
+                })
+                .collect(),
+        })
+    }
+
     /// Saturating: sizes come from outside, and a wrapped sum would slip under the cap (found by fuzzing).
     pub fn total_model_bytes(&self) -> u64 {
         self.variants
@@ -120,6 +225,53 @@ impl Manifest {
             });
         }
         self.spec.validate().map_err(BundleError::Manifest)?;
+        if let Some(io) = &self.spec.tensors {
+            if !self.golden_inputs.is_empty() {
+                return bad("a raw tensor model's golden cases are golden_tensors".into());
+            }
+            for (i, set) in self.golden_tensors.iter().enumerate() {
+                if set.len() != io.inputs.len() {
+                    return bad(format!(
+                        "golden case {i} has {} tensors, the spec lists {} inputs",
+                        set.len(),
+                        io.inputs.len()
+                    ));
+                }
+                for (v, t) in set.iter().zip(&io.inputs) {
+                    v.check(t)
+                        .map_err(|e| BundleError::Manifest(format!("golden case {i}: {e}")))?;
+                }
+            }
+            for v in &self.variants {
+                if v.golden_tensor_outputs.len() != self.golden_tensors.len() {
+                    return bad(format!(
+                        "variant `{}` has {} golden outputs for {} cases",
+                        v.name,
+                        v.golden_tensor_outputs.len(),
+                        self.golden_tensors.len()
+                    ));
+                }
+                for (i, outs) in v.golden_tensor_outputs.iter().enumerate() {
+                    if outs.len() != io.outputs.len()
+                        || outs
+                            .iter()
+                            .zip(&io.outputs)
+                            .any(|(o, t)| o.check(t).is_err())
+                    {
+                        return bad(format!(
+                            "variant `{}`: golden case {i}'s outputs do not fit the spec's outputs",
+                            v.name
+                        ));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if !self.golden_tensors.is_empty() {
+            return bad(
+                "golden_tensors are for raw tensor models; a classifier's are golden_inputs".into(),
+            );
+        }
         let n = self.spec.input_len();
         if self.golden_inputs.iter().any(|g| g.len() != n) {
             return bad(format!("golden inputs must have {n} values each"));
@@ -138,11 +290,37 @@ impl Manifest {
     }
 }
 
-fn message(manifest_bytes: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(DOMAIN.len() + manifest_bytes.len());
-    m.extend_from_slice(DOMAIN);
+fn message(format: u8, manifest_bytes: &[u8]) -> Vec<u8> {
+    let domain = if format == FORMAT_V1 {
+        DOMAIN_V1
+    } else {
+        DOMAIN_V2
+    };
+    let mut m = Vec::with_capacity(domain.len() + manifest_bytes.len());
+    m.extend_from_slice(domain);
     m.extend_from_slice(manifest_bytes);
     m
+}
+
+/// The manifest in the bytes of its format.
+fn encode_manifest(manifest: &Manifest) -> Result<(u8, Vec<u8>), BundleError> {
+    let enc = |e: postcard::Error| BundleError::Manifest(e.to_string());
+    match manifest.as_v1() {
+        Some(v1) => Ok((FORMAT_V1, postcard::to_stdvec(&v1).map_err(enc)?)),
+        None => Ok((FORMAT, postcard::to_stdvec(manifest).map_err(enc)?)),
+    }
+}
+
+/// Decodes a manifest of either format.
+pub fn decode_manifest(format: u8, bytes: &[u8]) -> Result<Manifest, BundleError> {
+    let dec = |e: postcard::Error| BundleError::Manifest(e.to_string());
+    if format == FORMAT_V1 {
+        Ok(postcard::from_bytes::<ManifestV1>(bytes)
+            .map_err(dec)?
+            .into())
+    } else {
+        postcard::from_bytes::<Manifest>(bytes).map_err(dec)
+    }
 }
 
 /// Writes a signed bundle: the manifest is completed with each variant's size and digest, then signed by `keys`.
@@ -152,15 +330,14 @@ pub fn write_bundle(
     models: &[Vec<u8>],
     keys: &[&SigningKeyFile],
 ) -> Result<(), BundleError> {
-    let manifest_bytes =
-        postcard::to_stdvec(manifest).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    let (format, manifest_bytes) = encode_manifest(manifest)?;
     let sigs: Vec<BundleSignature> = keys
         .iter()
-        .map(|k| k.sign(&message(&manifest_bytes)))
+        .map(|k| k.sign(&message(format, &manifest_bytes)))
         .collect();
     let sig_bytes = postcard::to_stdvec(&sigs).map_err(|e| BundleError::Manifest(e.to_string()))?;
     out.write_all(MAGIC)?;
-    out.write_all(&[FORMAT])?;
+    out.write_all(&[format])?;
     out.write_all(&(manifest_bytes.len() as u32).to_le_bytes())?;
     out.write_all(&manifest_bytes)?;
     out.write_all(&(sig_bytes.len() as u32).to_le_bytes())?;
@@ -204,34 +381,40 @@ fn read_section(r: &mut impl Read, what: &'static str, cap: usize) -> Result<Vec
 #[derive(Debug, Clone)]
 pub struct VerifiedHeader {
     pub manifest: Manifest,
+    /// The format byte the manifest bytes are in.
+    pub format: u8,
     pub manifest_bytes: Vec<u8>,
     /// Key ids whose signatures verified.
     pub signers: Vec<KeyId>,
 }
 
 /// Reads the header without checking any signature (for `inspect`).
+/// Returns the manifest, its format, its bytes and the signatures.
 pub fn read_header_unverified(
     r: &mut impl Read,
-) -> Result<(Manifest, Vec<u8>, Vec<BundleSignature>), BundleError> {
-    let (manifest_bytes, sigs) = read_sections(r)?;
-    let manifest: Manifest =
-        postcard::from_bytes(&manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
-    Ok((manifest, manifest_bytes, sigs))
+) -> Result<(Manifest, u8, Vec<u8>, Vec<BundleSignature>), BundleError> {
+    let (format, manifest_bytes, sigs) = read_sections(r)?;
+    let manifest = decode_manifest(format, &manifest_bytes)?;
+    Ok((manifest, format, manifest_bytes, sigs))
 }
 
-/// The raw manifest bytes and the decoded (small, capped) signature list.
-fn read_sections(r: &mut impl Read) -> Result<(Vec<u8>, Vec<BundleSignature>), BundleError> {
+/// The format byte, the raw manifest bytes and the decoded (small, capped) signature list.
+fn read_sections(r: &mut impl Read) -> Result<(u8, Vec<u8>, Vec<BundleSignature>), BundleError> {
     let mut magic = [0u8; 9];
     r.read_exact(&mut magic)
         .map_err(|_| BundleError::NotABundle)?;
-    if &magic[..8] != MAGIC || magic[8] != FORMAT {
+    if &magic[..8] != MAGIC {
         return Err(BundleError::NotABundle);
+    }
+    let format = magic[8];
+    if format != FORMAT_V1 && format != FORMAT {
+        return Err(BundleError::UnknownFormat(format));
     }
     let manifest_bytes = read_section(r, "manifest", MAX_MANIFEST)?;
     let sig_bytes = read_section(r, "signatures", MAX_SIGNATURES)?;
     let sigs: Vec<BundleSignature> = postcard::from_bytes(&sig_bytes)
         .map_err(|e| BundleError::Signature(format!("signature list does not decode: {e}")))?;
-    Ok((manifest_bytes, sigs))
+    Ok((format, manifest_bytes, sigs))
 }
 
 /// What a device checks before it writes a byte of model data.
@@ -244,22 +427,22 @@ pub struct Policy<'a> {
 
 /// Reads the header and checks signatures (k distinct trusted keys), expiry and agent version.
 pub fn read_header(r: &mut impl Read, policy: &Policy) -> Result<VerifiedHeader, BundleError> {
-    let (manifest_bytes, sigs) = read_sections(r)?;
+    let (format, manifest_bytes, sigs) = read_sections(r)?;
     // Signatures first, over the raw bytes: an unsigned manifest is never decoded, so it cannot make the decoder
     // allocate more than the bytes it came in (found by fuzzing: empty vectors cost 24 bytes per input byte).
-    check_signatures(&manifest_bytes, &sigs, policy)?;
-    let manifest: Manifest =
-        postcard::from_bytes(&manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
-    verify_manifest(manifest, manifest_bytes, &sigs, policy)
+    check_signatures(format, &manifest_bytes, &sigs, policy)?;
+    let manifest = decode_manifest(format, &manifest_bytes)?;
+    verify_manifest(manifest, format, manifest_bytes, &sigs, policy)
 }
 
 /// The distinct trusted keys that signed `manifest_bytes`; an error below the threshold.
 fn check_signatures(
+    format: u8,
     manifest_bytes: &[u8],
     sigs: &[BundleSignature],
     policy: &Policy,
 ) -> Result<Vec<KeyId>, BundleError> {
-    let msg = message(manifest_bytes);
+    let msg = message(format, manifest_bytes);
     let mut signers: Vec<KeyId> = Vec::new();
     for s in sigs {
         if signers.contains(&s.key_id) {
@@ -281,11 +464,12 @@ fn check_signatures(
 
 pub fn verify_manifest(
     manifest: Manifest,
+    format: u8,
     manifest_bytes: Vec<u8>,
     sigs: &[BundleSignature],
     policy: &Policy,
 ) -> Result<VerifiedHeader, BundleError> {
-    let signers = check_signatures(&manifest_bytes, sigs, policy)?;
+    let signers = check_signatures(format, &manifest_bytes, sigs, policy)?;
     manifest.check_shape()?;
     if policy.now_unix >= manifest.expires_unix {
         return Err(BundleError::Expired {
@@ -301,6 +485,7 @@ pub fn verify_manifest(
     }
     Ok(VerifiedHeader {
         manifest,
+        format,
         manifest_bytes,
         signers,
     })

@@ -360,6 +360,7 @@ pub async fn run(models: PathBuf) -> Result<()> {
                 std::fs::read(models.join(format!("{model}.onnx")))?,
             )],
             golden_images: golden,
+            golden_tensors: Vec::new(),
             version,
             expires_in_s: 3600,
             tolerance: 0.05,

@@ -131,9 +131,15 @@ pub async fn run_worker(
             continue;
         };
         let e = engine.clone();
-        let image = case.image.clone();
+        let (image, tensor) = (case.image.clone(), case.tensor.clone());
+        // An image is preprocessed by the cloud model's own spec; a tensor case (the Open Inference Protocol) is the
+        // edge model's input tensor, which the cloud model must take as is (its input length is checked by the run).
         let ran = tokio::task::spawn_blocking(move || {
-            let t = e.tensor_from_image(&image, &DecodeLimits::default())?;
+            let t = if tensor.is_empty() {
+                e.tensor_from_image(&image, &DecodeLimits::default())?
+            } else {
+                tensor
+            };
             e.session()?.classify(&t)
         })
         .await;
@@ -170,11 +176,17 @@ pub async fn run_worker(
             "cloud_label": answer.label,
             "cloud_confidence": answer.confidence,
             "image": format!("{}.img", case.id),
+            "input": if case.tensor.is_empty() { "image" } else { "tensor (little-endian f32)" },
             "created_unix": case.created_unix,
         });
         let ds = dataset.clone();
         let stored = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::write(ds.join(format!("{}.img", case.id)), &case.image)?;
+            let input: Vec<u8> = if case.tensor.is_empty() {
+                case.image.clone()
+            } else {
+                case.tensor.iter().flat_map(|x| x.to_le_bytes()).collect()
+            };
+            std::fs::write(ds.join(format!("{}.img", case.id)), &input)?;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

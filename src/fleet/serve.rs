@@ -42,7 +42,7 @@ pub fn make_offer(path: &Path, chunk_size: u32) -> Result<Offer, FleetError> {
         inner: &mut f,
         n: 0,
     };
-    let (manifest, _, _) = crate::bundle::read_header_unverified(&mut counting)
+    let (manifest, _, _, _) = crate::bundle::read_header_unverified(&mut counting)
         .map_err(|e| FleetError::Bundle(format!("{}: {e}", path.display())))?;
     let header_len = counting.n as u32;
     let size = std::fs::metadata(path).map_err(ioe)?.len();

@@ -101,6 +101,62 @@ pub struct Case {
     /// The device's model that found the case hard, so the cloud answers with its counterpart. Empty in cases of
     /// agents before the model repository (their one model). Last, so those agents' workers still read a case.
     pub model: String,
+    /// The input as a tensor, when the request brought one (the Open Inference Protocol) instead of an image: the
+    /// edge model's input tensor, which the cloud model takes as is. Empty for image cases, which are then encoded
+    /// without this field ([`encode_case`]): workers from before tensor cases read them unchanged.
+    pub tensor: Vec<f32>,
+}
+
+/// A case as agents before tensor cases wrote it (and as image cases are still encoded).
+#[derive(Serialize, Deserialize)]
+struct CaseV2 {
+    id: String,
+    device: String,
+    #[serde(with = "serde_bytes")]
+    image: Vec<u8>,
+    edge_label: String,
+    edge_confidence: f32,
+    edge_model: String,
+    #[serde(with = "serde_bytes")]
+    cache_key: Vec<u8>,
+    created_unix: u64,
+    model: String,
+}
+
+impl Case {
+    /// SHA-256 of what the case asks about, as the signed answer binds it: the image as sent or, for a tensor case,
+    /// the tensor's little-endian bytes under a domain tag (so no image can collide with a tensor).
+    pub fn input_digest(&self) -> [u8; 32] {
+        if self.tensor.is_empty() {
+            return input_digest(&self.image);
+        }
+        let mut h = Sha256::new();
+        h.update(b"outpost-case-tensor-v1\0");
+        for x in &self.tensor {
+            h.update(x.to_le_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
+/// A case's bytes: an image case in the form workers before tensor cases read, a tensor case with its tensor.
+pub fn encode_case(case: &Case) -> Result<Vec<u8>, String> {
+    let r = if case.tensor.is_empty() {
+        postcard::to_stdvec(&CaseV2 {
+            id: case.id.clone(),
+            device: case.device.clone(),
+            image: case.image.clone(),
+            edge_label: case.edge_label.clone(),
+            edge_confidence: case.edge_confidence,
+            edge_model: case.edge_model.clone(),
+            cache_key: case.cache_key.clone(),
+            created_unix: case.created_unix,
+            model: case.model.clone(),
+        })
+    } else {
+        postcard::to_stdvec(case)
+    };
+    r.map_err(|e| e.to_string())
 }
 
 /// A case as agents before the model repository wrote it (still in their outboxes after an upgrade).
@@ -152,7 +208,7 @@ impl Answer {
         Answer {
             id: case.id.clone(),
             device: case.device.clone(),
-            input: input_digest(&case.image),
+            input: case.input_digest(),
             model: model.to_string(),
             issued_unix: crate::bundle::now_unix(),
             label: p.label.clone(),
@@ -203,6 +259,20 @@ pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
     if let Ok((case, [])) = postcard::take_from_bytes::<Case>(bytes) {
         return Ok(case);
     }
+    if let Ok((v2, [])) = postcard::take_from_bytes::<CaseV2>(bytes) {
+        return Ok(Case {
+            id: v2.id,
+            device: v2.device,
+            image: v2.image,
+            edge_label: v2.edge_label,
+            edge_confidence: v2.edge_confidence,
+            edge_model: v2.edge_model,
+            cache_key: v2.cache_key,
+            created_unix: v2.created_unix,
+            model: v2.model,
+            tensor: Vec::new(),
+        });
+    }
     let (v1, rest): (CaseV1, _) =
         postcard::take_from_bytes(bytes).map_err(|e| format!("malformed case: {e}"))?;
     if !rest.is_empty() {
@@ -218,6 +288,7 @@ pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
         cache_key: v1.cache_key,
         created_unix: v1.created_unix,
         model: String::new(),
+        tensor: Vec::new(),
     })
 }
 
@@ -337,7 +408,7 @@ impl Forwarder {
 
     /// Queues the case durably, hands it to the link and waits up to the deadline for the cloud's answer.
     pub async fn forward(&self, case: Case) -> Result<Option<Answer>, ForwardError> {
-        let bytes = postcard::to_stdvec(&case).map_err(|e| ForwardError::Outbox(e.to_string()))?;
+        let bytes = encode_case(&case).map_err(ForwardError::Outbox)?;
         let outbox = self.outbox.clone();
         let (id, b) = (case.id.clone(), bytes.clone());
         // The same case may be queued already (a retried request): it is then neither stored nor sent twice.
@@ -421,7 +492,7 @@ impl Forwarder {
             });
         };
         let case = decode_case(&raw).map_err(ForwardError::Outbox)?;
-        if input_digest(&case.image) != answer.input {
+        if case.input_digest() != answer.input {
             return Err(ForwardError::Mismatch("input digest"));
         }
         if answer.issued_unix + CLOCK_SKEW_S < case.created_unix {
@@ -449,6 +520,7 @@ impl Forwarder {
                 entropy: answer.entropy,
                 tier: "cloud".into(),
                 output: Vec::new(),
+                tensors: Vec::new(),
             };
             if let Err(e) = cache.insert(&key, &entry) {
                 tracing::warn!(error = %e, "cannot cache the cloud's answer");

@@ -13,6 +13,7 @@ mod dequantize;
 pub mod postprocess;
 pub mod preprocess;
 pub mod spec;
+pub mod tensor;
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tract_onnx::prelude::*;
 pub use postprocess::Prediction;
 pub use preprocess::DecodeLimits;
 pub use spec::ModelSpec;
+pub use tensor::{Dtype, TensorData, TensorIo, TensorSpec, TensorValue};
 
 /// Everything that can go wrong between bytes on disk or on the wire and an answer.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,9 @@ pub enum InferenceError {
     },
     #[error("inference failed: {0}")]
     Run(String),
+    /// The request's tensors do not fit the model (names, datatypes, shapes, counts).
+    #[error("{0}")]
+    Tensors(String),
 }
 
 type Plan = TypedSimplePlan;
@@ -90,7 +95,13 @@ struct SharedPlan {
     dequantized_ops: usize,
     /// The executor its runs split their products over, if it was set and the plan is slow enough to gain.
     parallel: Option<tract_linalg::multithread::Executor>,
+    /// What the dry run gave for each output of a raw tensor model: datatype (None when not one Outpost serves) and
+    /// shape, compared with the spec by [`fits`].
+    raw_outputs: OutputFacts,
 }
+
+/// Each output's datatype (None when not one Outpost serves) and shape, as a dry run gave them.
+type OutputFacts = Vec<(Option<Dtype>, Vec<usize>)>;
 
 /// The edge model built into the binary: what `outpost run` serves with no configuration at all.
 pub const BUILTIN_MODEL: &[u8] = include_bytes!("../../models/edge-int8.onnx");
@@ -143,9 +154,14 @@ impl Release {
     }
 }
 
-/// Hex SHA-256 of a spec's JSON (serde's field order, so the same spec always hashes the same).
+/// Hex SHA-256 of a spec's JSON (serde's field order, so the same spec always hashes the same). A classifier's spec
+/// is hashed in its form from before raw tensor models ([`spec::ModelSpecV1`]), so its releases keep their ids.
 pub fn spec_digest(spec: &ModelSpec) -> String {
-    digest_hex(&serde_json::to_vec(spec).unwrap_or_default())
+    let json = match spec.tensors {
+        None => serde_json::to_vec(&spec.v1_view()),
+        Some(_) => serde_json::to_vec(spec),
+    };
+    digest_hex(&json.unwrap_or_default())
 }
 
 impl std::fmt::Debug for Engine {
@@ -174,6 +190,8 @@ struct PlanKey {
     int8_as_float: bool,
     /// Executor threads and threshold in force at load (they decide whether the plan runs on the executor).
     threads: (usize, Duration),
+    /// A raw tensor model's inputs and outputs (then `input_shape` and `output_name` are empty).
+    io: Option<TensorIo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,6 +217,7 @@ impl PlanKey {
             batch,
             int8_as_float: format == Format::Onnx && int8.as_float(),
             threads: parallel_setting().map_or((1, Duration::ZERO), |(_, n, min)| (n, min)),
+            io: spec.tensors.clone(),
         }
     }
 
@@ -223,6 +242,25 @@ fn loaded_plans() -> &'static std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<
 /// Checks a spec against a plan, whether the plan was just built or found alive in the process: a spec that does
 /// not fit is refused the same way on either path, so a bundle cannot go live by reusing another load's checks.
 fn fits(plan: &SharedPlan, spec: &ModelSpec) -> Result<(), InferenceError> {
+    if plan.key.io != spec.tensors {
+        return Err(InferenceError::Model(
+            "the plan was built for other inputs and outputs than the spec lists".into(),
+        ));
+    }
+    if let Some(io) = &spec.tensors {
+        for (want, (dt, shape)) in io.outputs.iter().zip(&plan.raw_outputs) {
+            if *dt != Some(want.datatype) || *shape != want.shape {
+                return Err(InferenceError::Model(format!(
+                    "output {} is {} of shape {shape:?}, but the spec says {} of shape {:?}",
+                    want.name,
+                    dt.map_or("a datatype Outpost does not serve", Dtype::name),
+                    want.datatype.name(),
+                    want.shape
+                )));
+            }
+        }
+        return Ok(());
+    }
     if plan.key.output_name != spec.output.name {
         return Err(InferenceError::Model(format!(
             "the plan reads output '{}' but the spec names '{}'",
@@ -378,6 +416,9 @@ fn typed_onnx(model_bytes: &[u8], key: &PlanKey) -> Result<(TypedModel, usize), 
     let mut inference = onnx
         .model_for_proto_model(&proto)
         .map_err(|e| model_err("not a readable ONNX model", e))?;
+    if let Some(io) = &key.io {
+        return Ok((typed_raw(inference, io, key.batch)?, dequantized_ops));
+    }
     if inference
         .input_outlets()
         .map_err(|e| model_err("inputs", e))?
@@ -401,6 +442,156 @@ fn typed_onnx(model_bytes: &[u8], key: &PlanKey) -> Result<(TypedModel, usize), 
         .into_typed()
         .map_err(|e| model_err("typing the graph", e))?;
     Ok((bind_input(typed, key)?, dequantized_ops))
+}
+
+fn datum(d: Dtype) -> DatumType {
+    match d {
+        Dtype::Fp32 => f32::datum_type(),
+        Dtype::Int64 => i64::datum_type(),
+        Dtype::Int32 => i32::datum_type(),
+        Dtype::Uint8 => u8::datum_type(),
+        Dtype::Int8 => i8::datum_type(),
+    }
+}
+
+fn dtype_of(d: DatumType) -> Option<Dtype> {
+    // tract computes some integer arithmetic in its symbolic dimension type; its values are INT64.
+    if d == TDim::datum_type() {
+        return Some(Dtype::Int64);
+    }
+    [
+        Dtype::Fp32,
+        Dtype::Int64,
+        Dtype::Int32,
+        Dtype::Uint8,
+        Dtype::Int8,
+    ]
+    .into_iter()
+    .find(|x| datum(*x) == d)
+}
+
+/// A raw tensor model: its inputs put in the spec's order (by name; the file must have exactly those), each bound to
+/// its declared datatype and shape, and only the declared outputs kept, in the spec's order.
+fn typed_raw(
+    mut inference: InferenceModel,
+    io: &TensorIo,
+    batch: usize,
+) -> Result<TypedModel, InferenceError> {
+    let outlets = inference
+        .input_outlets()
+        .map_err(|e| model_err("inputs", e))?
+        .to_vec();
+    let mut have: Vec<String> = outlets
+        .iter()
+        .map(|o| inference.node(o.node).name.clone())
+        .collect();
+    let mut want: Vec<String> = io.inputs.iter().map(|t| t.name.clone()).collect();
+    have.sort();
+    want.sort();
+    if have != want {
+        return Err(InferenceError::Model(format!(
+            "the model's inputs are {have:?} but the spec lists {want:?}"
+        )));
+    }
+    inference
+        .set_input_names(io.inputs.iter().map(|t| t.name.as_str()))
+        .map_err(|e| model_err("ordering the inputs", e))?;
+    inference
+        .select_outputs_by_name(io.outputs.iter().map(|t| t.name.as_str()))
+        .map_err(|e| model_err("the model lacks an output the spec lists", e))?;
+    for (i, t) in io.inputs.iter().enumerate() {
+        inference = inference
+            .with_input_fact(i, InferenceFact::dt_shape(datum(t.datatype), &t.shape))
+            .map_err(|e| model_err(&format!("input {} as {:?}", t.name, t.shape), e))?;
+    }
+    let typed = inference
+        .into_typed()
+        .map_err(|e| model_err("typing the graph", e))?;
+    let subs: HashMap<Symbol, TDim> = typed
+        .symbols
+        .all_symbols()
+        .into_iter()
+        .map(|s| (s, TDim::Val(batch as i64)))
+        .collect();
+    if subs.is_empty() {
+        Ok(typed)
+    } else {
+        typed
+            .set_symbols(&subs)
+            .map_err(|e| model_err("binding the model's symbols", e))
+    }
+}
+
+/// A tract tensor from a request's value (already checked against the spec).
+fn to_tract(v: &TensorValue) -> TractResult<Tensor> {
+    let shape = &v.shape;
+    match &v.data {
+        TensorData::Fp32(d) => Tensor::from_shape(shape, d),
+        TensorData::Int64(d) => Tensor::from_shape(shape, d),
+        TensorData::Int32(d) => Tensor::from_shape(shape, d),
+        TensorData::Uint8(d) => Tensor::from_shape(shape, d),
+        TensorData::Int8(d) => Tensor::from_shape(shape, d),
+    }
+}
+
+/// An answer's value from a tract output.
+fn from_tract(name: &str, t: &Tensor) -> Result<TensorValue, InferenceError> {
+    let run = |e: TractError| InferenceError::Run(one_line(&e));
+    let cast;
+    let t = if t.datum_type() == TDim::datum_type() {
+        cast = t.cast_to::<i64>().map_err(run)?;
+        &*cast
+    } else {
+        t
+    };
+    let data = match dtype_of(t.datum_type()) {
+        Some(Dtype::Fp32) => TensorData::Fp32(
+            t.to_plain_array_view::<f32>()
+                .map_err(run)?
+                .iter()
+                .copied()
+                .collect(),
+        ),
+        Some(Dtype::Int64) => TensorData::Int64(
+            t.to_plain_array_view::<i64>()
+                .map_err(run)?
+                .iter()
+                .copied()
+                .collect(),
+        ),
+        Some(Dtype::Int32) => TensorData::Int32(
+            t.to_plain_array_view::<i32>()
+                .map_err(run)?
+                .iter()
+                .copied()
+                .collect(),
+        ),
+        Some(Dtype::Uint8) => TensorData::Uint8(
+            t.to_plain_array_view::<u8>()
+                .map_err(run)?
+                .iter()
+                .copied()
+                .collect(),
+        ),
+        Some(Dtype::Int8) => TensorData::Int8(
+            t.to_plain_array_view::<i8>()
+                .map_err(run)?
+                .iter()
+                .copied()
+                .collect(),
+        ),
+        None => {
+            return Err(InferenceError::Run(format!(
+                "output {name} is {:?}, not a datatype Outpost serves",
+                t.datum_type()
+            )))
+        }
+    };
+    Ok(TensorValue {
+        name: name.to_string(),
+        shape: t.shape().to_vec(),
+        data,
+    })
 }
 
 /// Binds every symbol to the batch (tract cannot unify a symbol with a concrete input fact, so files exported with
@@ -448,6 +639,11 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
             let model = nnef()
                 .model_for_read(&mut std::io::Cursor::new(model_bytes))
                 .map_err(|e| model_err("not a readable NNEF model", e))?;
+            if key.io.is_some() {
+                return Err(InferenceError::Model(
+                    "raw tensor models are served from their ONNX form".into(),
+                ));
+            }
             if model.input_outlets().map(|o| o.len()).unwrap_or(0) != 1
                 || model.output_outlets().map(|o| o.len()).unwrap_or(0) != 1
             {
@@ -466,6 +662,20 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
         .map_err(|e| model_err("planning", e))?;
     let build_time = start.elapsed();
     let mut state = TypedSimpleState::new(&plan).map_err(|e| model_err("planning", e))?;
+    if let Some(io) = &key.io {
+        let raw_outputs = dry_run_raw(&mut state, io)?;
+        drop(state);
+        return Ok(SharedPlan {
+            plan,
+            output_len: 0,
+            shape: Vec::new(),
+            key,
+            build_time,
+            dequantized_ops,
+            parallel: None,
+            raw_outputs,
+        });
+    }
     let shape = key.plan_shape();
     let n: usize = shape.iter().product();
     let zeros =
@@ -508,7 +718,43 @@ fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceE
         build_time,
         dequantized_ops,
         parallel,
+        raw_outputs: Vec::new(),
     })
+}
+
+/// Runs a raw tensor model once on zeros of every declared input: a model that types but cannot run fails at load.
+/// Returns each output's datatype and shape, for [`fits`].
+fn dry_run_raw(state: &mut TypedSimpleState, io: &TensorIo) -> Result<OutputFacts, InferenceError> {
+    let inputs = io
+        .inputs
+        .iter()
+        .map(|t| {
+            to_tract(&TensorValue {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: TensorData::zeros(t.datatype, t.len()),
+            })
+            .map(TValue::from)
+        })
+        .collect::<TractResult<TVec<TValue>>>()
+        .map_err(|e| model_err("dry run input", e))?;
+    let out = state.run(inputs).map_err(|e| {
+        InferenceError::Model(format!(
+            "the model does not run on the inputs the spec lists: {}",
+            one_line(&e)
+        ))
+    })?;
+    if out.len() != io.outputs.len() {
+        return Err(InferenceError::Model(format!(
+            "the model gives {} outputs, the spec lists {}",
+            out.len(),
+            io.outputs.len()
+        )));
+    }
+    Ok(out
+        .iter()
+        .map(|t| (dtype_of(t.datum_type()), t.shape().to_vec()))
+        .collect())
 }
 
 #[cfg(feature = "nnef")]
@@ -700,7 +946,24 @@ impl Engine {
         bytes: &[u8],
         limits: &DecodeLimits,
     ) -> Result<Vec<f32>, InferenceError> {
+        if self.spec.tensors.is_some() {
+            return Err(InferenceError::Image(format!(
+                "model {} takes tensors, not an image: send its inputs through the Open Inference Protocol \
+                 (POST /v2/models/{}/infer)",
+                self.spec.name, self.spec.name
+            )));
+        }
         preprocess::image_to_tensor(bytes, &self.spec, limits)
+    }
+
+    /// Whether this is a raw tensor model (its spec lists tensors).
+    pub fn is_raw(&self) -> bool {
+        self.spec.tensors.is_some()
+    }
+
+    /// Convenience for one-off calls of a raw tensor model; workers keep a [`Session`].
+    pub fn run_tensors(&self, inputs: &[TensorValue]) -> Result<Vec<TensorValue>, InferenceError> {
+        self.session()?.run_tensors(inputs)
     }
 }
 
@@ -744,6 +1007,50 @@ impl Session {
         Ok(view.iter().copied().collect())
     }
 
+    /// Runs a raw tensor model on one request's inputs (in the spec's order, each checked against its declaration)
+    /// and returns its outputs in the spec's order.
+    pub fn run_tensors(
+        &mut self,
+        inputs: &[TensorValue],
+    ) -> Result<Vec<TensorValue>, InferenceError> {
+        let io = self.engine.spec.tensors.as_ref().ok_or_else(|| {
+            InferenceError::Run(format!(
+                "model {} is an image classifier, not a raw tensor model",
+                self.engine.spec.name
+            ))
+        })?;
+        if inputs.len() != io.inputs.len() {
+            return Err(InferenceError::Tensors(format!(
+                "model {} takes {} inputs ({}), the request has {}",
+                self.engine.spec.name,
+                io.inputs.len(),
+                io.inputs
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                inputs.len()
+            )));
+        }
+        for (v, t) in inputs.iter().zip(&io.inputs) {
+            v.check(t).map_err(InferenceError::Tensors)?;
+        }
+        let tensors = inputs
+            .iter()
+            .map(|v| to_tract(v).map(TValue::from))
+            .collect::<TractResult<TVec<TValue>>>()
+            .map_err(|e| InferenceError::Run(one_line(&e)))?;
+        let out = self
+            .state
+            .run(tensors)
+            .map_err(|e| InferenceError::Run(one_line(&e)))?;
+        io.outputs
+            .iter()
+            .zip(out.iter())
+            .map(|(t, o)| from_tract(&t.name, o))
+            .collect()
+    }
+
     pub fn classify(&mut self, input: &[f32]) -> Result<Prediction, InferenceError> {
         if self.engine.batch() != 1 {
             return Err(InferenceError::Run(format!(
@@ -758,5 +1065,68 @@ impl Session {
             ));
         }
         Ok(postprocess::predict(&out, &self.engine.spec, 5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dtypes() -> Engine {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dtypes");
+        Engine::load_files(
+            &dir.join("dtypes.onnx"),
+            Some(&dir.join("dtypes.spec.json")),
+        )
+        .unwrap()
+    }
+
+    fn inputs(pixels: [u8; 4], offset: [i32; 4], scale: i64) -> Vec<TensorValue> {
+        vec![
+            TensorValue {
+                name: "pixels".into(),
+                shape: vec![1, 4],
+                data: TensorData::Uint8(pixels.to_vec()),
+            },
+            TensorValue {
+                name: "offset".into(),
+                shape: vec![1, 4],
+                data: TensorData::Int32(offset.to_vec()),
+            },
+            TensorValue {
+                name: "scale".into(),
+                shape: vec![1],
+                data: TensorData::Int64(vec![scale]),
+            },
+        ]
+    }
+
+    #[test]
+    fn a_raw_model_runs_every_datatype_and_refuses_tensors_that_do_not_fit() {
+        let e = dtypes();
+        let out = e
+            .run_tensors(&inputs([0, 7, 200, 255], [-5, 3, 100_000, -255], 7))
+            .unwrap();
+        let names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["sum", "scaled", "shift", "mean", "floor"]);
+        assert_eq!(out[0].data, TensorData::Int32(vec![-5, 10, 100_200, 0]));
+        assert_eq!(out[1].data, TensorData::Int64(vec![-35, 70, 701_400, 0]));
+        assert_eq!(out[2].data, TensorData::Int64(vec![5_000_000_007]));
+        assert_eq!(out[3].data, TensorData::Fp32(vec![25_051.25]));
+        assert_eq!(out[4].data, TensorData::Uint8(vec![10, 10, 200, 255]));
+        // Values beyond 32 bits travel whole when no Cast is involved (see models/make_dtypes.py).
+        let out = e
+            .run_tensors(&inputs([0; 4], [0; 4], -9_000_000_000))
+            .unwrap();
+        assert_eq!(out[2].data, TensorData::Int64(vec![-4_000_000_000]));
+        let mut wrong = inputs([0; 4], [0; 4], 1);
+        wrong[2].data = TensorData::Int32(vec![1]);
+        assert!(
+            matches!(e.run_tensors(&wrong), Err(InferenceError::Tensors(m)) if m.contains("INT32"))
+        );
+        assert!(matches!(
+            e.run_tensors(&wrong[..2]),
+            Err(InferenceError::Tensors(_))
+        ));
     }
 }

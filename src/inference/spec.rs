@@ -6,14 +6,44 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use super::tensor::TensorIo;
 use super::InferenceError;
 
 /// Largest input tensor a spec may ask for (elements). A spec comes from outside (a file, a bundle), so the size of
 /// the buffer it makes us allocate is capped: 4 x 3 x 1024 x 1024 floats is far above any edge model.
 pub const MAX_INPUT_ELEMENTS: usize = 4 * 3 * 1024 * 1024;
 
+/// A model's spec. Two kinds: an image classifier (`input`, `output`, `preprocess` and `labels` describe its one
+/// image input and its class scores), or a raw tensor model (`tensors` lists every input and output; the image
+/// fields are left out of its file and stay empty). [`ModelSpec::validate`] refuses a mix of the two.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
+    pub name: String,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub input: InputSpec,
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub preprocess: Preprocess,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// What the model scored on the held-out split when it was produced (informational). No
+    /// `skip_serializing_if`: the spec travels in postcard manifests, which need every field present.
+    #[serde(default)]
+    pub accuracy: Option<Accuracy>,
+    /// A raw tensor model's inputs and outputs. Last, and absent from the spec's digest when `None`, so that a
+    /// classifier's release id is the same as before raw models existed; manifests that carry it are bundle
+    /// format 2 ([`crate::bundle`]).
+    #[serde(default)]
+    pub tensors: Option<TensorIo>,
+}
+
+/// The spec as it was before raw tensor models: the form of bundle format 1 manifests, and the serialization the
+/// release digest of a classifier is taken over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpecV1 {
     pub name: String,
     #[serde(default)]
     pub version: u64,
@@ -21,13 +51,46 @@ pub struct ModelSpec {
     pub output: OutputSpec,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
-    /// What the model scored on the held-out split when it was produced (informational). No
-    /// `skip_serializing_if`: the spec travels in postcard manifests, which need every field present.
     #[serde(default)]
     pub accuracy: Option<Accuracy>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl From<ModelSpecV1> for ModelSpec {
+    fn from(v: ModelSpecV1) -> ModelSpec {
+        ModelSpec {
+            name: v.name,
+            version: v.version,
+            input: v.input,
+            output: v.output,
+            preprocess: v.preprocess,
+            labels: v.labels,
+            accuracy: v.accuracy,
+            tensors: None,
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The classifier fields alone (what the release digest of a spec without `tensors` covers).
+    pub fn v1_view(&self) -> ModelSpecV1 {
+        ModelSpecV1 {
+            name: self.name.clone(),
+            version: self.version,
+            input: self.input.clone(),
+            output: self.output.clone(),
+            preprocess: self.preprocess.clone(),
+            labels: self.labels.clone(),
+            accuracy: self.accuracy.clone(),
+        }
+    }
+
+    /// The raw tensor model's inputs and outputs, if this is one.
+    pub fn raw(&self) -> Option<&TensorIo> {
+        self.tensors.as_ref()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct InputSpec {
     pub name: String,
     /// Fixed batch-1 shape the runtime binds the model to, e.g. `[1, 1, 28, 28]`.
@@ -35,37 +98,40 @@ pub struct InputSpec {
     pub layout: Layout,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Layout {
     #[serde(rename = "NCHW")]
+    #[default]
     Nchw,
     #[serde(rename = "NHWC")]
     Nhwc,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct OutputSpec {
     pub name: String,
     pub kind: OutputKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputKind {
     /// Raw scores: the engine applies softmax.
+    #[default]
     Logits,
     /// Already a probability distribution.
     Probabilities,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Color {
+    #[default]
     Gray,
     Rgb,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Preprocess {
     pub color: Color,
     pub width: u32,
@@ -120,6 +186,18 @@ impl ModelSpec {
 
     /// Checks the relations a loader relies on, so that a bad spec is a clear error rather than a wrong answer.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(io) = &self.tensors {
+            if self.input != InputSpec::default()
+                || self.output != OutputSpec::default()
+                || self.preprocess != Preprocess::default()
+                || !self.labels.is_empty()
+            {
+                return Err("a spec lists either tensors (a raw tensor model) or input, output, preprocess and \
+                     labels (an image classifier), not both"
+                    .into());
+            }
+            return io.validate();
+        }
         let shape = &self.input.shape;
         if shape.len() != 4 {
             return Err(format!(

@@ -8,4 +8,4 @@ mod service;
 pub mod shadow;
 
 pub use registry::Registry;
-pub use service::{bytes_like, InferResponse, ModelInfo, Service, ServiceError};
+pub use service::{bytes_like, InferResponse, ModelInfo, Service, ServiceError, TensorsResponse};

@@ -16,7 +16,9 @@ use crate::wire::status::TrialSummary;
 /// The most recent runs of one model.
 #[derive(Debug, Clone, Default)]
 pub struct Window {
-    runs: VecDeque<(u64, f32)>,
+    /// Run time and, for a classifier, top-1 confidence (a raw tensor model has none: its trial is judged on errors
+    /// and latency alone).
+    runs: VecDeque<(u64, Option<f32>)>,
 }
 
 /// Runs kept per model: enough for a p99 and a distribution, small enough to copy at a flip.
@@ -24,6 +26,11 @@ pub const WINDOW: usize = 1024;
 
 impl Window {
     pub fn push(&mut self, run_us: u64, confidence: f32) {
+        self.push_run(run_us, Some(confidence));
+    }
+
+    /// A run with or without a confidence.
+    pub fn push_run(&mut self, run_us: u64, confidence: Option<f32>) {
         if self.runs.len() == WINDOW {
             self.runs.pop_front();
         }
@@ -43,7 +50,7 @@ impl Window {
     }
 
     fn confidences(&self) -> Vec<f32> {
-        self.runs.iter().map(|r| r.1).collect()
+        self.runs.iter().filter_map(|r| r.1).collect()
     }
 }
 
@@ -132,9 +139,9 @@ impl Probation {
         }
     }
 
-    pub fn record_run(&mut self, run_us: u64, confidence: f32) {
+    pub fn record_run(&mut self, run_us: u64, confidence: Option<f32>) {
         self.requests += 1;
-        self.runs.push(run_us, confidence);
+        self.runs.push_run(run_us, confidence);
     }
 
     pub fn record_error(&mut self, message: &str) {
@@ -169,6 +176,7 @@ impl Probation {
                 ));
             }
             let (tc, bc) = (self.runs.confidences(), self.baseline.confidences());
+            // A raw tensor model gives no confidence: no samples, no drift verdict (ks_distance of nothing is 0).
             let d = ks_distance(&tc, &bc);
             let (tm, bm) = (mean(&tc), mean(&bc));
             let limit = c.max_confidence_drift.max(ks_critical(tc.len(), bc.len()));
@@ -264,10 +272,10 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Probation::new(release(), baseline(100, 0.95), &config(), t0);
         for _ in 0..99 {
-            p.record_run(110, 0.95);
+            p.record_run(110, Some(0.95));
         }
         assert_eq!(p.verdict(t0), Verdict::Continue);
-        p.record_run(110, 0.95);
+        p.record_run(110, Some(0.95));
         assert!(matches!(p.verdict(t0), Verdict::Commit(_)));
 
         let p = Probation::new(release(), Window::default(), &config(), t0);
@@ -287,22 +295,22 @@ mod tests {
 
         let mut p = Probation::new(release(), baseline(1000, 0.95), &config(), t0);
         for _ in 0..19 {
-            p.record_run(5000, 0.95);
+            p.record_run(5000, Some(0.95));
         }
         assert_eq!(p.verdict(t0), Verdict::Continue, "too few runs to judge");
-        p.record_run(5000, 0.95);
+        p.record_run(5000, Some(0.95));
         assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("latency")));
 
         let mut p = Probation::new(release(), baseline(100, 0.95), &config(), t0);
         for _ in 0..20 {
-            p.record_run(100, 0.4);
+            p.record_run(100, Some(0.4));
         }
         assert!(matches!(p.verdict(t0), Verdict::Rollback(r) if r.contains("drift")));
 
         // A systematic but harmless shift (KS 1.0, mean 0.03 lower: an fp32 build of an int8 model) is not one.
         let mut p = Probation::new(release(), baseline(100, 0.95), &config(), t0);
         for _ in 0..20 {
-            p.record_run(100, 0.88);
+            p.record_run(100, Some(0.88));
         }
         assert!(ks_distance(&[0.88; 20], &baseline(100, 0.95).confidences()) > 0.9);
         assert_eq!(p.verdict(t0), Verdict::Continue);
@@ -310,7 +318,7 @@ mod tests {
         // A more confident model is not a degradation.
         let mut p = Probation::new(release(), baseline(100, 0.6), &config(), t0);
         for _ in 0..20 {
-            p.record_run(100, 0.99);
+            p.record_run(100, Some(0.99));
         }
         assert_eq!(p.verdict(t0), Verdict::Continue);
     }
@@ -320,7 +328,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Probation::new(release(), Window::default(), &config(), t0);
         for _ in 0..50 {
-            p.record_run(1_000_000, 0.1);
+            p.record_run(1_000_000, Some(0.1));
         }
         assert_eq!(p.verdict(t0), Verdict::Continue);
     }

@@ -11,7 +11,7 @@ use super::shadow::{in_candidate_arm, sampled, Arm, ShadowRun, ShadowStats};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Config;
-use crate::inference::{DecodeLimits, Engine, InferenceError, Release};
+use crate::inference::{DecodeLimits, Engine, InferenceError, Release, TensorValue};
 use crate::slots::SlotInfo;
 use crate::store::{CacheKey, CachedResult, ResultCache};
 use crate::telemetry::{Counters, Outcome};
@@ -31,6 +31,17 @@ impl ModelInfo {
             digest: engine.digest().to_string(),
         }
     }
+}
+
+/// The answer of a raw tensor model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorsResponse {
+    /// In the spec's order.
+    pub outputs: Vec<TensorValue>,
+    /// `edge` or `cache`.
+    pub source: Source,
+    pub model: ModelInfo,
+    pub latency_us: u64,
 }
 
 /// The answer to one inference request.
@@ -426,7 +437,7 @@ impl Service {
         all.push_back(t);
     }
 
-    fn record_run(&self, release: &str, run: Duration, confidence: f32) {
+    fn record_run(&self, release: &str, run: Duration, confidence: Option<f32>) {
         let us = micros(run);
         {
             let mut t = lock(&self.trial);
@@ -440,7 +451,7 @@ impl Service {
         }
         let mut w = lock(&self.window);
         if w.0 == release {
-            w.1.push(us, confidence);
+            w.1.push_run(us, confidence);
         }
     }
 
@@ -488,11 +499,23 @@ impl Service {
         self.answer(input, Tier::EdgeWithOutput).await
     }
 
-    async fn answer(&self, input: Input, tier: Tier) -> Result<InferResponse, ServiceError> {
+    /// Answers a raw tensor model's request (its inputs in the spec's order): the cache (unless the model is
+    /// stateful), probation (errors and latency: the model gives no confidence), a failed run on trial answered again
+    /// by the previous release, and shadow runs of a staged candidate that takes the same tensors.
+    pub async fn infer_tensors(
+        &self,
+        inputs: Vec<TensorValue>,
+    ) -> Result<TensorsResponse, ServiceError> {
         let start = Instant::now();
-        let result = self.infer_inner(input, tier, start).await;
-        let outcome = match &result {
-            Ok(r) if r.source.from_cache() => Outcome::Cache,
+        let result = self.tensors_inner(inputs, start).await;
+        self.count(result.as_ref().map(|r| r.source), start);
+        result
+    }
+
+    /// Counts a request's outcome (from the answer's source or the error) and the queue depth.
+    fn count(&self, result: Result<Source, &ServiceError>, start: Instant) {
+        let outcome = match result {
+            Ok(s) if s.from_cache() => Outcome::Cache,
             Ok(_) => Outcome::Edge,
             Err(ServiceError::BadInput(_)) => Outcome::BadInput,
             Err(ServiceError::Busy(_)) => Outcome::Busy,
@@ -500,6 +523,166 @@ impl Service {
         };
         self.counters.record(outcome, start.elapsed());
         metrics::gauge!(crate::telemetry::QUEUE_DEPTH).set(self.pool.depth() as f64);
+    }
+
+    /// The shadow thread, started on first use (or the one a simulation shares).
+    fn background(&self) -> Arc<Background> {
+        self.background
+            .get_or_init(|| {
+                Background::start(self.config.shadow.max_cpu_share, self.config.shadow.queue)
+            })
+            .clone()
+    }
+
+    async fn tensors_inner(
+        &self,
+        inputs: Vec<TensorValue>,
+        start: Instant,
+    ) -> Result<TensorsResponse, ServiceError> {
+        let active = self.engine();
+        let fallback_at_admission = self.fallback();
+        let Some(io) = active.spec().raw().cloned() else {
+            return Err(ServiceError::BadInput(InferenceError::Tensors(format!(
+                "model {} is an image classifier: send one FP32 tensor of its input shape, or an image",
+                self.name
+            ))));
+        };
+        if inputs.len() != io.inputs.len() {
+            return Err(ServiceError::BadInput(InferenceError::Tensors(format!(
+                "model {} takes {} inputs, the request has {}",
+                self.name,
+                io.inputs.len(),
+                inputs.len()
+            ))));
+        }
+        for (v, t) in inputs.iter().zip(&io.inputs) {
+            v.check(t)
+                .map_err(|e| ServiceError::BadInput(InferenceError::Tensors(e)))?;
+        }
+        let digest = crate::inference::tensor::tensors_digest(&inputs);
+        let key = CacheKey::with_input_digest(active.release_id(), &digest);
+        // A stateful model's same inputs are not the same question (its state lives in the stream).
+        let cache = self.cache.clone().filter(|_| !io.stateful);
+        if let Some(c) = cache.clone() {
+            let hit = tokio::task::spawn_blocking(move || c.get(&key))
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
+                .unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "cache lookup failed; running the model");
+                    None
+                });
+            if let Some(hit) = hit.filter(|h| !h.tensors.is_empty()) {
+                return Ok(TensorsResponse {
+                    outputs: hit.tensors,
+                    source: Source::Cache,
+                    model: ModelInfo::of(&active),
+                    latency_us: micros(start.elapsed()),
+                });
+            }
+        }
+        let candidate = self
+            .candidate()
+            .filter(|c| c.release() != active.release() && c.spec().raw() == Some(&io));
+        let shadow_inputs = candidate.as_ref().and_then(|c| {
+            let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
+            sampled(n, self.shadow_fraction()).then(|| (c.clone(), inputs.clone()))
+        });
+        let (engine, key, ran) = match self.run_tensors(&active, inputs.clone()).await {
+            Ok(ran) => (active, key, ran),
+            Err(ServiceError::Internal(message)) => {
+                self.record_error(active.release_id(), &message);
+                let previous = fallback_at_admission
+                    .or_else(|| Some(self.engine()))
+                    .filter(|f| f.release() != active.release() && f.spec().raw() == Some(&io));
+                let Some(previous) = previous else {
+                    return Err(ServiceError::Internal(message));
+                };
+                tracing::warn!(error = %message, "the model on trial failed; answering with the previous model");
+                let key = CacheKey::with_input_digest(previous.release_id(), &digest);
+                let ran = self.run_tensors(&previous, inputs).await?;
+                (previous, key, ran)
+            }
+            Err(e) => return Err(e),
+        };
+        self.record_run(engine.release_id(), ran.run, None);
+        if let Some(c) = cache {
+            let entry = CachedResult {
+                label: String::new(),
+                index: 0,
+                confidence: 0.0,
+                margin: 0.0,
+                entropy: 0.0,
+                tier: "edge".into(),
+                output: Vec::new(),
+                tensors: ran.outputs.clone(),
+            };
+            let stored = tokio::task::spawn_blocking(move || c.insert(&key, &entry)).await;
+            if let Ok(Err(e)) = stored {
+                tracing::warn!(error = %e, "cannot cache the result");
+            }
+        }
+        if let Some((c, inputs)) = shadow_inputs {
+            self.shadow_tensors(c, inputs, ran.outputs.clone(), micros(ran.run));
+        }
+        Ok(TensorsResponse {
+            outputs: ran.outputs,
+            source: Source::Edge,
+            model: ModelInfo::of(&engine),
+            latency_us: micros(start.elapsed()),
+        })
+    }
+
+    /// A shadow run of a raw candidate on the shadow thread, compared output by output with the live answer.
+    fn shadow_tensors(
+        &self,
+        candidate: Arc<Engine>,
+        inputs: Vec<TensorValue>,
+        active: Vec<TensorValue>,
+        active_us: u64,
+    ) {
+        let bg = self.background();
+        let stats = self.shadow.clone();
+        let accepted = bg.try_run(move || {
+            let t = Instant::now();
+            let result = candidate.run_tensors(&inputs);
+            let us = micros(t.elapsed());
+            let mut s = lock(&stats);
+            if s.model.as_ref() != Some(&ModelInfo::of(&candidate)) {
+                return;
+            }
+            match result {
+                Ok(out) => s.record_raw(
+                    super::shadow::raw_outputs_agree(&active, &out),
+                    active_us,
+                    us,
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a shadow run failed");
+                    s.failed();
+                }
+            }
+        });
+        if !accepted {
+            lock(&self.shadow).drop_sample();
+        }
+    }
+
+    async fn run_tensors(
+        &self,
+        engine: &Arc<Engine>,
+        inputs: Vec<TensorValue>,
+    ) -> Result<crate::worker::RanTensors, ServiceError> {
+        let rx = self
+            .pool
+            .submit_tensors((**engine).clone(), inputs)
+            .map_err(ServiceError::Busy)?;
+        worker_reply(rx).await
+    }
+
+    async fn answer(&self, input: Input, tier: Tier) -> Result<InferResponse, ServiceError> {
+        let start = Instant::now();
+        let result = self.infer_inner(input, tier, start).await;
+        self.count(result.as_ref().map(|r| r.source), start);
         result
     }
 
@@ -515,9 +698,19 @@ impl Service {
         };
         // The engine is chosen once, at admission: the whole request runs against it even if a swap happens.
         let active = self.engine();
+        if active.is_raw() {
+            return Err(ServiceError::BadInput(InferenceError::Tensors(format!(
+                "model {} takes tensors, not an image: send its inputs through the Open Inference Protocol \
+                 (POST /v2/models/{}/infer)",
+                self.name, self.name
+            ))));
+        }
         // Taken with the engine: a rollback that lands while this request runs must not take its fallback away.
-        let fallback_at_admission = self.fallback();
-        let candidate = self.candidate().filter(|c| c.release() != active.release());
+        let fallback_at_admission = self.fallback().filter(|f| !f.is_raw());
+        // A raw candidate cannot answer an image or a classifier's tensor: it is not shadowed by these requests.
+        let candidate = self
+            .candidate()
+            .filter(|c| c.release() != active.release() && !c.is_raw());
         let split = if candidate.is_some() {
             self.split()
         } else {
@@ -580,8 +773,12 @@ impl Service {
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))??;
 
-        // An answer without the model's output (the cloud's) does not serve a request that returns the output.
-        let hit = hit.filter(|h| tier == Tier::Cascade || !h.output.is_empty());
+        // An answer without the model's output (the cloud's) does not serve a request that returns the output: the
+        // model runs for the output, and the cloud's cached label stands (the case is not forwarded again).
+        let (hit, cloud_hit) = match hit {
+            Some(h) if tier == Tier::EdgeWithOutput && h.output.is_empty() => (None, Some(h)),
+            h => (h, None),
+        };
         if let Some(hit) = hit {
             let model = ModelInfo::of(&engine);
             if let Some(name) = arm {
@@ -619,6 +816,9 @@ impl Service {
             }
             _ => None,
         };
+        // A tensor request's hard case carries the tensor (there is no image to send).
+        let case_tensor = (raw.is_none() && cloud_hit.is_none() && self.forwarder.get().is_some())
+            .then(|| tensor.clone());
         let (engine, key, ran) = match self.run(&engine, tensor.clone()).await {
             Ok(ran) => (engine, key, ran),
             Err(ServiceError::Internal(message)) => {
@@ -655,7 +855,11 @@ impl Service {
             Err(e) => return Err(e),
         };
         let cache_key = key;
-        self.record_run(engine.release_id(), ran.run, ran.prediction.confidence);
+        self.record_run(
+            engine.release_id(),
+            ran.run,
+            Some(ran.prediction.confidence),
+        );
         if let Some(name) = arm {
             self.record_arm(name, ran.prediction.confidence, Some(micros(ran.run)));
         }
@@ -676,10 +880,21 @@ impl Service {
             arm,
             output: prediction.output,
         };
+        if let Some(cloud) = cloud_hit {
+            response.edge_label = Some(response.label.clone());
+            response.label = cloud.label;
+            response.confidence = cloud.confidence;
+            response.margin = cloud.margin;
+            response.entropy = cloud.entropy;
+            response.source = Source::CloudCache;
+            response.latency_us = micros(start.elapsed());
+            return Ok(response);
+        }
+        // Hard cases go to the cloud whichever way they came in: an image (/v1, or v2 BYTES) or a tensor (v2).
         let hard_case = self
             .forwarder
             .get()
-            .filter(|_| raw.is_some() && tier == Tier::Cascade)
+            .filter(|_| raw.is_some() || case_tensor.is_some())
             .filter(|f| {
                 let (runtime, manifest) = self.thresholds();
                 let (score, t) = f.policy(runtime, manifest);
@@ -695,6 +910,7 @@ impl Service {
             entropy: response.entropy,
             tier: "edge".into(),
             output: response.output.clone(),
+            tensors: Vec::new(),
         };
         if hard_case.is_none() {
             self.cache_edge(cache_key, edge_entry.clone()).await;
@@ -713,17 +929,18 @@ impl Service {
                 }
             }
         }
-        if let (Some(f), Some(id), Some(raw)) = (hard_case, case_id, &raw) {
+        if let (Some(f), Some(id)) = (hard_case, case_id) {
             let case = crate::forward::Case {
                 id: id.clone(),
                 device: self.config.fleet.device_id.clone(),
-                image: raw.to_vec(),
+                image: raw.as_ref().map(|r| r.to_vec()).unwrap_or_default(),
                 edge_label: response.label.clone(),
                 edge_confidence: response.confidence,
                 edge_model: response.model.digest.clone(),
                 cache_key: cache_key.as_bytes().to_vec(),
                 created_unix: crate::bundle::now_unix(),
                 model: self.name.clone(),
+                tensor: case_tensor.unwrap_or_default(),
             };
             response.case_id = Some(id.clone());
             response.edge_label = Some(response.label.clone());
@@ -785,12 +1002,7 @@ impl Service {
         active_us: u64,
         case_id: Option<String>,
     ) {
-        let bg = self
-            .background
-            .get_or_init(|| {
-                Background::start(self.config.shadow.max_cpu_share, self.config.shadow.queue)
-            })
-            .clone();
+        let bg = self.background();
         let stats = self.shadow.clone();
         let (label, confidence) = (active.label.clone(), active.confidence);
         let accepted = bg.try_run(move || {
@@ -837,12 +1049,7 @@ impl Service {
             .pool
             .submit((**engine).clone(), tensor)
             .map_err(ServiceError::Busy)?;
-        rx.await
-            .map_err(|_| ServiceError::Internal("the worker stopped before answering".into()))?
-            .map_err(|e| match e {
-                InferenceError::InputShape { .. } => ServiceError::BadInput(e),
-                other => ServiceError::Internal(other.to_string()),
-            })
+        worker_reply(rx).await
     }
 
     /// What `GET /v1/status` shows.
@@ -912,6 +1119,20 @@ enum Input {
 enum ShadowInput {
     Tensor(Vec<f32>),
     Image(bytes_like::Bytes, DecodeLimits),
+}
+
+/// A worker's answer: an input that does not fit the model is the caller's fault, anything else the agent's.
+async fn worker_reply<T>(
+    rx: tokio::sync::oneshot::Receiver<Result<T, InferenceError>>,
+) -> Result<T, ServiceError> {
+    rx.await
+        .map_err(|_| ServiceError::Internal("the worker stopped before answering".into()))?
+        .map_err(|e| match e {
+            InferenceError::InputShape { .. } | InferenceError::Tensors(_) => {
+                ServiceError::BadInput(e)
+            }
+            other => ServiceError::Internal(other.to_string()),
+        })
 }
 
 /// Both models take the same tensor from an image.

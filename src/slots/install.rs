@@ -44,6 +44,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 /// Runs a variant's golden vectors; returns the median latency (µs) of a short timing when it passes. The timing
 /// only serves to choose between variants, so a single-variant bundle skips it (returns 0).
 fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
+    if engine.is_raw() {
+        return gate_tensors(engine, manifest, variant);
+    }
     let mut session = engine.session().map_err(|e| e.to_string())?;
     let expected = &manifest.variants[variant].golden_outputs;
     for (i, (input, want)) in manifest.golden_inputs.iter().zip(expected).enumerate() {
@@ -84,6 +87,62 @@ fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, Str
     while times.len() < 5 || (times.len() < 50 && Instant::now() < deadline) {
         let t = Instant::now();
         session.run(&input).map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// [`gate`] for a raw tensor model: every output of every golden case within the tolerance (the same datatype,
+/// shape and values), then the same short timing.
+fn gate_tensors(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
+    let mut session = engine.session().map_err(|e| e.to_string())?;
+    let expected = &manifest.variants[variant].golden_tensor_outputs;
+    for (i, (inputs, want)) in manifest.golden_tensors.iter().zip(expected).enumerate() {
+        let got = session.run_tensors(inputs).map_err(|e| e.to_string())?;
+        for (g, w) in got.iter().zip(want) {
+            if g.data.dtype() != w.data.dtype() || g.shape != w.shape {
+                return Err(format!(
+                    "golden case {i}: output {} is {} {:?}, expected {} {:?}",
+                    g.name,
+                    g.data.dtype().name(),
+                    g.shape,
+                    w.data.dtype().name(),
+                    w.shape
+                ));
+            }
+            let diffs: Vec<f64> = g
+                .data
+                .as_f64()
+                .iter()
+                .zip(w.data.as_f64())
+                .map(|(a, b)| (a - b).abs())
+                .collect();
+            // A NaN anywhere (a non-finite output) fails the case: max() would pass over it.
+            let worst = if diffs.iter().any(|d| d.is_nan()) {
+                f64::INFINITY
+            } else {
+                diffs.iter().copied().fold(0f64, f64::max)
+            };
+            if worst > manifest.golden_tolerance as f64 {
+                return Err(format!(
+                    "golden case {i}: output {} differs by {worst} > tolerance {}",
+                    g.name, manifest.golden_tolerance
+                ));
+            }
+        }
+    }
+    if manifest.variants.len() == 1 {
+        return Ok(0.0);
+    }
+    let Some(inputs) = manifest.golden_tensors.first() else {
+        return Ok(0.0);
+    };
+    let mut times = Vec::new();
+    let deadline = Instant::now() + std::time::Duration::from_millis(300);
+    while times.len() < 5 || (times.len() < 50 && Instant::now() < deadline) {
+        let t = Instant::now();
+        session.run_tensors(inputs).map_err(|e| e.to_string())?;
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(f64::total_cmp);

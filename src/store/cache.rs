@@ -31,6 +31,14 @@ impl CacheKey {
         CacheKey(key)
     }
 
+    /// The key of a raw tensor model's request, whose inputs' digest is [`crate::inference::tensor::tensors_digest`].
+    pub fn with_input_digest(release_id: &str, input: &[u8; 32]) -> CacheKey {
+        let mut key = [0u8; 64];
+        key[..32].copy_from_slice(&Sha256::digest(release_id.as_bytes()));
+        key[32..].copy_from_slice(input);
+        CacheKey(key)
+    }
+
     /// The key of the same input for another model, without hashing the input again.
     pub fn for_model(&self, release_id: &str) -> CacheKey {
         let mut key = self.0;
@@ -70,6 +78,41 @@ pub struct CachedResult {
     /// The edge model's raw output, for answers that return tensors (empty for the cloud's answers).
     #[serde(default)]
     pub output: Vec<f32>,
+    /// A raw tensor model's outputs (empty for a classifier's answer). Last: entries written before it decode as
+    /// [`CachedResultV1`].
+    #[serde(default)]
+    pub tensors: Vec<crate::inference::TensorValue>,
+}
+
+/// A cache entry as agents before raw tensor models wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CachedResultV1 {
+    label: String,
+    index: u32,
+    confidence: f32,
+    margin: f32,
+    entropy: f32,
+    tier: String,
+    output: Vec<f32>,
+}
+
+/// Decodes an entry of this version or the one before; `None` for anything else (a miss, not a failure).
+fn decode(body: &[u8]) -> Option<CachedResult> {
+    if let Ok(r) = postcard::from_bytes::<CachedResult>(body) {
+        return Some(r);
+    }
+    postcard::from_bytes::<CachedResultV1>(body)
+        .ok()
+        .map(|v| CachedResult {
+            label: v.label,
+            index: v.index,
+            confidence: v.confidence,
+            margin: v.margin,
+            entropy: v.entropy,
+            tier: v.tier,
+            output: v.output,
+            tensors: Vec::new(),
+        })
 }
 
 const META_BYTES: &[u8] = b"bytes";
@@ -124,11 +167,8 @@ impl ResultCache {
                 "cache entry shorter than its header".into(),
             ));
         }
-        match postcard::from_bytes(&v[8..]) {
-            Ok(r) => Ok(Some(r)),
-            // A value written by an incompatible version is a miss, not a failure.
-            Err(_) => Ok(None),
-        }
+        // A value written by an incompatible version is a miss, not a failure.
+        Ok(decode(&v[8..]))
     }
 
     /// Inserts (or replaces) an entry, then evicts the oldest entries beyond the bounds. Returns how many were
@@ -166,7 +206,7 @@ impl ResultCache {
                 let tier = held
                     .as_deref()
                     .filter(|v| v.len() >= 8)
-                    .and_then(|v| postcard::from_bytes::<CachedResult>(&v[8..]).ok())
+                    .and_then(|v| decode(&v[8..]))
                     .map(|r| r.tier);
                 if tier.as_deref() == Some("cloud") {
                     return Ok(());
@@ -264,7 +304,42 @@ mod tests {
             entropy: 0.3,
             tier: "edge".into(),
             output: vec![0.5, 0.25],
+            tensors: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_entry_written_before_raw_tensor_models_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let cache = ResultCache::open(&db, 10, 1 << 20).unwrap();
+        let k = CacheKey::new("r", &[1.0]);
+        let v1 = CachedResultV1 {
+            label: "7".into(),
+            index: 7,
+            confidence: 0.9,
+            margin: 0.5,
+            entropy: 0.3,
+            tier: "cloud".into(),
+            output: vec![0.1],
+        };
+        let mut stored = 1u64.to_be_bytes().to_vec();
+        stored.extend(postcard::to_stdvec(&v1).unwrap());
+        cache.entries.insert(k.as_bytes(), stored).unwrap();
+        let got = cache.get(&k).unwrap().unwrap();
+        assert_eq!((got.label.as_str(), got.tier.as_str()), ("7", "cloud"));
+        assert!(got.tensors.is_empty());
+        // And a raw model's outputs round-trip.
+        let raw = CachedResult {
+            tensors: vec![crate::inference::TensorValue {
+                name: "out".into(),
+                shape: vec![2],
+                data: crate::inference::TensorData::Int64(vec![1, -2]),
+            }],
+            ..result("")
+        };
+        cache.insert(&k, &raw).unwrap();
+        assert_eq!(cache.get(&k).unwrap().unwrap(), raw);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
-use crate::inference::{Engine, InferenceError, Prediction, Session};
+use crate::inference::{Engine, InferenceError, Prediction, Session, TensorValue};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -22,8 +22,23 @@ pub enum PoolError {
 
 struct Job {
     engine: Engine,
-    tensor: Vec<f32>,
-    reply: oneshot::Sender<Result<Ran, InferenceError>>,
+    work: Work,
+}
+
+/// What a job runs: a classifier on one input tensor, or a raw tensor model on its inputs.
+enum Work {
+    Classify(Vec<f32>, oneshot::Sender<Result<Ran, InferenceError>>),
+    Tensors(
+        Vec<TensorValue>,
+        oneshot::Sender<Result<RanTensors, InferenceError>>,
+    ),
+}
+
+/// A finished run of a raw tensor model: its outputs and the time the model took.
+#[derive(Debug, Clone)]
+pub struct RanTensors {
+    pub outputs: Vec<TensorValue>,
+    pub run: std::time::Duration,
 }
 
 /// A finished run: the prediction and the time the model itself took (queueing excluded), which probation compares
@@ -73,15 +88,33 @@ impl Pool {
         tensor: Vec<f32>,
     ) -> Result<oneshot::Receiver<Result<Ran, InferenceError>>, PoolError> {
         let (reply, rx) = oneshot::channel();
+        self.queue(Job {
+            engine,
+            work: Work::Classify(tensor, reply),
+        })?;
+        Ok(rx)
+    }
+
+    /// Queues one run of a raw tensor model.
+    pub fn submit_tensors(
+        &self,
+        engine: Engine,
+        inputs: Vec<TensorValue>,
+    ) -> Result<oneshot::Receiver<Result<RanTensors, InferenceError>>, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue(Job {
+            engine,
+            work: Work::Tensors(inputs, reply),
+        })?;
+        Ok(rx)
+    }
+
+    fn queue(&self, job: Job) -> Result<(), PoolError> {
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(PoolError::Closed)?;
         self.depth.fetch_add(1, Ordering::SeqCst);
-        match tx.try_send(Job {
-            engine,
-            tensor,
-            reply,
-        }) {
-            Ok(()) => Ok(rx),
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 self.depth.fetch_sub(1, Ordering::SeqCst);
                 Err(match e {
@@ -124,30 +157,53 @@ fn work(rx: Receiver<Job>, depth: Arc<AtomicUsize>) {
         if !same {
             session = None;
         }
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if session.is_none() {
-                session = Some(job.engine.session()?);
+        match job.work {
+            Work::Classify(tensor, reply) => {
+                let result = guarded(&mut session, &job.engine, |s| {
+                    let start = std::time::Instant::now();
+                    let prediction = s.classify(&tensor)?;
+                    Ok(Ran {
+                        prediction,
+                        run: start.elapsed(),
+                    })
+                });
+                let _ = reply.send(result);
             }
-            crate::fault::maybe_fail_run(job.engine.digest())?;
-            let start = std::time::Instant::now();
-            let prediction = session
-                .as_mut()
-                .expect("session was just set")
-                .classify(&job.tensor)?;
-            Ok(Ran {
-                prediction,
-                run: start.elapsed(),
-            })
-        }))
-        .unwrap_or_else(|_| {
-            // A panic inside the runtime must cost one request, not a worker.
-            session = None;
-            Err(InferenceError::Run(
-                "the inference runtime panicked on this input".into(),
-            ))
-        });
-        let _ = job.reply.send(result);
+            Work::Tensors(inputs, reply) => {
+                let result = guarded(&mut session, &job.engine, |s| {
+                    let start = std::time::Instant::now();
+                    let outputs = s.run_tensors(&inputs)?;
+                    Ok(RanTensors {
+                        outputs,
+                        run: start.elapsed(),
+                    })
+                });
+                let _ = reply.send(result);
+            }
+        }
     }
+}
+
+/// Runs `f` on the thread's session for `engine` (made when missing), with fault injection, catching a panic of the
+/// runtime: it costs one request, not a worker.
+fn guarded<T>(
+    session: &mut Option<Session>,
+    engine: &Engine,
+    f: impl FnOnce(&mut Session) -> Result<T, InferenceError>,
+) -> Result<T, InferenceError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if session.is_none() {
+            *session = Some(engine.session()?);
+        }
+        crate::fault::maybe_fail_run(engine.digest())?;
+        f(session.as_mut().expect("session was just set"))
+    }))
+    .unwrap_or_else(|_| {
+        *session = None;
+        Err(InferenceError::Run(
+            "the inference runtime panicked on this input".into(),
+        ))
+    })
 }
 
 /// Work that must never delay an answer nor take more than a share of one core (shadow runs of a candidate model):

@@ -179,6 +179,21 @@ impl Daemon {
             .unwrap()
     }
 
+    /// POSTs a JSON body (an Open Inference Protocol request); the status and the JSON answer.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let mut r = http()
+            .post(&self.url(path))
+            .header("content-type", "application/json")
+            .send(serde_json::to_vec(body).unwrap().as_slice())
+            .expect("HTTP request");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let mut resp = http().get(&self.url(path)).call().expect("GET");
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
@@ -401,6 +416,16 @@ impl Fixture {
             String::from_utf8_lossy(&out.stderr)
         );
         let out = outpost(&["promote", "--state-dir", s(state), "--model", model]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// [`Fixture::install`] that must succeed.
+    pub fn install_ok(&self, state: &Path, bundle: &Path, extra: &[&str]) {
+        let out = self.install(state, bundle, extra);
         assert!(
             out.status.success(),
             "{}",

@@ -23,6 +23,16 @@ def check(cond, what):
     print(f"ok: {what}", flush=True)
 
 
+def refused(fn, what, code):
+    """`fn` must fail with HTTP status `code` (a 4xx with an error message)."""
+    try:
+        fn()
+    except InferenceServerException as e:
+        check(str(e.status()) == str(code), f"{what}: {code} ({e.message()})")
+        return
+    check(False, f"{what} was accepted")
+
+
 def digit_tensor(path, spec):
     """The edge model's preprocessing, written out here as a client would: gray 28x28, scaled and normalised."""
     img = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
@@ -87,14 +97,6 @@ def main():
     check(label == spec["labels"][want], f"encoded image as BYTES: {top}")
 
     # Bad requests: a 4xx with an error, and nothing else changes.
-    def refused(fn, what, code):
-        try:
-            fn()
-        except InferenceServerException as e:
-            check(str(e.status()) == str(code), f"{what}: {code} ({e.message()})")
-            return
-        check(False, f"{what} was accepted")
-
     wrong = np.zeros((1, 1, 27, 28), dtype=np.float32)
     inp = httpclient.InferInput(spec["input"]["name"], list(wrong.shape), "FP32")
     inp.set_data_from_numpy(wrong, binary_data=True)
