@@ -192,11 +192,17 @@ fn guarded<T>(
     f: impl FnOnce(&mut Session) -> Result<T, InferenceError>,
 ) -> Result<T, InferenceError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        if session.is_none() {
+        let fresh = session.is_none();
+        if fresh {
             *session = Some(engine.session()?);
         }
         crate::fault::maybe_fail_run(engine.digest())?;
-        f(session.as_mut().expect("session was just set"))
+        let result = f(session.as_mut().expect("session was just set"));
+        if fresh {
+            // The first run of a model on this thread sized its scratch buffers; what it freed goes back.
+            crate::inference::release_freed_memory();
+        }
+        result
     }))
     .unwrap_or_else(|_| {
         *session = None;
