@@ -14,6 +14,9 @@ tract 0.23.9's ONNX front end turns `Cast(to=INT64)` into its symbolic-dimension
 beyond 32 bits came out wrong (3e9 * -5 gave 6,474,836,480: the factor cut to 32 bits) while onnxruntime is right;
 so `scaled` is checked with a small scale, and values beyond 32 bits travel through `shift`, which has no Cast.
 
+`dtypes-floor11.onnx` is the same graph with 11 for 10 in `floor`: other bytes, the same tensors, so tests can
+release a second version of the model (probation rolls a failing one back to the first).
+
 Run with any venv that has onnx (models/requirements.txt):  python models/make_dtypes.py
 """
 
@@ -25,7 +28,7 @@ from onnx import TensorProto, helper
 OUT = Path(__file__).resolve().parent / "dtypes"
 
 
-def main():
+def build(floor):
     nodes = [
         helper.make_node("Cast", ["pixels"], ["pixels_i32"], to=TensorProto.INT32),
         helper.make_node("Add", ["pixels_i32", "offset"], ["sum"]),
@@ -36,7 +39,7 @@ def main():
         helper.make_node("Max", ["pixels", "ten"], ["floor"]),
         helper.make_node("Add", ["scale", "five_billion"], ["shift"]),
     ]
-    ten = helper.make_tensor("ten", TensorProto.UINT8, [1, 4], [10, 10, 10, 10])
+    ten = helper.make_tensor("ten", TensorProto.UINT8, [1, 4], [floor] * 4)
     five_billion = helper.make_tensor("five_billion", TensorProto.INT64, [1], [5_000_000_000])
     graph = helper.make_graph(
         nodes,
@@ -58,9 +61,14 @@ def main():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="outpost")
     model.ir_version = 8
     onnx.checker.check_model(model)
+    return model
+
+
+def main():
     OUT.mkdir(exist_ok=True)
-    onnx.save(model, OUT / "dtypes.onnx")
-    print(f"wrote {OUT / 'dtypes.onnx'}")
+    for floor, name in [(10, "dtypes.onnx"), (11, "dtypes-floor11.onnx")]:
+        onnx.save(build(floor), OUT / name)
+        print(f"wrote {OUT / name}")
 
 
 if __name__ == "__main__":

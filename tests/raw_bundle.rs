@@ -38,13 +38,31 @@ fn vad_bundle(
     golden: &Path,
     out: &str,
 ) -> (PathBuf, std::process::Output) {
+    raw_bundle(
+        f,
+        &vad_dir().join("silero-vad-16k.onnx"),
+        &vad_dir().join("silero-vad-16k.spec.json"),
+        version,
+        golden,
+        out,
+    )
+}
+
+fn raw_bundle(
+    f: &Fixture,
+    model: &Path,
+    spec: &Path,
+    version: u64,
+    golden: &Path,
+    out: &str,
+) -> (PathBuf, std::process::Output) {
     let path = f.path(out);
     let o = outpostctl(&[
         "bundle",
         "--model",
-        s(&vad_dir().join("silero-vad-16k.onnx")),
+        s(model),
         "--spec",
-        s(&vad_dir().join("silero-vad-16k.spec.json")),
+        s(spec),
         "--version",
         &version.to_string(),
         "--golden-tensors",
@@ -215,5 +233,99 @@ fn a_raw_tensor_model_is_bundled_in_format_2_gated_on_golden_tensors_and_served_
     });
     let sh = &daemon.get_json("/v1/status")["models"]["silero-vad"]["shadow"];
     assert_eq!(sh["agreements"], 10, "{sh}");
+    assert!(daemon.stop().success());
+}
+
+/// Probation judges a raw model's trial on its errors (it has no confidence): a release of the datatype model whose
+/// runs fail on this device (fault injection) is answered by the previous release, so no request fails, and rolled
+/// back; the version floor keeps it out.
+#[test]
+fn a_raw_model_failing_on_trial_is_answered_by_the_previous_release_and_rolled_back() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    let dir = common::models().join("dtypes");
+    let bad =
+        outpost::inference::digest_hex(&std::fs::read(dir.join("dtypes-floor11.onnx")).unwrap());
+    let config = f.path("outpost.toml");
+    std::fs::write(
+        &config,
+        "[cache]\nenabled = false\n\n[probation]\nrequests = 50\nseconds = 3600\nmin_samples = 5\nlatency_slack_ms = 50.0\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start_with_env(
+        &state,
+        &["--config", s(&config)],
+        &[("OUTPOST_FAULT_FAIL_RUN", bad.as_str())],
+    );
+    let inputs = serde_json::json!([
+        {"name": "pixels", "datatype": "UINT8", "shape": [1, 4], "data": [0, 7, 200, 255]},
+        {"name": "offset", "datatype": "INT32", "shape": [1, 4], "data": [-5, 3, 100000, -255]},
+        {"name": "scale", "datatype": "INT64", "shape": [1], "data": [7]},
+    ]);
+    let golden = f.path("golden.json");
+    std::fs::write(
+        &golden,
+        serde_json::to_vec(&serde_json::json!([inputs])).unwrap(),
+    )
+    .unwrap();
+    let spec = dir.join("dtypes.spec.json");
+    let (v1, o) = raw_bundle(&f, &dir.join("dtypes.onnx"), &spec, 1, &golden, "d1.bundle");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    f.install_committed(&state, &v1, "dtypes");
+    wait_until("dtypes v1 serves", Duration::from_secs(20), || {
+        daemon.get_json("/v1/status")["models"]["dtypes"]["model"]["version"] == 1
+    });
+    let floor = |v: &serde_json::Value| v["outputs"][4]["data"].clone();
+    let infer = || {
+        let (code, v) = daemon.post_json(
+            "/v2/models/dtypes/infer",
+            &serde_json::json!({"inputs": inputs}),
+        );
+        assert_eq!(code, 200, "no request fails: {v}");
+        v
+    };
+    for _ in 0..10 {
+        assert_eq!(floor(&infer()), serde_json::json!([10, 10, 200, 255]));
+    }
+    let (v2, o) = raw_bundle(
+        &f,
+        &dir.join("dtypes-floor11.onnx"),
+        &spec,
+        2,
+        &golden,
+        "d2.bundle",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    f.install_ok(&state, &v2, &[]);
+    wait_until("dtypes v2 goes on trial", Duration::from_secs(20), || {
+        daemon.get_json("/v1/status")["models"]["dtypes"]["transitions"]
+            .as_array()
+            .is_some_and(|t| {
+                t.iter()
+                    .any(|t| t["transition"] == "trial" && t["version"] == 2)
+            })
+    });
+    // Every request is answered by v1: when v2's run fails, and after the rollback.
+    for _ in 0..10 {
+        let v = infer();
+        assert_eq!(v["model_version"], "1", "{v}");
+        assert_eq!(floor(&v), serde_json::json!([10, 10, 200, 255]), "{v}");
+    }
+    wait_until(
+        "the failing release is rolled back",
+        Duration::from_secs(20),
+        || daemon.get_json("/v1/status")["models"]["dtypes"]["model"]["version"] == 1,
+    );
+    let st = daemon.get_json("/v1/status");
+    let t = &st["models"]["dtypes"]["last_transition"];
+    assert_eq!(t["transition"], "rollback", "{st}");
+    assert!(t["detail"].as_str().unwrap().contains("failed run"), "{st}");
+    let o = common::outpost(&["status", "--state-dir", s(&state), "--model", "dtypes"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        record["highest_version"], 2,
+        "v2 can never return: {record}"
+    );
     assert!(daemon.stop().success());
 }

@@ -409,12 +409,7 @@ impl Fixture {
     /// Installs `bundle` into `state` with the CLI and commits it at once (`promote --model`): a second model
     /// already live before the daemon starts.
     pub fn install_committed(&self, state: &Path, bundle: &Path, model: &str) {
-        let out = self.install(state, bundle, &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.install_ok(state, bundle, &[]);
         let out = outpost(&["promote", "--state-dir", s(state), "--model", model]);
         assert!(
             out.status.success(),
