@@ -21,7 +21,7 @@ struct Sim {
 
 /// Starts `n` simulated agents in group `sim` and waits until each has published its status.
 fn simulate(m: &Mosquitto, f: &Fixture, n: usize, rate: u32) -> Sim {
-    simulate_as(m, f, "sim", n, rate, n)
+    simulate_as(m, f, "sim", n, rate, n, &[])
 }
 
 /// `n` agents named `<prefix>-NNNN`; waits until `online_total` devices of the group are online.
@@ -32,6 +32,7 @@ fn simulate_as(
     n: usize,
     rate: u32,
     online_total: usize,
+    extra: &[&str],
 ) -> Sim {
     let report = f.path(&format!("report-{prefix}.jsonl"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
@@ -45,6 +46,7 @@ fn simulate_as(
         ])
         .args(["--images", s(&models().join("data/test"))])
         .args(["--rate", &rate.to_string(), "--report", s(&report)])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -404,7 +406,7 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
     let m = Mosquitto::start();
     let f = Fixture::new();
     let good = f.bundle_with_spec("good.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
-    let first = simulate_as(&m, &f, "sim", 40, 200, 40);
+    let first = simulate_as(&m, &f, "sim", 40, 200, 40, &[]);
     let url = m.url();
     let state = f.path("rollout");
     let mut child = spawn_ctl(&rollout_args(&url, &f, &state, &good), Stdio::null());
@@ -413,7 +415,7 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
     });
     // 20 more devices join the group while wave 2 runs.
     let joined_at = progress(&state).wave;
-    let late = simulate_as(&m, &f, "late", 20, 100, 60);
+    let late = simulate_as(&m, &f, "late", 20, 100, 60, &[]);
     let online_at = progress(&state).wave;
     let st = wait_exit(&mut child, Duration::from_secs(240));
     assert!(st.success(), "rollout exited with {st}");
@@ -480,4 +482,52 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
         "late joiners: 20 of 20 got version 2; abort dropped version 3 from {} canaries",
         canaries.len()
     );
+}
+
+/// `outpostctl simulate --model A --model B`: every simulated agent serves two models (traffic to both), and a
+/// rollout of the second model's release reaches every agent while the default model stays on its version.
+#[test]
+fn simulated_agents_serve_two_models_and_a_rollout_of_the_second_leaves_the_default_untouched() {
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    // A release 2 of the model named edge-fp32 (the int8 bytes under that name).
+    let second = f.named_bundle("second.bundle", "edge-int8", "edge-fp32", 2);
+    let (a, b) = (
+        models().join("edge-int8.onnx"),
+        models().join("edge-fp32.onnx"),
+    );
+    let sim = simulate_as(
+        &m,
+        &f,
+        "sim",
+        20,
+        300,
+        20,
+        &["--model", s(&a), "--model", s(&b)],
+    );
+    let state = f.path("rollout-second");
+    let st = run_rollout(
+        &rollout_args(&m.url(), &f, &state, &second),
+        Duration::from_secs(300),
+    );
+    assert!(st.success(), "the second model's rollout exited with {st}");
+    let p = progress(&state);
+    assert!(p.failed.is_empty(), "failures: {:?}", p.failed);
+    let report = sim.stop();
+    assert_eq!(report.len(), 20);
+    for (d, r) in &report {
+        assert_eq!(r["model"]["name"], "edge-int8", "{d}: {r}");
+        assert_eq!(
+            r["model"]["version"], 1,
+            "{d}: the default model untouched: {r}"
+        );
+        let other = &r["models"]["edge-fp32"];
+        assert_eq!(other["model"]["version"], 2, "{d}: {r}");
+        assert!(r["counters"]["requests"].as_u64().unwrap() > 0, "{d}: {r}");
+        assert!(
+            other["counters"]["requests"].as_u64().unwrap() > 0,
+            "{d}: {r}"
+        );
+        assert_eq!(other["counters"]["errors"], 0, "{d}: {r}");
+    }
 }

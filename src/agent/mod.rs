@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::repo::Repository;
-use crate::serve::Service;
+use crate::serve::Registry;
 
 use crate::config::Config;
 use crate::inference::{Engine, InferenceError, ModelSpec};
@@ -371,7 +371,7 @@ pub async fn start_headless(
     background: Arc<crate::worker::Background>,
     records: crate::store::Records,
     shutdown: CancellationToken,
-) -> Result<(Arc<Service>, Vec<tokio::task::JoinHandle<()>>), AgentError> {
+) -> Result<(Arc<Registry>, Vec<tokio::task::JoinHandle<()>>), AgentError> {
     let cfg = config.clone();
     let (repo, default) = blocking(move || open_repository(&cfg)).await??;
     let slots = repo
@@ -385,8 +385,7 @@ pub async fn start_headless(
         forwarder: Default::default(),
     };
     let (registry, controller) = models::start_default(&default, slots, &shared, &shutdown).await?;
-    let service = registry.default_service();
-    let link = crate::fleet::device::Link::new(registry, &config, records, repo)
+    let link = crate::fleet::device::Link::new(registry.clone(), &config, records, repo.clone())
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let token = shutdown.clone();
     let link = tokio::spawn(async move {
@@ -394,7 +393,14 @@ pub async fn start_headless(
             tracing::error!(error = %e, "the fleet link stopped");
         }
     });
-    Ok((service, vec![link, controller()]))
+    // The other models (configured, or brought by a bundle), as the daemon serves them.
+    let others = tokio::spawn(models::follow(
+        registry.clone(),
+        repo,
+        shared,
+        shutdown.clone(),
+    ));
+    Ok((registry, vec![link, controller(), others]))
 }
 
 /// What start-up chose to serve.

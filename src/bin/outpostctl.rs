@@ -285,6 +285,10 @@ struct SimulateArgs {
     /// Write one JSON line per agent here at exit.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// A model every agent serves (its spec beside it, `<stem>.spec.json`); repeat for several models per agent,
+    /// the first being each agent's default. Default: the built-in edge model alone.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -1167,6 +1171,7 @@ async fn simulate(a: SimulateArgs) -> Result<()> {
         heartbeat_s: a.heartbeat_s,
         workers,
         shadow_cpu_share: a.shadow_cpu_share,
+        models: a.models.clone(),
     };
     let started = Instant::now();
     let sim = outpost::sim::Sim::start(&opts, shutdown.clone()).await?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::AgentError;
 use crate::config::{Config, ProbationConfig};
-use crate::serve::Service;
+use crate::serve::{Registry, Service};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +47,18 @@ pub struct SimOptions {
     pub workers: usize,
     /// Share of one core for all the agents' shadow runs together.
     pub shadow_cpu_share: f64,
+    /// The models every agent serves (`[[model]]` entries: model file, spec beside it); empty: the built-in one.
+    /// The first is each agent's default model; traffic goes round-robin over every model an agent serves.
+    pub models: Vec<PathBuf>,
 }
 
 /// One simulated device.
 pub struct SimAgent {
     pub id: String,
+    /// Its default model's service.
     pub service: Arc<Service>,
+    /// Every model it serves.
+    pub registry: Arc<Registry>,
     pub state_dir: PathBuf,
 }
 
@@ -119,6 +125,17 @@ fn agent_config(o: &SimOptions, id: &str) -> Config {
     c.fleet.heartbeat_s = o.heartbeat_s;
     c.forward.enabled = false;
     c.shadow.max_cpu_share = o.shadow_cpu_share;
+    if !o.models.is_empty() {
+        c.model.set(
+            o.models
+                .iter()
+                .map(|p| crate::config::ModelConfig {
+                    path: Some(p.clone()),
+                    spec: None,
+                })
+                .collect(),
+        );
+    }
     c
 }
 
@@ -145,7 +162,7 @@ impl Sim {
             let id = format!("{}-{i:04}", o.prefix);
             let config = agent_config(o, &id);
             let records = store.records_named(&id)?;
-            let (service, t) = crate::agent::start_headless(
+            let (registry, t) = crate::agent::start_headless(
                 config.clone(),
                 pool.clone(),
                 background.clone(),
@@ -156,15 +173,16 @@ impl Sim {
             tasks.extend(t);
             agents.push(SimAgent {
                 id,
-                service,
+                service: registry.default_service(),
+                registry,
                 state_dir: config.agent.state_dir,
             });
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let traffic = Arc::new(Traffic::default());
-        let services: Vec<Arc<Service>> = agents.iter().map(|a| a.service.clone()).collect();
+        let registries: Vec<Arc<Registry>> = agents.iter().map(|a| a.registry.clone()).collect();
         tasks.push(tokio::spawn(feed(
-            services,
+            registries,
             images,
             o.rate,
             traffic.clone(),
@@ -193,6 +211,21 @@ impl Sim {
             .iter()
             .map(|a| {
                 let s = a.service.status();
+                // The agent's other models, by name, with the same figures.
+                let others: BTreeMap<String, serde_json::Value> = a
+                    .registry
+                    .all()
+                    .into_iter()
+                    .filter(|(name, _)| name != a.registry.default_name())
+                    .map(|(name, svc)| {
+                        let s = svc.status();
+                        (
+                            name,
+                            serde_json::json!({"model": s.model, "slot": s.slot, "trial": s.trial.is_some(),
+                                "candidate": s.candidate, "transitions": s.transitions, "counters": s.counters}),
+                        )
+                    })
+                    .collect();
                 serde_json::json!({
                     "device": a.id,
                     "model": s.model,
@@ -203,6 +236,7 @@ impl Sim {
                     "last_transfer": s.last_transfer,
                     "shadow": s.shadow,
                     "counters": s.counters,
+                    "models": others,
                 })
             })
             .collect()
@@ -218,15 +252,16 @@ impl Sim {
     }
 }
 
-/// Sends `rate` requests per second, round-robin over the agents, each a random image.
+/// Sends `rate` requests per second, round-robin over the agents and, within an agent, over the models it serves
+/// now (a model a bundle adds joins the traffic), each a random image.
 async fn feed(
-    services: Vec<Arc<Service>>,
+    registries: Vec<Arc<Registry>>,
     images: Arc<Vec<crate::serve::bytes_like::Bytes>>,
     rate: f64,
     traffic: Arc<Traffic>,
     shutdown: CancellationToken,
 ) {
-    if rate <= 0.0 || services.is_empty() {
+    if rate <= 0.0 || registries.is_empty() {
         return;
     }
     // Ticks of 10 ms, each sending its share, so high rates do not need a timer per request.
@@ -253,7 +288,12 @@ async fn feed(
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let image = images[(seed % images.len() as u64) as usize].clone();
-            let service = services[next % services.len()].clone();
+            let registry = &registries[next % registries.len()];
+            let all = registry.all();
+            let service: Arc<Service> = all
+                .get((next / registries.len()) % all.len().max(1))
+                .map(|(_, s)| s.clone())
+                .unwrap_or_else(|| registry.default_service());
             next += 1;
             let t = traffic.clone();
             t.sent.fetch_add(1, Ordering::Relaxed);
