@@ -10,7 +10,7 @@
 //! Every daemon is the `outpost` binary of this build (`CARGO_BIN_EXE_outpost`), one worker, cache off, on
 //! loopback; one keep-alive client sends requests one after the other. The rows of a model are measured in rounds
 //! (in-process, /v1, v2 JSON, v2 binary, 250 ms each, repeated) so that drift of the machine falls on all alike.
-//! p50/p99 nearest rank. RSS is VmRSS after 50 requests to each model served.
+//! p50/p99 nearest rank. RSS is VmRSS after 50 requests to each model served and 1.5 s idle.
 
 use outpost::inference::{DecodeLimits, Engine};
 use std::path::{Path, PathBuf};
@@ -262,11 +262,14 @@ fn bench(stem: &str, seconds: f64) {
     }
 }
 
-/// Resident memory of the daemon serving MobileNetV2 alone, then beside the edge model, after 50 requests each.
+/// Resident memory of the daemon serving the edge model alone, then with a second model beside it (MobileNetV2 fp32,
+/// then its real-int8 file), after 50 requests to each model served: what each second model adds, against its file.
 fn rss() {
     let image = std::fs::read(models_dir().join("data/test/0003_2.png")).unwrap();
     let http = agent();
-    let warm = |d: &Daemon, models: &[&str]| {
+    let measure = |models: &[&str]| {
+        let d = Daemon::start(models);
+        std::thread::sleep(Duration::from_millis(600)); // the other models start beside the default
         for m in models {
             for _ in 0..50 {
                 http.post(&format!("http://{}/v1/models/{m}/infer", d.addr))
@@ -275,34 +278,28 @@ fn rss() {
                     .unwrap();
             }
         }
+        // Idle a moment, as a device between bursts: the worker hands what the runs freed back after 1 s.
+        std::thread::sleep(Duration::from_millis(1500));
+        d.rss_mib()
     };
-    let one = Daemon::start(&["mobilenetv2-fp32"]);
-    warm(&one, &["mobilenetv2-fp32"]);
-    let rss_one = one.rss_mib();
-    drop(one);
-    let two = Daemon::start(&["mobilenetv2-fp32", "edge-int8"]);
-    std::thread::sleep(Duration::from_millis(600)); // the second model starts beside the default
-    warm(&two, &["mobilenetv2-fp32", "edge-int8"]);
-    let rss_two = two.rss_mib();
-    drop(two);
-    let edge_file = std::fs::metadata(models_dir().join("edge-int8.onnx"))
-        .unwrap()
-        .len() as f64
-        / (1024.0 * 1024.0);
-    let edge_alone = Daemon::start(&["edge-int8"]);
-    warm(&edge_alone, &["edge-int8"]);
-    let rss_edge = edge_alone.rss_mib();
-    drop(edge_alone);
+    let mib = |m: &str| {
+        std::fs::metadata(models_dir().join(format!("{m}.onnx")))
+            .unwrap()
+            .len() as f64
+            / (1024.0 * 1024.0)
+    };
+    let base = measure(&["edge-int8"]);
     println!();
-    println!("| daemon serving | RSS MiB |");
-    println!("|---|---|");
-    println!("| mobilenetv2-fp32 | {rss_one:.1} |");
-    println!("| mobilenetv2-fp32 + edge-int8 | {rss_two:.1} |");
-    println!("| edge-int8 | {rss_edge:.1} |");
-    println!(
-        "\nthe second model (edge-int8, file {:.3} MiB) added {:.2} MiB: {:.1}x its file",
-        edge_file,
-        rss_two - rss_one,
-        (rss_two - rss_one) / edge_file
-    );
+    println!("| daemon serving | RSS MiB | second model's file MiB | added MiB | added / file |");
+    println!("|---|---|---|---|---|");
+    println!("| edge-int8 | {base:.1} | | | |");
+    for second in ["mobilenetv2-fp32", "mobilenetv2-int8"] {
+        let rss = measure(&["edge-int8", second]);
+        let file = mib(second);
+        println!(
+            "| edge-int8 + {second} | {rss:.1} | {file:.1} | {:.1} | {:.2} |",
+            rss - base,
+            (rss - base) / file
+        );
+    }
 }

@@ -390,8 +390,9 @@ fn parallel_setting() -> Parallel {
 /// several times its size (the protobuf, the inference graph, the typed and the optimised graph) and free it all
 /// before the plan is returned, but glibc keeps freed memory in its arenas, so without this the daemon's RSS stays
 /// at the load's peak: measured on MobileNetV2 fp32 beside the edge model, 85 MiB before and 62 MiB after a trim
-/// (the second model then costs 2.1x its file, not 3.8x). The workers call it after a new session's first run too
-/// (that run's scratch buffers). A no-op where the C library is not glibc.
+/// (the second model then costs 2.1x its file, not 3.8x). The workers call it too once they have been idle for a
+/// second after runs (the runs' tensors and scratch buffers, freed across the decoding threads' arenas). A no-op
+/// where the C library is not glibc.
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes a byte count and has no preconditions; glibc locks each arena it trims, so it may

@@ -144,12 +144,30 @@ impl Pool {
     }
 }
 
+/// How long a worker waits without a job before it hands the memory its runs freed back to the system.
+const IDLE_TRIM: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn work(rx: Receiver<Job>, depth: Arc<AtomicUsize>) {
     // One session per thread, rebuilt only when a job brings another release: a session answers with its own
     // engine's spec, so the same model bytes under another version or labels need their own (keyed by the file
     // digest, a re-release answered with the old labels).
     let mut session: Option<Session> = None;
-    while let Ok(job) = rx.recv() {
+    // Runs since this thread last handed freed memory back (see inference::release_freed_memory).
+    let mut ran = false;
+    loop {
+        let job = match rx.recv_timeout(IDLE_TRIM) {
+            Ok(job) => job,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // Idle after runs: what they freed (input tensors, scratch, decoded images on other threads)
+                // goes back to the system instead of holding the burst's peak. Never under load.
+                if std::mem::take(&mut ran) {
+                    crate::inference::release_freed_memory();
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        ran = true;
         depth.fetch_sub(1, Ordering::SeqCst);
         let same = session
             .as_ref()
@@ -192,17 +210,11 @@ fn guarded<T>(
     f: impl FnOnce(&mut Session) -> Result<T, InferenceError>,
 ) -> Result<T, InferenceError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let fresh = session.is_none();
-        if fresh {
+        if session.is_none() {
             *session = Some(engine.session()?);
         }
         crate::fault::maybe_fail_run(engine.digest())?;
-        let result = f(session.as_mut().expect("session was just set"));
-        if fresh {
-            // The first run of a model on this thread sized its scratch buffers; what it freed goes back.
-            crate::inference::release_freed_memory();
-        }
-        result
+        f(session.as_mut().expect("session was just set"))
     }))
     .unwrap_or_else(|_| {
         *session = None;
