@@ -121,10 +121,16 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
         "{st}"
     );
 
+    // The traffic's volume, not its speed: a loaded machine answers fewer per second (a run beside a build had
+    // under 400 in the ~1 s the updates took), so the client runs on until it has had 400 answers.
+    wait_until(
+        "the client has had 400 answers",
+        Duration::from_secs(60),
+        || ok.load(Ordering::SeqCst) >= 400,
+    );
     stop.store(true, Ordering::SeqCst);
     client.join().unwrap();
     let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     assert_eq!(failed, 0, "{ok} answered, {failed} failed");
-    assert!(ok > 400, "{ok} answered");
     assert!(daemon.stop().success());
 }
