@@ -456,12 +456,24 @@ pub struct Mosquitto {
     conf: PathBuf,
 }
 
+/// A free loopback port that no other test of this process has been given. A test that SIGKILLs its broker and
+/// starts it again on the same port leaves the port free meanwhile; handed to a parallel test, the first test's
+/// agent would reconnect to the other test's broker and feed its workers (the likely cause of one case stored by
+/// both workers of tests/forward.rs's shared-subscription test, 1 run in 3 of that file).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Mosquitto {
