@@ -551,3 +551,112 @@ pub fn now_unix() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::{Dtype, TensorData, TensorIo, TensorSpec};
+
+    fn raw_spec() -> ModelSpec {
+        let t = |name: &str, datatype, shape: Vec<usize>| TensorSpec {
+            name: name.into(),
+            datatype,
+            shape,
+        };
+        let mut spec: ModelSpec = serde_json::from_str(r#"{"name": "raw", "version": 1}"#).unwrap();
+        spec.tensors = Some(TensorIo {
+            inputs: vec![t("x", Dtype::Int64, vec![2])],
+            outputs: vec![t("y", Dtype::Fp32, vec![1])],
+            stateful: false,
+        });
+        spec.validate().unwrap();
+        spec
+    }
+
+    fn value(name: &str, data: TensorData) -> TensorValue {
+        TensorValue {
+            name: name.into(),
+            shape: vec![data.len()],
+            data,
+        }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "raw".into(),
+            version: 2,
+            created_unix: 0,
+            expires_unix: u64::MAX,
+            min_agent_version: "0.1.0".into(),
+            spec: raw_spec(),
+            hardness_threshold: None,
+            golden_inputs: vec![],
+            golden_tolerance: 0.01,
+            variants: vec![Variant {
+                name: "v".into(),
+                size: 1,
+                sha256: [0; 32],
+                golden_outputs: vec![],
+                golden_tensor_outputs: vec![vec![value("y", TensorData::Fp32(vec![0.5]))]],
+            }],
+            golden_tensors: vec![vec![value("x", TensorData::Int64(vec![1, 2]))]],
+        }
+    }
+
+    #[test]
+    fn a_raw_manifest_is_format_2_and_its_golden_cases_must_fit_the_spec() {
+        let m = manifest();
+        assert!(m.as_v1().is_none(), "a raw spec has no format 1 form");
+        let (format, bytes) = encode_manifest(&m).unwrap();
+        assert_eq!(format, FORMAT);
+        assert_eq!(decode_manifest(format, &bytes).unwrap(), m);
+        m.check_shape().unwrap();
+        let refused = |f: fn(&mut Manifest), why: &str| {
+            let mut bad = manifest();
+            f(&mut bad);
+            let e = bad.check_shape().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(
+            |m| m.golden_tensors[0][0].data = TensorData::Int32(vec![1, 2]),
+            "INT32",
+        );
+        refused(
+            |m| m.golden_tensors[0].push(value("z", TensorData::Fp32(vec![0.0]))),
+            "2 tensors",
+        );
+        refused(
+            |m| m.variants[0].golden_tensor_outputs.clear(),
+            "0 golden outputs",
+        );
+        refused(
+            |m| m.variants[0].golden_tensor_outputs[0][0].data = TensorData::Fp32(vec![0.5, 1.0]),
+            "do not fit",
+        );
+        refused(|m| m.golden_inputs = vec![vec![0.0; 2]], "golden_tensors");
+    }
+
+    #[test]
+    fn a_classifier_manifest_stays_format_1_and_the_formats_sign_under_their_own_domains() {
+        let spec: ModelSpec = serde_json::from_str(crate::inference::BUILTIN_SPEC).unwrap();
+        let m = Manifest {
+            spec,
+            golden_tensors: vec![],
+            variants: vec![Variant {
+                golden_tensor_outputs: vec![],
+                ..manifest().variants[0].clone()
+            }],
+            ..manifest()
+        };
+        let (format, bytes) = encode_manifest(&m).unwrap();
+        assert_eq!(format, FORMAT_V1, "a classifier is written for every agent");
+        assert_eq!(decode_manifest(format, &bytes).unwrap(), m);
+        assert_ne!(message(FORMAT_V1, &bytes), message(FORMAT, &bytes));
+        // A newer format is refused with a sentence, not misread.
+        let mut framed = MAGIC.to_vec();
+        framed.push(3);
+        let e = read_header_unverified(&mut &framed[..]).unwrap_err();
+        assert!(matches!(e, BundleError::UnknownFormat(3)), "{e}");
+        assert!(e.to_string().contains("upgrade the agent"), "{e}");
+    }
+}
