@@ -328,7 +328,7 @@ impl Link {
                 let v = *version;
                 // A download of the abandoned version stops here, and an offer of it waiting in the queue is
                 // dropped: it must never complete into a slot. The next queued offer (another model's) starts.
-                self.drop_queued(&model, v);
+                self.drop_queued(&model, v).await;
                 if let Some(d) = self.download.take() {
                     if d.offer.version == v && d.offer.name == model {
                         let _ = tokio::task::spawn_blocking(move || d.discard()).await;

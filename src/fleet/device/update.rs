@@ -77,7 +77,7 @@ impl Link {
             // that download (two rollouts of two models at once must not cancel each other).
             if d.offer.name != offer.name {
                 let running = d.offer.name.clone();
-                return Some(self.enqueue(offer, seq, candidate).map(|n| {
+                return Some(self.enqueue(offer, seq, candidate).await.map(|n| {
                     AckResult::done(Outcome {
                         download: Some(format!(
                             "queued behind the download of {running} ({n} waiting)"
@@ -121,7 +121,7 @@ impl Link {
 
     /// Records `offer` to start when the running download ends (durably: a restart keeps the queue), replacing an
     /// earlier offer for the same model. Returns how many wait.
-    fn enqueue(&mut self, offer: Offer, seq: u64, candidate: bool) -> Result<usize, String> {
+    async fn enqueue(&mut self, offer: Offer, seq: u64, candidate: bool) -> Result<usize, String> {
         let mut queue = self.queue();
         queue.retain(|q| q.offer.name != offer.name);
         if queue.len() >= self.config.repository.max_models {
@@ -136,20 +136,30 @@ impl Link {
             seq,
             candidate,
         });
-        self.records
-            .put(QUEUE, &queue)
+        let n = queue.len();
+        self.put_queue(queue)
+            .await
             .map_err(|e| format!("cannot record the queued offer: {e}"))?;
-        Ok(queue.len())
+        Ok(n)
+    }
+
+    /// Writes the queue (a flushed record: blocking work, off the async threads).
+    async fn put_queue(&self, queue: Vec<Queued>) -> Result<(), String> {
+        let records = self.records.clone();
+        tokio::task::spawn_blocking(move || records.put(QUEUE, &queue))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// Drops a queued offer of `name` at `version` (an abandoned release).
-    pub(super) fn drop_queued(&mut self, name: &str, version: u64) {
+    pub(super) async fn drop_queued(&mut self, name: &str, version: u64) {
         let mut queue = self.queue();
         let before = queue.len();
         queue.retain(|q| !(q.offer.name == name && q.offer.version == version));
         if queue.len() != before {
             tracing::info!(%name, version, "a queued offer of an abandoned release is dropped");
-            if let Err(e) = self.records.put(QUEUE, &queue) {
+            if let Err(e) = self.put_queue(queue).await {
                 tracing::error!(error = %e, "cannot record the queue of offers");
             }
         }
@@ -174,7 +184,7 @@ impl Link {
                 return;
             }
             let next = queue.remove(0);
-            if let Err(e) = self.records.put(QUEUE, &queue) {
+            if let Err(e) = self.put_queue(queue).await {
                 tracing::error!(error = %e, "cannot record the queue of offers");
                 return;
             }
