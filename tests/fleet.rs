@@ -8,7 +8,7 @@ use common::KillOnDrop;
 use common::{outpostctl, s, wait_until, Daemon, Fixture, Mosquitto};
 use outpost::bundle::SigningKeyFile;
 use outpost::wire::command::{self, Action, CommandBody, Target};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -575,4 +575,95 @@ fn mutual_tls_connects_with_a_client_certificate_and_fails_clearly_without() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to the broker"), "{err}");
+}
+
+/// A device fetches one bundle at a time: an offer for another model while a download runs waits in a queue kept in
+/// the device's store (acknowledged `queued behind the download of ...`), and survives a SIGKILL: after the restart the
+/// running download resumes, and then the queued one is fetched and installed, neither replacing the other.
+#[test]
+fn another_models_offer_waits_behind_the_running_download_across_a_sigkill() {
+    let broker = Mosquitto::start();
+    let f = Fixture::new();
+    let config = "[fleet]\nwindow = 4\nchunk_timeout_ms = 500\nmax_download_bytes_per_s = 300000\n";
+    let daemon = agent(&f, &broker, "d6", config);
+    wait_online(&broker, "d6");
+    // The default model's release 2 (1.7 MB: ~6 s at the cap) and a first release of a second model.
+    let first = f.bundle_with_spec(
+        "cloud.bundle",
+        "cloud-fp32",
+        "cloud-fp32",
+        2,
+        &[&f.key1],
+        &[],
+    );
+    let second = f.named_bundle("digits.bundle", "edge-fp32", "digits", 1);
+    let url = broker.url();
+    let _serve = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(["serve", "--broker", &url, "--chunk-size", "4096"])
+            .args([s(&first), s(&second)])
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let publish = |bundle: &Path, out: &Path| {
+        KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+                .args(["publish", "--device", "d6", "--key", s(&f.key1), "--json"])
+                .args(["--no-serve", "--chunk-size", "4096", "--wait", "90"])
+                .args(["--broker", &url, s(bundle)])
+                .stdout(std::fs::File::create(out).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _p1 = publish(&first, &f.path("p1.jsonl"));
+    wait_until("the first download runs", Duration::from_secs(30), || {
+        download(&daemon)["chunks_done"].as_u64().unwrap_or(0) > 10
+    });
+    let acks2 = f.path("p2.jsonl");
+    let _p2 = publish(&second, &acks2);
+    wait_until(
+        "the second offer is queued",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&acks2)
+                .unwrap_or_default()
+                .contains("queued behind the download of edge-int8")
+        },
+    );
+
+    // SIGKILL mid-download, with the second offer waiting.
+    let state = daemon.state_dir.clone();
+    drop(daemon);
+    let daemon = Daemon::start(
+        &state,
+        &[
+            "--config",
+            s(&f.path("d6.toml")),
+            "--broker",
+            &url,
+            "--device-id",
+            "d6",
+            "--trusted-keys",
+            s(&f.trusted),
+        ],
+    );
+    let cloud = digest_of("cloud-fp32");
+    wait_until(
+        "the resumed download installs the default model's release, then the queued one installs",
+        Duration::from_secs(120),
+        || {
+            let st = daemon.get_json("/v1/status");
+            st["model"]["digest"] == cloud.as_str()
+                && st["models"]["digits"]["model"]["version"] == 1
+        },
+    );
+    let st = daemon.get_json("/v1/status");
+    assert_eq!(st["model"]["version"], 2, "{st}");
+    assert!(
+        st["last_transfer"]["chunks_total"].as_u64().unwrap() > 0,
+        "{st}"
+    );
+    assert!(daemon.stop().success());
 }
