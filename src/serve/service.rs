@@ -559,11 +559,14 @@ impl Service {
             v.check(t)
                 .map_err(|e| ServiceError::BadInput(InferenceError::Tensors(e)))?;
         }
-        let digest = crate::inference::tensor::tensors_digest(&inputs);
-        let key = CacheKey::with_input_digest(active.release_id(), &digest);
-        // A stateful model's same inputs are not the same question (its state lives in the stream).
+        // A stateful model's same inputs are not the same question (its state lives in the stream). Without a
+        // cache the inputs are not hashed at all.
         let cache = self.cache.clone().filter(|_| !io.stateful);
-        if let Some(c) = cache.clone() {
+        let digest = cache
+            .as_ref()
+            .map(|_| crate::inference::tensor::tensors_digest(&inputs));
+        if let (Some(c), Some(d)) = (cache.clone(), digest) {
+            let key = CacheKey::with_input_digest(active.release_id(), &d);
             let hit = tokio::task::spawn_blocking(move || c.get(&key))
                 .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -587,25 +590,26 @@ impl Service {
             let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
             sampled(n, self.shadow_fraction()).then(|| (c.clone(), inputs.clone()))
         });
-        let (engine, key, ran) = match self.run_tensors(&active, inputs.clone()).await {
-            Ok(ran) => (active, key, ran),
+        // The inputs are kept for a second run only while a previous release stands behind a trial.
+        let retry = fallback_at_admission
+            .filter(|f| f.release() != active.release() && f.spec().raw() == Some(&io))
+            .map(|f| (f, inputs.clone()));
+        let (engine, ran) = match self.run_tensors(&active, inputs).await {
+            Ok(ran) => (active, ran),
             Err(ServiceError::Internal(message)) => {
                 self.record_error(active.release_id(), &message);
-                let previous = fallback_at_admission
-                    .or_else(|| Some(self.engine()))
-                    .filter(|f| f.release() != active.release() && f.spec().raw() == Some(&io));
-                let Some(previous) = previous else {
+                let Some((previous, inputs)) = retry else {
                     return Err(ServiceError::Internal(message));
                 };
                 tracing::warn!(error = %message, "the model on trial failed; answering with the previous model");
-                let key = CacheKey::with_input_digest(previous.release_id(), &digest);
                 let ran = self.run_tensors(&previous, inputs).await?;
-                (previous, key, ran)
+                (previous, ran)
             }
             Err(e) => return Err(e),
         };
         self.record_run(engine.release_id(), ran.run, None);
-        if let Some(c) = cache {
+        if let (Some(c), Some(d)) = (cache, digest) {
+            let key = CacheKey::with_input_digest(engine.release_id(), &d);
             let entry = CachedResult {
                 label: String::new(),
                 index: 0,
