@@ -38,6 +38,23 @@ fn agent(f: &Fixture, broker: &Mosquitto, id: &str, config: &str) -> Daemon {
     )
 }
 
+/// [`agent`] started again on the state and config file of its first start (after a SIGKILL).
+fn agent_again(f: &Fixture, url: &str, state: &Path, id: &str) -> Daemon {
+    Daemon::start(
+        state,
+        &[
+            "--config",
+            s(&f.path(&format!("{id}.toml"))),
+            "--broker",
+            url,
+            "--device-id",
+            id,
+            "--trusted-keys",
+            s(&f.trusted),
+        ],
+    )
+}
+
 fn wait_online(broker: &Mosquitto, id: &str) -> serde_json::Value {
     let topic = format!("outpost/v1/device/{id}/status");
     let mut last = None;
@@ -234,20 +251,7 @@ fn a_transfer_survives_a_broker_restart_and_resumes_after_an_agent_sigkill() {
     let state = daemon.state_dir.clone();
     let before_kill = download(&daemon)["chunks_synced"].as_u64().unwrap_or(0);
     drop(daemon); // SIGKILL
-    let conf = f.path("d2.toml");
-    let daemon = Daemon::start(
-        &state,
-        &[
-            "--config",
-            s(&conf),
-            "--broker",
-            &url,
-            "--device-id",
-            "d2",
-            "--trusted-keys",
-            s(&f.trusted),
-        ],
-    );
+    let daemon = agent_again(&f, &url, &state, "d2");
     let mnv2 = digest_of("cloud-fp32");
     wait_until(
         "the resumed transfer installs the model",
@@ -636,19 +640,7 @@ fn another_models_offer_waits_behind_the_running_download_across_a_sigkill() {
     // SIGKILL mid-download, with the second offer waiting.
     let state = daemon.state_dir.clone();
     drop(daemon);
-    let daemon = Daemon::start(
-        &state,
-        &[
-            "--config",
-            s(&f.path("d6.toml")),
-            "--broker",
-            &url,
-            "--device-id",
-            "d6",
-            "--trusted-keys",
-            s(&f.trusted),
-        ],
-    );
+    let daemon = agent_again(&f, &url, &state, "d6");
     let cloud = digest_of("cloud-fp32");
     wait_until(
         "the resumed download installs the default model's release, then the queued one installs",
