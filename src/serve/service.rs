@@ -644,22 +644,39 @@ impl Service {
         active: Vec<TensorValue>,
         active_us: u64,
     ) {
-        let bg = self.background();
+        self.shadow_job(
+            candidate,
+            move |c| c.run_tensors(&inputs),
+            move |s, out, us| {
+                s.record_raw(
+                    super::shadow::raw_outputs_agree(&active, &out),
+                    active_us,
+                    us,
+                )
+            },
+        );
+    }
+
+    /// Runs `run` on the candidate on the shadow thread and hands its result to `record` with the run's time. A
+    /// candidate replaced meanwhile has no current figures to add to; a failed run is counted; a full queue (the
+    /// CPU share used up) skips the sample and counts it.
+    fn shadow_job<T>(
+        &self,
+        candidate: Arc<Engine>,
+        run: impl FnOnce(&Engine) -> Result<T, InferenceError> + Send + 'static,
+        record: impl FnOnce(&mut ShadowStats, T, u64) + Send + 'static,
+    ) {
         let stats = self.shadow.clone();
-        let accepted = bg.try_run(move || {
+        let accepted = self.background().try_run(move || {
             let t = Instant::now();
-            let result = candidate.run_tensors(&inputs);
+            let result = run(&candidate);
             let us = micros(t.elapsed());
             let mut s = lock(&stats);
             if s.model.as_ref() != Some(&ModelInfo::of(&candidate)) {
                 return;
             }
             match result {
-                Ok(out) => s.record_raw(
-                    super::shadow::raw_outputs_agree(&active, &out),
-                    active_us,
-                    us,
-                ),
+                Ok(v) => record(&mut s, v, us),
                 Err(e) => {
                     tracing::debug!(error = %e, "a shadow run failed");
                     s.failed();
@@ -820,9 +837,6 @@ impl Service {
             }
             _ => None,
         };
-        // A tensor request's hard case carries the tensor (there is no image to send).
-        let case_tensor = (raw.is_none() && cloud_hit.is_none() && self.forwarder.get().is_some())
-            .then(|| tensor.clone());
         let (engine, key, ran) = match self.run(&engine, tensor.clone()).await {
             Ok(ran) => (engine, key, ran),
             Err(ServiceError::Internal(message)) => {
@@ -836,7 +850,7 @@ impl Service {
                     Some(previous) => {
                         tracing::warn!(error = %message, "the model on trial (or the candidate) failed; answering with the previous model");
                         let tensor = match (&raw, same_input(&previous, &engine)) {
-                            (_, true) => tensor,
+                            (_, true) => tensor.clone(),
                             (Some(raw), false) => {
                                 let (p, raw) = (previous.clone(), raw.clone());
                                 tokio::task::spawn_blocking(move || {
@@ -859,6 +873,10 @@ impl Service {
             Err(e) => return Err(e),
         };
         let cache_key = key;
+        // A tensor request's hard case carries the tensor (there is no image to send); it is the request's own,
+        // the run had a copy.
+        let case_tensor = (raw.is_none() && cloud_hit.is_none() && self.forwarder.get().is_some())
+            .then_some(tensor);
         self.record_run(
             engine.release_id(),
             ran.run,
@@ -1006,25 +1024,17 @@ impl Service {
         active_us: u64,
         case_id: Option<String>,
     ) {
-        let bg = self.background();
-        let stats = self.shadow.clone();
         let (label, confidence) = (active.label.clone(), active.confidence);
-        let accepted = bg.try_run(move || {
-            let t = Instant::now();
-            let result = match input {
-                ShadowInput::Tensor(t) => candidate.classify(&t),
-                ShadowInput::Image(raw, limits) => candidate
+        self.shadow_job(
+            candidate,
+            move |c| match input {
+                ShadowInput::Tensor(t) => c.classify(&t),
+                ShadowInput::Image(raw, limits) => c
                     .tensor_from_image(&raw, &limits)
-                    .and_then(|t| candidate.classify(&t)),
-            };
-            let us = micros(t.elapsed());
-            let mut s = lock(&stats);
-            // A candidate replaced meanwhile: this run belongs to no current figures.
-            if s.model.as_ref() != Some(&ModelInfo::of(&candidate)) {
-                return;
-            }
-            match result {
-                Ok(p) => s.record(ShadowRun {
+                    .and_then(|t| c.classify(&t)),
+            },
+            move |s, p, us| {
+                s.record(ShadowRun {
                     active_label: &label,
                     active_confidence: confidence,
                     active_us,
@@ -1032,16 +1042,9 @@ impl Service {
                     candidate_confidence: p.confidence,
                     candidate_us: us,
                     case_id: case_id.as_deref(),
-                }),
-                Err(e) => {
-                    tracing::debug!(error = %e, "a shadow run failed");
-                    s.failed();
-                }
-            }
-        });
-        if !accepted {
-            lock(&self.shadow).drop_sample();
-        }
+                })
+            },
+        );
     }
 
     async fn run(
