@@ -13,7 +13,7 @@
 //!   shared between them) and the first answer after it (`first_ms`), then latency on 1 thread;
 //! - `int8-kernels` (real-int8 files that the engine runs in their QDQ form on this CPU): the same file on tract's
 //!   integer kernels;
-//! - `nnef` (with `--features nnef`): the same from tract's NNEF form of the model (made once beforehand, not timed), checked to give the
+//! - `nnef`: the same from tract's NNEF form of the model (made once beforehand, not timed), checked to give the
 //!   ONNX plan's output;
 //! - `threads=N` for each N of `--threads` above 1: latency with `engine.threads = N` (the engine runs a plan on
 //!   tract's multithreaded executor only when its single-thread run is long enough to gain), and `threads=N forced`
@@ -318,26 +318,26 @@ fn bench_model(args: &Args, version: &str, stem: &str) -> Result<Vec<String>, St
         lines.push(row);
     }
 
-    #[cfg(feature = "nnef")]
+    // The NNEF form the device would keep of this file under the process's int8 mode (what bundles carry).
     let nnef = if args.no_nnef {
         None
     } else {
-        match inference::nnef_form(&bytes, &spec, inference::Int8Mode::current()) {
-            Ok(n) => Some(n),
+        let form = if dequantized > 0 {
+            inference::onnx::NnefForm::Qdq
+        } else {
+            inference::onnx::NnefForm::Kernels
+        };
+        match inference::onnx::compile(&bytes, &spec, form) {
+            Ok(n) => Some(n.bytes),
             Err(e) => {
                 eprintln!("{stem}: no NNEF lever: {e}");
                 None
             }
         }
     };
-    #[cfg(not(feature = "nnef"))]
-    if !args.no_nnef {
-        eprintln!("{stem}: no NNEF lever (build with --features nnef)");
-    }
-    #[cfg(feature = "nnef")]
     if let Some(nnef) = nnef {
         let (row, engine) = cold_row(args, version, stem, "nnef", &input, || {
-            Engine::load_nnef(&nnef, spec.clone()).map_err(|e| e.to_string())
+            Engine::load(&nnef, spec.clone()).map_err(|e| e.to_string())
         })?;
         let out = engine.run(&input).map_err(|e| e.to_string())?;
         let worst = out

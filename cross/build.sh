@@ -15,7 +15,9 @@
 # install is printed first. Set OUTPOST_CROSS_NO_INSTALL=1 to only report what is missing.
 #
 # Environment:
-#   OUTPOST_PROFILE   cargo profile: release (default; no LTO, what CI builds) or dist (thin LTO + strip, artifacts)
+#   OUTPOST_PROFILE   cargo profile: dist (default: the shipping profile, fat LTO, stripped; what CI builds and
+#                     checks) or release (no LTO, faster to build), or one of the lever profiles in Cargo.toml
+#   OUTPOST_FEATURES  slim (default: the device build, no ONNX front end, loads NNEF) or full (reads ONNX too)
 #   CARGO_TARGET_DIR  base target dir; this script uses "${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}-cross"
 #                     (cargo locks it: two cross builds at once need OUTPOST_CROSS_TARGET_DIR, which overrides it)
 #   OUTPOST_CROSS_TOOLCHAIN  auto (default) | rustup | debian
@@ -28,7 +30,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 arch="${1:-}"
-profile="${OUTPOST_PROFILE:-release}"
+profile="${OUTPOST_PROFILE:-dist}"
+features="${OUTPOST_FEATURES:-slim}"
 toolchain_pref="${OUTPOST_CROSS_TOOLCHAIN:-auto}"
 libc="${OUTPOST_CROSS_LIBC:-}"
 base_target_dir="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
@@ -157,6 +160,11 @@ fi
 
 # --- configure the build ---------------------------------------------------------------------------------------
 build=("$cargo" build)
+case "$features" in
+  slim) feature_args=(--no-default-features) ;;
+  full) feature_args=() ;;
+  *) die "OUTPOST_FEATURES must be slim or full, not '$features'" ;;
+esac
 flags=""
 if [ "$libc" = gnu ]; then
   if ! command -v aarch64-linux-gnu-gcc >/dev/null; then
@@ -181,11 +189,11 @@ export "CARGO_TARGET_${triple_env}_RUSTFLAGS=$flags ${OUTPOST_CROSS_RUSTFLAGS:-}
 # The shipped binary is stripped; crates are identical otherwise, so this only changes the final link.
 export "CARGO_PROFILE_$(echo "$profile" | tr 'a-z-' 'A-Z_')_STRIP=symbols"
 
-say "target $target, toolchain $toolchain ($(${RUSTC:-rustc} -V)), profile $profile"
+say "target $target, toolchain $toolchain ($(${RUSTC:-rustc} -V)), profile $profile, $features build"
 say "target dir $CARGO_TARGET_DIR"
-say "running: ${build[*]} --locked --profile $profile --target $target --bin outpost  (RUSTFLAGS for target: $flags)"
+say "running: ${build[*]} --locked --profile $profile ${feature_args[*]} --target $target --bin outpost  (RUSTFLAGS for target: $flags)"
 start=$(date +%s)
-nice -n "${OUTPOST_NICE:-15}" "${build[@]}" --locked --profile "$profile" --target "$target" --bin outpost >&2
+nice -n "${OUTPOST_NICE:-15}" "${build[@]}" --locked --profile "$profile" "${feature_args[@]}" --target "$target" --bin outpost >&2
 say "build took $(( $(date +%s) - start ))s"
 
 if [ "${OUTPOST_CROSS_UNIT_TESTS:-0}" = 1 ]; then
@@ -196,7 +204,7 @@ if [ "${OUTPOST_CROSS_UNIT_TESTS:-0}" = 1 ]; then
   start=$(date +%s)
   test_cmd=("${build[@]}")
   test_cmd[1]=test
-  nice -n "${OUTPOST_NICE:-15}" "${test_cmd[@]}" --locked --profile "$profile" --target "$target" --lib >&2
+  nice -n "${OUTPOST_NICE:-15}" "${test_cmd[@]}" --locked --profile "$profile" "${feature_args[@]}" --target "$target" --lib >&2
   say "unit tests under $qemu took $(( $(date +%s) - start ))s"
 fi
 

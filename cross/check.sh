@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 arch="${1:-}"
 n="${2:-}"
-profile="${OUTPOST_PROFILE:-release}"
+profile="${OUTPOST_PROFILE:-dist}"
 model=models/edge-int8.onnx
 case "$arch" in
   aarch64 | arm64) arch=aarch64; target=aarch64-unknown-linux-gnu; qemu=qemu-aarch64-static

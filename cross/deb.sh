@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 arch="${1:-}"
 outdir="${2:-}"
-profile="${OUTPOST_PROFILE:-release}"
+profile="${OUTPOST_PROFILE:-dist}"
 case "$arch" in
   aarch64 | arm64) target=aarch64-unknown-linux-gnu
     [ "${OUTPOST_CROSS_LIBC:-gnu}" = musl ] && target=aarch64-unknown-linux-musl ;;

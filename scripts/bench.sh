@@ -46,14 +46,14 @@ py="$venv/bin/python"
 }
 
 echo "== building the tract bench (cargo bench --bench inference --no-run)" >&2
-cargo bench --features nnef --bench inference --no-run -q 2>&1 | grep -v '^ *Executable' >&2 || true
+cargo bench --bench inference --no-run -q 2>&1 | grep -v '^ *Executable' >&2 || true
 
 out="${BENCH_OUT:-$CARGO_TARGET_DIR/bench/inference-$(date +%Y%m%dT%H%M%S).jsonl}"
 mkdir -p "$(dirname "$out")"
 : > "$out"
 
 run_tract() {
-    cargo bench -q --features nnef --bench inference -- --json --seconds "$seconds" --threads "${threads// /,}" --batch "$batch" "$1" |
+    cargo bench -q --bench inference -- --json --seconds "$seconds" --threads "${threads// /,}" --batch "$batch" "$1" |
         tee -a "$out"
 }
 run_ort() {

@@ -28,7 +28,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || {
 mkdir -p "$CARGO_TARGET_DIR/soak"
 export SOAK_FIGURES="$CARGO_TARGET_DIR/soak/soak-$(date +%Y%m%d-%H%M%S)-${seconds}s.txt"
 status=0
-SOAK_SECONDS="$seconds" cargo test --release --features demo,nnef --test soak -- --nocapture || status=$?
+SOAK_SECONDS="$seconds" cargo test --release --features demo --test soak -- --nocapture || status=$?
 if [ -f "$SOAK_FIGURES" ]; then
     echo "soak.sh: figures in $SOAK_FIGURES, RSS samples in ${SOAK_FIGURES%.txt}.rss.csv"
 fi

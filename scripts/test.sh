@@ -22,6 +22,5 @@ fi
 source scripts/lib/pyenv.sh
 outpost_pyenv
 
-# --features demo: the same build also runs the one-command demo as a test (tests/demo.rs); nnef: the NNEF-form
-# lever of the engine (benchmark only, not in the device build) and its test.
-cargo test --no-fail-fast --features demo,nnef "$@"
+# --features demo: the same build also runs the one-command demo as a test (tests/demo.rs).
+cargo test --no-fail-fast --features demo "$@"

@@ -225,38 +225,72 @@ fn one_plan_many_threads() {
     assert_eq!(golden.cases.len(), inputs.len());
 }
 
-/// tract's NNEF form (the cold-start lever) and a batched plan (the batching lever) answer as the ONNX plan does,
-/// and go through the same spec checks.
-#[cfg(feature = "nnef")]
+/// Every NNEF form `outpostctl bundle` compiles answers as the ONNX plan it came from, real-int8 files included (issue
+/// 13 found no serializer for their quantize operators; Outpost's NNEF registry writes them), goes through the same
+/// spec checks, and is deterministic; a batched plan (the batching lever) answers as single runs do.
 #[test]
-fn nnef_form_and_batched_plans_match_the_onnx_plan() {
+fn nnef_forms_and_batched_plans_match_the_onnx_plan() {
+    use outpost::inference::onnx::{compile, NnefForm};
     use outpost::inference::Int8Mode;
-    // tract 0.23 has no NNEF serializer for QuantizeLinear (the int8 files quantize their input), so only float
-    // models have an NNEF form; an int8 one is a clear error, not a wrong model.
-    let int8 = std::fs::read(common::models().join("edge-int8.onnx")).unwrap();
-    let err = outpost::inference::nnef_form(&int8, engine("edge-int8").spec(), Int8Mode::Native)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("writing NNEF"), "{err}");
+    let forms = [NnefForm::Kernels, NnefForm::Qdq, NnefForm::QdqFloatOps];
     for (stem, int8) in [
+        ("edge-int8", Int8Mode::Native),
+        ("edge-int8", Int8Mode::Float),
+        ("edge-qdq", Int8Mode::Auto),
         ("edge-fp32", Int8Mode::Auto),
         ("cloud-fp32", Int8Mode::Auto),
     ] {
         let bytes = std::fs::read(common::models().join(format!("{stem}.onnx"))).unwrap();
         let onnx = Engine::load_int8(&bytes, engine(stem).spec().clone(), int8).unwrap();
-        let nnef = outpost::inference::nnef_form(&bytes, onnx.spec(), int8).unwrap();
-        let from_nnef = Engine::load_nnef(&nnef, onnx.spec().clone()).unwrap();
         let (_, inputs) = common::Golden::load(stem);
-        for input in &inputs {
-            let (a, b) = (onnx.run(input).unwrap(), from_nnef.run(input).unwrap());
-            let worst = common::max_abs_diff(&a, &b);
-            assert!(worst < 1e-4, "{stem}: NNEF differs by {worst}");
+        for form in forms {
+            // The ONNX plan each form is the image of: integer kernels, or the QDQ rewrite.
+            let comparable = match form {
+                NnefForm::Kernels => int8 != Int8Mode::Float,
+                _ => int8 != Int8Mode::Native || stem != "edge-int8",
+            };
+            if !comparable {
+                continue;
+            }
+            let compiled = compile(&bytes, onnx.spec(), form).unwrap();
+            assert_eq!(
+                compile(&bytes, onnx.spec(), form).unwrap().bytes,
+                compiled.bytes,
+                "{stem} {form:?}: compiling twice gives the same bytes"
+            );
+            if stem == "edge-int8" {
+                match form {
+                    NnefForm::Kernels => assert!(compiled.int8_kernel_ops > 0),
+                    _ => assert_eq!(
+                        compiled.dequantized_ops, 3,
+                        "2 QLinearConv + 1 QLinearMatMul"
+                    ),
+                }
+            }
+            let from_nnef = Engine::load(&compiled.bytes, onnx.spec().clone()).unwrap();
+            assert_ne!(
+                from_nnef.digest(),
+                onnx.digest(),
+                "another file, another release"
+            );
+            for input in &inputs {
+                let (a, b) = (onnx.run(input).unwrap(), from_nnef.run(input).unwrap());
+                let worst = common::max_abs_diff(&a, &b);
+                assert!(worst < 1e-4, "{stem} {form:?}: NNEF differs by {worst}");
+            }
+            let mut wrong = onnx.spec().clone();
+            wrong.labels.truncate(3);
+            let err = Engine::load(&compiled.bytes, wrong)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("spec lists 3 labels"), "{err}");
         }
-        let mut wrong = onnx.spec().clone();
-        wrong.labels.truncate(3);
-        let err = Engine::load_nnef(&nnef, wrong).unwrap_err().to_string();
-        assert!(err.contains("spec lists 3 labels"), "{err}");
-        assert!(Engine::load_nnef(b"not a tar", onnx.spec().clone()).is_err());
+        let mut tar = vec![0u8; 600];
+        tar[257..262].copy_from_slice(b"ustar");
+        let err = Engine::load(&tar, onnx.spec().clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a readable NNEF model"), "{err}");
 
         let single = engine(stem);
         let batched = Engine::load_batched(&bytes, onnx.spec().clone(), 4).unwrap();

@@ -172,21 +172,3 @@ pub fn rewrite(graph: &mut pb::GraphProto) -> Result<usize, String> {
     graph.initializer.extend(initializers);
     Ok(rewritten)
 }
-
-/// Whether this CPU has an int8 dot-product instruction that tract's integer kernels use (the case where the
-/// model is best run as it is).
-pub fn cpu_has_fast_int8() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            || std::arch::is_x86_feature_detected!("avxvnni")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("dotprod")
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        false
-    }
-}

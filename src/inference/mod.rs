@@ -9,7 +9,11 @@
 //! checks. Real-int8 files run in their QDQ form where tract's integer kernels are slow ([`Int8Mode`]), and plans
 //! long enough to gain split their products over a shared executor ([`set_threads`]).
 
+#[cfg(feature = "onnx")]
 mod dequantize;
+pub mod nnef;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod postprocess;
 pub mod preprocess;
 pub mod spec;
@@ -20,7 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
 
 pub use postprocess::Prediction;
 pub use preprocess::DecodeLimits;
@@ -194,12 +198,31 @@ struct PlanKey {
     io: Option<TensorIo>,
 }
 
+/// The form of a model file, told by its content ([`Format::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Format {
     Onnx,
-    #[cfg(feature = "nnef")]
+    /// tract's NNEF tar, compiled from an ONNX file on the operator's side ([`onnx::compile`]).
     Nnef,
 }
+
+impl Format {
+    fn of(bytes: &[u8]) -> Format {
+        if nnef::is_nnef(bytes) {
+            Format::Nnef
+        } else {
+            Format::Onnx
+        }
+    }
+}
+
+/// Whether this build reads ONNX files (the `onnx` feature); the slim device build reads NNEF only.
+pub const READS_ONNX: bool = cfg!(feature = "onnx");
+
+/// The sentence the slim device build answers an ONNX file with.
+pub const NEEDS_NNEF: &str = "this agent is the slim device build, which reads models in tract's NNEF form only, \
+    and this file is ONNX: rebuild the bundle with `outpostctl bundle` (it adds each variant's NNEF form), or \
+    convert the file with `outpostctl compile`";
 
 impl PlanKey {
     fn new(
@@ -336,8 +359,26 @@ impl Int8Mode {
         match self {
             Int8Mode::Native => false,
             Int8Mode::Float => true,
-            Int8Mode::Auto => !dequantize::cpu_has_fast_int8(),
+            Int8Mode::Auto => !cpu_has_fast_int8(),
         }
+    }
+}
+
+/// Whether this CPU has an int8 dot-product instruction that tract's integer kernels use (the case where the
+/// model is best run as it is).
+pub fn cpu_has_fast_int8() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
     }
 }
 
@@ -407,59 +448,6 @@ pub fn digest_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Parses the ONNX file, keeps the key's output, binds every symbol (a dynamic batch `N`) and the input fact: the
-/// typed graph that both the plan and the NNEF form start from.
-fn typed_onnx(model_bytes: &[u8], key: &PlanKey) -> Result<(TypedModel, usize), InferenceError> {
-    let onnx = tract_onnx::onnx();
-    let mut proto = onnx
-        .proto_model_for_read(&mut std::io::Cursor::new(model_bytes))
-        .map_err(|e| model_err("not a readable ONNX model", e))?;
-    let mut dequantized_ops = 0;
-    if key.int8_as_float {
-        if let Some(graph) = proto.graph.as_ref() {
-            // On a copy: a graph the pass cannot rewrite whole is served as it is.
-            let mut rewritten = graph.clone();
-            match dequantize::rewrite(&mut rewritten) {
-                Ok(n) if n > 0 => {
-                    proto.graph = Some(rewritten);
-                    dequantized_ops = n;
-                }
-                Ok(_) => {}
-                Err(why) => tracing::info!(%why, "quantized operators kept as they are"),
-            }
-        }
-    }
-    let mut inference = onnx
-        .model_for_proto_model(&proto)
-        .map_err(|e| model_err("not a readable ONNX model", e))?;
-    if let Some(io) = &key.io {
-        return Ok((typed_raw(inference, io, key.batch)?, dequantized_ops));
-    }
-    if inference
-        .input_outlets()
-        .map_err(|e| model_err("inputs", e))?
-        .len()
-        != 1
-    {
-        return Err(InferenceError::Model(
-            "the model must have exactly one input".into(),
-        ));
-    }
-    // Keep only the declared output, so an extra debugging output in the file cannot change what we read.
-    inference
-        .select_outputs_by_name([key.output_name.as_str()])
-        .map_err(|e| {
-            model_err(
-                &format!("the model has no output named '{}'", key.output_name),
-                e,
-            )
-        })?;
-    let typed = inference
-        .into_typed()
-        .map_err(|e| model_err("typing the graph", e))?;
-    Ok((bind_input(typed, key)?, dequantized_ops))
-}
-
 fn datum(d: Dtype) -> DatumType {
     match d {
         Dtype::Fp32 => f32::datum_type(),
@@ -484,58 +472,6 @@ fn dtype_of(d: DatumType) -> Option<Dtype> {
     ]
     .into_iter()
     .find(|x| datum(*x) == d)
-}
-
-/// A raw tensor model: its inputs put in the spec's order (by name; the file must have exactly those), each bound to
-/// its declared datatype and shape, and only the declared outputs kept, in the spec's order.
-fn typed_raw(
-    mut inference: InferenceModel,
-    io: &TensorIo,
-    batch: usize,
-) -> Result<TypedModel, InferenceError> {
-    let outlets = inference
-        .input_outlets()
-        .map_err(|e| model_err("inputs", e))?
-        .to_vec();
-    let mut have: Vec<String> = outlets
-        .iter()
-        .map(|o| inference.node(o.node).name.clone())
-        .collect();
-    let mut want: Vec<String> = io.inputs.iter().map(|t| t.name.clone()).collect();
-    have.sort();
-    want.sort();
-    if have != want {
-        return Err(InferenceError::Model(format!(
-            "the model's inputs are {have:?} but the spec lists {want:?}"
-        )));
-    }
-    inference
-        .set_input_names(io.inputs.iter().map(|t| t.name.as_str()))
-        .map_err(|e| model_err("ordering the inputs", e))?;
-    inference
-        .select_outputs_by_name(io.outputs.iter().map(|t| t.name.as_str()))
-        .map_err(|e| model_err("the model lacks an output the spec lists", e))?;
-    for (i, t) in io.inputs.iter().enumerate() {
-        inference = inference
-            .with_input_fact(i, InferenceFact::dt_shape(datum(t.datatype), &t.shape))
-            .map_err(|e| model_err(&format!("input {} as {:?}", t.name, t.shape), e))?;
-    }
-    let typed = inference
-        .into_typed()
-        .map_err(|e| model_err("typing the graph", e))?;
-    let subs: HashMap<Symbol, TDim> = typed
-        .symbols
-        .all_symbols()
-        .into_iter()
-        .map(|s| (s, TDim::Val(batch as i64)))
-        .collect();
-    if subs.is_empty() {
-        Ok(typed)
-    } else {
-        typed
-            .set_symbols(&subs)
-            .map_err(|e| model_err("binding the model's symbols", e))
-    }
 }
 
 /// A tract tensor from a request's value (already checked against the spec).
@@ -636,39 +572,17 @@ fn model_err(stage: &str, e: TractError) -> InferenceError {
     InferenceError::Model(format!("{stage}: {}", one_line(&e)))
 }
 
-/// tract's NNEF form with the ONNX-specific operators, for reading and writing pre-typed models.
-#[cfg(feature = "nnef")]
-fn nnef() -> tract_nnef::framework::Nnef {
-    use tract_onnx::WithOnnx;
-    tract_nnef::nnef().with_onnx()
-}
-
 /// Builds the plan for `key` from model bytes in its format, then dry-runs it once on zeros: a model that types but
 /// cannot run (unsupported kernel, wrong shape) fails here, at load, not on the first request.
 fn build_plan(model_bytes: &[u8], key: PlanKey) -> Result<SharedPlan, InferenceError> {
     init_kernels();
     let start = Instant::now();
     let (typed, dequantized_ops) = match key.format {
-        Format::Onnx => typed_onnx(model_bytes, &key)?,
-        #[cfg(feature = "nnef")]
-        Format::Nnef => {
-            let model = nnef()
-                .model_for_read(&mut std::io::Cursor::new(model_bytes))
-                .map_err(|e| model_err("not a readable NNEF model", e))?;
-            if key.io.is_some() {
-                return Err(InferenceError::Model(
-                    "raw tensor models are served from their ONNX form".into(),
-                ));
-            }
-            if model.input_outlets().map(|o| o.len()).unwrap_or(0) != 1
-                || model.output_outlets().map(|o| o.len()).unwrap_or(0) != 1
-            {
-                return Err(InferenceError::Model(
-                    "the NNEF model must have exactly one input and one output".into(),
-                ));
-            }
-            (bind_input(model, &key)?, 0)
-        }
+        #[cfg(feature = "onnx")]
+        Format::Onnx => onnx::typed_onnx(model_bytes, &key)?,
+        #[cfg(not(feature = "onnx"))]
+        Format::Onnx => return Err(InferenceError::Model(NEEDS_NNEF.into())),
+        Format::Nnef => (nnef::typed_nnef(model_bytes, &key)?, 0),
     };
     let optimized = typed
         .into_optimized()
@@ -773,26 +687,6 @@ fn dry_run_raw(state: &mut TypedSimpleState, io: &TensorIo) -> Result<OutputFact
         .collect())
 }
 
-#[cfg(feature = "nnef")]
-/// tract's NNEF form of an ONNX model, typed and bound to the spec's input: loading it skips ONNX parsing, typing
-/// and decluttering (the cold-start lever measured in BENCHMARKS.md).
-pub fn nnef_form(
-    model_bytes: &[u8],
-    spec: &ModelSpec,
-    int8: Int8Mode,
-) -> Result<Vec<u8>, InferenceError> {
-    init_kernels();
-    spec.validate().map_err(InferenceError::Spec)?;
-    let key = PlanKey::new(&digest_hex(model_bytes), Format::Onnx, spec, 1, int8);
-    let typed = typed_onnx(model_bytes, &key)?
-        .0
-        .into_decluttered()
-        .map_err(|e| model_err("decluttering", e))?;
-    nnef()
-        .write_to_tar(&typed, Vec::new())
-        .map_err(|e| model_err("writing NNEF", e))
-}
-
 impl Engine {
     /// Loads `model` with the spec beside it (or `spec` when given). Errors name the model file.
     pub fn load_files(model: &Path, spec: Option<&Path>) -> Result<Engine, InferenceError> {
@@ -824,8 +718,10 @@ impl Engine {
     /// process (same [`PlanKey`]) shares its plan: a rollback to the model kept as fallback, or
     /// many simulated agents, cost one plan, not one each. Shared or not, the spec is checked against the plan
     /// before the engine is returned.
+    /// The file may be ONNX or tract's NNEF form ([`onnx::compile`]); the slim device build refuses ONNX with a
+    /// sentence that says what to do ([`NEEDS_NNEF`]).
     pub fn load(model_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
-        Engine::load_as(model_bytes, Format::Onnx, spec, 1, Int8Mode::current())
+        Engine::load_int8(model_bytes, spec, Int8Mode::current())
     }
 
     /// [`Engine::load`] with a given [`Int8Mode`] instead of the process's.
@@ -834,7 +730,7 @@ impl Engine {
         spec: ModelSpec,
         int8: Int8Mode,
     ) -> Result<Engine, InferenceError> {
-        Engine::load_as(model_bytes, Format::Onnx, spec, 1, int8)
+        Engine::load_as(model_bytes, spec, 1, int8)
     }
 
     /// The same for a plan that runs `batch` samples at once ([`Session::run`] then takes and returns `batch`
@@ -844,18 +740,11 @@ impl Engine {
         spec: ModelSpec,
         batch: usize,
     ) -> Result<Engine, InferenceError> {
-        Engine::load_as(model_bytes, Format::Onnx, spec, batch, Int8Mode::current())
-    }
-
-    /// Loads tract's NNEF form of a model (see [`nnef_form`]), checked against the spec like an ONNX load.
-    #[cfg(feature = "nnef")]
-    pub fn load_nnef(nnef_bytes: &[u8], spec: ModelSpec) -> Result<Engine, InferenceError> {
-        Engine::load_as(nnef_bytes, Format::Nnef, spec, 1, Int8Mode::Native)
+        Engine::load_as(model_bytes, spec, batch, Int8Mode::current())
     }
 
     fn load_as(
         model_bytes: &[u8],
-        format: Format,
         spec: ModelSpec,
         batch: usize,
         int8: Int8Mode,
@@ -867,7 +756,7 @@ impl Engine {
             )));
         }
         let digest = digest_hex(model_bytes);
-        let key = PlanKey::new(&digest, format, &spec, batch, int8);
+        let key = PlanKey::new(&digest, Format::of(model_bytes), &spec, batch, int8);
         let shared = loaded_plans()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1146,5 +1035,68 @@ mod tests {
             e.run_tensors(&wrong[..2]),
             Err(InferenceError::Tensors(_))
         ));
+    }
+
+    /// A raw tensor model's NNEF form keeps its inputs and outputs in the spec's order and answers as its ONNX form,
+    /// except where tract 0.23.9's NNEF writer loses an INT64 constant beyond 32 bits (see [`onnx::compile`]): the
+    /// datatype model's `shift` adds 5,000,000,000. This asserts that loss too, so a tract that fixes it shows here.
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_raw_model_compiles_to_nnef_and_answers_the_same() {
+        let onnx = dtypes();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dtypes");
+        let bytes = std::fs::read(dir.join("dtypes.onnx")).unwrap();
+        let compiled = onnx::compile(&bytes, onnx.spec(), onnx::NnefForm::Kernels).unwrap();
+        let nnef = Engine::load(&compiled.bytes, onnx.spec().clone()).unwrap();
+        for case in [
+            inputs([0, 7, 200, 255], [-5, 3, 100_000, -255], 7),
+            inputs([1, 2, 3, 4], [0; 4], -9_000_000_000),
+        ] {
+            let (a, b) = (
+                nnef.run_tensors(&case).unwrap(),
+                onnx.run_tensors(&case).unwrap(),
+            );
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                if x.name == "shift" {
+                    assert_ne!(
+                        x, y,
+                        "tract's NNEF writer keeps INT64 literals now: drop the workaround note"
+                    );
+                } else {
+                    assert_eq!(x, y);
+                }
+            }
+        }
+        let mut renamed = onnx.spec().clone();
+        if let Some(io) = renamed.tensors.as_mut() {
+            io.inputs.swap(0, 1);
+        }
+        let err = Engine::load(&compiled.bytes, renamed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inputs are"), "{err}");
+    }
+
+    /// The NNEF version rule, and the pinned tract version against the lock file.
+    #[test]
+    fn nnef_from_another_tract_minor_is_refused_with_a_sentence() {
+        assert!(nnef::readable(nnef::TRACT_VERSION).is_ok());
+        assert!(nnef::readable("0.23.1").is_ok());
+        let err = nnef::readable("0.24.0").unwrap_err();
+        assert!(
+            err.contains("tract 0.24.0") && err.contains("rebuild the bundle"),
+            "{err}"
+        );
+        assert!(nnef::readable("garbage").is_err());
+        let lock = include_str!("../../Cargo.lock");
+        let pinned = format!(
+            "name = \"tract-core\"\nversion = \"{}\"",
+            nnef::TRACT_VERSION
+        );
+        assert!(
+            lock.contains(&pinned),
+            "nnef::TRACT_VERSION is not Cargo.lock's tract-core"
+        );
     }
 }
