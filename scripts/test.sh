@@ -22,5 +22,15 @@ fi
 source scripts/lib/pyenv.sh
 outpost_pyenv
 
+# The slim device build (no ONNX front end) for tests/slim.rs, in the same target dir (its artifacts live beside the
+# full build's; the first time builds the dependencies again, ~5 min, as their features differ). Copied aside: the
+# full build below replaces target/debug/outpost.
+echo "test.sh: building the slim device binary (cargo build --no-default-features --bin outpost)"
+slim=$(cargo build --no-default-features --bin outpost --message-format=json-render-diagnostics \
+  | grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d'"' -f4)
+[ -x "$slim" ] || { echo "test.sh: the slim build gave no binary" >&2; exit 1; }
+export OUTPOST_SLIM_BIN="$CARGO_TARGET_DIR/outpost-slim"
+cp "$slim" "$OUTPOST_SLIM_BIN"
+
 # --features demo: the same build also runs the one-command demo as a test (tests/demo.rs).
 cargo test --no-fail-fast --features demo "$@"

@@ -255,6 +255,7 @@ fn signed_bundle(
             sha256: bundle::sha256(&bytes),
             golden_outputs: vec![out],
             golden_tensor_outputs: vec![],
+            form: bundle::VariantForm::Onnx,
         }],
         golden_tensors: vec![],
     };
@@ -468,6 +469,7 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
                     sha256: bundle::sha256(m),
                     golden_outputs: vec![],
                     golden_tensor_outputs: vec![],
+                    form: bundle::VariantForm::Onnx,
                 }],
                 golden_tensors: vec![],
             };

@@ -247,6 +247,7 @@ fn manifest(models: &[&[u8]]) -> Manifest {
                 sha256: bundle::sha256(m),
                 golden_outputs: vec![],
                 golden_tensor_outputs: vec![],
+                form: bundle::VariantForm::Onnx,
             })
             .collect(),
         golden_tensors: vec![],

@@ -232,6 +232,7 @@ fn variant(name: &str, bytes: &[u8], goldens: usize, out_len: usize) -> Variant 
             })
             .collect(),
         golden_tensor_outputs: vec![],
+        form: bundle::VariantForm::Onnx,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::store::{Store, StoreError};
 use crate::wire::status::{Cause, Serving, TransitionKind};
 use crate::worker::Pool;
 
-pub use crate::inference::{BUILTIN_MODEL, BUILTIN_SPEC};
+pub use crate::inference::BUILTIN_SPEC;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

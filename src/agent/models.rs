@@ -72,7 +72,7 @@ impl Base {
                         path: builtin.clone(),
                         source: InferenceError::Spec(e.to_string()),
                     })?;
-                Engine::load(super::BUILTIN_MODEL, spec)
+                Engine::load(crate::inference::builtin_model(), spec)
                     .map(Some)
                     .map_err(|source| AgentError::Model {
                         path: builtin,

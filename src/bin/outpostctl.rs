@@ -30,6 +30,22 @@ enum Command {
     },
     /// Build and sign a bundle.
     Bundle(BundleArgs),
+    /// Compile an ONNX model into tract's NNEF form, the form the slim device build reads (`outpost infer` and
+    /// `--model` take it as they take ONNX). Bundles do this themselves (`bundle --forms`).
+    Compile {
+        #[arg(long)]
+        model: PathBuf,
+        /// Model spec (JSON); defaults to <model stem>.spec.json beside the model.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// kernels: as it is (a real-int8 file keeps tract's integer operators); qdq: a real-int8 file in its QDQ
+        /// form on float kernels (what CPUs without int8 dot products run); qdq-float-ops: the QDQ form with
+        /// quantization spelled out in tract-core's float operators.
+        #[arg(long, default_value = "kernels")]
+        form: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a bundle's signatures and model digests against a trusted-keys file.
     Verify {
         #[arg(long)]
@@ -383,6 +399,11 @@ struct BundleArgs {
     tolerance: f32,
     #[arg(long)]
     hardness_threshold: Option<f32>,
+    /// Which forms of each ONNX variant the bundle carries: both (default: the ONNX file and tract's NNEF form of
+    /// it, plus its QDQ form for a real-int8 file, so full and slim device builds both install it), nnef (slim
+    /// fleets: the smallest download) or onnx (agents from before NNEF variants).
+    #[arg(long, default_value = "both")]
+    forms: bundle::build::Forms,
 }
 
 fn main() -> std::process::ExitCode {
@@ -429,6 +450,36 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bundle(args) => make_bundle(args),
+        Command::Compile {
+            model,
+            spec,
+            form,
+            out,
+        } => {
+            use outpost::inference::onnx::{compile, NnefForm};
+            let form = match form.as_str() {
+                "kernels" => NnefForm::Kernels,
+                "qdq" => NnefForm::Qdq,
+                "qdq-float-ops" => NnefForm::QdqFloatOps,
+                other => bail!("--form {other}: use kernels, qdq or qdq-float-ops"),
+            };
+            let spec_path = spec.unwrap_or_else(|| ModelSpec::default_path_for(&model));
+            let spec = ModelSpec::from_file(&spec_path)?;
+            let bytes = std::fs::read(&model).with_context(|| model.display().to_string())?;
+            let compiled =
+                compile(&bytes, &spec, form).with_context(|| model.display().to_string())?;
+            outpost::fsutil::write_atomic(&out, &compiled.bytes)
+                .with_context(|| out.display().to_string())?;
+            eprintln!(
+                "wrote {} ({} bytes, tract {}, {} int8 operator(s) kept, {} rewritten to QDQ)",
+                out.display(),
+                compiled.bytes.len(),
+                outpost::inference::nnef::TRACT_VERSION,
+                compiled.int8_kernel_ops,
+                compiled.dequantized_ops
+            );
+            Ok(())
+        }
         Command::Verify {
             keys,
             threshold,
@@ -550,15 +601,18 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
         tolerance: args.tolerance,
         hardness_threshold: args.hardness_threshold,
         keys: &refs,
+        forms: args.forms,
     })?;
     outpost::fsutil::write_atomic(&args.out, &buf)
         .with_context(|| args.out.display().to_string())?;
+    let (manifest, ..) = bundle::read_header_unverified(&mut buf.as_slice())?;
+    let names: Vec<&str> = manifest.variants.iter().map(|v| v.name.as_str()).collect();
     eprintln!(
-        "wrote {} ({} bytes, version {}, {} variant(s), {} signature(s))",
+        "wrote {} ({} bytes, version {}, variants {}, {} signature(s))",
         args.out.display(),
         buf.len(),
         args.version,
-        named.len(),
+        names.join(", "),
         keys.len()
     );
     Ok(())

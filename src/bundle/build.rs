@@ -1,10 +1,128 @@
 //! Building a signed bundle (operator side): golden vectors computed with the same engine the device runs, so the
 //! on-device quality gate compares like with like.
 
-use super::{now_unix, sha256, write_bundle, BundleError, Manifest, SigningKeyFile, Variant};
-use crate::inference::{
-    preprocess::image_to_tensor, DecodeLimits, Dtype, Engine, ModelSpec, TensorData, TensorValue,
+use super::{
+    now_unix, sha256, write_bundle, BundleError, Manifest, SigningKeyFile, Variant, VariantForm,
 };
+use crate::inference::onnx::{compile, int8_operators, NnefForm};
+use crate::inference::{
+    nnef, preprocess::image_to_tensor, DecodeLimits, Dtype, Engine, Int8Mode, ModelSpec,
+    TensorData, TensorValue,
+};
+
+/// Which forms of each ONNX variant a bundle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Forms {
+    /// The ONNX files only: for agents from before NNEF variants (they take format 1 bundles).
+    Onnx,
+    /// The NNEF forms only: the smallest download for a fleet of slim device builds.
+    Nnef,
+    /// Both (the default): full and slim agents alike can install it, and a full agent keeps the NNEF form beside
+    /// the ONNX one it chose, so an upgrade to the slim build finds a form it reads.
+    #[default]
+    Both,
+}
+
+impl std::str::FromStr for Forms {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Forms, String> {
+        match s {
+            "onnx" => Ok(Forms::Onnx),
+            "nnef" => Ok(Forms::Nnef),
+            "both" => Ok(Forms::Both),
+            other => Err(format!(
+                "'{other}' is not a set of forms: use onnx, nnef or both"
+            )),
+        }
+    }
+}
+
+/// One model file going into the bundle, with the engine its NNEF form must answer like (when it is one).
+struct Candidate {
+    name: String,
+    bytes: Vec<u8>,
+    form: VariantForm,
+    reference: Option<Engine>,
+}
+
+/// The variants a given file becomes: itself (an NNEF file as it is), and for an ONNX file the forms asked for:
+/// `NAME-nnef` as it is (integer operators kept), plus `NAME-nnef-qdq` when it holds real-int8 operators.
+fn candidates(
+    name: String,
+    bytes: Vec<u8>,
+    spec: &ModelSpec,
+    forms: Forms,
+) -> Result<Vec<Candidate>, BundleError> {
+    let bad = |e: crate::inference::InferenceError| BundleError::Variant {
+        variant: name.clone(),
+        message: e.to_string(),
+    };
+    if nnef::is_nnef(&bytes) {
+        return Ok(vec![Candidate {
+            name,
+            bytes,
+            form: VariantForm::Nnef {
+                tract_version: nnef::TRACT_VERSION.into(),
+                int8_kernels: false,
+            },
+            reference: None,
+        }]);
+    }
+    let mut out = Vec::new();
+    if forms != Forms::Onnx {
+        let int8 = int8_operators(&bytes);
+        let mut nnef_forms = vec![(format!("{name}-nnef"), NnefForm::Kernels, Int8Mode::Native)];
+        if int8 > 0 {
+            nnef_forms.push((format!("{name}-nnef-qdq"), NnefForm::Qdq, Int8Mode::Float));
+        }
+        for (variant, form, mode) in nnef_forms {
+            let compiled = compile(&bytes, spec, form).map_err(bad)?;
+            out.push(Candidate {
+                name: variant,
+                bytes: compiled.bytes,
+                form: VariantForm::Nnef {
+                    tract_version: nnef::TRACT_VERSION.into(),
+                    int8_kernels: form == NnefForm::Kernels && int8 > 0,
+                },
+                reference: Some(Engine::load_int8(&bytes, spec.clone(), mode).map_err(bad)?),
+            });
+        }
+    }
+    if forms != Forms::Nnef {
+        out.insert(
+            0,
+            Candidate {
+                name,
+                bytes,
+                form: VariantForm::Onnx,
+                reference: None,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The largest difference between two runs' outputs, with the output's name (NaN counts as infinite).
+fn worst_difference(a: &[TensorValue], b: &[TensorValue]) -> (f64, String) {
+    let mut worst = (0f64, String::new());
+    for (x, y) in a.iter().zip(b) {
+        let d = if x.data.dtype() != y.data.dtype() || x.shape != y.shape {
+            f64::INFINITY
+        } else {
+            x.data
+                .as_f64()
+                .iter()
+                .zip(y.data.as_f64())
+                .map(|(p, q)| (p - q).abs())
+                .map(|d| if d.is_nan() { f64::INFINITY } else { d })
+                .fold(0f64, f64::max)
+        };
+        if d > worst.0 || worst.1.is_empty() {
+            worst = (d, x.name.clone());
+        }
+    }
+    worst
+}
 
 /// Golden images kept per bundle: enough to catch a broken variant, small enough to keep manifests small.
 pub const MAX_GOLDEN: usize = 8;
@@ -22,6 +140,8 @@ pub struct Build<'a> {
     pub tolerance: f32,
     pub hardness_threshold: Option<f32>,
     pub keys: &'a [&'a SigningKeyFile],
+    /// Which forms of each ONNX variant to carry.
+    pub forms: Forms,
 }
 
 /// The bundle's bytes.
@@ -53,8 +173,16 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
         b.golden_tensors.into_iter().take(MAX_GOLDEN).collect();
     let mut models = Vec::new();
     let mut variants = Vec::new();
+    let mut given = Vec::new();
     for (name, bytes) in b.variants {
-        let engine = Engine::load(&bytes, b.spec.clone()).map_err(bad)?;
+        given.extend(candidates(name, bytes, &b.spec, b.forms)?);
+    }
+    for c in given {
+        let bad = |e: crate::inference::InferenceError| BundleError::Variant {
+            variant: c.name.clone(),
+            message: e.to_string(),
+        };
+        let engine = Engine::load(&c.bytes, b.spec.clone()).map_err(bad)?;
         let golden_outputs = golden_inputs
             .iter()
             .map(|i| engine.run(i))
@@ -65,14 +193,59 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
             .map(|i| engine.run_tensors(i))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
+        // A compiled form must answer as the file it came from: the device's gate only compares a variant with its
+        // own golden outputs, so a form that tract writes wrong would otherwise pass it.
+        if let Some(reference) = &c.reference {
+            for (i, (input, got)) in golden_inputs.iter().zip(&golden_outputs).enumerate() {
+                let want = reference.run(input).map_err(bad)?;
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(
+                        0f32,
+                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                    );
+                if got.len() != want.len() || worst > b.tolerance {
+                    return Err(BundleError::Variant {
+                        variant: c.name.clone(),
+                        message: format!(
+                            "the NNEF form answers golden image {i} differently from its ONNX file (max difference \
+                             {worst} > tolerance {}): build the bundle with --forms onnx",
+                            b.tolerance
+                        ),
+                    });
+                }
+            }
+            for (i, (inputs, got)) in golden_tensors
+                .iter()
+                .zip(&golden_tensor_outputs)
+                .enumerate()
+            {
+                let want = reference.run_tensors(inputs).map_err(bad)?;
+                let (worst, output) = worst_difference(got, &want);
+                if worst > b.tolerance as f64 {
+                    return Err(BundleError::Variant {
+                        variant: c.name.clone(),
+                        message: format!(
+                            "the NNEF form answers golden case {i} differently from its ONNX file (output {output} \
+                             differs by {worst} > tolerance {}; tract's NNEF writer has known gaps, e.g. INT64 \
+                             constants beyond 32 bits): build the bundle with --forms onnx",
+                            b.tolerance
+                        ),
+                    });
+                }
+            }
+        }
         variants.push(Variant {
-            name,
-            size: bytes.len() as u64,
-            sha256: sha256(&bytes),
+            name: c.name,
+            size: c.bytes.len() as u64,
+            sha256: sha256(&c.bytes),
             golden_outputs,
             golden_tensor_outputs,
+            form: c.form,
         });
-        models.push(bytes);
+        models.push(c.bytes);
     }
     let now = now_unix();
     let manifest = Manifest {

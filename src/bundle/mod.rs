@@ -12,9 +12,13 @@
 //! agent since reads both. Each format signs under its own domain tag, so a signed manifest of one format can
 //! never be read as the other.
 //!
+//! A variant is an ONNX file or tract's NNEF form of one ([`VariantForm`], format 2 only): the slim device build
+//! reads NNEF only, and refuses a bundle with no variant it can read before downloading it.
+//!
 //! Only the manifest is signed; it pins every variant's size and SHA-256, so the (large) model bytes can be streamed
 //! to disk and checked as they arrive, and nothing past the signed size is ever read.
 
+#[cfg(feature = "onnx")]
 pub mod build;
 pub mod keys;
 
@@ -71,6 +75,38 @@ pub enum BundleError {
     Key { path: String, message: String },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// No variant is in a form this agent reads (an ONNX-only bundle on the slim build, NNEF from another tract).
+    #[error("this agent can read none of the bundle's variants: {0}")]
+    Unreadable(String),
+}
+
+/// What a variant's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum VariantForm {
+    /// An ONNX file (needs the agent's ONNX front end: not in the slim device build).
+    #[default]
+    Onnx,
+    /// tract's NNEF form, compiled by outpostctl ([`crate::inference::onnx::compile`]).
+    Nnef {
+        /// The tract release that wrote it: an agent reads NNEF from its own tract minor release only.
+        tract_version: String,
+        /// Whether it keeps tract's integer operators (fast only where the CPU has int8 dot products); false for a
+        /// float model and a QDQ form.
+        int8_kernels: bool,
+    },
+}
+
+impl VariantForm {
+    /// Whether this build can load a variant of this form; otherwise a sentence saying why and what to do.
+    pub fn readable(&self) -> Result<(), String> {
+        match self {
+            VariantForm::Onnx if crate::inference::READS_ONNX => Ok(()),
+            VariantForm::Onnx => Err(crate::inference::NEEDS_NNEF.to_string()),
+            VariantForm::Nnef { tract_version, .. } => {
+                crate::inference::nnef::readable(tract_version)
+            }
+        }
+    }
 }
 
 /// One model file in the bundle.
@@ -84,6 +120,8 @@ pub struct Variant {
     pub golden_outputs: Vec<Vec<f32>>,
     /// A raw tensor model's outputs on `Manifest::golden_tensors` (empty for a classifier).
     pub golden_tensor_outputs: Vec<Vec<TensorValue>>,
+    /// ONNX or NNEF (format 1 knows ONNX only).
+    pub form: VariantForm,
 }
 
 /// A variant in a format 1 manifest.
@@ -131,6 +169,7 @@ impl From<ManifestV1> for Manifest {
                     sha256: v.sha256,
                     golden_outputs: v.golden_outputs,
                     golden_tensor_outputs: Vec::new(),
+                    form: VariantForm::Onnx,
                 })
                 .collect(),
             golden_tensors: Vec::new(),
@@ -174,7 +213,7 @@ impl Manifest {
             || self
                 .variants
                 .iter()
-                .any(|v| !v.golden_tensor_outputs.is_empty())
+                .any(|v| !v.golden_tensor_outputs.is_empty() || v.form != VariantForm::Onnx)
         {
             return None;
         }
@@ -471,6 +510,16 @@ pub fn verify_manifest(
 ) -> Result<VerifiedHeader, BundleError> {
     let signers = check_signatures(format, &manifest_bytes, sigs, policy)?;
     manifest.check_shape()?;
+    // Before any model byte is downloaded: a bundle this build cannot load is refused with what to do.
+    if !manifest.variants.iter().any(|v| v.form.readable().is_ok()) {
+        let mut why: Vec<String> = manifest
+            .variants
+            .iter()
+            .filter_map(|v| v.form.readable().err())
+            .collect();
+        why.dedup();
+        return Err(BundleError::Unreadable(why.join("; ")));
+    }
     if policy.now_unix >= manifest.expires_unix {
         return Err(BundleError::Expired {
             expires: manifest.expires_unix,
@@ -598,6 +647,7 @@ mod tests {
                 sha256: [0; 32],
                 golden_outputs: vec![],
                 golden_tensor_outputs: vec![vec![value("y", TensorData::Fp32(vec![0.5]))]],
+                form: VariantForm::Onnx,
             }],
             golden_tensors: vec![vec![value("x", TensorData::Int64(vec![1, 2]))]],
         }

@@ -366,6 +366,7 @@ pub async fn run(models: PathBuf) -> Result<()> {
             tolerance: 0.05,
             hardness_threshold: None,
             keys: &[&key],
+            forms: crate::bundle::build::Forms::Both,
         })?;
         let path = work.path().join(format!("{model}-v{version}.bundle"));
         std::fs::write(&path, bytes)?;

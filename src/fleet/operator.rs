@@ -164,6 +164,7 @@ pub async fn send(
                                         .into(),
                                 hardness_threshold: None,
                                 spec_digest: None,
+                                spare: None,
                             }),
                             slot: Some(status.service.slot),
                             seen_in: Some(SeenIn::Status),

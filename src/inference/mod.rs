@@ -107,8 +107,29 @@ struct SharedPlan {
 /// Each output's datatype (None when not one Outpost serves) and shape, as a dry run gave them.
 type OutputFacts = Vec<(Option<Dtype>, Vec<usize>)>;
 
-/// The edge model built into the binary: what `outpost run` serves with no configuration at all.
-pub const BUILTIN_MODEL: &[u8] = include_bytes!("../../models/edge-int8.onnx");
+/// The edge model built into the binary: what `outpost run` serves with no configuration at all. Builds with the
+/// ONNX front end embed the ONNX file; the slim device build embeds its two NNEF forms (`outpostctl compile`; a
+/// test checks they are what compiling the ONNX file gives today) and serves the one `engine.int8` picks.
+pub fn builtin_model() -> &'static [u8] {
+    #[cfg(feature = "onnx")]
+    {
+        BUILTIN_ONNX
+    }
+    #[cfg(not(feature = "onnx"))]
+    {
+        if Int8Mode::current().as_float() {
+            BUILTIN_NNEF_QDQ
+        } else {
+            BUILTIN_NNEF
+        }
+    }
+}
+
+#[cfg(feature = "onnx")]
+pub const BUILTIN_ONNX: &[u8] = include_bytes!("../../models/edge-int8.onnx");
+/// The built-in model's NNEF form as it is (integer kernels), and its QDQ form (float kernels).
+pub const BUILTIN_NNEF: &[u8] = include_bytes!("../../models/edge-int8.nnef.tar");
+pub const BUILTIN_NNEF_QDQ: &[u8] = include_bytes!("../../models/edge-int8-qdq.nnef.tar");
 pub const BUILTIN_SPEC: &str = include_str!("../../models/edge-int8.spec.json");
 
 /// A loaded, optimised model. Cheap to clone (the plan is shared).
@@ -1076,6 +1097,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("inputs are"), "{err}");
+    }
+
+    /// The slim build's embedded NNEF forms are what compiling the built-in ONNX file gives with this tract (run
+    /// `outpostctl compile --model models/edge-int8.onnx [--form qdq] --out models/edge-int8[-qdq].nnef.tar` when
+    /// this fails), and answer as it does.
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn the_embedded_nnef_forms_are_current() {
+        let spec: ModelSpec = serde_json::from_str(BUILTIN_SPEC).unwrap();
+        for (bytes, form, int8) in [
+            (BUILTIN_NNEF, onnx::NnefForm::Kernels, Int8Mode::Native),
+            (BUILTIN_NNEF_QDQ, onnx::NnefForm::Qdq, Int8Mode::Float),
+        ] {
+            let fresh = onnx::compile(BUILTIN_ONNX, &spec, form).unwrap();
+            assert!(
+                fresh.bytes == bytes,
+                "models/edge-int8*.nnef.tar are stale ({form:?})"
+            );
+            let a = Engine::load(bytes, spec.clone()).unwrap();
+            let b = Engine::load_int8(BUILTIN_ONNX, spec.clone(), int8).unwrap();
+            let input = vec![0.25; spec.input_len()];
+            assert_eq!(a.run(&input).unwrap(), b.run(&input).unwrap());
+        }
     }
 
     /// The NNEF version rule, and the pinned tract version against the lock file.

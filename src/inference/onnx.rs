@@ -162,9 +162,15 @@ pub fn compile(
     };
     let key = PlanKey::new(&digest_hex(model_bytes), Format::Onnx, spec, 1, int8);
     let (typed, dequantized_ops) = typed_onnx(model_bytes, &key)?;
-    let mut typed = typed
-        .into_decluttered()
-        .map_err(|e| model_err("decluttering", e))?;
+    // A QDQ form is written before decluttering, which would fold each weight's dequantization into a float
+    // constant (4x the bytes): the file keeps int8 weights, and the device folds them when it optimises at load.
+    let mut typed = if dequantized_ops > 0 {
+        typed
+    } else {
+        typed
+            .into_decluttered()
+            .map_err(|e| model_err("decluttering", e))?
+    };
     if form == NnefForm::QdqFloatOps {
         quant_ops_to_float(&mut typed).map_err(|e| model_err("spelling out quantization", e))?;
     }

@@ -62,7 +62,7 @@ pub fn check_name(name: &str) -> Result<(), RepoError> {
 pub fn base_bytes(config: &crate::config::Config) -> u64 {
     let configured = config.model.entries();
     if configured.is_empty() {
-        return crate::inference::BUILTIN_MODEL.len() as u64;
+        return crate::inference::builtin_model().len() as u64;
     }
     configured
         .iter()

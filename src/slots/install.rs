@@ -41,6 +41,46 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
+fn is_nnef(v: &bundle::Variant) -> bool {
+    matches!(v.form, bundle::VariantForm::Nnef { .. })
+}
+
+/// Per variant, why it is not even tried here: a form this build cannot read (ONNX on the slim build, NNEF from
+/// another tract), or tract's integer operators on a CPU where `engine.int8` runs int8 models in their QDQ form
+/// (without int8 dot products they are 10-30x slower, BENCHMARKS.md issue 13), when the bundle has another form.
+fn skipped_variants(manifest: &Manifest) -> Vec<Option<String>> {
+    let mut skip: Vec<Option<String>> = manifest
+        .variants
+        .iter()
+        .map(|v| v.form.readable().err())
+        .collect();
+    if crate::inference::Int8Mode::current().as_float() {
+        let kernels = |v: &bundle::Variant| {
+            matches!(
+                v.form,
+                bundle::VariantForm::Nnef {
+                    int8_kernels: true,
+                    ..
+                }
+            )
+        };
+        let others = manifest
+            .variants
+            .iter()
+            .zip(&skip)
+            .any(|(v, s)| s.is_none() && !kernels(v));
+        for (v, s) in manifest.variants.iter().zip(skip.iter_mut()) {
+            if others && s.is_none() && kernels(v) {
+                *s = Some(
+                    "int8 kernels, and this CPU has no int8 dot product (engine.int8 runs int8 models as QDQ)"
+                        .into(),
+                );
+            }
+        }
+    }
+    skip
+}
+
 /// Runs a variant's golden vectors; returns the median latency (µs) of a short timing when it passes. The timing
 /// only serves to choose between variants, so a single-variant bundle skips it (returns 0).
 fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
@@ -200,7 +240,7 @@ pub fn install_verified(
     }
     let mut files = Vec::new();
     for (i, v) in manifest.variants.iter().enumerate() {
-        let path = dir.join(format!("variant-{i}.onnx"));
+        let path = dir.join(format!("variant-{i}"));
         let mut f = std::fs::File::create(&path).map_err(io(&path))?;
         bundle::copy_variant(r, &mut f, v)?;
         f.flush().map_err(io(&path))?;
@@ -214,10 +254,18 @@ pub fn install_verified(
     let mut spec = manifest.spec.clone();
     spec.name = manifest.name.clone();
     spec.version = manifest.version;
+    let skip = skipped_variants(manifest);
     let mut trials = Vec::new();
+    // The fastest variant that passes, and the fastest NNEF form that passes (the spare below); other engines are
+    // dropped as soon as they lose, so an install holds at most two plans.
     let mut best: Option<(usize, f64, Engine)> = None;
+    let mut best_nnef: Option<(usize, f64, String)> = None;
     for (i, path) in files.iter().enumerate() {
         let name = manifest.variants[i].name.clone();
+        if let Some(why) = &skip[i] {
+            trials.push((name, Err(why.clone())));
+            continue;
+        }
         let bytes = std::fs::read(path).map_err(io(path))?;
         let outcome = Engine::load(&bytes, spec.clone())
             .map_err(|e| e.to_string())
@@ -225,6 +273,9 @@ pub fn install_verified(
         match outcome {
             Ok((us, engine)) => {
                 trials.push((name, Ok(us)));
+                if is_nnef(&manifest.variants[i]) && best_nnef.as_ref().is_none_or(|b| us < b.1) {
+                    best_nnef = Some((i, us, engine.digest().to_string()));
+                }
                 if best.as_ref().is_none_or(|b| us < b.1) {
                     best = Some((i, us, engine));
                 }
@@ -239,12 +290,23 @@ pub fn install_verified(
             .collect::<Vec<_>>();
         return Err(InstallError::QualityGate(why.join("; ")));
     };
-    let model_path = store.model_path(target);
+    // Beside a chosen ONNX variant, the fastest NNEF form that passed stays on disk: an agent upgraded to the slim
+    // device build reads NNEF only, and serves this slot from it.
+    let spare = if is_nnef(&manifest.variants[chosen]) {
+        None
+    } else {
+        best_nnef.map(|(i, _, digest)| (i, digest))
+    };
+    let model_path = store.model_path_for(target, is_nnef(&manifest.variants[chosen]));
     std::fs::rename(&files[chosen], &model_path).map_err(io(&model_path))?;
+    if let Some((i, _)) = &spare {
+        let path = store.spare_path(target);
+        std::fs::rename(&files[*i], &path).map_err(io(&path))?;
+    }
     let spec_bytes = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     crate::fsutil::write_atomic(&store.spec_path(target), &spec_bytes).map_err(io(&model_path))?;
     for (i, f) in files.iter().enumerate() {
-        if i != chosen {
+        if i != chosen && spare.as_ref().is_none_or(|(s, _)| *s != i) {
             let _ = std::fs::remove_file(f);
         }
     }
@@ -258,6 +320,7 @@ pub fn install_verified(
                 .iter()
                 .map(|(n, r)| match r {
                     Ok(us) => format!("{n} {us:.0} us"),
+                    Err(e) if skip.iter().flatten().any(|s| s == e) => format!("{n} skipped: {e}"),
                     Err(_) => format!("{n} failed"),
                 })
                 .collect::<Vec<_>>()
@@ -272,6 +335,10 @@ pub fn install_verified(
         reason,
         hardness_threshold: manifest.hardness_threshold,
         spec_digest: Some(crate::inference::spec_digest(&spec)),
+        spare: spare.map(|(i, digest)| crate::slots::Spare {
+            variant: manifest.variants[i].name.clone(),
+            digest,
+        }),
     };
     tracing::info!(version = info.version, variant = %info.variant, median_us = us, slot = target.name(), "bundle installed");
     let state = match mode {
@@ -303,7 +370,15 @@ pub fn load_slot(store: &SlotStore, state: &SlotState, slot: SlotId) -> Result<E
     let info = state
         .slot(slot)
         .ok_or_else(|| format!("slot {} is live but empty in the record", slot.name()))?;
-    let model_path = store.model_path(slot);
+    let mut model_path = store.model_path(slot);
+    // The slim build reads NNEF only: a slot whose chosen variant is ONNX is served from its spare NNEF form.
+    if !crate::inference::READS_ONNX
+        && !model_path.ends_with("model.nnef.tar")
+        && info.spare.is_some()
+        && store.spare_path(slot).exists()
+    {
+        model_path = store.spare_path(slot);
+    }
     let bytes = std::fs::read(&model_path)
         .map_err(|e| format!("cannot read {}: {e}", model_path.display()))?;
     let mut spec = crate::inference::ModelSpec::from_file(&store.spec_path(slot))
@@ -313,8 +388,13 @@ pub fn load_slot(store: &SlotStore, state: &SlotState, slot: SlotId) -> Result<E
         spec.name = info.name.clone();
         spec.version = info.version;
     }
-    let engine = Engine::load(&bytes, spec).map_err(|e| e.to_string())?;
-    if engine.digest() != info.digest {
+    let engine = Engine::load(&bytes, spec).map_err(|e| format!("slot {}: {e}", slot.name()))?;
+    let digest_ok = engine.digest() == info.digest
+        || info
+            .spare
+            .as_ref()
+            .is_some_and(|s| s.digest == engine.digest());
+    if !digest_ok {
         return Err(format!(
             "slot {} holds a model whose digest differs from the record",
             slot.name()

@@ -72,15 +72,33 @@ pub struct SlotInfo {
     /// told apart by their spec have none; theirs is whatever spec file sits in the slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_digest: Option<String>,
+    /// The release's NNEF form, kept beside a chosen ONNX variant so that an agent upgraded to the slim device
+    /// build (which reads NNEF only) still serves this slot. Records from before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spare: Option<Spare>,
+}
+
+/// A second form of a slot's release, from the same signed bundle (see [`SlotInfo::spare`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spare {
+    /// The bundle's variant it is.
+    pub variant: String,
+    /// Hex SHA-256 of its file.
+    pub digest: String,
 }
 
 impl SlotInfo {
     /// Is `release` the model this slot records? Name, version and file digest must all match, and the spec too
-    /// when the record names one: the same bytes under another version or spec are another release.
+    /// when the record names one: the same bytes under another version or spec are another release. The file is
+    /// the chosen variant's or the spare form's: both come from the bundle the record installed.
     pub fn matches(&self, release: &Release) -> bool {
         self.name == release.name
             && self.version == release.version
-            && self.digest == release.digest
+            && (self.digest == release.digest
+                || self
+                    .spare
+                    .as_ref()
+                    .is_some_and(|s| s.digest == release.digest))
             && self
                 .spec_digest
                 .as_ref()
@@ -356,8 +374,26 @@ impl SlotStore {
         self.dir.join(id.name())
     }
 
+    /// The slot's model file: `model.nnef.tar` when the chosen variant was an NNEF form, else `model.onnx` (the
+    /// name slots had before NNEF variants).
     pub fn model_path(&self, id: SlotId) -> PathBuf {
-        self.slot_dir(id).join("model.onnx")
+        let nnef = self.model_path_for(id, true);
+        if nnef.exists() {
+            nnef
+        } else {
+            self.model_path_for(id, false)
+        }
+    }
+
+    /// Where a chosen variant of this form goes.
+    pub fn model_path_for(&self, id: SlotId, nnef: bool) -> PathBuf {
+        self.slot_dir(id)
+            .join(if nnef { "model.nnef.tar" } else { "model.onnx" })
+    }
+
+    /// The spare NNEF form beside a chosen ONNX variant ([`SlotInfo::spare`]).
+    pub fn spare_path(&self, id: SlotId) -> PathBuf {
+        self.slot_dir(id).join("spare.nnef.tar")
     }
 
     pub fn spec_path(&self, id: SlotId) -> PathBuf {
@@ -434,6 +470,7 @@ mod tests {
             reason: String::new(),
             hardness_threshold: None,
             spec_digest: None,
+            spare: None,
         }
     }
 

@@ -103,6 +103,16 @@ impl Daemon {
     }
 
     pub fn start_with_env(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_bin(
+            Path::new(env!("CARGO_BIN_EXE_outpost")),
+            state_dir,
+            extra,
+            env,
+        )
+    }
+
+    /// [`Daemon::start_with_env`] with another `outpost` binary (the slim device build, [`slim_outpost`]).
+    pub fn start_bin(bin: &Path, state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let addr_file = state_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
         let mut args = vec![
@@ -113,7 +123,7 @@ impl Daemon {
             state_dir.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let mut child = std::process::Command::new(bin)
             .args(&args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -229,6 +239,21 @@ pub fn outpost(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// The slim device build of `outpost` (no ONNX front end), which scripts/test.sh builds before the tests and names
+/// in `OUTPOST_SLIM_BIN` (a test cannot run cargo itself: the build directory is locked while tests run).
+pub fn slim_outpost() -> PathBuf {
+    let bin = std::env::var_os("OUTPOST_SLIM_BIN").map(PathBuf::from).expect(
+        "OUTPOST_SLIM_BIN is not set: run the tests with scripts/test.sh, which builds the slim device binary \
+         (cargo build --no-default-features --bin outpost) and sets it",
+    );
+    assert!(
+        bin.is_file(),
+        "OUTPOST_SLIM_BIN={} is not a file",
+        bin.display()
+    );
+    bin
 }
 
 pub fn outpostctl(args: &[&str]) -> Output {
