@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Run the cross-built `outpost` under qemu user-mode emulation and compare its predictions with the native build's.
+# The cross binary is the slim device build (cross/build.sh's default; OUTPOST_FEATURES=full for the other): it
+# runs each NNEF form a bundle carries, and the native full build runs the ONNX file that form was compiled from.
 #
 #   cross/check.sh aarch64|armv7 [N]     N: number of test images (default: all 1500 of models/data/test)
 #
@@ -15,6 +17,7 @@ arch="${1:-}"
 n="${2:-}"
 profile="${OUTPOST_PROFILE:-dist}"
 model=models/edge-int8.onnx
+features="${OUTPOST_FEATURES:-slim}"
 case "$arch" in
   aarch64 | arm64) arch=aarch64; target=aarch64-unknown-linux-gnu; qemu=qemu-aarch64-static
     [ "${OUTPOST_CROSS_LIBC:-gnu}" = musl ] && target=aarch64-unknown-linux-musl ;;
@@ -36,28 +39,39 @@ mapfile -t images < <(ls models/data/test/*.png | sort)
 [ -n "$n" ] && images=("${images[@]:0:$n}")
 echo "=== ${#images[@]} images, model $model"
 
-echo "=== native: cargo build --bin outpost (dev profile, $base)"
-CARGO_TARGET_DIR="$base" nice -n 15 cargo build --locked --bin outpost >&2
+echo "=== native: cargo build --bin outpost --bin outpostctl (dev profile, $base)"
+CARGO_TARGET_DIR="$base" nice -n 15 cargo build --locked --bin outpost --bin outpostctl >&2
 native_bin="$base/debug/outpost"
+"$base/debug/outpostctl" compile --model models/edge-fp32.onnx --out "$out/edge-fp32.nnef.tar" 2>/dev/null
 
 echo "=== $arch under $qemu: $cross_bin"
 "$qemu" "$cross_bin" --version
-# Both ways an int8 model can run (engine.int8): tract's integer kernels, and the QDQ form on float kernels (what
-# `auto` picks on a CPU without int8 dot products). Each is compared with the same mode on the native build.
-for mode in native float; do
+# Every form of a model the device can be given: the int8 model on tract's integer kernels and in its QDQ form on
+# float kernels (what `auto` picks on a CPU without int8 dot products), and a float model. Each case: a name, the
+# int8 mode, the native build's ONNX file, the cross binary's file (its NNEF form on the slim build).
+if [ "$features" = slim ]; then
+  cases=("int8-kernels native $model models/edge-int8.nnef.tar"
+         "int8-qdq float $model models/edge-int8-qdq.nnef.tar"
+         "fp32 auto models/edge-fp32.onnx $out/edge-fp32.nnef.tar")
+else
+  cases=("int8-kernels native $model $model" "int8-qdq float $model $model")
+fi
+for c in "${cases[@]}"; do
+read -r form mode native_model cross_model <<<"$c"
+spec="models/$(basename "$native_model" .onnx).spec.json"
 t0=$(date +%s)
-"$native_bin" infer --json --int8 "$mode" --model "$model" "${images[@]}" >"$out/native.jsonl"
+"$native_bin" infer --json --int8 "$mode" --model "$native_model" --spec "$spec" "${images[@]}" >"$out/native.jsonl"
 t1=$(date +%s)
-echo "=== int8 $mode: native: $(wc -l <"$out/native.jsonl") predictions in $((t1 - t0))s"
-"$qemu" "$cross_bin" infer --json --int8 "$mode" --model "$model" "${images[@]}" >"$out/cross.jsonl"
+echo "=== $form: native $native_model: $(wc -l <"$out/native.jsonl") predictions in $((t1 - t0))s"
+"$qemu" "$cross_bin" infer --json --int8 "$mode" --model "$cross_model" --spec "$spec" "${images[@]}" >"$out/cross.jsonl"
 t2=$(date +%s)
-echo "=== int8 $mode: $arch:  $(wc -l <"$out/cross.jsonl") predictions in $((t2 - t1))s"
+echo "=== $form: $arch $(basename "$cross_model"):  $(wc -l <"$out/cross.jsonl") predictions in $((t2 - t1))s"
 
 # Integer kernels are exact, so their labels must match everywhere. The QDQ form runs f32 products whose rounding
 # differs between ISAs (FMA on x86, generic kernels under qemu), and a re-quantization can land one step apart, so a
 # few labels on near-ties may differ: at most 0.2 % of the images.
 max_diff=0
-[ "$mode" = float ] && max_diff=$(( ${#images[@]} / 500 ))
+[ "$form" != int8-kernels ] && max_diff=$(( ${#images[@]} / 500 ))
 python3 - "$out/native.jsonl" "$out/cross.jsonl" "${#images[@]}" "$arch" "$max_diff" <<'PY'
 import json, sys
 native_path, cross_path, expected, arch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

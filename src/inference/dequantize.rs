@@ -92,6 +92,87 @@ fn requantize(y: &str, scale: &str, zero: &str, out: &str) -> pb::NodeProto {
     node("QuantizeLinear", inputs, out.to_string(), vec![])
 }
 
+/// A quantized weight of the file, as [`rewrite`] dequantizes it: tract folds that dequantization into a float
+/// constant while typing, and [`super::onnx::compile`] puts the int8 weight back in the NNEF form (4x fewer bytes).
+pub struct QuantWeight {
+    /// Name of the DequantizeLinear node [`rewrite`] makes for it (tract names the folded constant after it).
+    pub node: String,
+    /// The int8 or uint8 values, their shape, and whether they are signed.
+    pub values: Vec<i32>,
+    pub dims: Vec<usize>,
+    pub signed: bool,
+    /// One scale and zero point, or one per index of `axis`.
+    pub scale: Vec<f32>,
+    pub zero_point: Vec<i32>,
+    pub axis: usize,
+}
+
+/// Integer values of an INT8 (3) or UINT8 (2) initializer.
+fn int8_values(t: &pb::TensorProto) -> Option<(Vec<i32>, bool)> {
+    let signed = match t.data_type {
+        3 => true,
+        2 => false,
+        _ => return None,
+    };
+    if !t.raw_data.is_empty() {
+        return Some((
+            t.raw_data
+                .iter()
+                .map(|&b| if signed { b as i8 as i32 } else { b as i32 })
+                .collect(),
+            signed,
+        ));
+    }
+    Some((t.int32_data.clone(), signed))
+}
+
+/// The constant quantized weights of the `QLinearConv` (weight) and `QLinearMatMul` (right operand) operators.
+pub fn weights(graph: &pb::GraphProto) -> Vec<QuantWeight> {
+    let inits: HashMap<&str, &pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let mut out = Vec::new();
+    for n in &graph.node {
+        let (part, ok) = match n.op_type.as_str() {
+            "QLinearConv" => ("w", (8..=9).contains(&n.input.len())),
+            "QLinearMatMul" => ("b", n.input.len() == 8),
+            _ => continue,
+        };
+        if !ok || n.output.len() != 1 {
+            continue;
+        }
+        let i = &n.input;
+        let (Some(w), Some(s), Some(z)) = (
+            inits.get(i[3].as_str()),
+            inits.get(i[4].as_str()).and_then(|t| float_values(t)),
+            inits.get(i[5].as_str()).and_then(|t| int8_values(t)),
+        ) else {
+            continue;
+        };
+        let Some((values, signed)) = int8_values(w) else {
+            continue;
+        };
+        let dims: Vec<usize> = w.dims.iter().map(|&d| d.max(0) as usize).collect();
+        let axis = if part == "w" {
+            0
+        } else {
+            dims.len().saturating_sub(1)
+        };
+        out.push(QuantWeight {
+            node: format!("{}__outpost_{part}__node", n.output[0]),
+            values,
+            dims,
+            signed,
+            scale: s,
+            zero_point: z.0,
+            axis,
+        });
+    }
+    out
+}
+
 /// Rewrites every `QLinearConv` and `QLinearMatMul` of the graph into its QDQ form; returns how many it rewrote.
 /// An operator whose scales are not constant initializers is an error (the bias scale must be computed here), and
 /// the caller then keeps the model as it is.

@@ -108,6 +108,50 @@ fn raw(model: TypedModel, io: &TensorIo) -> Result<TypedModel, InferenceError> {
     Ok(model)
 }
 
+/// An int8 weight kept int8 in an NNEF file: its cast to float, in a form tract does not fold while writing (tract's
+/// NNEF writer folds every constant expression, and would store the dequantized float weight, 4x the bytes). At
+/// load, decluttering turns it into a plain cast, and the weight's dequantization folds into a float constant as
+/// it does from the ONNX file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Int8Weight;
+
+impl Op for Int8Weight {
+    fn name(&self) -> StaticName {
+        "OutpostInt8Weight".into()
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for Int8Weight {
+    not_out_of_plan!();
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = inputs[0].cast_to::<f32>()?.into_owned();
+        Ok(tvec!(x.into_tvalue()))
+    }
+}
+
+impl TypedOp for Int8Weight {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+
+    fn declutter(
+        &self,
+        model: &TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        let cast = tract_core::ops::cast::cast(f32::datum_type());
+        Ok(Some(TypedModelPatch::replace_single_op(
+            model,
+            node,
+            &node.inputs,
+            cast,
+        )?))
+    }
+
+    as_op!();
+}
+
 /// Outpost's NNEF operators: tract's fused quantize and dequantize, with their parameters.
 fn outpost_registry() -> Registry {
     let mut registry = Registry::new("outpost")
@@ -182,6 +226,19 @@ fn outpost_registry() -> Registry {
                 ElementWiseOp(Box::new(LookupTable { table: lut }), None),
                 &[input],
             )
+        },
+    );
+    registry.register_dumper(|ast, node, _: &Int8Weight| {
+        let input = ast.mapping[&node.inputs[0]].clone();
+        Ok(Some(invocation("outpost_int8_weight", &[input], &[])))
+    });
+    registry.register_primitive(
+        "outpost_int8_weight",
+        &[TypeName::Scalar.tensor().named("input")],
+        &[("output", TypeName::Scalar.tensor())],
+        |builder, invocation| {
+            let input = invocation.named_arg_as(builder, "input")?;
+            builder.wire(Int8Weight, &[input])
         },
     );
     registry.register_dumper(|ast, node, op: &DequantizeLinearF32| {

@@ -162,9 +162,19 @@ pub fn compile(
     };
     let key = PlanKey::new(&digest_hex(model_bytes), Format::Onnx, spec, 1, int8);
     let (typed, dequantized_ops) = typed_onnx(model_bytes, &key)?;
-    // A QDQ form is written before decluttering, which would fold each weight's dequantization into a float
-    // constant (4x the bytes): the file keeps int8 weights, and the device folds them when it optimises at load.
     let mut typed = if dequantized_ops > 0 {
+        // tract folds each weight's dequantization into a float constant while typing (4x the bytes of the int8
+        // weight): the weights go back to int8 with their dequantization as operators, which the device folds
+        // when it optimises the model at load. Written before decluttering, which would fold them again.
+        let mut typed = typed;
+        let weights = tract_onnx::onnx()
+            .proto_model_for_read(&mut std::io::Cursor::new(model_bytes))
+            .ok()
+            .and_then(|p| p.graph)
+            .map(|g| dequantize::weights(&g))
+            .unwrap_or_default();
+        requantize_weights(&mut typed, &weights)
+            .map_err(|e| model_err("keeping the weights int8", e))?;
         typed
     } else {
         typed
@@ -203,6 +213,74 @@ pub fn int8_operators(model_bytes: &[u8]) -> usize {
         return 0;
     };
     dequantize::rewrite(&mut graph).unwrap_or(0)
+}
+
+/// Puts each quantized weight that typing folded into a float constant back as its int8 values followed by the
+/// dequantization (cast, subtract the zero point, multiply by the scale), after checking that those operators give
+/// the folded constant bit for bit; a weight that does not check out stays float. Returns how many went back.
+fn requantize_weights(
+    model: &mut TypedModel,
+    weights: &[dequantize::QuantWeight],
+) -> TractResult<usize> {
+    use tract_core::ops::konst::Const;
+    use tract_core::ops::math::{mul, sub};
+    let mut done = 0;
+    for w in weights {
+        let Some(node) = model
+            .nodes()
+            .iter()
+            .find(|n| n.name.starts_with(&w.node) && n.op_is::<Const>())
+        else {
+            continue;
+        };
+        let (id, name) = (node.id, node.name.clone());
+        let Some(folded) = node.op_as::<Const>().map(|c| c.val().clone()) else {
+            continue;
+        };
+        if folded.datum_type() != f32::datum_type() || folded.shape() != w.dims.as_slice() {
+            continue;
+        }
+        let rank = w.dims.len();
+        let inner: usize = w.dims.iter().skip(w.axis + 1).product();
+        let per = |v: usize, i: usize| if v == 1 { 0 } else { (i / inner.max(1)) % v };
+        let float = folded.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+        let same = w.values.len() == float.len()
+            && w.values.iter().enumerate().all(|(i, &q)| {
+                let s = w.scale[per(w.scale.len(), i)];
+                let z = w.zero_point[per(w.zero_point.len(), i)];
+                ((q - z) as f32 * s).to_bits() == float[i].to_bits()
+            });
+        if !same {
+            continue;
+        }
+        let q = if w.signed {
+            let v: Vec<i8> = w.values.iter().map(|&x| x as i8).collect();
+            Tensor::from_shape(&w.dims, &v)?
+        } else {
+            let v: Vec<u8> = w.values.iter().map(|&x| x as u8).collect();
+            Tensor::from_shape(&w.dims, &v)?
+        };
+        let along_axis = |v: Vec<f32>| -> TractResult<Tensor> {
+            let mut shape = vec![1usize; rank];
+            if v.len() > 1 {
+                shape[w.axis] = v.len();
+            }
+            Tensor::from_shape(&shape, &v)
+        };
+        let zero: Vec<f32> = w.zero_point.iter().map(|&z| z as f32).collect();
+        let mut patch = TypedModelPatch::default();
+        let q = patch.add_const(format!("{name}.int8"), q)?;
+        let z = patch.add_const(format!("{name}.zero_point"), along_axis(zero)?)?;
+        let s = patch.add_const(format!("{name}.scale"), along_axis(w.scale.clone())?)?;
+        let x = patch.wire_node(format!("{name}.f32"), super::nnef::Int8Weight, &[q])?;
+        let x = patch.wire_node(format!("{name}.sub"), sub(), &[x[0], z])?;
+        let x = patch.wire_node(format!("{name}.mul"), mul(), &[x[0], s])?;
+        patch.shunt_outside(model, OutletId::new(id, 0), x[0])?;
+        patch.apply(model)?;
+        done += 1;
+    }
+    model.compact()?;
+    Ok(done)
 }
 
 /// Replaces tract's per-tensor quantize and dequantize operators by the same arithmetic in tract-core's float
