@@ -31,6 +31,8 @@ slim=$(cargo build --no-default-features --bin outpost --message-format=json-ren
 [ -x "$slim" ] || { echo "test.sh: the slim build gave no binary" >&2; exit 1; }
 export OUTPOST_SLIM_BIN="$CARGO_TARGET_DIR/outpost-slim"
 cp "$slim" "$OUTPOST_SLIM_BIN"
+echo "test.sh: the library's unit tests in the slim build (cargo test --no-default-features --lib)"
+cargo test --no-default-features --lib -q
 
 # --features demo: the same build also runs the one-command demo as a test (tests/demo.rs).
 cargo test --no-fail-fast --features demo "$@"

@@ -709,4 +709,57 @@ mod tests {
         assert!(matches!(e, BundleError::UnknownFormat(3)), "{e}");
         assert!(e.to_string().contains("upgrade the agent"), "{e}");
     }
+
+    /// A bundle whose variants are all NNEF from another tract minor release is refused at the header, before any
+    /// model byte is read, with the sentence that says what to do; one readable variant is enough to go on.
+    #[test]
+    fn a_bundle_with_no_variant_this_agent_reads_is_refused_at_the_header() {
+        let key = SigningKeyFile::generate().unwrap();
+        let keys = TrustedKeys::parse(&key.trusted_line("test")).unwrap();
+        let policy = Policy {
+            keys: &keys,
+            threshold: 1,
+            now_unix: 1,
+            agent_version: "9.9.9",
+        };
+        let header = |forms: &[VariantForm]| {
+            let mut m = manifest();
+            m.variants = forms
+                .iter()
+                .enumerate()
+                .map(|(i, f)| Variant {
+                    name: format!("v{i}"),
+                    form: f.clone(),
+                    ..manifest().variants[0].clone()
+                })
+                .collect();
+            let mut buf = Vec::new();
+            let models = vec![vec![0u8]; forms.len()];
+            write_bundle(&mut buf, &m, &models, &[&key]).unwrap();
+            read_header(&mut buf.as_slice(), &policy)
+        };
+        let newer = VariantForm::Nnef {
+            tract_version: "0.24.0".into(),
+            int8_kernels: false,
+        };
+        match header(std::slice::from_ref(&newer)) {
+            Err(BundleError::Unreadable(m)) => {
+                assert!(
+                    m.contains("tract 0.24.0") && m.contains("rebuild the bundle"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let ours = VariantForm::Nnef {
+            tract_version: crate::inference::nnef::TRACT_VERSION.into(),
+            int8_kernels: false,
+        };
+        assert!(header(&[newer.clone(), ours]).is_ok());
+        // ONNX reads only where the ONNX front end is built in.
+        assert_eq!(
+            header(&[VariantForm::Onnx]).is_ok(),
+            crate::inference::READS_ONNX
+        );
+    }
 }

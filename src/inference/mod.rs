@@ -1000,6 +1000,7 @@ impl Session {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "onnx")]
     fn dtypes() -> Engine {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dtypes");
         Engine::load_files(
@@ -1009,6 +1010,7 @@ mod tests {
         .unwrap()
     }
 
+    #[cfg(feature = "onnx")]
     fn inputs(pixels: [u8; 4], offset: [i32; 4], scale: i64) -> Vec<TensorValue> {
         vec![
             TensorValue {
@@ -1029,6 +1031,7 @@ mod tests {
         ]
     }
 
+    #[cfg(feature = "onnx")]
     #[test]
     fn a_raw_model_runs_every_datatype_and_refuses_tensors_that_do_not_fit() {
         let e = dtypes();
@@ -1120,6 +1123,21 @@ mod tests {
             let input = vec![0.25; spec.input_len()];
             assert_eq!(a.run(&input).unwrap(), b.run(&input).unwrap());
         }
+    }
+
+    /// The slim build answers an ONNX file with the sentence that says what to do, and serves the built-in model
+    /// from its embedded NNEF form.
+    #[cfg(not(feature = "onnx"))]
+    #[test]
+    fn the_slim_build_refuses_onnx_and_serves_its_builtin_nnef_form() {
+        let spec: ModelSpec = serde_json::from_str(BUILTIN_SPEC).unwrap();
+        let onnx =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/edge-int8.onnx"))
+                .unwrap();
+        let err = Engine::load(&onnx, spec.clone()).unwrap_err().to_string();
+        assert!(err.contains(NEEDS_NNEF), "{err}");
+        let e = Engine::load(builtin_model(), spec).unwrap();
+        assert_eq!(e.run(&vec![0.0; e.spec().input_len()]).unwrap().len(), 10);
     }
 
     /// The NNEF version rule, and the pinned tract version against the lock file.
