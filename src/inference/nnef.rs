@@ -19,10 +19,15 @@ use tract_onnx_opl::WithOnnx;
 pub const TRACT_VERSION: &str = "0.23.9";
 
 /// The NNEF framework of every load and write: tract-core's operators, the ONNX-only ones (tract_onnx) and ours.
-pub(super) fn framework() -> tract_nnef::framework::Nnef {
-    tract_nnef::nnef()
-        .with_onnx()
-        .with_registry(outpost_registry())
+/// Built once per process: building it parses NNEF's standard fragments and fills the registries (8 ms here, more
+/// than reading the edge model's NNEF form, 3 ms), so only the first load of a process pays it.
+pub(super) fn framework() -> &'static tract_nnef::framework::Nnef {
+    static FRAMEWORK: std::sync::OnceLock<tract_nnef::framework::Nnef> = std::sync::OnceLock::new();
+    FRAMEWORK.get_or_init(|| {
+        tract_nnef::nnef()
+            .with_onnx()
+            .with_registry(outpost_registry())
+    })
 }
 
 /// Whether the bytes are an NNEF tar (as [`super::onnx::compile`] writes it) rather than an ONNX protobuf: a tar
