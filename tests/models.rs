@@ -174,6 +174,8 @@ fn names_are_checked_and_one_model_too_many_is_refused_with_the_running_ones_unt
     // A name that could escape a path or widen a topic is refused by the operator tool...
     let out = outpostctl(&[
         "bundle",
+        "--forms",
+        "onnx",
         "--model",
         s(&common::models().join("edge-fp32.onnx")),
         "--spec",

@@ -378,6 +378,8 @@ fn a_re_release_of_the_same_bytes_goes_live_on_trial_is_judged_and_never_answers
     let models = common::models();
     let o = common::outpostctl(&[
         "bundle",
+        "--forms",
+        "onnx",
         "--model",
         s(&models.join("edge-int8.onnx")),
         "--spec",

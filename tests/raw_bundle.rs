@@ -110,7 +110,13 @@ fn a_raw_tensor_model_is_bundled_in_format_2_gated_on_golden_tensors_and_served_
         &["--forms", "onnx"],
     );
     assert_eq!(format_byte(&classic), 1);
-    let both = f.bundle("both.bundle", "edge-fp32", 2, &[&f.key1], &[]);
+    let both = f.bundle(
+        "both.bundle",
+        "edge-fp32",
+        2,
+        &[&f.key1],
+        &["--forms", "both"],
+    );
     assert_eq!(format_byte(&both), 2);
 
     f.install_ok(&state, &bundle, &[]);

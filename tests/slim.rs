@@ -78,7 +78,13 @@ fn the_slim_build_refuses_onnx_only_bundles_and_installs_nnef_variants_through_t
     );
     assert!(status(&state)["default"]["active"].is_null() || !state.join("models").exists());
 
-    let both = f.bundle("both.bundle", "edge-int8", 2, &[&f.key1], &[]);
+    let both = f.bundle(
+        "both.bundle",
+        "edge-int8",
+        2,
+        &[&f.key1],
+        &["--forms", "both"],
+    );
     let (m, models) = unpack(&both);
     let forms: Vec<(&str, &VariantForm)> = m
         .variants

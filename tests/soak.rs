@@ -1390,10 +1390,14 @@ fn soak_under_faults() {
             // Every slot the record names holds the model file it says.
             for (i, slot) in r["slots"].as_array().into_iter().flatten().enumerate() {
                 if let Some(d) = slot["digest"].as_str() {
-                    let file = state
-                        .join("models/edge-int8")
-                        .join(["a", "b"][i])
-                        .join("model.onnx");
+                    // The chosen variant's file: an NNEF form or the ONNX file.
+                    let dir = state.join("models/edge-int8").join(["a", "b"][i]);
+                    let nnef = dir.join("model.nnef.tar");
+                    let file = if nnef.exists() {
+                        nnef
+                    } else {
+                        dir.join("model.onnx")
+                    };
                     let on_disk = std::fs::read(&file).map(|b| outpost::inference::digest_hex(&b));
                     check(
                         on_disk.as_deref().ok() == Some(d),

@@ -408,6 +408,12 @@ impl Fixture {
             args.push("--key".into());
             args.push(k.display().to_string());
         }
+        // ONNX only unless the test asks for forms: tests that follow a model by its file digest (fault injection,
+        // status checks) need the variant they bundled to be the one served, not its NNEF form (tests/slim.rs and
+        // the raw bundle tests bundle both forms).
+        if !extra.contains(&"--forms") {
+            args.extend(["--forms".to_string(), "onnx".to_string()]);
+        }
         // A release of the device's (built-in) model unless the test names another.
         if !extra.contains(&"--name") {
             args.extend(["--name".to_string(), "edge-int8".to_string()]);
