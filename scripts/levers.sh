@@ -6,6 +6,7 @@
 #
 #   scripts/levers.sh [ROUNDS]            (default 5 rounds of 1.5 s per model and build)
 #   LEVERS="full:dist-thin slim:dist ..."  the builds (default: all below)
+#   LEVER_BUILD=0                          time the binaries an earlier run left in $LEVER_DIR, without building
 #
 # A slim build (no ONNX front end) runs the NNEF forms of the models (compiled here by outpostctl, as bundles carry
 # them); the full build runs the ONNX files, and their NNEF forms too (cold start of either form, same run).
@@ -13,12 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-5}"
 seconds="${LEVER_SECONDS:-1.5}"
-levers="${LEVERS:-full:dist-thin slim:dist-thin slim:dist slim:dist-lean slim:dist-small}"
+levers="${LEVERS:-full:dist-thin slim:dist slim:dist-lean slim:dist-small slim:dist-tiny}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
 out="${LEVER_DIR:-$CARGO_TARGET_DIR/levers}"
 mkdir -p "$out"
 
 for lever in $levers; do
+  [ "${LEVER_BUILD:-1}" = 0 ] && break
   features="${lever%%:*}"
   profile="${lever##*:}"
   args=(--profile "$profile" --bin outpost)
