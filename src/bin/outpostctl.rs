@@ -42,7 +42,7 @@ enum Command {
         /// form on float kernels (what CPUs without int8 dot products run); qdq-float-ops: the QDQ form with
         /// quantization spelled out in tract-core's float operators.
         #[arg(long, default_value = "kernels")]
-        form: String,
+        form: outpost::inference::onnx::NnefForm,
         #[arg(long)]
         out: PathBuf,
     },
@@ -456,13 +456,7 @@ fn run(cli: Cli) -> Result<()> {
             form,
             out,
         } => {
-            use outpost::inference::onnx::{compile, NnefForm};
-            let form = match form.as_str() {
-                "kernels" => NnefForm::Kernels,
-                "qdq" => NnefForm::Qdq,
-                "qdq-float-ops" => NnefForm::QdqFloatOps,
-                other => bail!("--form {other}: use kernels, qdq or qdq-float-ops"),
-            };
+            use outpost::inference::onnx::compile;
             let spec_path = spec.unwrap_or_else(|| ModelSpec::default_path_for(&model));
             let spec = ModelSpec::from_file(&spec_path)?;
             let bytes = std::fs::read(&model).with_context(|| model.display().to_string())?;

@@ -106,17 +106,7 @@ fn candidates(
 fn worst_difference(a: &[TensorValue], b: &[TensorValue]) -> (f64, String) {
     let mut worst = (0f64, String::new());
     for (x, y) in a.iter().zip(b) {
-        let d = if x.data.dtype() != y.data.dtype() || x.shape != y.shape {
-            f64::INFINITY
-        } else {
-            x.data
-                .as_f64()
-                .iter()
-                .zip(y.data.as_f64())
-                .map(|(p, q)| (p - q).abs())
-                .map(|d| if d.is_nan() { f64::INFINITY } else { d })
-                .fold(0f64, f64::max)
-        };
+        let d = x.max_abs_diff(y);
         if d > worst.0 || worst.1.is_empty() {
             worst = (d, x.name.clone());
         }

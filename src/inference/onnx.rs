@@ -135,6 +135,21 @@ pub enum NnefForm {
     QdqFloatOps,
 }
 
+impl std::str::FromStr for NnefForm {
+    type Err = String;
+    /// The words of `outpostctl compile --form`.
+    fn from_str(s: &str) -> Result<NnefForm, String> {
+        match s {
+            "kernels" => Ok(NnefForm::Kernels),
+            "qdq" => Ok(NnefForm::Qdq),
+            "qdq-float-ops" => Ok(NnefForm::QdqFloatOps),
+            other => Err(format!(
+                "'{other}' is not a form: use kernels, qdq or qdq-float-ops"
+            )),
+        }
+    }
+}
+
 /// What [`compile`] wrote.
 #[derive(Debug, Clone)]
 pub struct Compiled {

@@ -225,6 +225,22 @@ pub struct TensorValue {
 }
 
 impl TensorValue {
+    /// The largest |difference| between two values of one output, infinite when their datatypes or shapes differ
+    /// or any difference is NaN (a non-finite output must fail a comparison; `max` would pass over a NaN). The one
+    /// comparison of the golden gate on the device and of the bundle builder's check of compiled forms.
+    pub fn max_abs_diff(&self, other: &TensorValue) -> f64 {
+        if self.data.dtype() != other.data.dtype() || self.shape != other.shape {
+            return f64::INFINITY;
+        }
+        self.data
+            .as_f64()
+            .iter()
+            .zip(other.data.as_f64())
+            .map(|(p, q)| (p - q).abs())
+            .map(|d| if d.is_nan() { f64::INFINITY } else { d })
+            .fold(0f64, f64::max)
+    }
+
     /// Checks this value against its declared spec (name, datatype, shape, element count).
     pub fn check(&self, spec: &TensorSpec) -> Result<(), String> {
         if self.name != spec.name {

@@ -151,19 +151,8 @@ fn gate_tensors(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<
                     w.shape
                 ));
             }
-            let diffs: Vec<f64> = g
-                .data
-                .as_f64()
-                .iter()
-                .zip(w.data.as_f64())
-                .map(|(a, b)| (a - b).abs())
-                .collect();
-            // A NaN anywhere (a non-finite output) fails the case: max() would pass over it.
-            let worst = if diffs.iter().any(|d| d.is_nan()) {
-                f64::INFINITY
-            } else {
-                diffs.iter().copied().fold(0f64, f64::max)
-            };
+            // A NaN anywhere (a non-finite output) fails the case.
+            let worst = g.max_abs_diff(w);
             if worst > manifest.golden_tolerance as f64 {
                 return Err(format!(
                     "golden case {i}: output {} differs by {worst} > tolerance {}",
