@@ -258,6 +258,8 @@ fn signed_bundle(
             form: bundle::VariantForm::Onnx,
         }],
         golden_tensors: vec![],
+        budget: None,
+        baseline: None,
     };
     let key = SigningKeyFile::load(&f.key1).unwrap();
     let mut buf = Vec::new();
@@ -472,6 +474,8 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
                     form: bundle::VariantForm::Onnx,
                 }],
                 golden_tensors: vec![],
+                budget: None,
+                baseline: None,
             };
             let mut buf = Vec::new();
             bundle::write_bundle(&mut buf, &manifest, std::slice::from_ref(m), &[&key]).unwrap();

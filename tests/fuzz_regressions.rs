@@ -251,6 +251,8 @@ fn manifest(models: &[&[u8]]) -> Manifest {
             })
             .collect(),
         golden_tensors: vec![],
+        budget: None,
+        baseline: None,
     }
 }
 

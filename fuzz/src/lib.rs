@@ -208,6 +208,7 @@ fn spec(gray: bool, nhwc: bool, w: u32, h: u32) -> ModelSpec {
             top1: 0.9,
         }),
         tensors: None,
+        task: None,
     };
     spec.validate().expect("seed spec is valid");
     spec
@@ -255,6 +256,8 @@ fn seed_bundles_with(key: &SigningKeyFile, other: &SigningKeyFile) -> Vec<(&'sta
         golden_tolerance: 0.05,
         variants,
         golden_tensors: vec![],
+        budget: None,
+        baseline: None,
     };
     let mut out = Vec::new();
     let mut push =

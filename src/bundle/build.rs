@@ -142,13 +142,32 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
         ));
     }
     let bad = |e: crate::inference::InferenceError| BundleError::Manifest(e.to_string());
-    let golden_inputs = b
+    let mut golden_inputs = b
         .golden_images
         .iter()
         .take(MAX_GOLDEN)
         .map(|img| image_to_tensor(img, &b.spec, &DecodeLimits::default()).map_err(bad))
         .collect::<Result<Vec<_>, _>>()?;
-    if b.spec.tensors.is_none() && !b.golden_tensors.is_empty() {
+    // A task model's gate compares every output its decoder reads: its golden images go in as tensor cases.
+    let mut task_tensors = Vec::new();
+    if b.spec.task.is_some() {
+        if !b.golden_tensors.is_empty() {
+            return Err(BundleError::Manifest(
+                "a detector's or scorer's golden cases are images (--golden), not tensors".into(),
+            ));
+        }
+        task_tensors = golden_inputs
+            .drain(..)
+            .map(|t| {
+                vec![TensorValue {
+                    name: b.spec.input.name.clone(),
+                    shape: b.spec.input.shape.clone(),
+                    data: TensorData::Fp32(t),
+                }]
+            })
+            .collect();
+    }
+    if b.spec.io().is_none() && !b.golden_tensors.is_empty() {
         return Err(BundleError::Manifest(
             "golden tensors are for raw tensor models (a spec that lists tensors); a classifier's golden cases are images"
                 .into(),
@@ -159,8 +178,12 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
             "a raw tensor model takes golden tensors (--golden-tensors), not images".into(),
         ));
     }
-    let golden_tensors: Vec<Vec<TensorValue>> =
-        b.golden_tensors.into_iter().take(MAX_GOLDEN).collect();
+    let golden_tensors: Vec<Vec<TensorValue>> = b
+        .golden_tensors
+        .into_iter()
+        .chain(task_tensors)
+        .take(MAX_GOLDEN)
+        .collect();
     let mut models = Vec::new();
     let mut variants = Vec::new();
     let mut given = Vec::new();
@@ -250,6 +273,8 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
         golden_tolerance: b.tolerance,
         variants,
         golden_tensors,
+        budget: None,
+        baseline: None,
     };
     let mut buf = Vec::new();
     write_bundle(&mut buf, &manifest, &models, b.keys)?;

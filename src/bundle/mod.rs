@@ -6,11 +6,12 @@
 //! b"OUTPOSTB" | format u8 | manifest_len | manifest (postcard) | sigs_len | signatures (postcard) | variant 0 | ...
 //! ```
 //!
-//! Format 1 is the image classifier's manifest ([`ManifestV1`]); format 2 ([`Manifest`]) adds raw tensor models
-//! (a spec that lists several inputs and outputs, golden tensors of any datatype). A bundle is written in format 1
-//! whenever its manifest fits it, so agents from before format 2 still take classifier updates from a new tool; every
-//! agent since reads both. Each format signs under its own domain tag, so a signed manifest of one format can
-//! never be read as the other.
+//! Format 1 is the image classifier's manifest ([`ManifestV1`]); format 2 ([`ManifestV2`]) adds raw tensor models
+//! (a spec that lists several inputs and outputs, golden tensors of any datatype); format 3 ([`Manifest`]) adds task
+//! kinds (detection, score: [`crate::inference::task`]), the release's forward budget and its hardness baseline on
+//! calibration data. A bundle is written in the oldest format its manifest fits, so older agents still take the
+//! updates they can serve from a new tool; every agent reads all the formats up to its own. Each format signs under
+//! its own domain tag, so a signed manifest of one format can never be read as another.
 //!
 //! A variant is an ONNX file or tract's NNEF form of one ([`VariantForm`], format 2 only): the slim device build
 //! reads NNEF only, and refuses a bundle with no variant it can read before downloading it.
@@ -26,13 +27,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 
-use crate::inference::spec::ModelSpecV1;
+use crate::inference::spec::{ModelSpecV1, ModelSpecV2};
 use crate::inference::{ModelSpec, TensorValue};
 pub use keys::{KeyId, SigningKeyFile, TrustedKeys};
 
 pub const MAGIC: &[u8; 8] = b"OUTPOSTB";
 /// The format [`Manifest`] encodes as (postcard of the struct itself).
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
+/// The raw tensor model's format ([`ManifestV2`]).
+pub const FORMAT_V2: u8 = 2;
 /// The image classifier's format, read by every agent ([`ManifestV1`]).
 pub const FORMAT_V1: u8 = 1;
 /// Caps on what an untrusted bundle may make us allocate.
@@ -44,12 +47,13 @@ pub const MAX_MODEL_BYTES: u64 = 1024 * 1024 * 1024;
 /// the other format's reading of the same bytes) never verifies.
 const DOMAIN_V1: &[u8] = b"outpost-bundle-manifest-v1\0";
 const DOMAIN_V2: &[u8] = b"outpost-bundle-manifest-v2\0";
+const DOMAIN_V3: &[u8] = b"outpost-bundle-manifest-v3\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("not an Outpost bundle (bad magic)")]
     NotABundle,
-    #[error("bundle format {0} is newer than this agent reads (1 and 2): upgrade the agent, or rebuild the bundle with the operator tool of this agent's version")]
+    #[error("bundle format {0} is newer than this agent reads (1 to 3): upgrade the agent, or rebuild the bundle with the operator tool of this agent's version")]
     UnknownFormat(u8),
     #[error("bundle is truncated: {0}")]
     Truncated(String),
@@ -173,6 +177,8 @@ impl From<ManifestV1> for Manifest {
                 })
                 .collect(),
             golden_tensors: Vec::new(),
+            budget: None,
+            baseline: None,
         }
     }
 }
@@ -197,6 +203,66 @@ pub struct Manifest {
     /// A raw tensor model's gate: sets of inputs (in the spec's order); each variant's outputs on them are its
     /// `golden_tensor_outputs`. Empty for a classifier.
     pub golden_tensors: Vec<Vec<TensorValue>>,
+    /// The forward budget this release asks for; `None` leaves the device's configuration.
+    pub budget: Option<ForwardBudget>,
+    /// The release's hardness on its calibration data: what the device's drift alarm compares live traffic with.
+    pub baseline: Option<Baseline>,
+}
+
+/// How many hard cases a model may send to the cloud tier (`forward.max_fraction`, `forward.max_per_s`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ForwardBudget {
+    /// Largest share of model runs forwarded over the budget window (0 to 1).
+    pub max_fraction: Option<f32>,
+    /// Largest number of cases forwarded per second, averaged over the window.
+    pub max_per_s: Option<f32>,
+}
+
+/// At most this many hardness values a baseline keeps (a sample, sorted).
+pub const MAX_BASELINE: usize = 4096;
+
+/// A release's hardness scores on its calibration data, sorted (a sample of at most [`MAX_BASELINE`]), and the share
+/// of them its forward threshold calls hard.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Baseline {
+    pub hardness: Vec<f32>,
+    pub forward_rate: f32,
+}
+
+/// A format 2 manifest (raw tensor models), as agents before task kinds read and sign it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestV2 {
+    pub name: String,
+    pub version: u64,
+    pub created_unix: u64,
+    pub expires_unix: u64,
+    pub min_agent_version: String,
+    pub spec: ModelSpecV2,
+    pub hardness_threshold: Option<f32>,
+    pub golden_inputs: Vec<Vec<f32>>,
+    pub golden_tolerance: f32,
+    pub variants: Vec<Variant>,
+    pub golden_tensors: Vec<Vec<TensorValue>>,
+}
+
+impl From<ManifestV2> for Manifest {
+    fn from(m: ManifestV2) -> Manifest {
+        Manifest {
+            name: m.name,
+            version: m.version,
+            created_unix: m.created_unix,
+            expires_unix: m.expires_unix,
+            min_agent_version: m.min_agent_version,
+            spec: m.spec.into(),
+            hardness_threshold: m.hardness_threshold,
+            golden_inputs: m.golden_inputs,
+            golden_tolerance: m.golden_tolerance,
+            variants: m.variants,
+            golden_tensors: m.golden_tensors,
+            budget: None,
+            baseline: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,9 +272,32 @@ pub struct BundleSignature {
 }
 
 impl Manifest {
+    /// The format 2 form of this manifest, when it has one (no task, budget or baseline).
+    pub fn as_v2(&self) -> Option<ManifestV2> {
+        if self.budget.is_some() || self.baseline.is_some() {
+            return None;
+        }
+        Some(ManifestV2 {
+            name: self.name.clone(),
+            version: self.version,
+            created_unix: self.created_unix,
+            expires_unix: self.expires_unix,
+            min_agent_version: self.min_agent_version.clone(),
+            spec: self.spec.v2_view()?,
+            hardness_threshold: self.hardness_threshold,
+            golden_inputs: self.golden_inputs.clone(),
+            golden_tolerance: self.golden_tolerance,
+            variants: self.variants.clone(),
+            golden_tensors: self.golden_tensors.clone(),
+        })
+    }
+
     /// The format 1 form of this manifest, when it has one (an image classifier with no golden tensors).
     pub fn as_v1(&self) -> Option<ManifestV1> {
         if self.spec.tensors.is_some()
+            || self.spec.task.is_some()
+            || self.budget.is_some()
+            || self.baseline.is_some()
             || !self.golden_tensors.is_empty()
             || self
                 .variants
@@ -264,7 +353,26 @@ impl Manifest {
             });
         }
         self.spec.validate().map_err(BundleError::Manifest)?;
-        if let Some(io) = &self.spec.tensors {
+        if let Some(b) = &self.baseline {
+            if b.hardness.len() > MAX_BASELINE
+                || b.hardness.iter().any(|h| !h.is_finite())
+                || !(0.0..=1.0).contains(&b.forward_rate)
+            {
+                return bad(format!(
+                    "the baseline needs at most {MAX_BASELINE} finite hardness values and a forward rate in 0..1"
+                ));
+            }
+        }
+        if let Some(b) = &self.budget {
+            if b.max_fraction.is_some_and(|f| !(0.0..=1.0).contains(&f))
+                || b.max_per_s.is_some_and(|r| !r.is_finite() || r < 0.0)
+            {
+                return bad(
+                    "the budget's max_fraction must be in 0..1 and max_per_s at least 0".into(),
+                );
+            }
+        }
+        if let Some(io) = &self.spec.io() {
             if !self.golden_inputs.is_empty() {
                 return bad("a raw tensor model's golden cases are golden_tensors".into());
             }
@@ -330,10 +438,10 @@ impl Manifest {
 }
 
 fn message(format: u8, manifest_bytes: &[u8]) -> Vec<u8> {
-    let domain = if format == FORMAT_V1 {
-        DOMAIN_V1
-    } else {
-        DOMAIN_V2
+    let domain = match format {
+        FORMAT_V1 => DOMAIN_V1,
+        FORMAT_V2 => DOMAIN_V2,
+        _ => DOMAIN_V3,
     };
     let mut m = Vec::with_capacity(domain.len() + manifest_bytes.len());
     m.extend_from_slice(domain);
@@ -344,21 +452,27 @@ fn message(format: u8, manifest_bytes: &[u8]) -> Vec<u8> {
 /// The manifest in the bytes of its format.
 fn encode_manifest(manifest: &Manifest) -> Result<(u8, Vec<u8>), BundleError> {
     let enc = |e: postcard::Error| BundleError::Manifest(e.to_string());
-    match manifest.as_v1() {
-        Some(v1) => Ok((FORMAT_V1, postcard::to_stdvec(&v1).map_err(enc)?)),
+    if let Some(v1) = manifest.as_v1() {
+        return Ok((FORMAT_V1, postcard::to_stdvec(&v1).map_err(enc)?));
+    }
+    match manifest.as_v2() {
+        Some(v2) => Ok((FORMAT_V2, postcard::to_stdvec(&v2).map_err(enc)?)),
         None => Ok((FORMAT, postcard::to_stdvec(manifest).map_err(enc)?)),
     }
 }
 
-/// Decodes a manifest of either format.
+/// Decodes a manifest of any format this agent reads.
 pub fn decode_manifest(format: u8, bytes: &[u8]) -> Result<Manifest, BundleError> {
     let dec = |e: postcard::Error| BundleError::Manifest(e.to_string());
-    if format == FORMAT_V1 {
-        Ok(postcard::from_bytes::<ManifestV1>(bytes)
+    match format {
+        FORMAT_V1 => Ok(postcard::from_bytes::<ManifestV1>(bytes)
             .map_err(dec)?
-            .into())
-    } else {
-        postcard::from_bytes::<Manifest>(bytes).map_err(dec)
+            .into()),
+        FORMAT_V2 => Ok(postcard::from_bytes::<ManifestV2>(bytes)
+            .map_err(dec)?
+            .into()),
+        FORMAT => postcard::from_bytes::<Manifest>(bytes).map_err(dec),
+        other => Err(BundleError::UnknownFormat(other)),
     }
 }
 
@@ -446,7 +560,7 @@ fn read_sections(r: &mut impl Read) -> Result<(u8, Vec<u8>, Vec<BundleSignature>
         return Err(BundleError::NotABundle);
     }
     let format = magic[8];
-    if format != FORMAT_V1 && format != FORMAT {
+    if !(FORMAT_V1..=FORMAT).contains(&format) {
         return Err(BundleError::UnknownFormat(format));
     }
     let manifest_bytes = read_section(r, "manifest", MAX_MANIFEST)?;
@@ -650,6 +764,8 @@ mod tests {
                 form: VariantForm::Onnx,
             }],
             golden_tensors: vec![vec![value("x", TensorData::Int64(vec![1, 2]))]],
+            budget: None,
+            baseline: None,
         }
     }
 
@@ -658,7 +774,10 @@ mod tests {
         let m = manifest();
         assert!(m.as_v1().is_none(), "a raw spec has no format 1 form");
         let (format, bytes) = encode_manifest(&m).unwrap();
-        assert_eq!(format, FORMAT);
+        assert_eq!(
+            format, FORMAT_V2,
+            "a raw model is written for agents from before task kinds"
+        );
         assert_eq!(decode_manifest(format, &bytes).unwrap(), m);
         m.check_shape().unwrap();
         let refused = |f: fn(&mut Manifest), why: &str| {
@@ -692,6 +811,8 @@ mod tests {
         let m = Manifest {
             spec,
             golden_tensors: vec![],
+            budget: None,
+            baseline: None,
             variants: vec![Variant {
                 golden_tensor_outputs: vec![],
                 ..manifest().variants[0].clone()
@@ -704,11 +825,71 @@ mod tests {
         assert_ne!(message(FORMAT_V1, &bytes), message(FORMAT, &bytes));
         // A newer format is refused with a sentence, not misread.
         let mut framed = MAGIC.to_vec();
-        framed.push(3);
+        framed.push(4);
         let e = read_header_unverified(&mut &framed[..]).unwrap_err();
-        assert!(matches!(e, BundleError::UnknownFormat(3)), "{e}");
+        assert!(matches!(e, BundleError::UnknownFormat(4)), "{e}");
         assert!(e.to_string().contains("upgrade the agent"), "{e}");
     }
+
+    /// A task (detection, score), a budget or a baseline make a manifest format 3; the same bytes verify under no
+    /// other format's domain; format 2 bytes still decode as they did.
+    #[test]
+    fn task_budget_and_baseline_are_format_3() {
+        let v2 = manifest();
+        let (f2, b2) = encode_manifest(&v2).unwrap();
+        assert_eq!(f2, FORMAT_V2);
+        let with_budget = Manifest {
+            budget: Some(ForwardBudget {
+                max_fraction: Some(0.05),
+                max_per_s: None,
+            }),
+            baseline: Some(Baseline {
+                hardness: vec![0.0, 0.1, 0.5],
+                forward_rate: 0.05,
+            }),
+            ..manifest()
+        };
+        let (f3, b3) = encode_manifest(&with_budget).unwrap();
+        assert_eq!(f3, FORMAT);
+        assert_eq!(decode_manifest(f3, &b3).unwrap(), with_budget);
+        assert_eq!(decode_manifest(f2, &b2).unwrap(), v2);
+        assert!(
+            decode_manifest(f2, &b3).is_err() || decode_manifest(f2, &b3).unwrap() != with_budget
+        );
+        assert_ne!(message(FORMAT_V2, &b3), message(FORMAT, &b3));
+        let mut bad = with_budget.clone();
+        bad.budget = Some(ForwardBudget {
+            max_fraction: Some(1.5),
+            max_per_s: None,
+        });
+        assert!(bad
+            .check_shape()
+            .unwrap_err()
+            .to_string()
+            .contains("max_fraction"));
+        let spec: ModelSpec = serde_json::from_str(DETECTOR_SPEC).unwrap();
+        spec.validate().unwrap();
+        let task = Manifest {
+            spec: spec.clone(),
+            golden_tensors: vec![],
+            variants: vec![Variant {
+                golden_tensor_outputs: vec![],
+                ..manifest().variants[0].clone()
+            }],
+            ..manifest()
+        };
+        task.check_shape().unwrap();
+        let (f, bytes) = encode_manifest(&task).unwrap();
+        assert_eq!(f, FORMAT, "a detector needs an agent that knows tasks");
+        assert_eq!(decode_manifest(f, &bytes).unwrap().spec, spec);
+    }
+
+    const DETECTOR_SPEC: &str = r#"{"name": "det", "version": 1,
+        "input": {"name": "input", "shape": [1, 1, 64, 64], "layout": "NCHW"},
+        "preprocess": {"color": "gray", "width": 64, "height": 64, "scale": 255.0, "mean": [0.0], "std": [1.0]},
+        "labels": ["0", "1"],
+        "task": {"detection": {"decoder": {"yolov8": {"output": {"name": "output0", "shape": [1, 6, 64]}}},
+            "score_threshold": 0.25, "iou_threshold": 0.5, "max_detections": 10, "uncertain": [0.2, 0.6]}}}"#;
 
     /// A bundle whose variants are all NNEF from another tract minor release is refused at the header, before any
     /// model byte is read, with the sentence that says what to do; one readable variant is enough to go on.

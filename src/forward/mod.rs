@@ -521,6 +521,7 @@ impl Forwarder {
                 tier: "cloud".into(),
                 output: Vec::new(),
                 tensors: Vec::new(),
+                answer: None,
             };
             if let Err(e) = cache.insert(&key, &entry) {
                 tracing::warn!(error = %e, "cannot cache the cloud's answer");

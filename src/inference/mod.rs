@@ -17,6 +17,7 @@ pub mod onnx;
 pub mod postprocess;
 pub mod preprocess;
 pub mod spec;
+pub mod task;
 pub mod tensor;
 
 use sha2::{Digest, Sha256};
@@ -182,9 +183,11 @@ impl Release {
 /// Hex SHA-256 of a spec's JSON (serde's field order, so the same spec always hashes the same). A classifier's spec
 /// is hashed in its form from before raw tensor models ([`spec::ModelSpecV1`]), so its releases keep their ids.
 pub fn spec_digest(spec: &ModelSpec) -> String {
-    let json = match spec.tensors {
-        None => serde_json::to_vec(&spec.v1_view()),
-        Some(_) => serde_json::to_vec(spec),
+    // A raw model's spec is hashed as format 2 carried it (no `task` key), a task model's whole.
+    let json = match (&spec.tensors, &spec.task) {
+        (None, None) => serde_json::to_vec(&spec.v1_view()),
+        (Some(_), None) => serde_json::to_vec(&spec.v2_view()),
+        (_, Some(_)) => serde_json::to_vec(spec),
     };
     digest_hex(&json.unwrap_or_default())
 }
@@ -261,7 +264,7 @@ impl PlanKey {
             batch,
             int8_as_float: format == Format::Onnx && int8.as_float(),
             threads: parallel_setting().map_or((1, Duration::ZERO), |(_, n, min)| (n, min)),
-            io: spec.tensors.clone(),
+            io: spec.io(),
         }
     }
 
@@ -286,12 +289,13 @@ fn loaded_plans() -> &'static std::sync::Mutex<HashMap<PlanKey, std::sync::Weak<
 /// Checks a spec against a plan, whether the plan was just built or found alive in the process: a spec that does
 /// not fit is refused the same way on either path, so a bundle cannot go live by reusing another load's checks.
 fn fits(plan: &SharedPlan, spec: &ModelSpec) -> Result<(), InferenceError> {
-    if plan.key.io != spec.tensors {
+    let io = spec.io();
+    if plan.key.io != io {
         return Err(InferenceError::Model(
             "the plan was built for other inputs and outputs than the spec lists".into(),
         ));
     }
-    if let Some(io) = &spec.tensors {
+    if let Some(io) = &io {
         for (want, (dt, shape)) in io.outputs.iter().zip(&plan.raw_outputs) {
             if *dt != Some(want.datatype) || *shape != want.shape {
                 return Err(InferenceError::Model(format!(
@@ -874,6 +878,16 @@ impl Engine {
         bytes: &[u8],
         limits: &DecodeLimits,
     ) -> Result<Vec<f32>, InferenceError> {
+        Ok(self.task_input_from_image(bytes, limits)?.0)
+    }
+
+    /// Decodes and preprocesses an encoded image, and says how it was fitted to the input (what maps a detector's
+    /// boxes back to the image).
+    pub fn task_input_from_image(
+        &self,
+        bytes: &[u8],
+        limits: &DecodeLimits,
+    ) -> Result<(Vec<f32>, task::Fit), InferenceError> {
         if self.spec.tensors.is_some() {
             return Err(InferenceError::Image(format!(
                 "model {} takes tensors, not an image: send its inputs through the Open Inference Protocol \
@@ -881,7 +895,22 @@ impl Engine {
                 self.spec.name, self.spec.name
             )));
         }
-        preprocess::image_to_tensor(bytes, &self.spec, limits)
+        preprocess::image_to_task_input(bytes, &self.spec, limits)
+    }
+
+    /// The task of a detector or scorer (`None` for a classifier or a raw tensor model).
+    pub fn task(&self) -> Option<&task::Task> {
+        self.spec.task.as_ref()
+    }
+
+    /// Convenience for one-off calls of a task model; workers keep a [`Session`].
+    pub fn run_task(
+        &self,
+        input: &[f32],
+        fit: &task::Fit,
+        overrides: &task::Overrides,
+    ) -> Result<task::Decoded, InferenceError> {
+        self.session()?.run_task(input, fit, overrides)
     }
 
     /// Whether this is a raw tensor model (its spec lists tensors).
@@ -941,7 +970,7 @@ impl Session {
         &mut self,
         inputs: &[TensorValue],
     ) -> Result<Vec<TensorValue>, InferenceError> {
-        let io = self.engine.spec.tensors.as_ref().ok_or_else(|| {
+        let io = self.engine.plan.key.io.as_ref().ok_or_else(|| {
             InferenceError::Run(format!(
                 "model {} is an image classifier, not a raw tensor model",
                 self.engine.spec.name
@@ -977,6 +1006,44 @@ impl Session {
             .zip(out.iter())
             .map(|(t, o)| from_tract(&t.name, o))
             .collect()
+    }
+
+    /// Runs a task model (detector, scorer) on one preprocessed image and decodes its outputs. Every output must
+    /// be finite where the decoder reads it; a model whose outputs do not fit its task is an error, never boxes.
+    pub fn run_task(
+        &mut self,
+        input: &[f32],
+        fit: &task::Fit,
+        overrides: &task::Overrides,
+    ) -> Result<task::Decoded, InferenceError> {
+        let spec = self.engine.spec.clone();
+        let task = spec.task.as_ref().ok_or_else(|| {
+            InferenceError::Run(format!(
+                "model {} has no task (detection, score)",
+                spec.name
+            ))
+        })?;
+        overrides.validate().map_err(InferenceError::Tensors)?;
+        let expected = spec.input_len();
+        if input.len() != expected {
+            return Err(InferenceError::InputShape {
+                expected,
+                got: input.len(),
+                shape: spec.input.shape.clone(),
+            });
+        }
+        let value = TensorValue {
+            name: spec.input.name.clone(),
+            shape: spec.input.shape.clone(),
+            data: TensorData::Fp32(input.to_vec()),
+        };
+        let outputs = self.run_tensors(std::slice::from_ref(&value))?;
+        let (w, h) = (
+            spec.preprocess.width as usize,
+            spec.preprocess.height as usize,
+        );
+        task.decode(&outputs, &spec.labels, (w, h), fit, overrides)
+            .map_err(InferenceError::Run)
     }
 
     pub fn classify(&mut self, input: &[f32]) -> Result<Prediction, InferenceError> {

@@ -7,6 +7,7 @@ use image::{imageops::FilterType, DynamicImage, ImageFormat, ImageReader, Limits
 use std::io::Cursor;
 
 use super::spec::{Color, Layout, ModelSpec};
+use super::task::{Fit, Resize, Task};
 use super::InferenceError;
 
 /// Caps on untrusted images. The defaults fit camera frames on a small device.
@@ -67,13 +68,38 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, Infer
 
 /// Turns a decoded image into the model's input tensor (flat, in the spec's layout).
 pub fn to_tensor(img: &DynamicImage, spec: &ModelSpec) -> Vec<f32> {
+    to_task_input(img, spec).0
+}
+
+/// The same, with how the image was fitted to the input: stretched, or (a detector whose spec says so) letterboxed
+/// into the input with the spec's fill around it.
+pub fn to_task_input(img: &DynamicImage, spec: &ModelSpec) -> (Vec<f32>, Fit) {
     let p = &spec.preprocess;
+    let (resize, fill) = match &spec.task {
+        Some(Task::Detection(d)) => (d.resize, d.fill),
+        _ => (Resize::Stretch, 0),
+    };
+    let fit = Fit::new(resize, img.width(), img.height(), p.width, p.height);
     let resized;
-    let img = if img.width() != p.width || img.height() != p.height {
-        resized = img.resize_exact(p.width, p.height, FilterType::Triangle);
-        &resized
-    } else {
-        img
+    let img = match resize {
+        _ if img.width() == p.width && img.height() == p.height => img,
+        Resize::Stretch => {
+            resized = img.resize_exact(p.width, p.height, FilterType::Triangle);
+            &resized
+        }
+        Resize::Letterbox => {
+            let (sw, sh) = fit.scaled_size();
+            let inner = img.resize_exact(sw.min(p.width), sh.min(p.height), FilterType::Triangle);
+            // RGBA: the fill is gray, so the later conversion to the spec's colour keeps it as it is.
+            let mut canvas = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+                p.width,
+                p.height,
+                image::Rgba([fill, fill, fill, 255]),
+            ));
+            image::imageops::overlay(&mut canvas, &inner, fit.pad_x as i64, fit.pad_y as i64);
+            resized = canvas;
+            &resized
+        }
     };
     let (w, h) = (p.width as usize, p.height as usize);
     let c = spec.channels();
@@ -97,7 +123,16 @@ pub fn to_tensor(img: &DynamicImage, spec: &ModelSpec) -> Vec<f32> {
             out[idx] = x;
         }
     }
-    out
+    (out, fit)
+}
+
+/// Decode then preprocess, with the image's fit (a detector maps its boxes back with it).
+pub fn image_to_task_input(
+    bytes: &[u8],
+    spec: &ModelSpec,
+    limits: &DecodeLimits,
+) -> Result<(Vec<f32>, Fit), InferenceError> {
+    Ok(to_task_input(&decode(bytes, limits)?, spec))
 }
 
 /// Decode then preprocess: the path every request takes.

@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use super::tensor::TensorIo;
+use super::task::Task;
+use super::tensor::{Dtype, TensorIo, TensorSpec};
 use super::InferenceError;
 
 /// Largest input tensor a spec may ask for (elements). A spec comes from outside (a file, a bundle), so the size of
@@ -38,6 +39,40 @@ pub struct ModelSpec {
     /// format 2 ([`crate::bundle`]).
     #[serde(default)]
     pub tensors: Option<TensorIo>,
+    /// What the outputs of an image model mean when it is not a classifier: a detector or a scorer
+    /// ([`super::task`]). Last, and absent from the spec's digest when `None`, as `tensors`; manifests that carry it
+    /// are bundle format 3.
+    #[serde(default)]
+    pub task: Option<Task>,
+}
+
+/// The spec as bundle format 2 carries it: before task kinds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpecV2 {
+    pub name: String,
+    pub version: u64,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+    pub preprocess: Preprocess,
+    pub labels: Vec<String>,
+    pub accuracy: Option<Accuracy>,
+    pub tensors: Option<TensorIo>,
+}
+
+impl From<ModelSpecV2> for ModelSpec {
+    fn from(v: ModelSpecV2) -> ModelSpec {
+        ModelSpec {
+            name: v.name,
+            version: v.version,
+            input: v.input,
+            output: v.output,
+            preprocess: v.preprocess,
+            labels: v.labels,
+            accuracy: v.accuracy,
+            tensors: v.tensors,
+            task: None,
+        }
+    }
 }
 
 /// The spec as it was before raw tensor models: the form of bundle format 1 manifests, and the serialization the
@@ -66,6 +101,7 @@ impl From<ModelSpecV1> for ModelSpec {
             labels: v.labels,
             accuracy: v.accuracy,
             tensors: None,
+            task: None,
         }
     }
 }
@@ -84,9 +120,50 @@ impl ModelSpec {
         }
     }
 
+    /// The form format 2 manifests carry, when this spec has one (no task).
+    pub fn v2_view(&self) -> Option<ModelSpecV2> {
+        self.task.is_none().then(|| ModelSpecV2 {
+            name: self.name.clone(),
+            version: self.version,
+            input: self.input.clone(),
+            output: self.output.clone(),
+            preprocess: self.preprocess.clone(),
+            labels: self.labels.clone(),
+            accuracy: self.accuracy.clone(),
+            tensors: self.tensors.clone(),
+        })
+    }
+
     /// The raw tensor model's inputs and outputs, if this is one.
     pub fn raw(&self) -> Option<&TensorIo> {
         self.tensors.as_ref()
+    }
+
+    /// The task kind: classification, detection, score or raw.
+    pub fn kind(&self) -> super::task::TaskKind {
+        use super::task::TaskKind;
+        match (&self.task, &self.tensors) {
+            (Some(t), _) => t.kind(),
+            (None, Some(_)) => TaskKind::Raw,
+            (None, None) => TaskKind::Classification,
+        }
+    }
+
+    /// The tensors the engine binds and keeps: a raw model's list, or for a task model its one image input (FP32
+    /// of the input shape) and the outputs its decoder reads. `None` for a classifier (one input, one output).
+    pub fn io(&self) -> Option<TensorIo> {
+        if let Some(io) = &self.tensors {
+            return Some(io.clone());
+        }
+        self.task.as_ref().map(|t| TensorIo {
+            inputs: vec![TensorSpec {
+                name: self.input.name.clone(),
+                datatype: Dtype::Fp32,
+                shape: self.input.shape.clone(),
+            }],
+            outputs: t.outputs(),
+            stateful: false,
+        })
     }
 }
 
@@ -186,6 +263,9 @@ impl ModelSpec {
 
     /// Checks the relations a loader relies on, so that a bad spec is a clear error rather than a wrong answer.
     pub fn validate(&self) -> Result<(), String> {
+        if self.task.is_some() && self.tensors.is_some() {
+            return Err("a task model (detection, score) takes an image: it has input and preprocess, not tensors".into());
+        }
         if let Some(io) = &self.tensors {
             if self.input != InputSpec::default()
                 || self.output != OutputSpec::default()
@@ -247,6 +327,14 @@ impl ModelSpec {
             return Err(
                 "preprocess.std values and preprocess.scale must be finite and non-zero".into(),
             );
+        }
+        if let Some(task) = &self.task {
+            if self.output != OutputSpec::default() {
+                return Err("a task model names its outputs in its task, not in `output`".into());
+            }
+            let io = self.io().unwrap_or_else(|| unreachable!());
+            io.validate()?;
+            return task.validate(&self.labels, (w, h));
         }
         if self.labels.is_empty() {
             return Err("labels must not be empty".into());

