@@ -3,13 +3,15 @@
 //! Every failure is a JSON body `{"error": "...", "code": "..."}` with a 4xx that says what the caller should change,
 //! or 503 with `Retry-After` when the agent is saturated or stopping.
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 
+use crate::inference::task::Overrides;
 use crate::inference::InferenceError;
 use crate::serve::{Registry, Service, ServiceError};
 use crate::worker::PoolError;
@@ -127,31 +129,63 @@ const ACCEPTED: [&str; 4] = [
 /// `/v1/infer`: the default model.
 async fn infer_default(
     State(registry): State<Arc<Registry>>,
+    overrides: Result<Query<Overrides>, QueryRejection>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<crate::serve::InferResponse>, ApiError> {
-    infer(registry.default_service(), headers, body).await
+) -> Result<Response, ApiError> {
+    infer(registry.default_service(), query(overrides)?, headers, body).await
 }
 
 /// `/v1/models/{name}/infer`.
 async fn infer_named(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
+    overrides: Result<Query<Overrides>, QueryRejection>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<crate::serve::InferResponse>, ApiError> {
-    infer(model(&registry, &name)?, headers, body).await
+) -> Result<Response, ApiError> {
+    infer(model(&registry, &name)?, query(overrides)?, headers, body).await
 }
 
+/// A call's thresholds from the query string, or a JSON error that names the parameters there are.
+fn query(q: Result<Query<Overrides>, QueryRejection>) -> Result<Overrides, ApiError> {
+    q.map(|Query(o)| o).map_err(|e| ApiError::Client {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_request",
+        message: format!(
+            "{}: the query parameters are score_threshold and iou_threshold (0 to 1) and max_detections (1 to {})",
+            e.body_text(),
+            crate::inference::task::MAX_DETECTIONS
+        ),
+    })
+}
+
+/// A classifier answers with its label; a detector or scorer with its task's answer. Query parameters
+/// (`score_threshold`, `iou_threshold`, `max_detections`) change a detector's thresholds for this call.
 async fn infer(
     service: Arc<Service>,
+    overrides: Overrides,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<crate::serve::InferResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let start = std::time::Instant::now();
     let result = read_body(&service, &headers, body).await;
     match result {
-        Ok(body) => Ok(Json(service.infer(body).await?)),
+        Ok(body) if service.engine().task().is_some() => Ok(Json(
+            service
+                .infer_task(crate::serve::TaskRequestInput::Image(body), overrides, false)
+                .await?,
+        )
+        .into_response()),
+        Ok(_) if !overrides.is_empty() => Err(ApiError::Client {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: format!(
+                "model {} is not a detector: score_threshold, iou_threshold and max_detections do not apply to it",
+                service.name()
+            ),
+        }),
+        Ok(body) => Ok(Json(service.infer(body).await?).into_response()),
         Err(e) => {
             // Refused before reaching the service: counted here so /metrics sees every request.
             service

@@ -20,6 +20,8 @@ use crate::inference::{Dtype, TensorData, TensorIo, TensorValue};
 use crate::serve::{InferResponse, Registry, Service};
 use crate::wire::status::Source;
 
+mod task;
+
 /// The header that splits a binary request or response into its JSON part and its tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -101,6 +103,16 @@ struct RequestParameters {
     /// Every output in binary form when the request names no outputs (what tritonclient sends then).
     #[serde(default)]
     binary_data_output: bool,
+    /// A detector's thresholds for this call ([`task`]).
+    #[serde(default)]
+    score_threshold: Option<f32>,
+    #[serde(default)]
+    iou_threshold: Option<f32>,
+    #[serde(default)]
+    max_detections: Option<u32>,
+    /// A task model's answer as `/v1` gives it, in the reply parameter `outpost_answer`.
+    #[serde(default)]
+    decoded: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +227,9 @@ struct ReplyParameters {
     outpost_forwarded: Option<crate::wire::status::Forwarded>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outpost_case_id: Option<String>,
+    /// A task model's answer as `/v1` gives it (JSON text), when the request asked with `decoded: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outpost_answer: Option<String>,
 }
 
 fn bad(message: String) -> ApiError {
@@ -295,6 +310,19 @@ fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
     let mut versions = vec![spec.version.to_string()];
     if let Some(c) = service.candidate() {
         versions.push(c.spec().version.to_string());
+    }
+    if engine.task().is_some() {
+        return ModelMetadata {
+            name: name.to_string(),
+            versions,
+            platform: "onnx_onnxv1",
+            inputs: vec![TensorMetadata {
+                name: spec.input.name.clone(),
+                datatype: Datatype::Fp32,
+                shape: spec.input.shape.iter().map(|d| *d as i64).collect(),
+            }],
+            outputs: task::output_metadata(&engine),
+        };
     }
     if let Some(io) = spec.raw() {
         let list = |l: &[crate::inference::TensorSpec]| {
@@ -589,6 +617,15 @@ async fn run(
     let (json_len, binary_start) = split(&headers, &body)?;
     let request: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| bad(format!("the request is not an inference request: {e}")))?;
+    if service.engine().task().is_some() {
+        return task::run_task(&service, name, request, &body[binary_start..]).await;
+    }
+    let p = &request.parameters;
+    if p.score_threshold.is_some() || p.iou_threshold.is_some() || p.max_detections.is_some() {
+        return Err(bad(format!(
+            "model {name} is not a detector: score_threshold, iou_threshold and max_detections do not apply to it"
+        )));
+    }
     if let Some(io) = service.engine().spec().raw().cloned() {
         return run_raw(&service, name, &io, request, &body[binary_start..]).await;
     }
@@ -670,6 +707,7 @@ async fn run(
                 outpost_source: answer.source,
                 outpost_forwarded: answer.forwarded,
                 outpost_case_id: answer.case_id.clone(),
+                outpost_answer: None,
             }),
             outputs,
         },
@@ -921,6 +959,7 @@ async fn run_raw(
                 outpost_source: answer.source,
                 outpost_forwarded: None,
                 outpost_case_id: None,
+                outpost_answer: None,
             }),
             outputs,
         },

@@ -910,7 +910,7 @@ impl Engine {
         fit: &task::Fit,
         overrides: &task::Overrides,
     ) -> Result<task::Decoded, InferenceError> {
-        self.session()?.run_task(input, fit, overrides)
+        Ok(self.session()?.run_task(input, fit, overrides)?.0)
     }
 
     /// Whether this is a raw tensor model (its spec lists tensors).
@@ -1008,14 +1008,15 @@ impl Session {
             .collect()
     }
 
-    /// Runs a task model (detector, scorer) on one preprocessed image and decodes its outputs. Every output must
-    /// be finite where the decoder reads it; a model whose outputs do not fit its task is an error, never boxes.
+    /// Runs a task model (detector, scorer) on one preprocessed image and decodes its outputs; returns the decoded
+    /// answer and the outputs it was decoded from. A model whose outputs do not fit its task is an error, never
+    /// boxes.
     pub fn run_task(
         &mut self,
         input: &[f32],
         fit: &task::Fit,
         overrides: &task::Overrides,
-    ) -> Result<task::Decoded, InferenceError> {
+    ) -> Result<(task::Decoded, Vec<TensorValue>), InferenceError> {
         let spec = self.engine.spec.clone();
         let task = spec.task.as_ref().ok_or_else(|| {
             InferenceError::Run(format!(
@@ -1042,8 +1043,10 @@ impl Session {
             spec.preprocess.width as usize,
             spec.preprocess.height as usize,
         );
-        task.decode(&outputs, &spec.labels, (w, h), fit, overrides)
-            .map_err(InferenceError::Run)
+        let decoded = task
+            .decode(&outputs, &spec.labels, (w, h), fit, overrides)
+            .map_err(InferenceError::Run)?;
+        Ok((decoded, outputs))
     }
 
     pub fn classify(&mut self, input: &[f32]) -> Result<Prediction, InferenceError> {

@@ -274,6 +274,7 @@ pub struct ScoreSpec {
 
 /// Per-call changes to a detector's thresholds (`/v1` query parameters, v2 request parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overrides {
     pub score_threshold: Option<f32>,
     pub iou_threshold: Option<f32>,
@@ -407,7 +408,31 @@ pub enum TaskAnswer {
     Scores(Vec<ScoreValue>),
 }
 
+/// A task answer's JSON in `/v1`: its fields at the top level of the response (`detections`, `width`, `height`;
+/// or `scores`), beside `"task"`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum AnswerView<'a> {
+    Detections(&'a Detections),
+    Scores { scores: &'a [ScoreValue] },
+}
+
 impl TaskAnswer {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskAnswer::Detections(_) => TaskKind::Detection,
+            TaskAnswer::Scores(_) => TaskKind::Score,
+        }
+    }
+
+    /// The JSON form `/v1` and v2's `answer` parameter show.
+    pub fn view(&self) -> AnswerView<'_> {
+        match self {
+            TaskAnswer::Detections(d) => AnswerView::Detections(d),
+            TaskAnswer::Scores(s) => AnswerView::Scores { scores: s },
+        }
+    }
+
     /// The task's confidence in its answer, what probation and the rollout gate watch: a detector's highest box
     /// score (0 for no box), a scorer's distance of its least sure score from its threshold, in bands, capped at 1.
     pub fn confidence(&self, task: &Task) -> f32 {

@@ -8,4 +8,7 @@ mod service;
 pub mod shadow;
 
 pub use registry::Registry;
-pub use service::{bytes_like, InferResponse, ModelInfo, Service, ServiceError, TensorsResponse};
+pub use service::{
+    bytes_like, InferResponse, ModelInfo, Service, ServiceError, TaskRequestInput, TaskResponse,
+    TensorsResponse,
+};

@@ -18,6 +18,9 @@ use crate::telemetry::{Counters, Outcome};
 use crate::worker::{Background, Pool, PoolError};
 
 pub use crate::wire::status::ModelInfo;
+pub use task::{TaskRequestInput, TaskResponse};
+
+mod task;
 use crate::wire::status::{
     AbSummary, ArmName, CacheStatus, Cause, Forwarded, ServiceStatus, Serving, Source,
     TransferSummary, Transition, TransitionKind,

@@ -9,7 +9,7 @@ pub mod records;
 
 use std::path::{Path, PathBuf};
 
-pub use cache::{CacheKey, CachedResult, ResultCache};
+pub use cache::{CacheKey, CachedAnswer, CachedResult, ResultCache};
 pub use outbox::Outbox;
 pub use records::Records;
 

@@ -49,6 +49,8 @@ pub struct TaskInput {
 #[derive(Debug, Clone)]
 pub struct RanTask {
     pub decoded: Decoded,
+    /// The outputs it was decoded from (the Open Inference Protocol can return them).
+    pub outputs: Vec<TensorValue>,
     pub run: std::time::Duration,
 }
 
@@ -233,9 +235,11 @@ fn work(rx: Receiver<Job>, depth: Arc<AtomicUsize>) {
             Work::Task(input, reply) => {
                 let result = guarded(&mut session, &job.engine, |s| {
                     let start = std::time::Instant::now();
-                    let decoded = s.run_task(&input.tensor, &input.fit, &input.overrides)?;
+                    let (decoded, outputs) =
+                        s.run_task(&input.tensor, &input.fit, &input.overrides)?;
                     Ok(RanTask {
                         decoded,
+                        outputs,
                         run: start.elapsed(),
                     })
                 });

@@ -178,6 +178,19 @@ impl Daemon {
         )
     }
 
+    /// Waits until the named model answers (models beyond the first load after the API is up): its v2 readiness.
+    pub fn wait_model(&self, name: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let url = self.url(&format!("/v2/models/{name}/ready"));
+        while http().get(&url).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "model {name} is not served after 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The Prometheus text of /metrics.
     pub fn metrics(&self) -> String {
         http()

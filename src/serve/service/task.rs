@@ -1,0 +1,258 @@
+//! The request path of a task model (detector, scorer): decode the image and note how it was fitted, look up the
+//! cache, run on a worker, decode with the call's thresholds, record the run for probation, cache the answer.
+//!
+//! The cache key covers what makes the answer: the release, the input tensor, the image's size (boxes are in its
+//! pixels, and two sizes of one photo can give the same tensor) and the call's thresholds.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{micros, worker_reply, Service, ServiceError};
+use crate::inference::task::{AnswerView, Fit, Overrides, Resize, TaskAnswer, TaskKind};
+use crate::inference::{DecodeLimits, Engine, InferenceError, TensorValue};
+use crate::serve::ModelInfo;
+use crate::store::{CacheKey, CachedAnswer, CachedResult};
+use crate::wire::status::{ArmName, Forwarded, Source};
+use crate::worker::TaskInput;
+
+/// Outputs larger than this (elements, all outputs together) are not kept in a cache entry: a YOLO head of 8,400
+/// anchors is 700 k values. A request that asks for them then runs the model; the decoded answer is always cached.
+const MAX_CACHED_OUTPUT_ELEMENTS: usize = 16 * 1024;
+
+/// What a task request brings: an encoded image (boxes come back in its pixels), or a tensor already preprocessed
+/// for the model (boxes in the model's input pixels).
+#[derive(Debug, Clone)]
+pub enum TaskRequestInput {
+    Image(super::bytes_like::Bytes),
+    Tensor(Vec<f32>),
+}
+
+/// A task model's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResponse {
+    pub answer: TaskAnswer,
+    /// How unsure the model was, 0 to 1 ([`crate::inference::task::Task::hardness_rule`]).
+    pub hardness: f32,
+    pub source: Source,
+    pub model: ModelInfo,
+    pub latency_us: u64,
+    /// For a hard case answered by the cloud: the edge model's answer beside it.
+    pub edge_answer: Option<TaskAnswer>,
+    pub forwarded: Option<Forwarded>,
+    pub case_id: Option<String>,
+    pub arm: Option<ArmName>,
+    /// The model's outputs, when the request asked for them and they were at hand (the Open Inference Protocol).
+    pub outputs: Vec<TensorValue>,
+}
+
+/// The JSON of `/v1` (and of a v2 answer's `answer` parameter): the task, its answer's fields at the top level, then
+/// where it came from.
+#[derive(Serialize)]
+struct View<'a> {
+    task: TaskKind,
+    #[serde(flatten)]
+    answer: AnswerView<'a>,
+    hardness: f32,
+    source: Source,
+    model: &'a ModelInfo,
+    latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edge_answer: Option<AnswerView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forwarded: Option<Forwarded>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    case_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arm: Option<ArmName>,
+}
+
+impl Serialize for TaskResponse {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        View {
+            task: self.answer.kind(),
+            answer: self.answer.view(),
+            hardness: self.hardness,
+            source: self.source,
+            model: &self.model,
+            latency_us: self.latency_us,
+            edge_answer: self.edge_answer.as_ref().map(TaskAnswer::view),
+            forwarded: self.forwarded,
+            case_id: self.case_id.as_deref(),
+            arm: self.arm,
+        }
+        .serialize(s)
+    }
+}
+
+/// The cache key of a task request: the release, then a digest of the tensor, the image's size and the thresholds.
+fn task_key(release_id: &str, tensor: &[f32], fit: &Fit, overrides: &Overrides) -> CacheKey {
+    let mut h = Sha256::new();
+    h.update(b"outpost-task-input-v1\0");
+    for x in tensor {
+        h.update(x.to_le_bytes());
+    }
+    h.update(fit.image_width.to_le_bytes());
+    h.update(fit.image_height.to_le_bytes());
+    h.update(postcard::to_stdvec(overrides).unwrap_or_default());
+    CacheKey::with_input_digest(release_id, &h.finalize().into())
+}
+
+impl Service {
+    /// Answers one encoded image with a task model (detector, scorer): the cache, the worker pool, probation's
+    /// record of the run. `want_outputs` asks for the model's outputs too (they come from the cache when it kept
+    /// them, else from a run).
+    pub async fn infer_task(
+        &self,
+        image: TaskRequestInput,
+        overrides: Overrides,
+        want_outputs: bool,
+    ) -> Result<TaskResponse, ServiceError> {
+        let start = Instant::now();
+        let result = self.task_inner(image, overrides, want_outputs, start).await;
+        self.count(result.as_ref().map(|r| r.source), start);
+        result
+    }
+
+    async fn task_inner(
+        &self,
+        image: TaskRequestInput,
+        overrides: Overrides,
+        want_outputs: bool,
+        start: Instant,
+    ) -> Result<TaskResponse, ServiceError> {
+        let active = self.engine();
+        let Some(task) = active.task().cloned() else {
+            return Err(ServiceError::BadInput(InferenceError::Tensors(format!(
+                "model {} is a {}, not a detector or a scorer: send the image to /v1/models/{}/infer without \
+                 task parameters",
+                self.name,
+                active.spec().kind().name(),
+                self.name
+            ))));
+        };
+        overrides
+            .validate()
+            .map_err(|e| ServiceError::BadInput(InferenceError::Tensors(e)))?;
+        let limits: DecodeLimits = self.limits;
+        let cache = self.cache.clone();
+        let a = active.clone();
+        let (tensor, fit, key, hit) = tokio::task::spawn_blocking(move || {
+            let (tensor, fit) = match image {
+                TaskRequestInput::Image(bytes) => a
+                    .task_input_from_image(&bytes, &limits)
+                    .map_err(ServiceError::BadInput)?,
+                TaskRequestInput::Tensor(t) => {
+                    let spec = a.spec();
+                    if t.len() != spec.input_len() {
+                        return Err(ServiceError::BadInput(InferenceError::InputShape {
+                            expected: spec.input_len(),
+                            got: t.len(),
+                            shape: spec.input.shape.clone(),
+                        }));
+                    }
+                    let (w, h) = (spec.preprocess.width, spec.preprocess.height);
+                    (t, Fit::new(Resize::Stretch, w, h, w, h))
+                }
+            };
+            let key = task_key(a.release_id(), &tensor, &fit, &overrides);
+            let hit = cache.as_ref().and_then(|c| {
+                c.get(&key).unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "cache lookup failed; running the model");
+                    None
+                })
+            });
+            Ok::<_, ServiceError>((tensor, fit, key, hit))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+
+        let usable = |h: &CachedResult| !want_outputs || !h.tensors.is_empty();
+        if let Some((hit, answer)) = hit
+            .filter(usable)
+            .and_then(|h| h.answer.clone().map(|a| (h, a)))
+        {
+            return Ok(TaskResponse {
+                answer: answer.answer,
+                hardness: answer.hardness,
+                source: if hit.tier == "cloud" {
+                    Source::CloudCache
+                } else {
+                    Source::Cache
+                },
+                model: ModelInfo::of(&active),
+                latency_us: micros(start.elapsed()),
+                edge_answer: None,
+                forwarded: None,
+                case_id: None,
+                arm: None,
+                outputs: hit.tensors,
+            });
+        }
+        let input = TaskInput {
+            tensor,
+            fit,
+            overrides,
+        };
+        let ran = self.run_task(&active, input).await;
+        let ran = match ran {
+            Ok(ran) => ran,
+            Err(ServiceError::Internal(message)) => {
+                self.record_error(active.release_id(), &message);
+                return Err(ServiceError::Internal(message));
+            }
+            Err(e) => return Err(e),
+        };
+        let confidence = ran.decoded.answer.confidence(&task);
+        self.record_run(active.release_id(), ran.run, Some(confidence));
+        let outputs_len: usize = ran.outputs.iter().map(|o| o.data.len()).sum();
+        let entry = CachedResult {
+            label: ran.decoded.answer.summary(),
+            index: 0,
+            confidence,
+            margin: 0.0,
+            entropy: 0.0,
+            tier: "edge".into(),
+            output: Vec::new(),
+            tensors: if outputs_len <= MAX_CACHED_OUTPUT_ELEMENTS {
+                ran.outputs.clone()
+            } else {
+                Vec::new()
+            },
+            answer: Some(CachedAnswer {
+                answer: ran.decoded.answer.clone(),
+                hardness: ran.decoded.hardness,
+            }),
+        };
+        self.cache_edge(key, entry).await;
+        Ok(TaskResponse {
+            answer: ran.decoded.answer,
+            hardness: ran.decoded.hardness,
+            source: Source::Edge,
+            model: ModelInfo::of(&active),
+            latency_us: micros(start.elapsed()),
+            edge_answer: None,
+            forwarded: None,
+            case_id: None,
+            arm: None,
+            outputs: if want_outputs {
+                ran.outputs
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    async fn run_task(
+        &self,
+        engine: &Arc<Engine>,
+        input: TaskInput,
+    ) -> Result<crate::worker::RanTask, ServiceError> {
+        let rx = self
+            .pool
+            .submit_task((**engine).clone(), input)
+            .map_err(ServiceError::Busy)?;
+        worker_reply(rx).await
+    }
+}
