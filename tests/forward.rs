@@ -286,6 +286,7 @@ fn answer_for(id: &str, device: &str, i: usize, label: &str) -> outpost::forward
         confidence: 0.999,
         margin: 0.99,
         entropy: 0.01,
+        task: None,
     }
 }
 
@@ -333,7 +334,7 @@ fn forged_replayed_and_unknown_key_answers_are_refused_and_the_cache_keeps_nothi
     // 1. Forged: a trusted signature over other bytes (the label changed after signing).
     let genuine = answer_for(&x, dev, 0, &truth).sign(&cloud);
     let mut forged: SignedAnswer = postcard::from_bytes(&genuine).unwrap();
-    let mut inner: outpost::forward::Answer = postcard::from_bytes(&forged.answer).unwrap();
+    let mut inner: outpost::forward::AnswerV1 = postcard::from_bytes(&forged.answer).unwrap();
     inner.label = "forged".into();
     forged.answer = postcard::to_stdvec(&inner).unwrap();
     publish_answer(

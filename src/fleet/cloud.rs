@@ -20,8 +20,51 @@ use tokio_util::sync::CancellationToken;
 use super::mqtt::{self, LinkEvent, Settings};
 use super::{topics, FleetError};
 use crate::bundle::keys::SigningKeyFile;
-use crate::forward::{decode_case, Answer, ANSWER_CONTENT_TYPE};
-use crate::inference::{DecodeLimits, Engine};
+use crate::forward::{decode_case, Answer, Case};
+use crate::inference::task::{Fit, Resize};
+use crate::inference::{DecodeLimits, Engine, InferenceError};
+
+/// The cloud model's answer to one case: a classifier's label, or a task model's answer with the case's thresholds.
+fn answer_case(engine: &Engine, case: &Case) -> Result<Answer, InferenceError> {
+    let limits = DecodeLimits::default();
+    match (engine.task(), &case.task) {
+        (Some(task), Some(t)) => {
+            let (tensor, fit) = if case.tensor.is_empty() {
+                engine.task_input_from_image(&case.image, &limits)?
+            } else {
+                let p = &engine.spec().preprocess;
+                (
+                    case.tensor.clone(),
+                    Fit::new(Resize::Stretch, p.width, p.height, p.width, p.height),
+                )
+            };
+            let decoded = engine.run_task(&tensor, &fit, &t.overrides)?;
+            Ok(Answer::to_task_case(
+                case,
+                engine.digest(),
+                task,
+                decoded.answer,
+            ))
+        }
+        (None, None) => {
+            let t = if case.tensor.is_empty() {
+                engine.tensor_from_image(&case.image, &limits)?
+            } else {
+                case.tensor.clone()
+            };
+            let p = engine.session()?.classify(&t)?;
+            Ok(Answer::to_case(case, engine.digest(), &p))
+        }
+        _ => Err(InferenceError::Run(format!(
+            "the cloud model {} is a {} and the case comes from a {}",
+            engine.spec().name,
+            engine.spec().kind().name(),
+            case.task
+                .as_ref()
+                .map_or("classifier", |t| t.edge_answer.kind().name())
+        ))),
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -131,30 +174,22 @@ pub async fn run_worker(
             continue;
         };
         let e = engine.clone();
-        let (image, tensor) = (case.image.clone(), case.tensor.clone());
+        let c = case.clone();
         // An image is preprocessed by the cloud model's own spec; a tensor case (the Open Inference Protocol) is the
         // edge model's input tensor, which the cloud model must take as is (its input length is checked by the run).
-        let ran = tokio::task::spawn_blocking(move || {
-            let t = if tensor.is_empty() {
-                e.tensor_from_image(&image, &DecodeLimits::default())?
-            } else {
-                tensor
-            };
-            e.session()?.classify(&t)
-        })
-        .await;
-        let prediction = match ran {
-            Ok(Ok(p)) => p,
+        // A task model's case is answered by the cloud's model of the same task, with the call's thresholds.
+        let ran = tokio::task::spawn_blocking(move || answer_case(&e, &c)).await;
+        let answer = match ran {
+            Ok(Ok(a)) => a,
             other => {
                 tracing::warn!(result = ?other.map(|r| r.map(|_| ())), id = %case.id, "the cloud model cannot answer this case");
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };
-        let answer = Answer::to_case(&case, engine.digest(), &prediction);
         let props = PublishProperties {
             correlation_data: Some(corr),
-            content_type: Some(ANSWER_CONTENT_TYPE.into()),
+            content_type: Some(answer.content_type().into()),
             ..Default::default()
         };
         let bytes = answer.sign(&key);
@@ -170,6 +205,7 @@ pub async fn run_worker(
             "id": case.id,
             "device": case.device,
             "model": case.model,
+            "task": case.task.as_ref().map(|t| t.edge_answer.kind()),
             "edge_label": case.edge_label,
             "edge_confidence": case.edge_confidence,
             "edge_model": case.edge_model,

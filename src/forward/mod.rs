@@ -22,17 +22,24 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bundle::keys::{SigningKeyFile, TrustedKeys};
 use crate::config::{ForwardConfig, HardnessScore};
-use crate::store::{CacheKey, CachedResult, Outbox, ResultCache};
+use crate::inference::task::{Overrides, Task, TaskAnswer};
+use crate::store::{CacheKey, CachedAnswer, CachedResult, Outbox, ResultCache};
 use crate::wire::status::{ForwardStatus, OutboxStatus};
 
 /// Largest case accepted by a cloud worker, and largest answer accepted by a device.
 pub const MAX_CASE: usize = 8 * 1024 * 1024;
 pub const MAX_ANSWER: usize = 64 * 1024;
 
-/// MQTT 5 content type of an answer; anything else on the answer topic is refused unread.
+/// MQTT 5 content type of a classifier's answer; anything but the two answer types on the answer topic is refused
+/// unread.
 pub const ANSWER_CONTENT_TYPE: &str = "application/vnd.outpost.answer.v1+postcard";
-/// Signatures over answers are domain-separated, so no other signed Outpost message (bundle, command) can pass as one.
+/// Content type of an answer that carries a task's answer (detections, scores): format 2 of the signed answer.
+/// Classifier answers stay format 1, so agents from before task models keep reading them.
+pub const ANSWER_V2_CONTENT_TYPE: &str = "application/vnd.outpost.answer.v2+postcard";
+/// Signatures over answers are domain-separated, so no other signed Outpost message (bundle, command) can pass as one,
+/// and an answer of one format never verifies as the other.
 const ANSWER_DOMAIN: &[u8] = b"outpost-cloud-answer-v1\0";
+const ANSWER_V2_DOMAIN: &[u8] = b"outpost-cloud-answer-v2\0";
 /// Clock difference between device and cloud tolerated when an answer's issue time is compared with its case's.
 pub const CLOCK_SKEW_S: u64 = 3600;
 /// Largest label accepted in an answer.
@@ -105,6 +112,34 @@ pub struct Case {
     /// edge model's input tensor, which the cloud model takes as is. Empty for image cases, which are then encoded
     /// without this field ([`encode_case`]): workers from before tensor cases read them unchanged.
     pub tensor: Vec<f32>,
+    /// A task model's case (detection, score): the call's thresholds, which the cloud answers with too, and the
+    /// edge model's answer. Last and `None` for a classifier's case, which is then encoded without it.
+    pub task: Option<TaskCase>,
+}
+
+/// What a task model's hard case adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCase {
+    pub overrides: Overrides,
+    pub edge_answer: TaskAnswer,
+    pub edge_hardness: f32,
+}
+
+/// A case as agents before task models wrote it (and as a classifier's tensor case is still encoded).
+#[derive(Serialize, Deserialize)]
+struct CaseV3 {
+    id: String,
+    device: String,
+    #[serde(with = "serde_bytes")]
+    image: Vec<u8>,
+    edge_label: String,
+    edge_confidence: f32,
+    edge_model: String,
+    #[serde(with = "serde_bytes")]
+    cache_key: Vec<u8>,
+    created_unix: u64,
+    model: String,
+    tensor: Vec<f32>,
 }
 
 /// A case as agents before tensor cases wrote it (and as image cases are still encoded).
@@ -139,9 +174,25 @@ impl Case {
     }
 }
 
-/// A case's bytes: an image case in the form workers before tensor cases read, a tensor case with its tensor.
+/// A case's bytes: a classifier's image case in the form workers before tensor cases read, its tensor case in the
+/// form workers before task models read, a task model's case whole.
 pub fn encode_case(case: &Case) -> Result<Vec<u8>, String> {
-    let r = if case.tensor.is_empty() {
+    let r = if case.task.is_some() {
+        postcard::to_stdvec(case)
+    } else if !case.tensor.is_empty() {
+        postcard::to_stdvec(&CaseV3 {
+            id: case.id.clone(),
+            device: case.device.clone(),
+            image: case.image.clone(),
+            edge_label: case.edge_label.clone(),
+            edge_confidence: case.edge_confidence,
+            edge_model: case.edge_model.clone(),
+            cache_key: case.cache_key.clone(),
+            created_unix: case.created_unix,
+            model: case.model.clone(),
+            tensor: case.tensor.clone(),
+        })
+    } else if case.tensor.is_empty() {
         postcard::to_stdvec(&CaseV2 {
             id: case.id.clone(),
             device: case.device.clone(),
@@ -190,6 +241,24 @@ pub struct Answer {
     pub confidence: f32,
     pub margin: f32,
     pub entropy: f32,
+    /// A task model's answer (format 2): `label` is then its summary and `confidence` the task's confidence. Last;
+    /// a classifier's answer is signed without it, as format 1 ([`AnswerV1`]).
+    pub task: Option<TaskAnswer>,
+}
+
+/// A classifier's answer as format 1 signs it (what agents before task models read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerV1 {
+    pub id: String,
+    pub device: String,
+    pub input: [u8; 32],
+    pub model: String,
+    pub issued_unix: u64,
+    pub label: String,
+    pub index: u32,
+    pub confidence: f32,
+    pub margin: f32,
+    pub entropy: f32,
 }
 
 /// What travels on the answer topic: the encoded [`Answer`] and one signature over it.
@@ -216,13 +285,55 @@ impl Answer {
             confidence: p.confidence,
             margin: p.margin,
             entropy: p.entropy,
+            task: None,
         }
     }
 
-    /// Encodes and signs the answer (the cloud worker's side).
+    /// A task model's answer to `case`, bound to it, issued now.
+    pub fn to_task_case(case: &Case, model: &str, task: &Task, answer: TaskAnswer) -> Answer {
+        Answer {
+            id: case.id.clone(),
+            device: case.device.clone(),
+            input: case.input_digest(),
+            model: model.to_string(),
+            issued_unix: crate::bundle::now_unix(),
+            label: answer.summary(),
+            index: 0,
+            confidence: answer.confidence(task).clamp(0.0, 1.0),
+            margin: 0.0,
+            entropy: 0.0,
+            task: Some(answer),
+        }
+    }
+
+    /// The MQTT 5 content type this answer travels with (its format).
+    pub fn content_type(&self) -> &'static str {
+        if self.task.is_some() {
+            ANSWER_V2_CONTENT_TYPE
+        } else {
+            ANSWER_CONTENT_TYPE
+        }
+    }
+
+    /// Encodes and signs the answer (the cloud worker's side): format 1 for a classifier, 2 for a task's answer.
     pub fn sign(&self, key: &SigningKeyFile) -> Vec<u8> {
-        let answer = postcard::to_stdvec(self).expect("an answer always encodes");
-        let sig = key.sign(&signed_message(&answer));
+        let answer = match self.task {
+            Some(_) => postcard::to_stdvec(self),
+            None => postcard::to_stdvec(&AnswerV1 {
+                id: self.id.clone(),
+                device: self.device.clone(),
+                input: self.input,
+                model: self.model.clone(),
+                issued_unix: self.issued_unix,
+                label: self.label.clone(),
+                index: self.index,
+                confidence: self.confidence,
+                margin: self.margin,
+                entropy: self.entropy,
+            }),
+        }
+        .expect("an answer always encodes");
+        let sig = key.sign(&signed_message(self.content_type(), &answer));
         postcard::to_stdvec(&SignedAnswer {
             answer,
             key_id: sig.key_id,
@@ -232,8 +343,13 @@ impl Answer {
     }
 }
 
-fn signed_message(answer: &[u8]) -> Vec<u8> {
-    [ANSWER_DOMAIN, answer].concat()
+fn signed_message(content_type: &str, answer: &[u8]) -> Vec<u8> {
+    let domain = if content_type == ANSWER_V2_CONTENT_TYPE {
+        ANSWER_V2_DOMAIN
+    } else {
+        ANSWER_DOMAIN
+    };
+    [domain, answer].concat()
 }
 
 /// SHA-256 of the image a case carries, as an answer binds it.
@@ -259,6 +375,21 @@ pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
     if let Ok((case, [])) = postcard::take_from_bytes::<Case>(bytes) {
         return Ok(case);
     }
+    if let Ok((v3, [])) = postcard::take_from_bytes::<CaseV3>(bytes) {
+        return Ok(Case {
+            id: v3.id,
+            device: v3.device,
+            image: v3.image,
+            edge_label: v3.edge_label,
+            edge_confidence: v3.edge_confidence,
+            edge_model: v3.edge_model,
+            cache_key: v3.cache_key,
+            created_unix: v3.created_unix,
+            model: v3.model,
+            tensor: v3.tensor,
+            task: None,
+        });
+    }
     if let Ok((v2, [])) = postcard::take_from_bytes::<CaseV2>(bytes) {
         return Ok(Case {
             id: v2.id,
@@ -271,6 +402,7 @@ pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
             created_unix: v2.created_unix,
             model: v2.model,
             tensor: Vec::new(),
+            task: None,
         });
     }
     let (v1, rest): (CaseV1, _) =
@@ -289,6 +421,7 @@ pub fn decode_case(bytes: &[u8]) -> Result<Case, String> {
         created_unix: v1.created_unix,
         model: String::new(),
         tensor: Vec::new(),
+        task: None,
     })
 }
 
@@ -304,9 +437,10 @@ pub fn verify_answer(
     if bytes.len() > MAX_ANSWER {
         return Err(ForwardError::Oversized(bytes.len()));
     }
-    if content_type != Some(ANSWER_CONTENT_TYPE) {
-        return Err(ForwardError::ContentType(content_type.map(str::to_string)));
-    }
+    let content_type = match content_type {
+        Some(t @ (ANSWER_CONTENT_TYPE | ANSWER_V2_CONTENT_TYPE)) => t,
+        other => return Err(ForwardError::ContentType(other.map(str::to_string))),
+    };
     let signed: SignedAnswer =
         postcard::from_bytes(bytes).map_err(|e| ForwardError::Malformed(e.to_string()))?;
     if signed.signature.is_empty() || signed.key_id.is_empty() {
@@ -317,13 +451,37 @@ pub fn verify_answer(
     }
     if !keys.verify(
         &signed.key_id,
-        &signed_message(&signed.answer),
+        &signed_message(content_type, &signed.answer),
         &signed.signature,
     ) {
         return Err(ForwardError::Forged);
     }
-    let answer: Answer =
-        postcard::from_bytes(&signed.answer).map_err(|e| ForwardError::Malformed(e.to_string()))?;
+    let malformed = |e: postcard::Error| ForwardError::Malformed(e.to_string());
+    let answer: Answer = if content_type == ANSWER_V2_CONTENT_TYPE {
+        let a: Answer = postcard::from_bytes(&signed.answer).map_err(malformed)?;
+        let Some(task) = &a.task else {
+            return Err(ForwardError::Malformed(
+                "a format 2 answer carries a task's answer".into(),
+            ));
+        };
+        task.check().map_err(ForwardError::Malformed)?;
+        a
+    } else {
+        let v: AnswerV1 = postcard::from_bytes(&signed.answer).map_err(malformed)?;
+        Answer {
+            id: v.id,
+            device: v.device,
+            input: v.input,
+            model: v.model,
+            issued_unix: v.issued_unix,
+            label: v.label,
+            index: v.index,
+            confidence: v.confidence,
+            margin: v.margin,
+            entropy: v.entropy,
+            task: None,
+        }
+    };
     let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
     if answer.label.is_empty()
         || answer.label.len() > MAX_LABEL
@@ -521,7 +679,10 @@ impl Forwarder {
                 tier: "cloud".into(),
                 output: Vec::new(),
                 tensors: Vec::new(),
-                answer: None,
+                answer: answer.task.clone().map(|a| CachedAnswer {
+                    answer: a,
+                    hardness: 0.0,
+                }),
             };
             if let Err(e) = cache.insert(&key, &entry) {
                 tracing::warn!(error = %e, "cannot cache the cloud's answer");
@@ -562,5 +723,121 @@ impl Forwarder {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::task::{Detection, Detections};
+
+    fn case(task: bool) -> Case {
+        Case {
+            id: "c1".into(),
+            device: "d1".into(),
+            image: vec![1, 2, 3],
+            edge_label: "1 boxes".into(),
+            edge_confidence: 0.5,
+            edge_model: "m".into(),
+            cache_key: vec![0; 64],
+            created_unix: 1,
+            model: "det".into(),
+            tensor: Vec::new(),
+            task: task.then(|| TaskCase {
+                overrides: Overrides::default(),
+                edge_answer: detections(0.5),
+                edge_hardness: 1.0,
+            }),
+        }
+    }
+
+    fn detections(score: f32) -> TaskAnswer {
+        TaskAnswer::Detections(Detections {
+            detections: vec![Detection {
+                label: "7".into(),
+                index: 7,
+                score,
+                bbox: [1.0, 2.0, 3.0, 4.0],
+            }],
+            width: 64,
+            height: 64,
+        })
+    }
+
+    /// A task case travels whole; a classifier's image and tensor cases keep the forms older workers read.
+    #[test]
+    fn task_cases_round_trip_and_classifier_cases_keep_their_old_forms() {
+        for task in [false, true] {
+            let c = case(task);
+            assert_eq!(decode_case(&encode_case(&c).unwrap()).unwrap(), c);
+        }
+        let mut tensor = case(false);
+        tensor.tensor = vec![0.5; 4];
+        let bytes = encode_case(&tensor).unwrap();
+        assert!(postcard::take_from_bytes::<CaseV3>(&bytes).is_ok_and(|(_, rest)| rest.is_empty()));
+        assert_eq!(decode_case(&bytes).unwrap(), tensor);
+    }
+
+    /// A task's answer is format 2: it verifies under its own content type only, a classifier's answer stays format 1
+    /// (what agents before task models verify), and neither signature passes as the other format.
+    #[test]
+    fn task_answers_are_format_2_and_formats_never_pass_as_each_other() {
+        let key = SigningKeyFile::generate().unwrap();
+        let keys = TrustedKeys::parse(&key.trusted_line("cloud")).unwrap();
+        let task = Task::Score(crate::inference::task::ScoreSpec {
+            output: crate::inference::task::OutputRef {
+                name: "s".into(),
+                shape: vec![1, 1],
+            },
+            names: vec!["s".into()],
+            thresholds: vec![0.5],
+            band: 0.1,
+            activation: Default::default(),
+        });
+        let c = case(true);
+        let a = Answer::to_task_case(&c, "cloud", &task, detections(0.9));
+        assert_eq!(a.content_type(), ANSWER_V2_CONTENT_TYPE);
+        let signed = a.sign(&key);
+        let got = verify_answer(&signed, Some(ANSWER_V2_CONTENT_TYPE), None, &keys, "d1").unwrap();
+        assert_eq!(got, a);
+        assert!(matches!(
+            verify_answer(&signed, Some(ANSWER_CONTENT_TYPE), None, &keys, "d1"),
+            Err(ForwardError::Forged)
+        ));
+        let p = crate::inference::Prediction {
+            label: "7".into(),
+            index: 7,
+            confidence: 0.9,
+            margin: 0.5,
+            entropy: 0.1,
+            top: vec![],
+            output: vec![],
+        };
+        let v1 = Answer::to_case(&case(false), "cloud", &p);
+        assert_eq!(v1.content_type(), ANSWER_CONTENT_TYPE);
+        let signed = v1.sign(&key);
+        assert!(postcard::from_bytes::<SignedAnswer>(&signed)
+            .is_ok_and(|s| postcard::from_bytes::<AnswerV1>(&s.answer).is_ok()));
+        assert_eq!(
+            verify_answer(&signed, Some(ANSWER_CONTENT_TYPE), None, &keys, "d1").unwrap(),
+            v1
+        );
+        assert!(matches!(
+            verify_answer(&signed, Some(ANSWER_V2_CONTENT_TYPE), None, &keys, "d1"),
+            Err(ForwardError::Forged)
+        ));
+        // A format 2 answer with a NaN score or too many boxes is malformed, however well signed.
+        let mut bad = a.clone();
+        bad.task = Some(detections(f32::NAN));
+        assert!(matches!(
+            verify_answer(
+                &bad.sign(&key),
+                Some(ANSWER_V2_CONTENT_TYPE),
+                None,
+                &keys,
+                "d1"
+            ),
+            Err(ForwardError::Malformed(_))
+        ));
     }
 }

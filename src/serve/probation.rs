@@ -19,6 +19,8 @@ pub struct Window {
     /// Run time and, for a classifier, top-1 confidence (a raw tensor model has none: its trial is judged on errors
     /// and latency alone).
     runs: VecDeque<(u64, Option<f32>)>,
+    /// A detector's number of boxes per run (empty for other models), the second figure its trial compares.
+    counts: VecDeque<f32>,
 }
 
 /// Runs kept per model: enough for a p99 and a distribution, small enough to copy at a flip.
@@ -51,6 +53,18 @@ impl Window {
 
     fn confidences(&self) -> Vec<f32> {
         self.runs.iter().filter_map(|r| r.1).collect()
+    }
+
+    /// A detector's run: its boxes counted beside its confidence.
+    pub fn push_count(&mut self, count: usize) {
+        if self.counts.len() == WINDOW {
+            self.counts.pop_front();
+        }
+        self.counts.push_back(count as f32);
+    }
+
+    fn counts(&self) -> Vec<f32> {
+        self.counts.iter().copied().collect()
     }
 }
 
@@ -144,6 +158,11 @@ impl Probation {
         self.runs.push_run(run_us, confidence);
     }
 
+    /// A detector's number of boxes in the run just recorded.
+    pub fn record_count(&mut self, count: usize) {
+        self.runs.push_count(count);
+    }
+
     pub fn record_error(&mut self, message: &str) {
         self.requests += 1;
         self.errors += 1;
@@ -183,6 +202,18 @@ impl Probation {
             if d > limit && bm - tm > c.min_confidence_drop {
                 return Verdict::Rollback(format!(
                     "confidence drifted: KS distance {d:.3} > {limit:.3} with mean confidence {tm:.3} against {bm:.3} before",
+                ));
+            }
+            // A detector: the number of boxes per input, on the same test. A model that finds half the objects (or
+            // twice as many) on the same traffic has drifted even when its best box stays as sure.
+            let (tn, bn) = (self.runs.counts(), self.baseline.counts());
+            let d = ks_distance(&tn, &bn);
+            let (tm, bm) = (mean(&tn), mean(&bn));
+            let limit = c.max_confidence_drift.max(ks_critical(tn.len(), bn.len()));
+            if d > limit && (tm - bm).abs() > 0.5 * bm.max(1.0) {
+                return Verdict::Rollback(format!(
+                    "boxes per input drifted: KS distance {d:.3} > {limit:.3} with {tm:.2} boxes per input against \
+                     {bm:.2} before",
                 ));
             }
         }

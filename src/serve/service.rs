@@ -441,11 +441,25 @@ impl Service {
     }
 
     fn record_run(&self, release: &str, run: Duration, confidence: Option<f32>) {
+        self.record_run_counted(release, run, confidence, None);
+    }
+
+    /// A run with, for a detector, its number of boxes (probation compares both).
+    fn record_run_counted(
+        &self,
+        release: &str,
+        run: Duration,
+        confidence: Option<f32>,
+        count: Option<usize>,
+    ) {
         let us = micros(run);
         {
             let mut t = lock(&self.trial);
             if let Some(p) = t.as_mut().filter(|p| p.release_id == release) {
                 p.record_run(us, confidence);
+                if let Some(n) = count {
+                    p.record_count(n);
+                }
                 if p.verdict(Instant::now()) != Verdict::Continue {
                     self.decided.notify_one();
                 }
@@ -455,6 +469,9 @@ impl Service {
         let mut w = lock(&self.window);
         if w.0 == release {
             w.1.push_run(us, confidence);
+            if let Some(n) = count {
+                w.1.push_count(n);
+            }
         }
     }
 
@@ -968,6 +985,7 @@ impl Service {
                 created_unix: crate::bundle::now_unix(),
                 model: self.name.clone(),
                 tensor: case_tensor.unwrap_or_default(),
+                task: None,
             };
             response.case_id = Some(id.clone());
             response.edge_label = Some(response.label.clone());

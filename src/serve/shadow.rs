@@ -70,6 +70,9 @@ pub struct ShadowStats {
     pub failures: u64,
     /// Samples skipped because the shadow queue was full (the CPU share was used up).
     pub dropped: u64,
+    /// The sum of each run's agreement (1 or 0 for a label or raw outputs, a task's F1 or share of scores on the
+    /// same side): [`ShadowStats::agreement`] is its mean.
+    agreement_sum: f64,
     active_conf: VecDeque<f32>,
     candidate_conf: VecDeque<f32>,
     active_us: VecDeque<u64>,
@@ -106,6 +109,7 @@ impl ShadowStats {
         let agreed = r.active_label == r.candidate_label;
         if agreed {
             self.agreements += 1;
+            self.agreement_sum += 1.0;
         }
         metrics::counter!(crate::telemetry::SHADOW_RUNS, "agreed" => agreed.to_string())
             .increment(1);
@@ -133,10 +137,36 @@ impl ShadowStats {
         self.runs += 1;
         if agreed {
             self.agreements += 1;
+            self.agreement_sum += 1.0;
         }
         metrics::counter!(crate::telemetry::SHADOW_RUNS, "agreed" => agreed.to_string())
             .increment(1);
         metrics::histogram!(crate::telemetry::SHADOW_RUN_SECONDS).record(candidate_us as f64 / 1e6);
+        push(&mut self.active_us, active_us);
+        push(&mut self.candidate_us, candidate_us);
+    }
+
+    /// One shadow run of a task model (detector, scorer): `agreement` is [`crate::inference::task::agreement`] of
+    /// the two answers (detections: F1 of boxes matched at IoU >= 0.5 with the same label; scores: the share on the
+    /// same side of their thresholds); a run agrees fully at 1. The confidences are the task's.
+    pub fn record_task(
+        &mut self,
+        agreement: f32,
+        (active_confidence, candidate_confidence): (f32, f32),
+        active_us: u64,
+        candidate_us: u64,
+    ) {
+        self.runs += 1;
+        let agreed = agreement >= 1.0;
+        if agreed {
+            self.agreements += 1;
+        }
+        self.agreement_sum += agreement.clamp(0.0, 1.0) as f64;
+        metrics::counter!(crate::telemetry::SHADOW_RUNS, "agreed" => agreed.to_string())
+            .increment(1);
+        metrics::histogram!(crate::telemetry::SHADOW_RUN_SECONDS).record(candidate_us as f64 / 1e6);
+        push(&mut self.active_conf, active_confidence);
+        push(&mut self.candidate_conf, candidate_confidence);
         push(&mut self.active_us, active_us);
         push(&mut self.candidate_us, candidate_us);
     }
@@ -196,9 +226,10 @@ impl ShadowStats {
         }
     }
 
-    /// Share of shadow runs where both models gave the same label.
+    /// Mean agreement of the shadow runs: the share where both models gave the same label (or raw outputs), a task's
+    /// mean F1 (detections) or share of scores on the same side.
     pub fn agreement(&self) -> Option<f64> {
-        (self.runs > 0).then(|| self.agreements as f64 / self.runs as f64)
+        (self.runs > 0).then(|| self.agreement_sum / self.runs as f64)
     }
 
     /// The figures so far (`fraction` is the caller's: the setting in force).

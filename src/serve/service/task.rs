@@ -9,13 +9,15 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{micros, worker_reply, Service, ServiceError};
-use crate::inference::task::{AnswerView, Fit, Overrides, Resize, TaskAnswer, TaskKind};
+use super::{micros, same_input, sampled, worker_reply, Service, ServiceError};
+use crate::inference::task::agreement;
+use crate::inference::task::{AnswerView, Fit, Overrides, Resize, Task, TaskAnswer, TaskKind};
 use crate::inference::{DecodeLimits, Engine, InferenceError, TensorValue};
 use crate::serve::ModelInfo;
 use crate::store::{CacheKey, CachedAnswer, CachedResult};
 use crate::wire::status::{ArmName, Forwarded, Source};
 use crate::worker::TaskInput;
+use std::sync::atomic::Ordering;
 
 /// Outputs larger than this (elements, all outputs together) are not kept in a cache entry: a YOLO head of 8,400
 /// anchors is 700 k values. A request that asks for them then runs the model; the decoded answer is always cached.
@@ -27,6 +29,13 @@ const MAX_CACHED_OUTPUT_ELEMENTS: usize = 16 * 1024;
 pub enum TaskRequestInput {
     Image(super::bytes_like::Bytes),
     Tensor(Vec<f32>),
+}
+
+/// What a task model's shadow run starts from: the live model's input, or the image when the candidate
+/// preprocesses differently.
+enum ShadowTaskInput {
+    Tensor(TaskInput),
+    Image(super::bytes_like::Bytes, DecodeLimits, Overrides),
 }
 
 /// A task model's answer to one request.
@@ -123,6 +132,11 @@ impl Service {
         start: Instant,
     ) -> Result<TaskResponse, ServiceError> {
         let active = self.engine();
+        // Taken with the engine: a rollback that lands while this request runs must not take its fallback away.
+        let fallback_at_admission = self.fallback().filter(|f| {
+            f.release() != active.release()
+                && f.task().map(Task::kind) == active.task().map(Task::kind)
+        });
         let Some(task) = active.task().cloned() else {
             return Err(ServiceError::BadInput(InferenceError::Tensors(format!(
                 "model {} is a {}, not a detector or a scorer: send the image to /v1/models/{}/infer without \
@@ -138,6 +152,10 @@ impl Service {
         let limits: DecodeLimits = self.limits;
         let cache = self.cache.clone();
         let a = active.clone();
+        let raw_image = match &image {
+            TaskRequestInput::Image(b) => Some(b.clone()),
+            TaskRequestInput::Tensor(_) => None,
+        };
         let (tensor, fit, key, hit) = tokio::task::spawn_blocking(move || {
             let (tensor, fit) = match image {
                 TaskRequestInput::Image(bytes) => a
@@ -190,22 +208,103 @@ impl Service {
                 outputs: hit.tensors,
             });
         }
+        // The case's input: the image as sent, or the request's tensor (kept only when a forwarder may need it).
+        let case_input = match (&raw_image, self.forwarder.get()) {
+            (Some(b), _) => Some((b.to_vec(), Vec::new())),
+            (None, Some(_)) => Some((Vec::new(), tensor.clone())),
+            (None, None) => None,
+        };
         let input = TaskInput {
             tensor,
             fit,
             overrides,
         };
-        let ran = self.run_task(&active, input).await;
-        let ran = match ran {
-            Ok(ran) => ran,
+        // A staged candidate of the same task is shadowed on a sample of the requests (after the answer).
+        let shadow = self
+            .candidate()
+            .filter(|c| {
+                c.release() != active.release() && c.task().map(Task::kind) == Some(task.kind())
+            })
+            .filter(|_| {
+                let n = self.shadow_seen.fetch_add(1, Ordering::Relaxed);
+                sampled(n, self.shadow_fraction())
+            })
+            .and_then(|c| {
+                let from = if same_input(&c, &active) {
+                    ShadowTaskInput::Tensor(input.clone())
+                } else {
+                    ShadowTaskInput::Image(raw_image.clone()?, limits, overrides)
+                };
+                Some((c, from))
+            });
+        // Kept for a second run only while a previous release stands behind a trial.
+        let retry = fallback_at_admission.map(|f| (f, input.clone()));
+        let (engine, key, ran) = match self.run_task(&active, input).await {
+            Ok(ran) => (active.clone(), key, ran),
             Err(ServiceError::Internal(message)) => {
                 self.record_error(active.release_id(), &message);
-                return Err(ServiceError::Internal(message));
+                let Some((previous, input)) = retry else {
+                    return Err(ServiceError::Internal(message));
+                };
+                tracing::warn!(error = %message, "the model on trial failed; answering with the previous model");
+                let input = if same_input(&previous, &active) {
+                    input
+                } else if let Some(image) = raw_image.clone() {
+                    let p = previous.clone();
+                    let (tensor, fit) = tokio::task::spawn_blocking(move || {
+                        p.task_input_from_image(&image, &limits)
+                    })
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?
+                    .map_err(ServiceError::BadInput)?;
+                    TaskInput {
+                        tensor,
+                        fit,
+                        overrides,
+                    }
+                } else {
+                    return Err(ServiceError::Internal(message));
+                };
+                let key = task_key(previous.release_id(), &input.tensor, &input.fit, &overrides);
+                let ran = self.run_task(&previous, input).await?;
+                (previous, key, ran)
             }
             Err(e) => return Err(e),
         };
+        let task = engine.task().cloned().unwrap_or(task);
         let confidence = ran.decoded.answer.confidence(&task);
-        self.record_run(active.release_id(), ran.run, Some(confidence));
+        let count = matches!(task, Task::Detection(_)).then(|| ran.decoded.answer.count());
+        self.record_run_counted(engine.release_id(), ran.run, Some(confidence), count);
+        if let Some((candidate, from)) = shadow {
+            let (live, us) = (ran.decoded.answer.clone(), micros(ran.run));
+            let t = task.clone();
+            self.shadow_job(
+                candidate,
+                move |c| {
+                    let input = match from {
+                        ShadowTaskInput::Tensor(i) => i,
+                        ShadowTaskInput::Image(image, limits, overrides) => {
+                            let (tensor, fit) = c.task_input_from_image(&image, &limits)?;
+                            TaskInput {
+                                tensor,
+                                fit,
+                                overrides,
+                            }
+                        }
+                    };
+                    c.run_task(&input.tensor, &input.fit, &input.overrides)
+                },
+                move |s, decoded, cand_us| {
+                    let ct = decoded.answer.confidence(&t);
+                    s.record_task(
+                        agreement(&live, &decoded.answer),
+                        (live.confidence(&t), ct),
+                        us,
+                        cand_us,
+                    )
+                },
+            );
+        }
         let outputs_len: usize = ran.outputs.iter().map(|o| o.data.len()).sum();
         let entry = CachedResult {
             label: ran.decoded.answer.summary(),
@@ -225,12 +324,11 @@ impl Service {
                 hardness: ran.decoded.hardness,
             }),
         };
-        self.cache_edge(key, entry).await;
-        Ok(TaskResponse {
+        let mut response = TaskResponse {
             answer: ran.decoded.answer,
             hardness: ran.decoded.hardness,
             source: Source::Edge,
-            model: ModelInfo::of(&active),
+            model: ModelInfo::of(&engine),
             latency_us: micros(start.elapsed()),
             edge_answer: None,
             forwarded: None,
@@ -241,7 +339,60 @@ impl Service {
             } else {
                 Vec::new()
             },
-        })
+        };
+        // A hard case: an object in the uncertain band, a score near its threshold.
+        let hard = self
+            .forwarder
+            .get()
+            .filter(|_| response.hardness > 0.0)
+            .zip(case_input);
+        let Some((f, (image, tensor))) = hard else {
+            self.cache_edge(key, entry).await;
+            return Ok(response);
+        };
+        let id = crate::forward::case_id(&self.config.fleet.device_id, key.as_bytes());
+        let case = crate::forward::Case {
+            id: id.clone(),
+            device: self.config.fleet.device_id.clone(),
+            image,
+            edge_label: response.answer.summary(),
+            edge_confidence: confidence,
+            edge_model: response.model.digest.clone(),
+            cache_key: key.as_bytes().to_vec(),
+            created_unix: crate::bundle::now_unix(),
+            model: self.name.clone(),
+            tensor,
+            task: Some(crate::forward::TaskCase {
+                overrides,
+                edge_answer: response.answer.clone(),
+                edge_hardness: response.hardness,
+            }),
+        };
+        response.case_id = Some(id);
+        match f.forward(case).await {
+            Ok(Some(cloud)) => match cloud.task {
+                Some(answer) if answer.kind() == response.answer.kind() => {
+                    response.edge_answer = Some(std::mem::replace(&mut response.answer, answer));
+                    response.source = Source::Cloud;
+                    response.forwarded = Some(Forwarded::Answered);
+                }
+                _ => {
+                    tracing::warn!("the cloud answered a task case with another kind of answer; the edge answers");
+                    response.forwarded = Some(Forwarded::Failed);
+                }
+            },
+            Ok(None) => response.forwarded = Some(Forwarded::Queued),
+            Err(e) => {
+                tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
+                response.forwarded = Some(Forwarded::Failed);
+            }
+        }
+        // Cached only once the case is durably queued, and never over the cloud's answer.
+        if response.forwarded != Some(Forwarded::Answered) {
+            self.cache_edge(key, entry).await;
+        }
+        response.latency_us = micros(start.elapsed());
+        Ok(response)
     }
 
     async fn run_task(
