@@ -197,20 +197,6 @@ fn a_decoder_that_does_not_fit_the_model_is_refused_at_load_naming_the_output() 
     );
 }
 
-fn post(daemon: &common::Daemon, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let mut r = common::http()
-        .post(&daemon.url(path))
-        .header("content-type", "image/png")
-        .send(body)
-        .expect("HTTP request");
-    let code = r.status().as_u16();
-    let text = r.body_mut().read_to_string().unwrap_or_default();
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
-}
-
 /// The detector served beside the classifier by the daemon: `/v1` answers with boxes in the photo's pixels, a
 /// repeat comes from the cache (across a restart too), thresholds change per call, and v2 is driven by tritonclient
 /// (`tests/oip/detect_models.py`).
@@ -230,7 +216,7 @@ fn the_daemon_serves_the_detector_beside_the_classifier() {
     let daemon = common::Daemon::start(&state, &args);
     daemon.wait_model("blazeface");
     let astronaut = photo("astronaut.png");
-    let (code, v) = post(&daemon, "/v1/models/blazeface/infer", &astronaut);
+    let (code, v) = common::post_image(&daemon, "/v1/models/blazeface/infer", &astronaut);
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["task"], "detection", "{v}");
     assert_eq!(v["source"], "edge", "{v}");
@@ -245,12 +231,12 @@ fn the_daemon_serves_the_detector_beside_the_classifier() {
     for (x, y) in dets[0]["box"].as_array().unwrap().iter().zip(want[0].1) {
         assert!((x.as_f64().unwrap() as f32 - y).abs() < 3.0, "{v}");
     }
-    let (_, again) = post(&daemon, "/v1/models/blazeface/infer", &astronaut);
+    let (_, again) = common::post_image(&daemon, "/v1/models/blazeface/infer", &astronaut);
     assert_eq!(again["source"], "cache", "{again}");
     assert_eq!(again["detections"], v["detections"]);
     // The classifier still answers /v1/infer (the default model).
     let (image, label) = common::test_images()[0].clone();
-    let (code, c) = post(&daemon, "/v1/infer", &std::fs::read(&image).unwrap());
+    let (code, c) = common::post_image(&daemon, "/v1/infer", &std::fs::read(&image).unwrap());
     assert_eq!(
         (code, c["label"].as_str()),
         (200, Some(label.as_str())),
@@ -258,15 +244,15 @@ fn the_daemon_serves_the_detector_beside_the_classifier() {
     );
     // Per-call thresholds: the coffee cup's faint anchor shows at 0.2, not at the spec's 0.5; bad values are a 400.
     let coffee = photo("coffee.png");
-    let (_, none) = post(&daemon, "/v1/models/blazeface/infer", &coffee);
+    let (_, none) = common::post_image(&daemon, "/v1/models/blazeface/infer", &coffee);
     assert_eq!(none["detections"].as_array().unwrap().len(), 0, "{none}");
-    let (_, faint) = post(
+    let (_, faint) = common::post_image(
         &daemon,
         "/v1/models/blazeface/infer?score_threshold=0.2",
         &coffee,
     );
     assert_eq!(faint["detections"].as_array().unwrap().len(), 1, "{faint}");
-    let (code, e) = post(
+    let (code, e) = common::post_image(
         &daemon,
         "/v1/models/blazeface/infer?score_threshold=7",
         &coffee,
@@ -276,16 +262,16 @@ fn the_daemon_serves_the_detector_beside_the_classifier() {
         e["error"].as_str().unwrap().contains("score_threshold"),
         "{e}"
     );
-    let (code, e) = post(
+    let (code, e) = common::post_image(
         &daemon,
         "/v1/models/blazeface/infer?score_treshold=0.2",
         &coffee,
     );
     assert_eq!(code, 400, "{e}");
-    let (code, e) = post(&daemon, "/v1/infer?score_threshold=0.2", &coffee);
+    let (code, e) = common::post_image(&daemon, "/v1/infer?score_threshold=0.2", &coffee);
     assert_eq!(code, 400, "a classifier takes no detection thresholds: {e}");
     // A corrupt image is a clear 422, and changes nothing.
-    let (code, e) = post(&daemon, "/v1/models/blazeface/infer", &astronaut[..1000]);
+    let (code, e) = common::post_image(&daemon, "/v1/models/blazeface/infer", &astronaut[..1000]);
     assert_eq!(code, 422, "{e}");
     // v2, by the real tritonclient.
     let python =
@@ -305,7 +291,7 @@ fn the_daemon_serves_the_detector_beside_the_classifier() {
     // The cache lives across a restart.
     let daemon = common::Daemon::start(&state, &args);
     daemon.wait_model("blazeface");
-    let (_, after) = post(&daemon, "/v1/models/blazeface/infer", &astronaut);
+    let (_, after) = common::post_image(&daemon, "/v1/models/blazeface/infer", &astronaut);
     assert_eq!(after["source"], "cache", "{after}");
     assert_eq!(after["detections"], v["detections"]);
     assert!(daemon.stop().success());

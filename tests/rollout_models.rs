@@ -6,40 +6,12 @@
 
 mod common;
 
-use common::{s, wait_exit, wait_until, Daemon, Fixture, KillOnDrop, Mosquitto};
-use std::process::{Command, Stdio};
+use common::{s, wait_exit, wait_until, Daemon, Fixture, Mosquitto};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const DEVICES: usize = 3;
-
-fn rollout(
-    url: &str,
-    f: &Fixture,
-    state: &std::path::Path,
-    bundle: &std::path::Path,
-) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(["rollout", "start", "--broker", url, "--key", s(&f.key1)])
-            .args(["--state", s(state), "--group", "two", "--waves", "50,100"])
-            .args([
-                "--shadow-s",
-                "2",
-                "--observe-s",
-                "2",
-                "--min-shadow-runs",
-                "5",
-            ])
-            .args(["--shadow-fraction", "1", "--min-devices", "1"])
-            .arg(bundle)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 #[test]
 fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched() {
@@ -107,8 +79,8 @@ fn halting_one_models_rollout_leaves_the_other_model_and_its_rollout_untouched()
     let bad = f.named_bundle("d2.bundle", "edge-flat", "digits", 2);
     // Both at once: the halted rollout abandons digits version 2 only, and the default model's version 2 goes
     // through beside it.
-    let mut bad_run = rollout(&url, &f, &f.path("rollout-digits"), &bad);
-    let mut good_run = rollout(&url, &f, &f.path("rollout-edge"), &good);
+    let mut bad_run = common::rollout(&url, &f, &f.path("rollout-digits"), "two", &bad, &[]);
+    let mut good_run = common::rollout(&url, &f, &f.path("rollout-edge"), "two", &good, &[]);
     let bad_st = wait_exit(&mut bad_run, Duration::from_secs(180));
     let good_st = wait_exit(&mut good_run, Duration::from_secs(180));
     stop.store(true, Ordering::SeqCst);

@@ -128,7 +128,7 @@ async fn rollback(
     match engine_for(service, store, base, &state).await {
         Some((engine, slot)) => {
             service.swap(engine, slot);
-            service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
+            service.set_release_info(state.active_info());
         }
         None => tracing::error!(
             "the previous model cannot be loaded; still serving the model that failed its trial"
@@ -256,7 +256,7 @@ async fn follow(service: &Service, store: &SlotStore, base: &Base, state: SlotSt
         let version = engine.spec().version;
         tracing::info!(slot = slot.name(), version, digest = %engine.digest(), "new model live, on trial");
         service.begin_trial(engine, slot, Some(serving));
-        service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
+        service.set_release_info(state.active_info());
         service.note_transition(
             TransitionKind::Trial,
             Cause::Install,
@@ -266,7 +266,7 @@ async fn follow(service: &Service, store: &SlotStore, base: &Base, state: SlotSt
     } else {
         tracing::info!(slot = slot.name(), digest = %engine.digest(), "switching to the model the slot record names");
         service.swap(engine, slot);
-        service.set_model_threshold(state.active_info().and_then(|i| i.hardness_threshold));
+        service.set_release_info(state.active_info());
         service.note_transition(
             TransitionKind::Rollback,
             Cause::Operator,

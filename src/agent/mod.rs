@@ -413,8 +413,8 @@ pub(crate) struct Started {
     previous: Option<Engine>,
     /// The record's generation after start-up's own write.
     generation: u64,
-    /// The live slot's manifest hardness threshold.
-    hardness_threshold: Option<f32>,
+    /// The live slot's record (its manifest's hardness threshold, budget and baseline).
+    release: Option<crate::slots::SlotInfo>,
 }
 
 /// At start: count the start against a pending trial (boot counting), then load the live slot's model, falling back
@@ -473,8 +473,8 @@ fn start_model(
         }
         None => None,
     };
-    let hardness_threshold = if matches!(slot, Serving::A | Serving::B) {
-        state.active_info().and_then(|i| i.hardness_threshold)
+    let release = if matches!(slot, Serving::A | Serving::B) {
+        state.active_info().cloned()
     } else {
         None
     };
@@ -484,6 +484,6 @@ fn start_model(
         on_trial,
         previous,
         generation: state.generation,
-        hardness_threshold,
+        release,
     }))
 }

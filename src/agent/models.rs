@@ -141,7 +141,7 @@ pub async fn start(
         service.set_forwarder(f.clone());
     }
     service.set_slot(started.slot);
-    service.set_model_threshold(started.hardness_threshold);
+    service.set_release_info(started.release.as_ref());
     if started.on_trial {
         // A trial found at start: no baseline from this run, but the previous model is kept for failed runs.
         let current = service.engine();

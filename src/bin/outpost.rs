@@ -204,31 +204,17 @@ fn infer(args: InferArgs) -> Result<ExitCode> {
     let loaded = start.elapsed();
     let mut session = engine.session()?;
     let limits = DecodeLimits::default();
+    if engine.task().is_some() {
+        return infer_task(&args, &engine, &mut session, loaded, start);
+    }
     if let Some(seconds) = args.bench {
         let bytes = std::fs::read(&args.images[0])?;
         let input = engine.tensor_from_image(&bytes, &limits)?;
         session.classify(&input)?;
         let first = start.elapsed();
-        let mut times = Vec::new();
-        let until =
-            std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.01));
-        while std::time::Instant::now() < until || times.len() < 10 {
-            let t = std::time::Instant::now();
-            session.run(&input)?;
-            times.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        times.sort_by(f64::total_cmp);
-        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-        let line = serde_json::json!({
-            "model": args.model.display().to_string(),
-            "digest": engine.digest(),
-            "load_ms": loaded.as_secs_f64() * 1e3,
-            "first_answer_ms": first.as_secs_f64() * 1e3,
-            "p50_us": at(0.5),
-            "p99_us": at(0.99),
-            "runs": times.len(),
-        });
-        println!("{line}");
+        print_bench(&args, engine.digest(), loaded, first, seconds, || {
+            session.run(&input).map(|_| ())
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut failed = 0usize;
@@ -264,6 +250,149 @@ fn infer(args: InferArgs) -> Result<ExitCode> {
                 p.margin,
                 latency_us
             ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}: {e}", path.display());
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `--bench`: times `run` for `seconds` (at least 10 runs) and prints one JSON line with the load and first-answer
+/// times and the p50 and p99 of the runs.
+fn print_bench(
+    args: &InferArgs,
+    digest: &str,
+    loaded: std::time::Duration,
+    first: std::time::Duration,
+    seconds: f64,
+    mut run: impl FnMut() -> Result<(), outpost::inference::InferenceError>,
+) -> Result<()> {
+    let mut times = Vec::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.01));
+    while std::time::Instant::now() < until || times.len() < 10 {
+        let t = std::time::Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let line = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "digest": digest,
+        "load_ms": loaded.as_secs_f64() * 1e3,
+        "first_answer_ms": first.as_secs_f64() * 1e3,
+        "p50_us": at(0.5),
+        "p99_us": at(0.99),
+        "runs": times.len(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// `outpost infer` with a detector or a scorer: each image's boxes (in its pixels) or scores, or `--bench` timing
+/// of the whole run (model, decoder and NMS).
+fn infer_task(
+    args: &InferArgs,
+    engine: &outpost::inference::Engine,
+    session: &mut outpost::inference::Session,
+    loaded: std::time::Duration,
+    start: std::time::Instant,
+) -> Result<ExitCode> {
+    use outpost::inference::task::{AnswerView, Overrides, TaskAnswer, TaskKind};
+    use outpost::inference::DecodeLimits;
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        image: String,
+        task: TaskKind,
+        #[serde(flatten)]
+        answer: AnswerView<'a>,
+        hardness: f32,
+        latency_us: u64,
+        model: &'a str,
+    }
+    let limits = DecodeLimits::default();
+    let none = Overrides::default();
+    if let Some(seconds) = args.bench {
+        let bytes = std::fs::read(&args.images[0])?;
+        let (input, fit) = engine.task_input_from_image(&bytes, &limits)?;
+        session.run_task(&input, &fit, &none)?;
+        let first = start.elapsed();
+        print_bench(args, engine.digest(), loaded, first, seconds, || {
+            session.run_task(&input, &fit, &none).map(|_| ())
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = 0usize;
+    for path in &args.images {
+        let t = std::time::Instant::now();
+        let result = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                engine
+                    .task_input_from_image(&bytes, &limits)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|(input, fit)| {
+                session
+                    .run_task(&input, &fit, &none)
+                    .map(|r| r.0)
+                    .map_err(|e| e.to_string())
+            });
+        let latency_us = t.elapsed().as_micros() as u64;
+        match result {
+            Ok(d) if args.json => {
+                let line = Line {
+                    image: path.display().to_string(),
+                    task: d.answer.kind(),
+                    answer: d.answer.view(),
+                    hardness: d.hardness,
+                    latency_us,
+                    model: &engine.spec().name,
+                };
+                println!("{}", serde_json::to_string(&line)?);
+            }
+            Ok(d) => {
+                let what = match &d.answer {
+                    TaskAnswer::Detections(x) => x
+                        .detections
+                        .iter()
+                        .map(|b| {
+                            format!(
+                                "{} {:.3} [{:.0} {:.0} {:.0} {:.0}]",
+                                b.label, b.score, b.bbox[0], b.bbox[1], b.bbox[2], b.bbox[3]
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    TaskAnswer::Scores(x) => x
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "{}={:.4} ({} threshold {})",
+                                s.name,
+                                s.value,
+                                if s.positive { "at or above" } else { "below" },
+                                s.threshold
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                };
+                println!(
+                    "{}\t{}\t{}\thardness={:.3}\tlatency={}us",
+                    path.display(),
+                    d.answer.summary(),
+                    what,
+                    d.hardness,
+                    latency_us
+                );
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {}: {e}", path.display());

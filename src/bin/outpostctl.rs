@@ -404,6 +404,17 @@ struct BundleArgs {
     /// fleets: the smallest download) or onnx (agents from before NNEF variants).
     #[arg(long, default_value = "both")]
     forms: bundle::build::Forms,
+    /// The release's forward budget: at most this share (0..1) of its model runs go to the cloud (the device's
+    /// forward.max_fraction, when set, wins).
+    #[arg(long)]
+    max_fraction: Option<f32>,
+    /// ... and at most this many cases per second.
+    #[arg(long)]
+    max_per_s: Option<f32>,
+    /// Directory of PNG/JPEG calibration images: the release's hardness on them is its drift baseline, which the
+    /// device compares live traffic with (first 4096 used).
+    #[arg(long)]
+    calibration: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -552,8 +563,7 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
     if named.is_empty() {
         bail!("give the model with --model <onnx> or --variant NAME=PATH");
     }
-    let mut golden_images = Vec::new();
-    if let Some(dir) = &args.golden_images {
+    let images_in = |dir: &std::path::Path, max: usize| -> Result<Vec<Vec<u8>>> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| dir.display().to_string())?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -563,10 +573,20 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
             })
             .collect();
         paths.sort();
-        for p in paths.into_iter().take(bundle::build::MAX_GOLDEN) {
-            golden_images.push(std::fs::read(&p).with_context(|| p.display().to_string())?);
-        }
-    }
+        paths
+            .into_iter()
+            .take(max)
+            .map(|p| std::fs::read(&p).with_context(|| p.display().to_string()))
+            .collect()
+    };
+    let golden_images = match &args.golden_images {
+        Some(dir) => images_in(dir, bundle::build::MAX_GOLDEN)?,
+        None => Vec::new(),
+    };
+    let calibration = match &args.calibration {
+        Some(dir) => images_in(dir, bundle::MAX_BASELINE)?,
+        None => Vec::new(),
+    };
     let golden_tensors = match &args.golden_tensors {
         Some(p) => bundle::build::golden_tensors_from_json(
             &std::fs::read(p).with_context(|| p.display().to_string())?,
@@ -596,6 +616,13 @@ fn make_bundle(args: BundleArgs) -> Result<()> {
         hardness_threshold: args.hardness_threshold,
         keys: &refs,
         forms: args.forms,
+        budget: (args.max_fraction.is_some() || args.max_per_s.is_some()).then_some(
+            bundle::ForwardBudget {
+                max_fraction: args.max_fraction,
+                max_per_s: args.max_per_s,
+            },
+        ),
+        calibration,
     })?;
     outpost::fsutil::write_atomic(&args.out, &buf)
         .with_context(|| args.out.display().to_string())?;
@@ -701,7 +728,7 @@ async fn fleet(c: Command) -> Result<()> {
                         print!("\x1b[2J\x1b[H");
                     }
                     println!(
-                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7}",
+                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6}",
                         "DEVICE",
                         "STATE",
                         "MODEL",
@@ -710,7 +737,9 @@ async fn fleet(c: Command) -> Result<()> {
                         "TRIAL",
                         "P50_US",
                         "P99_US",
-                        "REQ/S"
+                        "REQ/S",
+                        "FWD/SKIPPED",
+                        "DRIFT"
                     );
                     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                     for (device, s) in &fleet.devices {
@@ -731,8 +760,21 @@ async fn fleet(c: Command) -> Result<()> {
                                 .trial
                                 .as_ref()
                                 .map_or("-".to_string(), |t| t.requests.to_string());
+                            // The forward budget's spend (forwarded/skipped) and the drift alarm.
+                            let budget = svc
+                                .forward
+                                .as_ref()
+                                .and_then(|f| f.budget.as_ref())
+                                .map_or("-".to_string(), |b| format!("{}/{}", b.forwarded, b.skipped));
+                            let drift = svc.drift.as_ref().map_or("-", |d| {
+                                if d.drift {
+                                    "DRIFT"
+                                } else {
+                                    "ok"
+                                }
+                            });
                             println!(
-                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7}",
+                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6}",
                                 if i == 0 { device.as_str() } else { "" },
                                 if i == 0 { state.as_str() } else { "" },
                                 svc.model.name,
@@ -741,7 +783,9 @@ async fn fleet(c: Command) -> Result<()> {
                                 trial,
                                 opt(svc.latency_us.p50),
                                 opt(svc.latency_us.p99),
-                                rate.map_or("-".to_string(), |r| r.to_string())
+                                rate.map_or("-".to_string(), |r| r.to_string()),
+                                budget,
+                                drift
                             );
                         }
                     }

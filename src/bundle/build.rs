@@ -132,6 +132,58 @@ pub struct Build<'a> {
     pub keys: &'a [&'a SigningKeyFile],
     /// Which forms of each ONNX variant to carry.
     pub forms: Forms,
+    /// The release's forward budget (`None`: the device's configuration decides).
+    pub budget: Option<super::ForwardBudget>,
+    /// Encoded images of the release's calibration data: the drift baseline is the first variant's hardness on them
+    /// (none when empty).
+    pub calibration: Vec<Vec<u8>>,
+}
+
+/// The release's hardness on its calibration images, as the device will measure it: a classifier's max-prob
+/// hardness (1 - top probability) with its forward threshold (the manifest's, else 0.9), or a task model's own
+/// hardness (hard above 0). A sample of at most [`super::MAX_BASELINE`], sorted.
+pub fn baseline(
+    engine: &Engine,
+    images: &[Vec<u8>],
+    hardness_threshold: Option<f32>,
+) -> Result<Option<super::Baseline>, BundleError> {
+    if images.is_empty() {
+        return Ok(None);
+    }
+    let limits = DecodeLimits::default();
+    let bad =
+        |e: crate::inference::InferenceError| BundleError::Manifest(format!("calibration: {e}"));
+    let mut hardness = Vec::new();
+    let mut wanted = 0usize;
+    for img in images.iter().take(super::MAX_BASELINE) {
+        let h = if engine.task().is_some() {
+            let (t, fit) = engine.task_input_from_image(img, &limits).map_err(bad)?;
+            let h = engine
+                .run_task(&t, &fit, &Default::default())
+                .map_err(bad)?
+                .hardness;
+            wanted += usize::from(h > 0.0);
+            h
+        } else {
+            let t = image_to_tensor(img, engine.spec(), &limits).map_err(bad)?;
+            let p = engine.classify(&t).map_err(bad)?;
+            wanted += usize::from(p.confidence < hardness_threshold.unwrap_or(0.9));
+            1.0 - p.confidence
+        };
+        hardness.push(h);
+    }
+    let score = if engine.task().is_some() {
+        "task"
+    } else {
+        "max-prob"
+    };
+    let n = hardness.len();
+    hardness.sort_by(f32::total_cmp);
+    Ok(Some(super::Baseline {
+        hardness,
+        forward_rate: wanted as f32 / n as f32,
+        score: score.into(),
+    }))
 }
 
 /// The bundle's bytes.
@@ -187,6 +239,7 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
     let mut models = Vec::new();
     let mut variants = Vec::new();
     let mut given = Vec::new();
+    let mut given_first: Option<Engine> = None;
     for (name, bytes) in b.variants {
         given.extend(candidates(name, bytes, &b.spec, b.forms)?);
     }
@@ -196,6 +249,9 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
             message: e.to_string(),
         };
         let engine = Engine::load(&c.bytes, b.spec.clone()).map_err(bad)?;
+        if given_first.is_none() {
+            given_first = Some(engine.clone());
+        }
         let golden_outputs = golden_inputs
             .iter()
             .map(|i| engine.run(i))
@@ -260,6 +316,11 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
         });
         models.push(c.bytes);
     }
+    // The baseline of the first variant (the operator lists the reference variant first).
+    let baseline = match given_first {
+        Some(e) => baseline(&e, &b.calibration, b.hardness_threshold)?,
+        None => None,
+    };
     let now = now_unix();
     let manifest = Manifest {
         name: b.spec.name.clone(),
@@ -273,8 +334,8 @@ pub fn build(b: Build) -> Result<Vec<u8>, BundleError> {
         golden_tolerance: b.tolerance,
         variants,
         golden_tensors,
-        budget: None,
-        baseline: None,
+        budget: b.budget,
+        baseline,
     };
     let mut buf = Vec::new();
     write_bundle(&mut buf, &manifest, &models, b.keys)?;

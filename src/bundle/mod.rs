@@ -227,6 +227,9 @@ pub const MAX_BASELINE: usize = 4096;
 pub struct Baseline {
     pub hardness: Vec<f32>,
     pub forward_rate: f32,
+    /// The hardness the values are: a classifier's score (`max-prob`, `margin`, `entropy`) or `task` (a detector's
+    /// or scorer's own). A device compares live traffic with a baseline of the score it uses only.
+    pub score: String,
 }
 
 /// A format 2 manifest (raw tensor models), as agents before task kinds read and sign it.
@@ -846,6 +849,7 @@ mod tests {
             baseline: Some(Baseline {
                 hardness: vec![0.0, 0.1, 0.5],
                 forward_rate: 0.05,
+                score: "max-prob".into(),
             }),
             ..manifest()
         };

@@ -97,6 +97,25 @@ impl HardnessScore {
         }
     }
 
+    /// How hard a prediction is on this score, as one number that grows with hardness (1 - top probability,
+    /// 1 - margin, or the entropy): what the forward budget ranks and the drift alarm compares.
+    pub fn hardness(self, confidence: f32, margin: f32, entropy: f32) -> f32 {
+        match self {
+            HardnessScore::MaxProb => 1.0 - confidence,
+            HardnessScore::Margin => 1.0 - margin,
+            HardnessScore::Entropy => entropy,
+        }
+    }
+
+    /// The hardness above which a prediction is hard at `threshold` ([`HardnessScore::is_hard`] as a bar on
+    /// [`HardnessScore::hardness`]).
+    pub fn hardness_bar(self, threshold: f32) -> f32 {
+        match self {
+            HardnessScore::MaxProb | HardnessScore::Margin => 1.0 - threshold,
+            HardnessScore::Entropy => threshold,
+        }
+    }
+
     /// Is a prediction with these scores hard at `threshold`?
     pub fn is_hard(self, threshold: f32, confidence: f32, margin: f32, entropy: f32) -> bool {
         match self {
@@ -127,6 +146,16 @@ pub struct ForwardConfig {
     /// Public keys of the cloud workers (`outpostctl keygen` lines): only answers signed by one of them are
     /// believed. Unset: hard cases are not forwarded (the device answers them from the edge).
     pub cloud_keys: Option<PathBuf>,
+    /// The forward budget of each model: at most this share (0..1) of its model runs over the window is forwarded
+    /// (cache hits and resends are not runs); over it the hardest cases still go first. Unset: no share cap (a
+    /// release's bundle or the `set` command may set one).
+    pub max_fraction: Option<f32>,
+    /// At most this many cases per second per model, averaged over the window. Unset: no rate cap.
+    pub max_per_s: Option<f32>,
+    /// The budget's sliding window (seconds).
+    pub budget_window_s: u64,
+    /// The drift alarm's window: the last this many model runs are compared with the release's baseline.
+    pub drift_window: u64,
 }
 
 impl Default for ForwardConfig {
@@ -141,6 +170,10 @@ impl Default for ForwardConfig {
             resend_per_s: 50,
             retry_ms: 10_000,
             cloud_keys: None,
+            max_fraction: None,
+            max_per_s: None,
+            budget_window_s: 60,
+            drift_window: 500,
         }
     }
 }
@@ -678,6 +711,30 @@ impl Config {
         }
         if !(1..=60_000).contains(&w.deadline_ms) {
             return Err(invalid("forward.deadline_ms", "must be 1..60000"));
+        }
+        if w.max_fraction.is_some_and(|f| !(0.0..=1.0).contains(&f)) {
+            return Err(invalid(
+                "forward.max_fraction",
+                "must be a fraction from 0 to 1",
+            ));
+        }
+        if w.max_per_s.is_some_and(|r| !r.is_finite() || r < 0.0) {
+            return Err(invalid(
+                "forward.max_per_s",
+                "must be a number of cases per second, 0 or more",
+            ));
+        }
+        if !(1..=86_400).contains(&w.budget_window_s) {
+            return Err(invalid(
+                "forward.budget_window_s",
+                "must be 1..86400 seconds",
+            ));
+        }
+        if !(50..=100_000).contains(&w.drift_window) {
+            return Err(invalid(
+                "forward.drift_window",
+                "must be 50..100000 model runs",
+            ));
         }
         if w.outbox_max_entries == 0
             || w.outbox_max_bytes < 4096

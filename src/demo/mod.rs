@@ -365,6 +365,8 @@ pub async fn run(models: PathBuf) -> Result<()> {
             expires_in_s: 3600,
             tolerance: 0.05,
             hardness_threshold: None,
+            budget: None,
+            calibration: Vec::new(),
             keys: &[&key],
             forms: crate::bundle::build::Forms::Both,
         })?;

@@ -63,6 +63,11 @@ pub mod topics {
     pub fn status(device: &str) -> String {
         format!("{PREFIX}/device/{device}/status")
     }
+    /// Retained: the device's raised alarms ([`crate::wire::status::Alarm`]).
+    pub fn alarm(device: &str) -> String {
+        format!("{PREFIX}/device/{device}/alarm")
+    }
+    pub const ALL_ALARMS: &str = "outpost/v1/device/+/alarm";
     pub fn chunk(device: &str) -> String {
         format!("{PREFIX}/device/{device}/chunk")
     }

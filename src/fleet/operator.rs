@@ -163,6 +163,8 @@ pub async fn send(
                                     "seen in the device's status (its acknowledgement was lost)"
                                         .into(),
                                 hardness_threshold: None,
+                                budget: None,
+                                baseline: None,
                                 spec_digest: None,
                                 spare: None,
                             }),

@@ -13,6 +13,8 @@
 //! issue time no earlier than the case. Everything else is refused before it touches the outbox or the cache, and
 //! counted by reason (`outpost_cloud_answers_total{result}`); the request is answered from the edge.
 
+pub mod budget;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -722,6 +724,7 @@ impl Forwarder {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            budget: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! worker pool hand-off, probation, shadow, hard cases). `api` maps HTTP onto it; `fleet` and the agent's
 //! controller drive its model changes. It imports neither of them.
 
+pub mod drift;
 pub mod probation;
 mod registry;
 mod service;

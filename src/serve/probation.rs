@@ -19,7 +19,8 @@ pub struct Window {
     /// Run time and, for a classifier, top-1 confidence (a raw tensor model has none: its trial is judged on errors
     /// and latency alone).
     runs: VecDeque<(u64, Option<f32>)>,
-    /// A detector's number of boxes per run (empty for other models), the second figure its trial compares.
+    /// A task model's count per run (a detector's boxes, a scorer's positive scores; empty for other models), the
+    /// second figure its trial compares.
     counts: VecDeque<f32>,
 }
 
@@ -55,7 +56,7 @@ impl Window {
         self.runs.iter().filter_map(|r| r.1).collect()
     }
 
-    /// A detector's run: its boxes counted beside its confidence.
+    /// A task model's run: its count beside its confidence.
     pub fn push_count(&mut self, count: usize) {
         if self.counts.len() == WINDOW {
             self.counts.pop_front();
@@ -158,7 +159,7 @@ impl Probation {
         self.runs.push_run(run_us, confidence);
     }
 
-    /// A detector's number of boxes in the run just recorded.
+    /// A task model's count (boxes, positive scores) in the run just recorded.
     pub fn record_count(&mut self, count: usize) {
         self.runs.push_count(count);
     }
@@ -204,16 +205,17 @@ impl Probation {
                     "confidence drifted: KS distance {d:.3} > {limit:.3} with mean confidence {tm:.3} against {bm:.3} before",
                 ));
             }
-            // A detector: the number of boxes per input, on the same test. A model that finds half the objects (or
-            // twice as many) on the same traffic has drifted even when its best box stays as sure.
+            // A task model: what it counts per input (a detector's boxes, a scorer's positive scores), on the same
+            // test. A detector that finds half the objects (or twice as many) on the same traffic, or a scorer that
+            // calls everything an anomaly, has drifted even when its confidence does not fall.
             let (tn, bn) = (self.runs.counts(), self.baseline.counts());
             let d = ks_distance(&tn, &bn);
             let (tm, bm) = (mean(&tn), mean(&bn));
             let limit = c.max_confidence_drift.max(ks_critical(tn.len(), bn.len()));
-            if d > limit && (tm - bm).abs() > 0.5 * bm.max(1.0) {
+            if d > limit && (tm - bm).abs() > 0.5 * bm.max(0.5) {
                 return Verdict::Rollback(format!(
-                    "boxes per input drifted: KS distance {d:.3} > {limit:.3} with {tm:.2} boxes per input against \
-                     {bm:.2} before",
+                    "answers per input drifted (boxes, or positive scores): KS distance {d:.3} > {limit:.3} with \
+                     {tm:.2} per input against {bm:.2} before",
                 ));
             }
         }
@@ -282,6 +284,29 @@ mod tests {
             w.push(us + i % 5, conf - (i % 7) as f32 * 0.01);
         }
         w
+    }
+
+    /// A task model whose count per input parts from the baseline's (a scorer that calls everything an anomaly,
+    /// at the same confidence) is rolled back; one that counts alike commits.
+    #[test]
+    fn a_task_models_count_per_input_is_watched_beside_its_confidence() {
+        let now = Instant::now();
+        let mut base = baseline(100, 0.9);
+        for i in 0..50 {
+            base.push_count(usize::from(i % 25 == 0));
+        }
+        for (count, rolled_back) in [(1usize, true), (0, false)] {
+            let mut p = Probation::new(release(), base.clone(), &config(), now);
+            for i in 0..100u64 {
+                p.record_run(100 + i % 5, Some(0.9 - (i % 7) as f32 * 0.01));
+                p.record_count(count);
+            }
+            let v = p.verdict(now);
+            assert_eq!(matches!(v, Verdict::Rollback(_)), rolled_back, "{v:?}");
+            if let Verdict::Rollback(why) = v {
+                assert!(why.contains("per input"), "{why}");
+            }
+        }
     }
 
     #[test]

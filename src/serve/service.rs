@@ -69,6 +69,10 @@ pub struct InferResponse {
     /// During an A/B split: the arm that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arm: Option<ArmName>,
+    /// How hard the edge model found the input on the forward score (1 - top probability for max-prob), when the
+    /// model ran for this request: what the forward budget ranks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardness: Option<f32>,
     /// The model's raw output (logits or probabilities, as the spec says), for protocols that return tensors. An
     /// answer from the cloud keeps the edge model's output.
     #[serde(skip)]
@@ -132,6 +136,12 @@ pub struct Service {
     /// Engines that an install in this process built and passed through its quality gate, by slot, until the
     /// controller puts them to use: the model is parsed and optimised once, not again from the slot's files.
     installed: Mutex<Vec<(Serving, Arc<Engine>)>>,
+    /// The forward budget's bookkeeping, and the serving release's own budget (from its bundle).
+    budget: Mutex<crate::forward::budget::Budget>,
+    model_budget: Mutex<Option<crate::bundle::ForwardBudget>>,
+    /// The drift alarm, and the serving release's baseline (from its bundle).
+    drift: Mutex<super::drift::Drift>,
+    model_baseline: Mutex<Option<crate::bundle::Baseline>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,6 +184,10 @@ impl Service {
             split: AtomicU64::new(config.shadow.split.to_bits()),
             changes: AtomicU64::new(0),
             installed: Mutex::new(Vec::new()),
+            budget: Mutex::new(Default::default()),
+            model_budget: Mutex::new(None),
+            drift: Mutex::new(Default::default()),
+            model_baseline: Mutex::new(None),
             pool,
             cache,
             name: name.to_string(),
@@ -376,6 +390,94 @@ impl Service {
         *lock(&self.model_threshold) = t;
     }
 
+    /// What the serving release's slot record says for forwarding: its hardness threshold, budget and baseline
+    /// (`None`: a model from a file or the built-in one, which carry none).
+    pub fn set_release_info(&self, info: Option<&SlotInfo>) {
+        self.set_model_threshold(info.and_then(|i| i.hardness_threshold));
+        self.set_model_budget(
+            info.and_then(|i| i.budget),
+            info.and_then(|i| i.baseline.clone()),
+        );
+    }
+
+    /// The serving release's forward budget and drift baseline (from its bundle; `None` for a model from a file).
+    /// A new baseline starts the drift window over.
+    pub fn set_model_budget(
+        &self,
+        budget: Option<crate::bundle::ForwardBudget>,
+        baseline: Option<crate::bundle::Baseline>,
+    ) {
+        *lock(&self.model_budget) = budget;
+        let mut b = lock(&self.model_baseline);
+        if *b != baseline {
+            lock(&self.drift).reset();
+            metrics::gauge!(crate::telemetry::DRIFT, "model" => self.name.clone()).set(0.0);
+            *b = baseline;
+        }
+    }
+
+    /// The budget in force: `set` (forward.max_fraction, forward.max_per_s), then the configuration, then the
+    /// release's bundle.
+    fn budget_limits(&self) -> crate::forward::budget::BudgetLimits {
+        let setting = |k: &str| self.setting(k).and_then(|v| v.parse::<f32>().ok());
+        let release = *lock(&self.model_budget);
+        let f = &self.config.forward;
+        crate::forward::budget::BudgetLimits {
+            max_fraction: setting("forward.max_fraction")
+                .or(f.max_fraction)
+                .or(release.and_then(|b| b.max_fraction)),
+            max_per_s: setting("forward.max_per_s")
+                .or(f.max_per_s)
+                .or(release.and_then(|b| b.max_per_s)),
+            window: Duration::from_secs(f.budget_window_s),
+        }
+    }
+
+    /// One model run's hardness, against `bar` (the configured hardness threshold): the drift alarm notes it and,
+    /// with a forwarder, the budget decides whether it goes to the cloud. `score` names the hardness (a classifier's
+    /// score, or `task`): a baseline of another score is not compared.
+    fn weigh(&self, hardness: f32, bar: f32, score: &str) -> crate::forward::budget::Decision {
+        use crate::forward::budget::Decision;
+        if let Some(b) = lock(&self.model_baseline)
+            .as_ref()
+            .filter(|b| b.score == score)
+        {
+            let window = self.config.forward.drift_window as usize;
+            let mut d = lock(&self.drift);
+            if let Some(change) = d.observe(hardness, hardness > bar, window, b) {
+                let raised = change == super::drift::Change::Raised;
+                tracing::warn!(model = %self.name, raised, "drift alarm {}", if raised { "raised" } else { "cleared" });
+                metrics::gauge!(crate::telemetry::DRIFT, "model" => self.name.clone())
+                    .set(if raised { 1.0 } else { 0.0 });
+                self.changed();
+            }
+            if let Some(s) = d.status(Some(b)) {
+                metrics::gauge!(crate::telemetry::DRIFT_KS, "model" => self.name.clone())
+                    .set(s.ks.unwrap_or(0.0));
+                metrics::gauge!(crate::telemetry::DRIFT_FORWARD_RATE, "model" => self.name.clone())
+                    .set(s.forward_rate.unwrap_or(0.0));
+            }
+        }
+        if self.forwarder.get().is_none() {
+            return if hardness > bar {
+                Decision::Skip
+            } else {
+                Decision::Easy
+            };
+        }
+        let d = lock(&self.budget).decide(&self.budget_limits(), bar, hardness, Instant::now());
+        if d == Decision::Skip {
+            metrics::counter!(crate::telemetry::FORWARD_SKIPPED, "model" => self.name.clone())
+                .increment(1);
+        }
+        d
+    }
+
+    /// Whether the drift alarm is raised now.
+    pub fn drift_raised(&self) -> bool {
+        lock(&self.drift).raised()
+    }
+
     /// This model's hardness thresholds: set at run time, and its release's manifest one.
     fn thresholds(&self) -> (Option<f32>, Option<f32>) {
         let runtime = self
@@ -444,7 +546,7 @@ impl Service {
         self.record_run_counted(release, run, confidence, None);
     }
 
-    /// A run with, for a detector, its number of boxes (probation compares both).
+    /// A run with, for a task model, its count (boxes, positive scores; probation compares both).
     fn record_run_counted(
         &self,
         release: &str,
@@ -843,6 +945,7 @@ impl Service {
                 forwarded: None,
                 case_id: None,
                 arm,
+                hardness: None,
                 output: hit.output,
             });
         }
@@ -921,6 +1024,7 @@ impl Service {
             forwarded: None,
             case_id: None,
             arm,
+            hardness: None,
             output: prediction.output,
         };
         if let Some(cloud) = cloud_hit {
@@ -933,16 +1037,28 @@ impl Service {
             response.latency_us = micros(start.elapsed());
             return Ok(response);
         }
-        // Hard cases go to the cloud whichever way they came in: an image (/v1, or v2 BYTES) or a tensor (v2).
+        // Hard cases go to the cloud whichever way they came in: an image (/v1, or v2 BYTES) or a tensor (v2), within
+        // the model's forward budget (the hardest first). Every run's hardness also feeds the drift alarm.
+        let (runtime, manifest) = self.thresholds();
+        let (score, t) = match self.forwarder.get() {
+            Some(f) => f.policy(runtime, manifest),
+            None => {
+                let score = self.config.forward.score;
+                let t = runtime
+                    .or(self.config.forward.threshold)
+                    .or(manifest)
+                    .unwrap_or_else(|| crate::config::ForwardConfig::default_threshold(score));
+                (score, t)
+            }
+        };
+        let hardness = score.hardness(response.confidence, response.margin, response.entropy);
+        response.hardness = Some(hardness);
+        let decision = self.weigh(hardness, score.hardness_bar(t), score.name());
         let hard_case = self
             .forwarder
             .get()
             .filter(|_| raw.is_some() || case_tensor.is_some())
-            .filter(|f| {
-                let (runtime, manifest) = self.thresholds();
-                let (score, t) = f.policy(runtime, manifest);
-                score.is_hard(t, response.confidence, response.margin, response.entropy)
-            });
+            .filter(|_| decision == crate::forward::budget::Decision::Forward);
         let case_id = hard_case
             .map(|_| crate::forward::case_id(&self.config.fleet.device_id, cache_key.as_bytes()));
         let edge_entry = CachedResult {
@@ -1094,8 +1210,23 @@ impl Service {
         // Read before the literal below: its lock guards live to the end of the statement.
         let forward = self.forwarder.get().map(|f| {
             let (runtime, manifest) = self.thresholds();
-            f.status(runtime, manifest)
+            let mut status = f.status(runtime, manifest);
+            let limits = self.budget_limits();
+            let mut b = lock(&self.budget);
+            let (runs, fwd) = b.window(Instant::now(), limits.window);
+            status.budget = (!limits.is_unlimited()).then(|| crate::wire::status::BudgetStatus {
+                max_fraction: limits.max_fraction,
+                max_per_s: limits.max_per_s,
+                window_s: limits.window.as_secs(),
+                window_runs: runs as u64,
+                window_forwarded: fwd as u64,
+                forwarded: b.forwarded_total,
+                skipped: b.skipped_total,
+                bar: b.last_threshold,
+            });
+            status
         });
+        let drift = lock(&self.drift).status(lock(&self.model_baseline).as_ref());
         ServiceStatus {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             model: ModelInfo::of(&engine),
@@ -1126,6 +1257,7 @@ impl Service {
                     candidate: arms[1].summary(),
                 }
             }),
+            drift,
         }
     }
 }

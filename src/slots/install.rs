@@ -324,6 +324,8 @@ pub fn install_verified(
         variant: manifest.variants[chosen].name.clone(),
         reason,
         hardness_threshold: manifest.hardness_threshold,
+        budget: manifest.budget,
+        baseline: manifest.baseline.clone(),
         spec_digest: Some(crate::inference::spec_digest(&spec)),
         spare: spare.map(|(i, digest)| crate::slots::Spare {
             variant: manifest.variants[i].name.clone(),

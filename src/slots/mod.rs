@@ -76,6 +76,11 @@ pub struct SlotInfo {
     /// build (which reads NNEF only) still serves this slot. Records from before it have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spare: Option<Spare>,
+    /// The release's forward budget and drift baseline, from its bundle (format 3; records from before have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::bundle::ForwardBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::bundle::Baseline>,
 }
 
 /// A second form of a slot's release, from the same signed bundle (see [`SlotInfo::spare`]).
@@ -469,6 +474,8 @@ mod tests {
             variant: "int8".into(),
             reason: String::new(),
             hardness_threshold: None,
+            budget: None,
+            baseline: None,
             spec_digest: None,
             spare: None,
         }

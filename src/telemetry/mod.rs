@@ -59,6 +59,13 @@ pub const SLOT_TRANSITIONS: &str = "outpost_slot_transitions_total";
 pub const TRIAL_ACTIVE: &str = "outpost_trial_active";
 pub const COMMANDS: &str = "outpost_fleet_commands_total";
 pub const FORWARDED: &str = "outpost_forwarded_total";
+/// Hard cases the forward budget kept on the device (answered by the edge), by model.
+pub const FORWARD_SKIPPED: &str = "outpost_forward_skipped_total";
+/// 1 while a model's drift alarm is raised, by model.
+pub const DRIFT: &str = "outpost_drift";
+/// The drift alarm's last KS distance and the forward rate the policy wants, by model.
+pub const DRIFT_KS: &str = "outpost_drift_ks";
+pub const DRIFT_FORWARD_RATE: &str = "outpost_drift_forward_rate";
 /// Answers from the cloud tier by `result`: `accepted`, or why they were refused (forged, unknown_key, ...).
 pub const CLOUD_ANSWERS: &str = "outpost_cloud_answers_total";
 pub const OUTBOX_DROPPED: &str = "outpost_outbox_dropped_total";

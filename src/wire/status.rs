@@ -272,6 +272,59 @@ pub struct ForwardStatus {
     pub outbox: OutboxStatus,
     /// Cloud answers by outcome (`accepted`, `forged`, ...).
     pub answers: BTreeMap<String, u64>,
+    /// The model's forward budget, when one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+}
+
+/// The forward budget of one model and how it is spent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetStatus {
+    pub max_fraction: Option<f32>,
+    pub max_per_s: Option<f32>,
+    pub window_s: u64,
+    /// Model runs and forwarded cases in the window now.
+    pub window_runs: u64,
+    pub window_forwarded: u64,
+    /// Hard cases forwarded and skipped (answered by the edge over the budget), since start.
+    pub forwarded: u64,
+    pub skipped: u64,
+    /// The hardness bar the last hard case was held to (the configured one, or the budget's quantile above it).
+    pub bar: Option<f32>,
+}
+
+/// The retained message on `outpost/v1/device/<id>/alarm`: the models whose drift alarm is raised now (empty when
+/// none is), published when that set changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alarm {
+    pub device: String,
+    pub unix: u64,
+    pub drift: BTreeMap<String, DriftStatus>,
+}
+
+impl Alarm {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Alarm, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The drift alarm of one model: live hardness against its release's baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftStatus {
+    /// Raised: live traffic has parted from the baseline.
+    pub drift: bool,
+    /// The last comparison: KS distance and its critical value, the forward rate the policy wants.
+    pub ks: Option<f64>,
+    pub critical: Option<f64>,
+    pub forward_rate: Option<f64>,
+    pub baseline_forward_rate: f64,
+    pub runs: u64,
+    pub raised_total: u64,
+    pub cleared_total: u64,
 }
 
 /// A chunked download, in progress or finished.
@@ -316,6 +369,9 @@ pub struct ServiceStatus {
     pub candidate: Option<ModelInfo>,
     pub shadow: Option<ShadowSummary>,
     pub ab: Option<AbSummary>,
+    /// The drift alarm, when the release carries a baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftStatus>,
 }
 
 /// What `GET /v1/status` shows: the default model's status at the top, as a single-model agent showed it, and every
@@ -617,6 +673,16 @@ mod tests {
                     deadline_ms: 300,
                     outbox: OutboxStatus::default(),
                     answers: [("accepted".to_string(), 4)].into(),
+                    budget: Some(BudgetStatus {
+                        max_fraction: Some(0.1),
+                        max_per_s: None,
+                        window_s: 60,
+                        window_runs: 100,
+                        window_forwarded: 10,
+                        forwarded: 12,
+                        skipped: 40,
+                        bar: Some(0.4),
+                    }),
                 }),
                 candidate: Some(model.clone()),
                 shadow: Some(ShadowSummary {
@@ -643,6 +709,16 @@ mod tests {
                         mean_confidence: Some(0.5),
                         run_us: p,
                     },
+                }),
+                drift: Some(DriftStatus {
+                    drift: true,
+                    ks: Some(0.4),
+                    critical: Some(0.2),
+                    forward_rate: Some(0.6),
+                    baseline_forward_rate: 0.07,
+                    runs: 500,
+                    raised_total: 1,
+                    cleared_total: 0,
                 }),
             },
         }

@@ -749,3 +749,66 @@ pub fn wait_exit(child: &mut KillOnDrop, timeout: std::time::Duration) -> std::p
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The shifted digit stream (models/data/shifted/digits.bin, made by models/make_detectors.py): (PNG bytes, label).
+pub fn shifted_stream() -> Vec<(Vec<u8>, String)> {
+    let raw = std::fs::read(models().join("data/shifted/digits.bin")).unwrap();
+    assert_eq!(raw.len() % 785, 0);
+    raw.chunks_exact(785)
+        .map(|r| {
+            let img = image::GrayImage::from_raw(28, 28, r[1..].to_vec()).unwrap();
+            let mut png = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
+            (png, r[0].to_string())
+        })
+        .collect()
+}
+
+/// POSTs an image to `path`; the status and the JSON answer.
+pub fn post_image(daemon: &Daemon, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut r = http()
+        .post(&daemon.url(path))
+        .header("content-type", "image/png")
+        .send(body)
+        .expect("HTTP request");
+    let code = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// `outpostctl rollout start` of `bundle` to `group` in two waves (50 %, 100 %) with short phases (2 s of shadow and
+/// of observation, 5 shadow runs, every request shadowed), its output discarded; the caller waits for its exit (0
+/// completed, 3 halted).
+pub fn rollout(
+    url: &str,
+    f: &Fixture,
+    state: &Path,
+    group: &str,
+    bundle: &Path,
+    extra: &[&str],
+) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(["rollout", "start", "--broker", url, "--key", s(&f.key1)])
+            .args(["--state", s(state), "--group", group, "--waves", "50,100"])
+            .args([
+                "--shadow-s",
+                "2",
+                "--observe-s",
+                "2",
+                "--min-shadow-runs",
+                "5",
+            ])
+            .args(["--shadow-fraction", "1", "--min-devices", "1"])
+            .args(extra)
+            .arg(bundle)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}

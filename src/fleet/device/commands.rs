@@ -21,6 +21,8 @@ pub const SETTABLE: &[&str] = &[
     "telemetry.heartbeat_s",
     "shadow.fraction",
     "shadow.split",
+    "forward.max_fraction",
+    "forward.max_per_s",
 ];
 
 pub(super) fn check_setting(key: &str, value: &str) -> Result<(), String> {
@@ -29,7 +31,13 @@ pub(super) fn check_setting(key: &str, value: &str) -> Result<(), String> {
             Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(()),
             _ => Err(format!("{key} takes a number from 0 to 100, not {value:?}")),
         },
-        "shadow.fraction" | "shadow.split" => match value.parse::<f64>() {
+        "forward.max_per_s" => match value.parse::<f32>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(()),
+            _ => Err(format!(
+                "{key} takes a number of cases per second, 0 or more, not {value:?}"
+            )),
+        },
+        "shadow.fraction" | "shadow.split" | "forward.max_fraction" => match value.parse::<f64>() {
             Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
             _ => Err(format!("{key} takes a fraction from 0 to 1, not {value:?}")),
         },

@@ -50,6 +50,8 @@ pub struct Link {
     heartbeat: Duration,
     started: Instant,
     last_marker: Option<(u64, Option<usize>, u64)>,
+    /// The models whose drift alarm was raised in the last alarm message published (None: none published yet).
+    last_alarm: Option<Vec<String>>,
     last_published: Instant,
     last_requests: (u64, Instant),
     /// Hard cases: the forwarder, new cases from the request path, and cases sent and not yet answered.
@@ -142,6 +144,7 @@ impl Link {
             heartbeat: Duration::from_secs(heartbeat),
             started: Instant::now(),
             last_marker: None,
+            last_alarm: None,
             last_published: Instant::now(),
             last_requests: (0, Instant::now()),
             forward: None,
@@ -375,6 +378,38 @@ impl Link {
             .await
         {
             tracing::warn!(error = %e, "cannot publish status");
+        }
+        self.publish_alarm(client, force).await;
+    }
+
+    /// Publishes the retained alarm message when the set of models in drift changed (or on `force`: a fresh session).
+    async fn publish_alarm(&mut self, client: &AsyncClient, force: bool) {
+        let mut drift = std::collections::BTreeMap::new();
+        for (name, service) in self.registry.all() {
+            if let Some(d) = service.status().drift.filter(|d| d.drift) {
+                drift.insert(name.to_string(), d);
+            }
+        }
+        let raised: Vec<String> = drift.keys().cloned().collect();
+        if !force && self.last_alarm.as_ref() == Some(&raised) {
+            return;
+        }
+        let alarm = crate::wire::status::Alarm {
+            device: self.device.clone(),
+            unix: crate::bundle::now_unix(),
+            drift,
+        };
+        match client
+            .publish(
+                topics::alarm(&self.device),
+                QoS::AtLeastOnce,
+                true,
+                alarm.to_json(),
+            )
+            .await
+        {
+            Ok(()) => self.last_alarm = Some(raised),
+            Err(e) => tracing::warn!(error = %e, "cannot publish the alarm"),
         }
     }
 }

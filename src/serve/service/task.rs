@@ -273,7 +273,8 @@ impl Service {
         };
         let task = engine.task().cloned().unwrap_or(task);
         let confidence = ran.decoded.answer.confidence(&task);
-        let count = matches!(task, Task::Detection(_)).then(|| ran.decoded.answer.count());
+        // Probation compares the count too: a detector's boxes, a scorer's positive scores per input.
+        let count = Some(ran.decoded.answer.count());
         self.record_run_counted(engine.release_id(), ran.run, Some(confidence), count);
         if let Some((candidate, from)) = shadow {
             let (live, us) = (ran.decoded.answer.clone(), micros(ran.run));
@@ -340,11 +341,13 @@ impl Service {
                 Vec::new()
             },
         };
-        // A hard case: an object in the uncertain band, a score near its threshold.
+        // A hard case: an object in the uncertain band, a score near its threshold; within the model's forward
+        // budget (the hardest first). Every run's hardness also feeds the drift alarm.
+        let decision = self.weigh(response.hardness, 0.0, "task");
         let hard = self
             .forwarder
             .get()
-            .filter(|_| response.hardness > 0.0)
+            .filter(|_| decision == crate::forward::budget::Decision::Forward)
             .zip(case_input);
         let Some((f, (image, tensor))) = hard else {
             self.cache_edge(key, entry).await;

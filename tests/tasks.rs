@@ -1,0 +1,499 @@
+//! A detector and a scorer served next to the classifier (issue 20, "done when"), each through every part of the
+//! pipeline, on a real daemon with a real mosquitto and a real `outpostctl cloud` worker:
+//! - the cache, and hard cases forwarded to the cloud's bigger model of the same task with signed (format 2)
+//!   answers, an answer signed by an untrusted key refused;
+//! - probation rolling back a degraded release of each;
+//! - shadow agreement of a staged candidate (F1 of the boxes; scores on the same side of their threshold);
+//! - a staged rollout of a detector release over two devices, and one of a degraded release halting on its gate.
+//!
+//! Models: models/make_detectors.py (digits on 64 x 64 canvases; autoencoder anomaly scores on 28 x 28 digits).
+
+mod common;
+
+use common::{post_image, s, wait_until, Daemon, Fixture, KillOnDrop, Mosquitto};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn canvases(split: &str) -> Vec<Vec<u8>> {
+    let dir = common::models().join("data/det").join(split);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+fn digits(n: usize) -> Vec<Vec<u8>> {
+    common::test_images()
+        .iter()
+        .take(n)
+        .map(|(p, _)| std::fs::read(p).unwrap())
+        .collect()
+}
+
+fn model(path: &str) -> String {
+    common::models().join(path).display().to_string()
+}
+
+fn config(f: &Fixture, body: &str) -> String {
+    let p = f.path("outpost.toml");
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+/// Sends every image to the model; each must be a 200. Returns the answers.
+fn send(d: &Daemon, name: &str, images: &[Vec<u8>]) -> Vec<serde_json::Value> {
+    images
+        .iter()
+        .map(|img| {
+            let (code, v) = post_image(d, &format!("/v1/models/{name}/infer"), img);
+            assert_eq!(code, 200, "{v}");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn detector_and_scorer_go_through_the_cache_and_the_cloud_with_signed_answers() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let f = Fixture::new();
+    let ds = f.path("dataset");
+    let det_cloud = format!("det-edge={}", model("det/det-cloud-fp32.onnx"));
+    let score_cloud = format!("score-edge={}", model("score/score-cloud-fp32.onnx"));
+    let _w = f.cloud_worker(&url, &ds, &["--model", &det_cloud, "--model", &score_cloud]);
+    let cfg = config(&f, "[forward]\ndeadline_ms = 5000\n");
+    let (m1, m2, m3) = (
+        model("edge-int8.onnx"),
+        model("det/det-edge-int8.onnx"),
+        model("score/score-edge-fp32.onnx"),
+    );
+    let mut args = vec![
+        "--config", &cfg, "--model", &m1, "--model", &m2, "--model", &m3,
+    ];
+    args.extend(f.fleet_args(&url, "tasks-1"));
+    let d = Daemon::start(&f.path("state"), &args);
+    d.wait_model("det-edge");
+    d.wait_model("score-edge");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The detector: the canvases whose edge answer has an unsure box go to the cloud detector and come back signed.
+    let images = canvases("test");
+    let answers = send(&d, "det-edge", &images[..80]);
+    let hard: Vec<usize> = (0..80)
+        .filter(|i| answers[*i]["case_id"].is_string())
+        .collect();
+    let easy: Vec<usize> = (0..80)
+        .filter(|i| answers[*i]["case_id"].is_null())
+        .collect();
+    assert!(
+        hard.len() >= 5 && easy.len() >= 20,
+        "{} hard, {} easy",
+        hard.len(),
+        easy.len()
+    );
+    for &i in &hard {
+        let v = &answers[i];
+        assert_eq!(v["task"], "detection", "{v}");
+        assert_eq!(
+            v["source"], "cloud",
+            "the cloud detector answered in time: {v}"
+        );
+        assert_eq!(v["forwarded"], "answered", "{v}");
+        assert!(
+            v["edge_answer"]["detections"].is_array(),
+            "the edge's boxes beside the cloud's: {v}"
+        );
+        assert!(v["hardness"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    for &i in &easy {
+        assert_eq!(answers[i]["source"], "edge");
+        assert_eq!(answers[i]["hardness"], 0.0);
+    }
+    // Repeats: the cloud's answer from the cache for a hard canvas, the edge's for an easy one; nothing travels.
+    let (_, again) = post_image(&d, "/v1/models/det-edge/infer", &images[hard[0]]);
+    assert_eq!(again["source"], "cloud-cache", "{again}");
+    assert_eq!(again["detections"], answers[hard[0]]["detections"]);
+    let (_, again) = post_image(&d, "/v1/models/det-edge/infer", &images[easy[0]]);
+    assert_eq!(again["source"], "cache", "{again}");
+
+    // The scorer: shifted digits near its threshold go to the cloud's scorer, whose own threshold comes back.
+    let shifted: Vec<Vec<u8>> = common::shifted_stream()
+        .into_iter()
+        .take(150)
+        .map(|x| x.0)
+        .collect();
+    let answers = send(&d, "score-edge", &shifted);
+    let cloud: Vec<&serde_json::Value> =
+        answers.iter().filter(|v| v["source"] == "cloud").collect();
+    assert!(
+        cloud.len() >= 5,
+        "{} scores answered by the cloud",
+        cloud.len()
+    );
+    let cloud_threshold = outpost::inference::ModelSpec::from_file(
+        &common::models().join("score/score-cloud-fp32.spec.json"),
+    )
+    .unwrap();
+    let Some(outpost::inference::task::Task::Score(cs)) = cloud_threshold.task else {
+        panic!()
+    };
+    for v in &cloud {
+        assert_eq!(v["task"], "score", "{v}");
+        let t = v["scores"][0]["threshold"].as_f64().unwrap() as f32;
+        assert!(
+            (t - cs.thresholds[0]).abs() < 1e-6,
+            "the cloud scorer's answer: {v}"
+        );
+        assert!(v["edge_answer"]["scores"][0]["value"].is_number(), "{v}");
+    }
+    let positives = answers
+        .iter()
+        .filter(|v| v["scores"][0]["positive"] == true)
+        .count();
+    assert!(
+        positives > 30,
+        "the shifted digits are anomalies to the scorer: {positives} of 150"
+    );
+
+    // The classifier beside them still answers.
+    let (code, c) = post_image(&d, "/v1/infer", &digits(1)[0]);
+    assert_eq!((code, c["label"].is_string()), (200, true), "{c}");
+
+    // Every answer was verified: accepted, and the worker kept each case once, with its task.
+    let st = d.get_json("/v1/status");
+    let accepted = st["forward"]["answers"]["accepted"].as_u64().unwrap_or(0);
+    assert!(accepted as usize >= hard.len() + cloud.len(), "{st}");
+    wait_until(
+        "the worker stored the cases",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(ds.join("cases.jsonl")).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.contains("\"task\":\"detection\""))
+                .count()
+                == hard.len()
+                && text
+                    .lines()
+                    .filter(|l| l.contains("\"task\":\"score\""))
+                    .count()
+                    == cloud.len()
+        },
+    );
+
+    // A format 2 answer signed by a key the device does not trust is refused and counted, and changes nothing.
+    let stranger = outpost::bundle::keys::SigningKeyFile::generate().unwrap();
+    let case = outpost::forward::Case {
+        id: "forged-1".into(),
+        device: "tasks-1".into(),
+        image: images[0].clone(),
+        edge_label: String::new(),
+        edge_confidence: 0.0,
+        edge_model: String::new(),
+        cache_key: vec![0; 64],
+        created_unix: 1,
+        model: "det-edge".into(),
+        tensor: Vec::new(),
+        task: None,
+    };
+    let forged = outpost::forward::Answer::to_task_case(
+        &case,
+        "x",
+        &outpost::inference::ModelSpec::from_file(
+            &common::models().join("det/det-edge-int8.spec.json"),
+        )
+        .unwrap()
+        .task
+        .unwrap(),
+        outpost::inference::task::TaskAnswer::Detections(outpost::inference::task::Detections {
+            detections: Vec::new(),
+            width: 64,
+            height: 64,
+        }),
+    );
+    let file = f.path("forged.bin");
+    std::fs::write(&file, forged.sign(&stranger)).unwrap();
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-V",
+            "5",
+            "-q",
+            "1",
+        ])
+        .args(["-t", "outpost/v1/device/tasks-1/cloud"])
+        .args([
+            "-D",
+            "publish",
+            "content-type",
+            outpost::forward::ANSWER_V2_CONTENT_TYPE,
+        ])
+        .args(["-f", s(&file)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the forged answer is counted",
+        Duration::from_secs(10),
+        || d.get_json("/v1/status")["forward"]["answers"]["unknown_key"] == 1,
+    );
+    assert!(d.stop().success());
+}
+
+/// Installs `bundle` and waits until `name` serves `version` on trial.
+fn on_trial(f: &Fixture, d: &Daemon, bundle: &std::path::Path, name: &str, version: u64) {
+    f.install_ok(&d.state_dir, bundle, &[]);
+    wait_until("the release is on trial", Duration::from_secs(20), || {
+        let st = &d.get_json("/v1/status")["models"][name];
+        st["model"]["version"] == version && !st["trial"].is_null()
+    });
+}
+
+#[test]
+fn degraded_releases_of_a_detector_and_a_scorer_are_rolled_back_on_live_traffic() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    let det_v1 = f.named_bundle("d1.bundle", "det/det-edge-int8", "det-edge", 1);
+    let score_v1 = f.named_bundle("s1.bundle", "score/score-edge-fp32", "score-edge", 1);
+    f.install_committed(&state, &det_v1, "det-edge");
+    f.install_committed(&state, &score_v1, "score-edge");
+    let cfg = config(
+        &f,
+        "[cache]\nenabled = false\n\n[probation]\nrequests = 60\nseconds = 3600\nmin_samples = 30\nlatency_slack_ms = 50.0\n",
+    );
+    let d = Daemon::start(&state, &["--config", &cfg]);
+    d.wait_model("det-edge");
+    d.wait_model("score-edge");
+    let det_images = canvases("test");
+    let score_images = digits(200);
+    // Baselines: the live releases' runs.
+    send(&d, "det-edge", &det_images[..60]);
+    send(&d, "score-edge", &score_images[..60]);
+
+    // The degraded detector (its boxes fall below the threshold): every request is answered, and it goes back.
+    let det_v2 = f.named_bundle("d2.bundle", "det/det-edge-degraded", "det-edge", 2);
+    on_trial(&f, &d, &det_v2, "det-edge", 2);
+    send(&d, "det-edge", &det_images[60..140]);
+    wait_until(
+        "the detector is rolled back",
+        Duration::from_secs(20),
+        || d.get_json("/v1/status")["models"]["det-edge"]["model"]["version"] == 1,
+    );
+    let st = d.get_json("/v1/status")["models"]["det-edge"].clone();
+    assert_eq!(st["last_transition"]["transition"], "rollback", "{st}");
+    let why = st["last_transition"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains("drifted"), "{why}");
+
+    // The degraded scorer (it calls every digit an anomaly, sure of it): rolled back on its positives per input.
+    let score_v2 = f.named_bundle("s2.bundle", "score/score-edge-degraded", "score-edge", 2);
+    on_trial(&f, &d, &score_v2, "score-edge", 2);
+    send(&d, "score-edge", &score_images[60..200]);
+    wait_until("the scorer is rolled back", Duration::from_secs(20), || {
+        d.get_json("/v1/status")["models"]["score-edge"]["model"]["version"] == 1
+    });
+    let st = d.get_json("/v1/status")["models"]["score-edge"].clone();
+    assert_eq!(st["last_transition"]["transition"], "rollback", "{st}");
+    let why = st["last_transition"]["detail"].as_str().unwrap_or_default();
+    assert!(why.contains("per input"), "{why}");
+    assert!(d.stop().success());
+}
+
+/// Stages `bundle` as the candidate of `name` and waits for its shadow figures after `images`.
+fn shadow_agreement(
+    f: &Fixture,
+    d: &Daemon,
+    bundle: &std::path::Path,
+    name: &str,
+    version: u64,
+    images: &[Vec<u8>],
+) -> f64 {
+    f.install_ok(&d.state_dir, bundle, &["--candidate"]);
+    wait_until("the candidate is staged", Duration::from_secs(20), || {
+        d.get_json("/v1/status")["models"][name]["candidate"]["version"] == version
+    });
+    send(d, name, images);
+    let mut agreement = 0.0;
+    wait_until(
+        "the shadow runs are counted",
+        Duration::from_secs(20),
+        || {
+            let sh = &d.get_json("/v1/status")["models"][name]["shadow"];
+            agreement = sh["agreement"].as_f64().unwrap_or(-1.0);
+            sh["runs"].as_u64().unwrap_or(0) as usize >= images.len() / 2
+        },
+    );
+    agreement
+}
+
+#[test]
+fn staged_candidates_are_shadowed_with_the_tasks_own_agreement() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    f.install_committed(
+        &state,
+        &f.named_bundle("d1.bundle", "det/det-edge-int8", "det-edge", 1),
+        "det-edge",
+    );
+    f.install_committed(
+        &state,
+        &f.named_bundle("s1.bundle", "score/score-edge-fp32", "score-edge", 1),
+        "score-edge",
+    );
+    let cfg = config(
+        &f,
+        "[cache]\nenabled = false\n\n[shadow]\nfraction = 1.0\nmax_cpu_share = 0.9\n",
+    );
+    let d = Daemon::start(&state, &["--config", &cfg]);
+    d.wait_model("det-edge");
+    d.wait_model("score-edge");
+    let det_images = canvases("test");
+    // The fp32 form of the same detector finds the same boxes: F1 near 1.
+    let good = f.named_bundle("d2.bundle", "det/det-edge-fp32", "det-edge", 2);
+    let a = shadow_agreement(&f, &d, &good, "det-edge", 2, &det_images[..60]);
+    assert!(a > 0.9, "fp32 against int8 boxes: F1 {a}");
+    // The degraded one misses most of them.
+    let bad = f.named_bundle("d3.bundle", "det/det-edge-degraded", "det-edge", 3);
+    let b = shadow_agreement(&f, &d, &bad, "det-edge", 3, &det_images[60..120]);
+    assert!(b < 0.6, "degraded against int8 boxes: F1 {b}");
+    // Scores: the same scorer agrees on every side; the degraded one calls the digits anomalies.
+    let digits = digits(100);
+    let same = f.named_bundle("s2.bundle", "score/score-edge-fp32", "score-edge", 2);
+    let _ = same;
+    let degraded = f.named_bundle("s3.bundle", "score/score-edge-degraded", "score-edge", 3);
+    let c = shadow_agreement(&f, &d, &degraded, "score-edge", 3, &digits[..60]);
+    assert!(
+        c < 0.2,
+        "a scorer that flags everything agrees on the few anomalies only: {c}"
+    );
+    assert!(d.stop().success());
+}
+
+fn rollout(
+    url: &str,
+    f: &Fixture,
+    state: &std::path::Path,
+    bundle: &std::path::Path,
+) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(["rollout", "start", "--broker", url, "--key", s(&f.key1)])
+            .args(["--state", s(state), "--group", "det", "--waves", "50,100"])
+            .args([
+                "--shadow-s",
+                "2",
+                "--observe-s",
+                "2",
+                "--min-shadow-runs",
+                "5",
+            ])
+            .args([
+                "--shadow-fraction",
+                "1",
+                "--min-devices",
+                "1",
+                "--phase-timeout-s",
+                "120",
+            ])
+            .arg(bundle)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_detector_release_rolls_out_over_two_devices_and_a_degraded_one_halts() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let f = Fixture::new();
+    let cfg = config(
+        &f,
+        "[cache]\nenabled = false\n\n[probation]\nrequests = 30\nseconds = 3600\nmin_samples = 10\nlatency_slack_ms = 50.0\n",
+    );
+    let v1 = f.named_bundle("d1.bundle", "det/det-edge-int8", "det-edge", 1);
+    let mut daemons = Vec::new();
+    for i in 0..2 {
+        let id = format!("det-{i}");
+        let state = f.path(&id);
+        f.install_committed(&state, &v1, "det-edge");
+        let mut args = f.fleet_args(&url, &id);
+        args.extend(["--group", "det", "--config", &cfg]);
+        daemons.push(Daemon::start(&state, &args));
+    }
+    for d in &daemons {
+        d.wait_model("det-edge");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let images = canvases("test");
+    let clients: Vec<_> = daemons
+        .iter()
+        .map(|d| {
+            let u = d.url("/v1/models/det-edge/infer");
+            let (stop, failed, images) = (stop.clone(), failed.clone(), images.clone());
+            std::thread::spawn(move || {
+                let agent = common::http();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = agent
+                        .post(&u)
+                        .header("content-type", "image/png")
+                        .send(&images[i % images.len()][..]);
+                    if !matches!(r, Ok(ref r) if r.status() == 200) {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    let good = f.named_bundle("d2.bundle", "det/det-edge-fp32", "det-edge", 2);
+    let mut run = rollout(&url, &f, &f.path("rollout-good"), &good);
+    let status = run.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "the good release's rollout completes: {status}"
+    );
+    for d in &daemons {
+        wait_until("v2 live", Duration::from_secs(30), || {
+            d.get_json("/v1/status")["models"]["det-edge"]["model"]["version"] == 2
+        });
+    }
+    let bad = f.named_bundle("d3.bundle", "det/det-edge-degraded", "det-edge", 3);
+    let mut run = rollout(&url, &f, &f.path("rollout-bad"), &bad);
+    let status = run.0.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the degraded release's rollout halts on its gate"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    for d in &daemons {
+        assert_eq!(
+            d.get_json("/v1/status")["models"]["det-edge"]["model"]["version"],
+            2
+        );
+    }
+    assert_eq!(
+        failed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "requests failed during the rollouts"
+    );
+}
