@@ -296,3 +296,110 @@ fn the_daemon_serves_the_detector_beside_the_classifier() {
     assert_eq!(after["detections"], v["detections"]);
     assert!(daemon.stop().success());
 }
+
+/// The real detector end to end as a fleet ships it: a signed bundle (its ONNX file and its NNEF form, gated on the
+/// photos), installed into the device's repository, served by the full daemon and by the slim device build (which
+/// reads the NNEF form only), answering `/v1` and v2 with the face where onnxruntime puts it.
+#[test]
+fn blazeface_as_a_signed_bundle_installs_and_serves_on_the_full_and_the_slim_build() {
+    let f = common::Fixture::new();
+    let photos = f.path("golden");
+    std::fs::create_dir_all(&photos).unwrap();
+    for p in ["astronaut.png", "camera.png", "coffee.png"] {
+        std::fs::copy(dir().join(p), photos.join(p)).unwrap();
+    }
+    let bundle = f.path("blazeface.bundle");
+    let out = common::outpostctl(&[
+        "bundle",
+        "--model",
+        common::s(&dir().join("blazeface-128.onnx")),
+        "--spec",
+        common::s(&dir().join("blazeface-128.spec.json")),
+        "--version",
+        "1",
+        "--golden-images",
+        common::s(&photos),
+        "--calibration",
+        common::s(&photos),
+        "--key",
+        common::s(&f.key1),
+        "--out",
+        common::s(&bundle),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = golden("astronaut.png", "letterbox");
+    let check = |v: &serde_json::Value| {
+        assert_eq!(v["task"], "detection", "{v}");
+        let dets = v["detections"].as_array().unwrap();
+        assert_eq!(dets.len(), 1, "{v}");
+        for (x, y) in dets[0]["box"].as_array().unwrap().iter().zip(want[0].1) {
+            assert!((x.as_f64().unwrap() as f32 - y).abs() < 3.0, "{v}");
+        }
+    };
+    for slim in [false, true] {
+        let state = f.path(if slim { "slim" } else { "full" });
+        f.install_ok(&state, &bundle, &[]);
+        let promote = common::outpost(&[
+            "promote",
+            "--state-dir",
+            common::s(&state),
+            "--model",
+            "blazeface",
+        ]);
+        assert!(
+            promote.status.success(),
+            "{}",
+            String::from_utf8_lossy(&promote.stderr)
+        );
+        let daemon = if slim {
+            common::Daemon::start_bin(&common::slim_outpost(), &state, &[], &[])
+        } else {
+            common::Daemon::start(&state, &[])
+        };
+        daemon.wait_model("blazeface");
+        let st = daemon.get_json("/v1/status")["models"]["blazeface"].clone();
+        assert_eq!(st["model"]["version"], 1, "{st}");
+        let (code, v) = common::post_image(
+            &daemon,
+            "/v1/models/blazeface/infer",
+            &photo("astronaut.png"),
+        );
+        assert_eq!(code, 200, "{v}");
+        check(&v);
+        // v2 with the image as one BYTES element (binary), the decoded answer asked as the /v1 JSON.
+        let png = photo("astronaut.png");
+        let header = serde_json::json!({
+            "inputs": [{"name": "input", "shape": [1], "datatype": "BYTES",
+                        "parameters": {"binary_data_size": png.len() + 4}}],
+            "parameters": {"decoded": true},
+        });
+        let json = serde_json::to_vec(&header).unwrap();
+        let mut body = json.clone();
+        body.extend((png.len() as u32).to_le_bytes());
+        body.extend(&png);
+        let mut r = common::http()
+            .post(&daemon.url("/v2/models/blazeface/infer"))
+            .header("inference-header-content-length", &json.len().to_string())
+            .header("content-type", "application/octet-stream")
+            .send(&body[..])
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let reply: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        let answer: serde_json::Value =
+            serde_json::from_str(reply["parameters"]["outpost_answer"].as_str().unwrap()).unwrap();
+        check(&answer);
+        let boxes = reply["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "detection_boxes")
+            .unwrap();
+        assert_eq!(boxes["shape"], serde_json::json!([1, 4]), "{reply}");
+        assert!(daemon.stop().success());
+    }
+}
