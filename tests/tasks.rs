@@ -353,7 +353,7 @@ fn staged_candidates_are_shadowed_with_the_tasks_own_agreement() {
     );
     let cfg = config(
         &f,
-        "[cache]\nenabled = false\n\n[shadow]\nfraction = 1.0\nmax_cpu_share = 0.9\n",
+        "[cache]\nenabled = false\n\n[shadow]\nfraction = 1.0\nsplit = 0.3\nmax_cpu_share = 0.9\n",
     );
     let d = Daemon::start(&state, &["--config", &cfg]);
     d.wait_model("det-edge");
@@ -363,6 +363,43 @@ fn staged_candidates_are_shadowed_with_the_tasks_own_agreement() {
     let good = f.named_bundle("d2.bundle", "det/det-edge-fp32", "det-edge", 2);
     let a = shadow_agreement(&f, &d, &good, "det-edge", 2, &det_images[..60]);
     assert!(a > 0.9, "fp32 against int8 boxes: F1 {a}");
+    // The A/B split: the candidate answers about 30 % of the inputs, the same ones every time, each arm with its
+    // figures.
+    let first = send(&d, "det-edge", &det_images[..40]);
+    let second = send(&d, "det-edge", &det_images[..40]);
+    let arms: Vec<&str> = first
+        .iter()
+        .map(|v| {
+            v["arm"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{v}\n{}", d.get_json("/v1/status")))
+        })
+        .collect();
+    assert_eq!(
+        arms,
+        second
+            .iter()
+            .map(|v| v["arm"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        "sticky per input"
+    );
+    let by_candidate = arms.iter().filter(|a| **a == "candidate").count();
+    assert!(
+        (4..=24).contains(&by_candidate),
+        "{by_candidate} of 40 answered by the candidate"
+    );
+    for v in first.iter().filter(|v| v["arm"] == "candidate") {
+        assert_eq!(v["model"]["version"], 2, "{v}");
+    }
+    let ab = d.get_json("/v1/status")["models"]["det-edge"]["ab"].clone();
+    assert!(
+        ab["candidate"]["requests"].as_u64().unwrap() >= by_candidate as u64 * 2,
+        "{ab}"
+    );
+    assert!(
+        ab["candidate"]["mean_confidence"].as_f64().unwrap() > 0.5,
+        "{ab}"
+    );
     // The degraded one misses most of them.
     let bad = f.named_bundle("d3.bundle", "det/det-edge-degraded", "det-edge", 3);
     let b = shadow_agreement(&f, &d, &bad, "det-edge", 3, &det_images[60..120]);

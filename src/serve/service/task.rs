@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{micros, same_input, sampled, worker_reply, Service, ServiceError};
+use super::{in_candidate_arm, micros, same_input, sampled, worker_reply, Service, ServiceError};
 use crate::inference::task::agreement;
 use crate::inference::task::{AnswerView, Fit, Overrides, Resize, Task, TaskAnswer, TaskKind};
 use crate::inference::{DecodeLimits, Engine, InferenceError, TensorValue};
@@ -92,6 +92,29 @@ impl Serialize for TaskResponse {
             arm: self.arm,
         }
         .serialize(s)
+    }
+}
+
+/// The cache entry of an edge run: the answer and its hardness, and the outputs when they are small enough.
+fn edge_entry(ran: &crate::worker::RanTask, confidence: f32) -> CachedResult {
+    let outputs_len: usize = ran.outputs.iter().map(|o| o.data.len()).sum();
+    CachedResult {
+        label: ran.decoded.answer.summary(),
+        index: 0,
+        confidence,
+        margin: 0.0,
+        entropy: 0.0,
+        tier: "edge".into(),
+        output: Vec::new(),
+        tensors: if outputs_len <= MAX_CACHED_OUTPUT_ELEMENTS {
+            ran.outputs.clone()
+        } else {
+            Vec::new()
+        },
+        answer: Some(CachedAnswer {
+            answer: ran.decoded.answer.clone(),
+            hardness: ran.decoded.hardness,
+        }),
     }
 }
 
@@ -186,11 +209,41 @@ impl Service {
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))??;
 
+        // A/B: a staged candidate of the same task answers a sticky share of the inputs (by the digest of what makes
+        // the answer); it must be able to take the input (an image, or a tensor of the same preprocessing).
+        let ab = self
+            .candidate()
+            .filter(|c| {
+                c.release() != active.release() && c.task().map(Task::kind) == Some(task.kind())
+            })
+            .map(|c| (c, self.split()))
+            .filter(|(_, split)| *split > 0.0);
+        let arm = ab.as_ref().map(|(c, split)| {
+            let fits = raw_image.is_some() || same_input(c, &active);
+            if fits && in_candidate_arm(key.input_digest(), *split) {
+                ArmName::Candidate
+            } else {
+                ArmName::Active
+            }
+        });
+        if let (Some(ArmName::Candidate), Some((candidate, _))) = (arm, ab) {
+            let input = TaskInput {
+                tensor,
+                fit,
+                overrides,
+            };
+            return self
+                .candidate_arm(candidate, &active, raw_image, input, want_outputs, start)
+                .await;
+        }
         let usable = |h: &CachedResult| !want_outputs || !h.tensors.is_empty();
         if let Some((hit, answer)) = hit
             .filter(usable)
             .and_then(|h| h.answer.clone().map(|a| (h, a)))
         {
+            if arm.is_some() {
+                self.record_arm(ArmName::Active, answer.answer.confidence(&task), None);
+            }
             return Ok(TaskResponse {
                 answer: answer.answer,
                 hardness: answer.hardness,
@@ -204,7 +257,7 @@ impl Service {
                 edge_answer: None,
                 forwarded: None,
                 case_id: None,
-                arm: None,
+                arm,
                 outputs: hit.tensors,
             });
         }
@@ -276,6 +329,9 @@ impl Service {
         // Probation compares the count too: a detector's boxes, a scorer's positive scores per input.
         let count = Some(ran.decoded.answer.count());
         self.record_run_counted(engine.release_id(), ran.run, Some(confidence), count);
+        if arm.is_some() {
+            self.record_arm(ArmName::Active, confidence, Some(micros(ran.run)));
+        }
         if let Some((candidate, from)) = shadow {
             let (live, us) = (ran.decoded.answer.clone(), micros(ran.run));
             let t = task.clone();
@@ -306,25 +362,7 @@ impl Service {
                 },
             );
         }
-        let outputs_len: usize = ran.outputs.iter().map(|o| o.data.len()).sum();
-        let entry = CachedResult {
-            label: ran.decoded.answer.summary(),
-            index: 0,
-            confidence,
-            margin: 0.0,
-            entropy: 0.0,
-            tier: "edge".into(),
-            output: Vec::new(),
-            tensors: if outputs_len <= MAX_CACHED_OUTPUT_ELEMENTS {
-                ran.outputs.clone()
-            } else {
-                Vec::new()
-            },
-            answer: Some(CachedAnswer {
-                answer: ran.decoded.answer.clone(),
-                hardness: ran.decoded.hardness,
-            }),
-        };
+        let entry = edge_entry(&ran, confidence);
         let mut response = TaskResponse {
             answer: ran.decoded.answer,
             hardness: ran.decoded.hardness,
@@ -334,7 +372,7 @@ impl Service {
             edge_answer: None,
             forwarded: None,
             case_id: None,
-            arm: None,
+            arm,
             outputs: if want_outputs {
                 ran.outputs
             } else {
@@ -396,6 +434,88 @@ impl Service {
         }
         response.latency_us = micros(start.elapsed());
         Ok(response)
+    }
+
+    /// The candidate's arm of an A/B split: the candidate answers (from its own cache entries or a run), its figures
+    /// go to its arm. Its hard cases are not forwarded: the split compares the two models on the edge alone.
+    async fn candidate_arm(
+        &self,
+        candidate: Arc<Engine>,
+        active: &Arc<Engine>,
+        raw_image: Option<super::bytes_like::Bytes>,
+        input: TaskInput,
+        want_outputs: bool,
+        start: Instant,
+    ) -> Result<TaskResponse, ServiceError> {
+        let task = candidate
+            .task()
+            .cloned()
+            .ok_or_else(|| ServiceError::Internal("the candidate has no task".into()))?;
+        let input = match raw_image {
+            Some(image) if !same_input(&candidate, active) => {
+                let (c, limits, overrides) = (candidate.clone(), self.limits, input.overrides);
+                let (tensor, fit) =
+                    tokio::task::spawn_blocking(move || c.task_input_from_image(&image, &limits))
+                        .await
+                        .map_err(|e| ServiceError::Internal(e.to_string()))?
+                        .map_err(ServiceError::BadInput)?;
+                TaskInput {
+                    tensor,
+                    fit,
+                    overrides,
+                }
+            }
+            _ => input,
+        };
+        let key = task_key(
+            candidate.release_id(),
+            &input.tensor,
+            &input.fit,
+            &input.overrides,
+        );
+        let cache = self.cache.clone();
+        let hit =
+            tokio::task::spawn_blocking(move || cache.and_then(|c| c.get(&key).ok().flatten()))
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
+                .filter(|h| !want_outputs || !h.tensors.is_empty())
+                .and_then(|h| h.answer.clone().map(|a| (h, a)));
+        if let Some((hit, cached)) = hit {
+            self.record_arm(ArmName::Candidate, cached.answer.confidence(&task), None);
+            return Ok(TaskResponse {
+                answer: cached.answer,
+                hardness: cached.hardness,
+                source: Source::Cache,
+                model: ModelInfo::of(&candidate),
+                latency_us: micros(start.elapsed()),
+                edge_answer: None,
+                forwarded: None,
+                case_id: None,
+                arm: Some(ArmName::Candidate),
+                outputs: hit.tensors,
+            });
+        }
+        let ran = self.run_task(&candidate, input).await?;
+        let confidence = ran.decoded.answer.confidence(&task);
+        self.record_arm(ArmName::Candidate, confidence, Some(micros(ran.run)));
+        let entry = edge_entry(&ran, confidence);
+        self.cache_edge(key, entry).await;
+        Ok(TaskResponse {
+            answer: ran.decoded.answer,
+            hardness: ran.decoded.hardness,
+            source: Source::Edge,
+            model: ModelInfo::of(&candidate),
+            latency_us: micros(start.elapsed()),
+            edge_answer: None,
+            forwarded: None,
+            case_id: None,
+            arm: Some(ArmName::Candidate),
+            outputs: if want_outputs {
+                ran.outputs
+            } else {
+                Vec::new()
+            },
+        })
     }
 
     async fn run_task(
