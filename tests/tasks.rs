@@ -10,8 +10,8 @@
 
 mod common;
 
-use common::{post_image, s, wait_until, Daemon, Fixture, KillOnDrop, Mosquitto};
-use std::process::{Command, Stdio};
+use common::{post_image, s, wait_until, Daemon, Fixture, Mosquitto};
+use std::process::Command;
 use std::time::Duration;
 
 fn canvases(split: &str) -> Vec<Vec<u8>> {
@@ -417,42 +417,21 @@ fn staged_candidates_are_shadowed_with_the_tasks_own_agreement() {
     assert!(d.stop().success());
 }
 
-fn rollout(
-    url: &str,
-    f: &Fixture,
-    state: &std::path::Path,
-    bundle: &std::path::Path,
-) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(["rollout", "start", "--broker", url, "--key", s(&f.key1)])
-            .args(["--state", s(state), "--group", "det", "--waves", "50,100"])
-            .args([
-                "--shadow-s",
-                "2",
-                "--observe-s",
-                "2",
-                "--min-shadow-runs",
-                "5",
-            ])
-            .args([
-                "--shadow-fraction",
-                "1",
-                "--min-devices",
-                "1",
-                "--phase-timeout-s",
-                "120",
-            ])
-            .arg(bundle)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+/// Runs a rollout of `bundle` to the group `tasks` and returns its exit code (0 completed, 3 halted).
+fn rollout(url: &str, f: &Fixture, name: &str, bundle: &std::path::Path) -> Option<i32> {
+    let mut run = common::rollout(
+        url,
+        f,
+        &f.path(name),
+        "tasks",
+        bundle,
+        &["--phase-timeout-s", "120"],
+    );
+    run.0.wait().unwrap().code()
 }
 
 #[test]
-fn a_detector_release_rolls_out_over_two_devices_and_a_degraded_one_halts() {
+fn detector_and_scorer_releases_roll_out_over_two_devices_and_a_degraded_one_halts() {
     let broker = Mosquitto::start();
     let url = broker.url();
     let f = Fixture::new();
@@ -460,37 +439,46 @@ fn a_detector_release_rolls_out_over_two_devices_and_a_degraded_one_halts() {
         &f,
         "[cache]\nenabled = false\n\n[probation]\nrequests = 30\nseconds = 3600\nmin_samples = 10\nlatency_slack_ms = 50.0\n",
     );
-    let v1 = f.named_bundle("d1.bundle", "det/det-edge-int8", "det-edge", 1);
+    let det_v1 = f.named_bundle("d1.bundle", "det/det-edge-int8", "det-edge", 1);
+    let score_v1 = f.named_bundle("s1.bundle", "score/score-edge-fp32", "score-edge", 1);
     let mut daemons = Vec::new();
     for i in 0..2 {
-        let id = format!("det-{i}");
+        let id = format!("tasks-{i}");
         let state = f.path(&id);
-        f.install_committed(&state, &v1, "det-edge");
+        f.install_committed(&state, &det_v1, "det-edge");
+        f.install_committed(&state, &score_v1, "score-edge");
         let mut args = f.fleet_args(&url, &id);
-        args.extend(["--group", "det", "--config", &cfg]);
+        args.extend(["--group", "tasks", "--config", &cfg]);
         daemons.push(Daemon::start(&state, &args));
     }
     for d in &daemons {
         d.wait_model("det-edge");
+        d.wait_model("score-edge");
     }
+    // Steady traffic to both task models of both devices; every answer must be a 200.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let images = canvases("test");
+    let (det_images, score_images) = (canvases("test"), digits(200));
     let clients: Vec<_> = daemons
         .iter()
         .map(|d| {
-            let u = d.url("/v1/models/det-edge/infer");
-            let (stop, failed, images) = (stop.clone(), failed.clone(), images.clone());
+            let urls = [
+                (d.url("/v1/models/det-edge/infer"), det_images.clone()),
+                (d.url("/v1/models/score-edge/infer"), score_images.clone()),
+            ];
+            let (stop, failed) = (stop.clone(), failed.clone());
             std::thread::spawn(move || {
                 let agent = common::http();
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let r = agent
-                        .post(&u)
-                        .header("content-type", "image/png")
-                        .send(&images[i % images.len()][..]);
-                    if !matches!(r, Ok(ref r) if r.status() == 200) {
-                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    for (u, images) in &urls {
+                        let r = agent
+                            .post(u)
+                            .header("content-type", "image/png")
+                            .send(&images[i % images.len()][..]);
+                        if !matches!(r, Ok(ref r) if r.status() == 200) {
+                            failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                     }
                     i += 1;
                     std::thread::sleep(Duration::from_millis(5));
@@ -498,25 +486,38 @@ fn a_detector_release_rolls_out_over_two_devices_and_a_degraded_one_halts() {
             })
         })
         .collect();
-    let good = f.named_bundle("d2.bundle", "det/det-edge-fp32", "det-edge", 2);
-    let mut run = rollout(&url, &f, &f.path("rollout-good"), &good);
-    let status = run.0.wait().unwrap();
-    assert!(
-        status.success(),
-        "the good release's rollout completes: {status}"
+    let version =
+        |d: &Daemon, m: &str| d.get_json("/v1/status")["models"][m]["model"]["version"].clone();
+    // The detector's fp32 form as release 2 and the scorer's release 2: both complete on both devices.
+    let det_v2 = f.named_bundle("d2.bundle", "det/det-edge-fp32", "det-edge", 2);
+    assert_eq!(
+        rollout(&url, &f, "r-det-2", &det_v2),
+        Some(0),
+        "the detector's rollout completes"
+    );
+    let score_v2 = f.named_bundle("s2.bundle", "score/score-edge-fp32", "score-edge", 2);
+    assert_eq!(
+        rollout(&url, &f, "r-score-2", &score_v2),
+        Some(0),
+        "the scorer's rollout completes"
     );
     for d in &daemons {
-        wait_until("v2 live", Duration::from_secs(30), || {
-            d.get_json("/v1/status")["models"]["det-edge"]["model"]["version"] == 2
+        wait_until("both releases 2 live", Duration::from_secs(30), || {
+            version(d, "det-edge") == 2 && version(d, "score-edge") == 2
         });
     }
-    let bad = f.named_bundle("d3.bundle", "det/det-edge-degraded", "det-edge", 3);
-    let mut run = rollout(&url, &f, &f.path("rollout-bad"), &bad);
-    let status = run.0.wait().unwrap();
+    // Degraded releases halt on the gate (shadow agreement, confidence), and nothing changes on the devices.
+    let det_bad = f.named_bundle("d3.bundle", "det/det-edge-degraded", "det-edge", 3);
     assert_eq!(
-        status.code(),
+        rollout(&url, &f, "r-det-3", &det_bad),
         Some(3),
-        "the degraded release's rollout halts on its gate"
+        "the degraded detector's rollout halts"
+    );
+    let score_bad = f.named_bundle("s3.bundle", "score/score-edge-degraded", "score-edge", 3);
+    assert_eq!(
+        rollout(&url, &f, "r-score-3", &score_bad),
+        Some(3),
+        "the degraded scorer's rollout halts"
     );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for c in clients {
@@ -524,8 +525,8 @@ fn a_detector_release_rolls_out_over_two_devices_and_a_degraded_one_halts() {
     }
     for d in &daemons {
         assert_eq!(
-            d.get_json("/v1/status")["models"]["det-edge"]["model"]["version"],
-            2
+            (version(d, "det-edge"), version(d, "score-edge")),
+            (2.into(), 2.into())
         );
     }
     assert_eq!(
