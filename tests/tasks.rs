@@ -535,3 +535,105 @@ fn detector_and_scorer_releases_roll_out_over_two_devices_and_a_degraded_one_hal
         "requests failed during the rollouts"
     );
 }
+
+/// A real pretrained scorer of sensor data: Silero VAD (from the silero-vad wheel; three tensor inputs, one a
+/// recurrent state the client passes back) served as a scorer of speech probability, streamed over real speech
+/// through v2. Its decoded answers match onnxruntime's golden probabilities, and the one frame whose probability lies
+/// within the band of 0.5 goes to the cloud with its tensors and comes back signed.
+#[test]
+fn a_real_scorer_of_tensors_streams_speech_and_forwards_its_unsure_frame() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let f = Fixture::new();
+    let vad = model("vad/silero-vad-16k.onnx");
+    let spec = model("vad/silero-vad-score.spec.json");
+    let cloud = format!("silero-vad={vad}:{spec}");
+    let _w = f.cloud_worker(&url, &f.path("dataset"), &["--model", &cloud]);
+    let cfg = config(&f, "[forward]\ndeadline_ms = 5000\n");
+    let mut args = vec!["--config", &cfg, "--model", &vad, "--spec", &spec];
+    args.extend(f.fleet_args(&url, "vad-1"));
+    let d = Daemon::start(&f.path("state"), &args);
+    std::thread::sleep(Duration::from_millis(500));
+    let md = d.get_json("/v2/models/silero-vad");
+    assert_eq!(md["inputs"].as_array().unwrap().len(), 3, "{md}");
+
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::models().join("vad/golden.json")).unwrap())
+            .unwrap();
+    let frames: Vec<f32> = std::fs::read(common::models().join("vad/frames.bin"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let mut state = vec![0f32; 256];
+    let mut forwarded = Vec::new();
+    for (i, expected) in golden["expected"].as_array().unwrap().iter().enumerate() {
+        let body = serde_json::json!({
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [1, 576], "data": &frames[i * 576..(i + 1) * 576]},
+                {"name": "state", "datatype": "FP32", "shape": [2, 1, 128], "data": state},
+                {"name": "sr", "datatype": "INT64", "shape": [], "data": [16000]},
+            ],
+            "parameters": {"decoded": true},
+        });
+        let (code, r) = d.post_json("/v2/models/silero-vad/infer", &body);
+        assert_eq!(code, 200, "{r}");
+        let out = |n: &str| {
+            r["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["name"] == n)
+                .unwrap()
+                .clone()
+        };
+        state = out("stateN")["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let answer: serde_json::Value =
+            serde_json::from_str(r["parameters"]["outpost_answer"].as_str().unwrap()).unwrap();
+        assert_eq!(answer["task"], "score", "{answer}");
+        let want = expected["prob"].as_f64().unwrap();
+        let edge = if answer["source"] == "cloud" {
+            &answer["edge_answer"]
+        } else {
+            &answer
+        };
+        let got = edge["scores"][0]["value"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "frame {i}: {got} vs {want}");
+        assert_eq!(
+            answer["scores"][0]["positive"],
+            want >= 0.5,
+            "frame {i}: {answer}"
+        );
+        if (want - 0.5).abs() < 0.2 {
+            assert_eq!(
+                r["parameters"]["outpost_forwarded"], "answered",
+                "frame {i}: {r}"
+            );
+            assert_eq!(answer["source"], "cloud", "{answer}");
+            let cloud = answer["scores"][0]["value"].as_f64().unwrap();
+            assert!(
+                (cloud - want).abs() < 1e-4,
+                "the cloud ran the same frame and state: {cloud}"
+            );
+            forwarded.push(i);
+        } else {
+            assert!(
+                r["parameters"]["outpost_forwarded"].is_null(),
+                "frame {i}: {r}"
+            );
+        }
+    }
+    assert_eq!(
+        forwarded.len(),
+        1,
+        "one unsure frame (p = 0.339): {forwarded:?}"
+    );
+    let st = d.get_json("/v1/status");
+    assert_eq!(st["forward"]["answers"]["accepted"], 1, "{st}");
+    assert!(d.stop().success());
+}

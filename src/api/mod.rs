@@ -133,7 +133,7 @@ async fn infer_default(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    infer(registry.default_service(), query(overrides)?, headers, body).await
+    infer(registry.default_service(), overrides, headers, body).await
 }
 
 /// `/v1/models/{name}/infer`.
@@ -144,7 +144,7 @@ async fn infer_named(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    infer(model(&registry, &name)?, query(overrides)?, headers, body).await
+    infer(model(&registry, &name)?, overrides, headers, body).await
 }
 
 /// A call's thresholds from the query string, or a JSON error that names the parameters there are.
@@ -164,20 +164,24 @@ fn query(q: Result<Query<Overrides>, QueryRejection>) -> Result<Overrides, ApiEr
 /// (`score_threshold`, `iou_threshold`, `max_detections`) change a detector's thresholds for this call.
 async fn infer(
     service: Arc<Service>,
-    overrides: Overrides,
+    overrides: Result<Query<Overrides>, QueryRejection>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let start = std::time::Instant::now();
-    let result = read_body(&service, &headers, body).await;
+    // The body is read before the query is judged: a client still sending a large image gets the 400, not a
+    // connection closed under it.
+    let result = read_body(&service, &headers, body)
+        .await
+        .and_then(|body| Ok((body, query(overrides)?)));
     match result {
-        Ok(body) if service.engine().task().is_some() => Ok(Json(
+        Ok((body, overrides)) if service.engine().task().is_some() && !service.engine().is_raw() => Ok(Json(
             service
                 .infer_task(crate::serve::TaskRequestInput::Image(body), overrides, false)
                 .await?,
         )
         .into_response()),
-        Ok(_) if !overrides.is_empty() => Err(ApiError::Client {
+        Ok((_, overrides)) if !overrides.is_empty() => Err(ApiError::Client {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
             message: format!(
@@ -185,7 +189,7 @@ async fn infer(
                 service.name()
             ),
         }),
-        Ok(body) => Ok(Json(service.infer(body).await?).into_response()),
+        Ok((body, _)) => Ok(Json(service.infer(body).await?).into_response()),
         Err(e) => {
             // Refused before reaching the service: counted here so /metrics sees every request.
             service

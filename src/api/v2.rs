@@ -311,7 +311,7 @@ fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
     if let Some(c) = service.candidate() {
         versions.push(c.spec().version.to_string());
     }
-    if engine.task().is_some() {
+    if engine.task().is_some() && !engine.is_raw() {
         return ModelMetadata {
             name: name.to_string(),
             versions,
@@ -617,7 +617,7 @@ async fn run(
     let (json_len, binary_start) = split(&headers, &body)?;
     let request: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| bad(format!("the request is not an inference request: {e}")))?;
-    if service.engine().task().is_some() {
+    if service.engine().task().is_some() && !service.engine().is_raw() {
         return task::run_task(&service, name, request, &body[binary_start..]).await;
     }
     let p = &request.parameters;
@@ -915,6 +915,7 @@ async fn run_raw(
             )));
         }
     }
+    let decoded = request.parameters.decoded;
     let answer = service.infer_tensors(inputs).await?;
     let requested: Vec<(String, bool)> = match request.outputs.as_slice() {
         [] => io
@@ -955,11 +956,18 @@ async fn run_raw(
             model_name: name,
             model_version: answer.model.version.to_string(),
             id: request.id,
+            // A scorer of tensors says what became of a hard case, and gives its answer as `/v1` shows task answers
+            // when asked (`decoded: true`).
             parameters: Some(ReplyParameters {
                 outpost_source: answer.source,
-                outpost_forwarded: None,
-                outpost_case_id: None,
-                outpost_answer: None,
+                outpost_forwarded: answer.task.as_ref().and_then(|t| t.forwarded),
+                outpost_case_id: answer.task.as_ref().and_then(|t| t.case_id.clone()),
+                outpost_answer: match (&answer.task, decoded) {
+                    (Some(t), true) => Some(
+                        serde_json::to_string(t).map_err(|e| ApiError::Internal(e.to_string()))?,
+                    ),
+                    _ => None,
+                },
             }),
             outputs,
         },

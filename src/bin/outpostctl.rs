@@ -124,7 +124,7 @@ enum Command {
         #[command(flatten)]
         mqtt: MqttArgs,
         /// The cloud model: PATH answers every case; NAME=PATH (repeatable) answers the cases of the device model
-        /// NAME. Each spec is <model stem>.spec.json beside it, or --spec for a single PATH.
+        /// NAME. Each spec is <model stem>.spec.json beside it, or --spec for a single PATH, or NAME=PATH:SPEC.
         #[arg(long, default_value = "models/cloud-fp32.onnx")]
         model: Vec<String>,
         /// The spec of a single --model PATH (default: <model stem>.spec.json beside it).
@@ -1011,7 +1011,14 @@ async fn fleet(c: Command) -> Result<()> {
                 match m.split_once('=') {
                     Some((name, path)) => {
                         outpost::repo::check_name(name)?;
-                        let engine = Engine::load_files(std::path::Path::new(path), None)
+                        // NAME=MODEL:SPEC names the spec when it is not <model stem>.spec.json.
+                        let (path, spec) = match path.rsplit_once(':') {
+                            Some((p, s)) if s.ends_with(".json") => {
+                                (p, Some(std::path::Path::new(s)))
+                            }
+                            _ => (path, None),
+                        };
+                        let engine = Engine::load_files(std::path::Path::new(path), spec)
                             .with_context(|| path.to_string())?;
                         models
                             .by_model

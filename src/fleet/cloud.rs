@@ -28,6 +28,16 @@ use crate::inference::{DecodeLimits, Engine, InferenceError};
 fn answer_case(engine: &Engine, case: &Case) -> Result<Answer, InferenceError> {
     let limits = DecodeLimits::default();
     match (engine.task(), &case.task) {
+        (Some(task), Some(t)) if !t.inputs.is_empty() => {
+            // A scorer of tensors: the case's inputs as they are (the cloud model must take them).
+            let (decoded, _) = engine.run_task_tensors(&t.inputs)?;
+            Ok(Answer::to_task_case(
+                case,
+                engine.digest(),
+                task,
+                decoded.answer,
+            ))
+        }
         (Some(task), Some(t)) => {
             let (tensor, fit) = if case.tensor.is_empty() {
                 engine.task_input_from_image(&case.image, &limits)?

@@ -125,6 +125,8 @@ pub struct TaskCase {
     pub overrides: Overrides,
     pub edge_answer: TaskAnswer,
     pub edge_hardness: f32,
+    /// A scorer of tensors' inputs (the case's `image` and `tensor` are then empty); empty for an image's case.
+    pub inputs: Vec<crate::inference::TensorValue>,
 }
 
 /// A case as agents before task models wrote it (and as a classifier's tensor case is still encoded).
@@ -164,6 +166,12 @@ impl Case {
     /// SHA-256 of what the case asks about, as the signed answer binds it: the image as sent or, for a tensor case,
     /// the tensor's little-endian bytes under a domain tag (so no image can collide with a tensor).
     pub fn input_digest(&self) -> [u8; 32] {
+        if let Some(t) = self.task.as_ref().filter(|t| !t.inputs.is_empty()) {
+            let mut h = Sha256::new();
+            h.update(b"outpost-case-tensors-v1\0");
+            h.update(crate::inference::tensor::tensors_digest(&t.inputs));
+            return h.finalize().into();
+        }
         if self.tensor.is_empty() {
             return input_digest(&self.image);
         }
@@ -750,6 +758,7 @@ mod tests {
                 overrides: Overrides::default(),
                 edge_answer: detections(0.5),
                 edge_hardness: 1.0,
+                inputs: Vec::new(),
             }),
         }
     }

@@ -913,6 +913,33 @@ impl Engine {
         Ok(self.session()?.run_task(input, fit, overrides)?.0)
     }
 
+    /// A scorer of tensors: runs on the request's tensors and decodes its scores; the outputs come back too.
+    pub fn run_task_tensors(
+        &self,
+        inputs: &[TensorValue],
+    ) -> Result<(task::Decoded, Vec<TensorValue>), InferenceError> {
+        let outputs = self.run_tensors(inputs)?;
+        let decoded = self.decode_tensors(&outputs)?;
+        Ok((decoded, outputs))
+    }
+
+    /// A scorer of tensors' answer from its outputs (`None` task: an error).
+    pub fn decode_tensors(&self, outputs: &[TensorValue]) -> Result<task::Decoded, InferenceError> {
+        let task =
+            self.spec.task.as_ref().ok_or_else(|| {
+                InferenceError::Run(format!("model {} has no task", self.spec.name))
+            })?;
+        let fit = task::Fit::new(task::Resize::Stretch, 0, 0, 0, 0);
+        task.decode(
+            outputs,
+            &self.spec.labels,
+            (0, 0),
+            &fit,
+            &task::Overrides::default(),
+        )
+        .map_err(InferenceError::Run)
+    }
+
     /// Whether this is a raw tensor model (its spec lists tensors).
     pub fn is_raw(&self) -> bool {
         self.spec.tensors.is_some()

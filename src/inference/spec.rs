@@ -263,8 +263,33 @@ impl ModelSpec {
 
     /// Checks the relations a loader relies on, so that a bad spec is a clear error rather than a wrong answer.
     pub fn validate(&self) -> Result<(), String> {
-        if self.task.is_some() && self.tensors.is_some() {
-            return Err("a task model (detection, score) takes an image: it has input and preprocess, not tensors".into());
+        if let (Some(task), Some(io)) = (&self.task, &self.tensors) {
+            // A scorer may take tensors (sensor windows, audio frames): its scores are one of its outputs. A
+            // detector's boxes are in an image's pixels: it takes an image.
+            let super::task::Task::Score(score) = task else {
+                return Err(
+                    "a detector takes an image: it has input and preprocess, not tensors".into(),
+                );
+            };
+            let fits = io.outputs.iter().any(|t| {
+                t.name == score.output.name
+                    && t.shape == score.output.shape
+                    && t.datatype == Dtype::Fp32
+            });
+            if !fits {
+                return Err(format!(
+                    "the score output {} (FP32 {:?}) is not one of the tensors' outputs",
+                    score.output.name, score.output.shape
+                ));
+            }
+            if self.input != InputSpec::default() || self.preprocess != Preprocess::default() {
+                return Err(
+                    "a scorer of tensors lists its inputs in tensors, not input and preprocess"
+                        .into(),
+                );
+            }
+            io.validate()?;
+            return task.validate(&self.labels, (0, 0));
         }
         if let Some(io) = &self.tensors {
             if self.input != InputSpec::default()

@@ -578,15 +578,13 @@ impl Task {
         overrides: &Overrides,
     ) -> Result<Decoded, String> {
         let want = self.outputs();
-        if outputs.len() != want.len() {
-            return Err(format!(
-                "the model gave {} outputs, the task reads {}",
-                outputs.len(),
-                want.len()
-            ));
-        }
-        let mut values = Vec::with_capacity(outputs.len());
-        for (o, t) in outputs.iter().zip(&want) {
+        let mut values = Vec::with_capacity(want.len());
+        for t in &want {
+            // By name: a scorer of tensors gives other outputs too (a recurrent state).
+            let o = outputs
+                .iter()
+                .find(|o| o.name == t.name)
+                .ok_or_else(|| format!("the model gave no output {}", t.name))?;
             match &o.data {
                 TensorData::Fp32(v) if v.len() == t.len() => values.push(v.as_slice()),
                 _ => {
@@ -1295,5 +1293,52 @@ mod tests {
         assert_eq!(agreement(&a, &b), 0.5);
         assert_eq!(agreement(&d(&[]), &d(&[])), 1.0);
         assert_eq!(agreement(&a, &d(&[])), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use crate::inference::ModelSpec;
+
+    const VAD: &str = include_str!("../../models/vad/silero-vad-score.spec.json");
+
+    /// A scorer may take tensors, its score being one of its outputs; a detector may not (its boxes are in an image's
+    /// pixels), and a score output the tensors do not list is refused naming it.
+    #[test]
+    fn a_scorer_of_tensors_names_one_of_its_outputs() {
+        let spec: ModelSpec = serde_json::from_str(VAD).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.kind(), super::TaskKind::Score);
+        assert_eq!(spec.io(), spec.tensors.clone());
+        let wrong = VAD.replace(
+            r#""output": {"name": "output""#,
+            r#""output": {"name": "prob""#,
+        );
+        let e = serde_json::from_str::<ModelSpec>(&wrong)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.contains("prob") && e.contains("not one of the tensors' outputs"),
+            "{e}"
+        );
+        let mut det = spec.clone();
+        det.labels = vec!["x".into()];
+        det.task = Some(super::Task::Detection(super::DetectionSpec {
+            decoder: super::Decoder::Yolov8 {
+                output: super::OutputRef {
+                    name: "output".into(),
+                    shape: vec![1, 5, 1],
+                },
+            },
+            resize: super::Resize::Stretch,
+            fill: 0,
+            score_threshold: 0.5,
+            iou_threshold: 0.5,
+            max_detections: 1,
+            uncertain: [0.2, 0.6],
+        }));
+        let e = det.validate().unwrap_err();
+        assert!(e.contains("detector takes an image"), "{e}");
     }
 }

@@ -41,10 +41,12 @@ impl ModelInfo {
 pub struct TensorsResponse {
     /// In the spec's order.
     pub outputs: Vec<TensorValue>,
-    /// `edge` or `cache`.
+    /// `edge`, `cache`, or `cloud` for a scorer's hard case the cloud answered.
     pub source: Source,
     pub model: ModelInfo,
     pub latency_us: u64,
+    /// A scorer of tensors' decoded answer (the cloud's, for a hard case it answered), as `/v1` shows task answers.
+    pub task: Option<TaskResponse>,
 }
 
 /// The answer to one inference request.
@@ -697,11 +699,13 @@ impl Service {
                     None
                 });
             if let Some(hit) = hit.filter(|h| !h.tensors.is_empty()) {
+                let task = self.cached_tensor_task(&active, &hit, start);
                 return Ok(TensorsResponse {
                     outputs: hit.tensors,
-                    source: Source::Cache,
+                    source: task.as_ref().map_or(Source::Cache, |t| t.source),
                     model: ModelInfo::of(&active),
                     latency_us: micros(start.elapsed()),
+                    task,
                 });
             }
         }
@@ -716,6 +720,9 @@ impl Service {
         let retry = fallback_at_admission
             .filter(|f| f.release() != active.release() && f.spec().raw() == Some(&io))
             .map(|f| (f, inputs.clone()));
+        // A scorer of tensors' hard case carries the inputs to the cloud.
+        let case_inputs =
+            (active.task().is_some() && self.forwarder.get().is_some()).then(|| inputs.clone());
         let (engine, ran) = match self.run_tensors(&active, inputs).await {
             Ok(ran) => (active, ran),
             Err(ServiceError::Internal(message)) => {
@@ -729,7 +736,18 @@ impl Service {
             }
             Err(e) => return Err(e),
         };
-        self.record_run(engine.release_id(), ran.run, None);
+        // A scorer of tensors: its scores decoded and judged (probation, drift, a hard case forwarded); a raw model
+        // is judged on errors and latency alone.
+        let task = match engine.task() {
+            Some(_) => Some(
+                self.tensor_task(&engine, &ran.outputs, ran.run, case_inputs, start)
+                    .await?,
+            ),
+            None => {
+                self.record_run(engine.release_id(), ran.run, None);
+                None
+            }
+        };
         if let (Some(c), Some(d)) = (cache, digest) {
             let key = CacheKey::with_input_digest(engine.release_id(), &d);
             let entry = CachedResult {
@@ -753,9 +771,10 @@ impl Service {
         }
         Ok(TensorsResponse {
             outputs: ran.outputs,
-            source: Source::Edge,
+            source: task.as_ref().map_or(Source::Edge, |t| t.source),
             model: ModelInfo::of(&engine),
             latency_us: micros(start.elapsed()),
+            task,
         })
     }
 
@@ -767,10 +786,23 @@ impl Service {
         active: Vec<TensorValue>,
         active_us: u64,
     ) {
+        // A scorer of tensors agrees by its scores' sides of the threshold; a raw model by its outputs' values.
+        let task = candidate.task().cloned();
         self.shadow_job(
             candidate,
             move |c| c.run_tensors(&inputs),
             move |s, out, us| {
+                let decode = |t: &crate::inference::task::Task, o: &[TensorValue]| {
+                    let fit = crate::inference::task::Fit::new(Default::default(), 0, 0, 0, 0);
+                    t.decode(o, &[], (0, 0), &fit, &Default::default()).ok()
+                };
+                if let Some(t) = &task {
+                    if let (Some(a), Some(b)) = (decode(t, &active), decode(t, &out)) {
+                        let agreement = crate::inference::task::agreement(&a.answer, &b.answer);
+                        let conf = (a.answer.confidence(t), b.answer.confidence(t));
+                        return s.record_task(agreement, conf, active_us, us);
+                    }
+                }
                 s.record_raw(
                     super::shadow::raw_outputs_agree(&active, &out),
                     active_us,

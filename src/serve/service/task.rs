@@ -14,7 +14,8 @@ use crate::inference::task::agreement;
 use crate::inference::task::{AnswerView, Fit, Overrides, Resize, Task, TaskAnswer, TaskKind};
 use crate::inference::{DecodeLimits, Engine, InferenceError, TensorValue};
 use crate::serve::ModelInfo;
-use crate::store::{CacheKey, CachedAnswer, CachedResult};
+use crate::store::CacheKey;
+use crate::store::{CachedAnswer, CachedResult};
 use crate::wire::status::{ArmName, Forwarded, Source};
 use crate::worker::TaskInput;
 use std::sync::atomic::Ordering;
@@ -54,6 +55,56 @@ pub struct TaskResponse {
     pub arm: Option<ArmName>,
     /// The model's outputs, when the request asked for them and they were at hand (the Open Inference Protocol).
     pub outputs: Vec<TensorValue>,
+}
+
+impl TaskResponse {
+    /// An answer with nothing forwarded, no arm and no outputs.
+    fn new(
+        answer: TaskAnswer,
+        hardness: f32,
+        source: Source,
+        model: ModelInfo,
+        start: Instant,
+    ) -> TaskResponse {
+        TaskResponse {
+            answer,
+            hardness,
+            source,
+            model,
+            latency_us: micros(start.elapsed()),
+            edge_answer: None,
+            forwarded: None,
+            case_id: None,
+            arm: None,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// What became of the case this answer's input was sent as: the cloud's answer of the same task replaces the
+    /// edge's (kept beside it), or the case is queued, or it could not be queued.
+    fn absorb(
+        &mut self,
+        forwarded: Result<Option<crate::forward::Answer>, crate::forward::ForwardError>,
+    ) {
+        self.forwarded = Some(match forwarded {
+            Ok(Some(cloud)) => match cloud.task {
+                Some(answer) if answer.kind() == self.answer.kind() => {
+                    self.edge_answer = Some(std::mem::replace(&mut self.answer, answer));
+                    self.source = Source::Cloud;
+                    Forwarded::Answered
+                }
+                _ => {
+                    tracing::warn!("the cloud answered a task case with another kind of answer; the edge answers");
+                    Forwarded::Failed
+                }
+            },
+            Ok(None) => Forwarded::Queued,
+            Err(e) => {
+                tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
+                Forwarded::Failed
+            }
+        });
+    }
 }
 
 /// The JSON of `/v1` (and of a v2 answer's `answer` parameter): the task, its answer's fields at the top level, then
@@ -244,21 +295,16 @@ impl Service {
             if arm.is_some() {
                 self.record_arm(ArmName::Active, answer.answer.confidence(&task), None);
             }
+            let source = if hit.tier == "cloud" {
+                Source::CloudCache
+            } else {
+                Source::Cache
+            };
+            let model = ModelInfo::of(&active);
             return Ok(TaskResponse {
-                answer: answer.answer,
-                hardness: answer.hardness,
-                source: if hit.tier == "cloud" {
-                    Source::CloudCache
-                } else {
-                    Source::Cache
-                },
-                model: ModelInfo::of(&active),
-                latency_us: micros(start.elapsed()),
-                edge_answer: None,
-                forwarded: None,
-                case_id: None,
                 arm,
                 outputs: hit.tensors,
+                ..TaskResponse::new(answer.answer, answer.hardness, source, model, start)
             });
         }
         // The case's input: the image as sent, or the request's tensor (kept only when a forwarder may need it).
@@ -363,21 +409,21 @@ impl Service {
             );
         }
         let entry = edge_entry(&ran, confidence);
+        let model = ModelInfo::of(&engine);
         let mut response = TaskResponse {
-            answer: ran.decoded.answer,
-            hardness: ran.decoded.hardness,
-            source: Source::Edge,
-            model: ModelInfo::of(&engine),
-            latency_us: micros(start.elapsed()),
-            edge_answer: None,
-            forwarded: None,
-            case_id: None,
             arm,
             outputs: if want_outputs {
                 ran.outputs
             } else {
                 Vec::new()
             },
+            ..TaskResponse::new(
+                ran.decoded.answer,
+                ran.decoded.hardness,
+                Source::Edge,
+                model,
+                start,
+            )
         };
         // A hard case: an object in the uncertain band, a score near its threshold; within the model's forward
         // budget (the hardest first). Every run's hardness also feeds the drift alarm.
@@ -392,42 +438,16 @@ impl Service {
             return Ok(response);
         };
         let id = crate::forward::case_id(&self.config.fleet.device_id, key.as_bytes());
-        let case = crate::forward::Case {
-            id: id.clone(),
-            device: self.config.fleet.device_id.clone(),
-            image,
-            edge_label: response.answer.summary(),
-            edge_confidence: confidence,
-            edge_model: response.model.digest.clone(),
-            cache_key: key.as_bytes().to_vec(),
-            created_unix: crate::bundle::now_unix(),
-            model: self.name.clone(),
-            tensor,
-            task: Some(crate::forward::TaskCase {
-                overrides,
-                edge_answer: response.answer.clone(),
-                edge_hardness: response.hardness,
-            }),
-        };
+        let case = self.task_case(
+            &id,
+            &key,
+            &response,
+            confidence,
+            (image, tensor, Vec::new()),
+            overrides,
+        );
         response.case_id = Some(id);
-        match f.forward(case).await {
-            Ok(Some(cloud)) => match cloud.task {
-                Some(answer) if answer.kind() == response.answer.kind() => {
-                    response.edge_answer = Some(std::mem::replace(&mut response.answer, answer));
-                    response.source = Source::Cloud;
-                    response.forwarded = Some(Forwarded::Answered);
-                }
-                _ => {
-                    tracing::warn!("the cloud answered a task case with another kind of answer; the edge answers");
-                    response.forwarded = Some(Forwarded::Failed);
-                }
-            },
-            Ok(None) => response.forwarded = Some(Forwarded::Queued),
-            Err(e) => {
-                tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
-                response.forwarded = Some(Forwarded::Failed);
-            }
-        }
+        response.absorb(f.forward(case).await);
         // Cached only once the case is durably queued, and never over the cloud's answer.
         if response.forwarded != Some(Forwarded::Answered) {
             self.cache_edge(key, entry).await;
@@ -482,17 +502,11 @@ impl Service {
                 .and_then(|h| h.answer.clone().map(|a| (h, a)));
         if let Some((hit, cached)) = hit {
             self.record_arm(ArmName::Candidate, cached.answer.confidence(&task), None);
+            let model = ModelInfo::of(&candidate);
             return Ok(TaskResponse {
-                answer: cached.answer,
-                hardness: cached.hardness,
-                source: Source::Cache,
-                model: ModelInfo::of(&candidate),
-                latency_us: micros(start.elapsed()),
-                edge_answer: None,
-                forwarded: None,
-                case_id: None,
                 arm: Some(ArmName::Candidate),
                 outputs: hit.tensors,
+                ..TaskResponse::new(cached.answer, cached.hardness, Source::Cache, model, start)
             });
         }
         let ran = self.run_task(&candidate, input).await?;
@@ -500,22 +514,137 @@ impl Service {
         self.record_arm(ArmName::Candidate, confidence, Some(micros(ran.run)));
         let entry = edge_entry(&ran, confidence);
         self.cache_edge(key, entry).await;
+        let model = ModelInfo::of(&candidate);
         Ok(TaskResponse {
-            answer: ran.decoded.answer,
-            hardness: ran.decoded.hardness,
-            source: Source::Edge,
-            model: ModelInfo::of(&candidate),
-            latency_us: micros(start.elapsed()),
-            edge_answer: None,
-            forwarded: None,
-            case_id: None,
             arm: Some(ArmName::Candidate),
             outputs: if want_outputs {
                 ran.outputs
             } else {
                 Vec::new()
             },
+            ..TaskResponse::new(
+                ran.decoded.answer,
+                ran.decoded.hardness,
+                Source::Edge,
+                model,
+                start,
+            )
         })
+    }
+
+    /// A scorer of tensors after its run: the scores decoded from the outputs, the run recorded with the task's
+    /// confidence and count, and a hard case (a score within its band of the threshold, within the budget) sent to
+    /// the cloud with its inputs.
+    pub(super) async fn tensor_task(
+        &self,
+        engine: &Arc<Engine>,
+        outputs: &[TensorValue],
+        run: std::time::Duration,
+        case_inputs: Option<Vec<TensorValue>>,
+        start: Instant,
+    ) -> Result<TaskResponse, ServiceError> {
+        let task = engine
+            .task()
+            .cloned()
+            .ok_or_else(|| ServiceError::Internal("the model has no task".into()))?;
+        let decoded = engine
+            .decode_tensors(outputs)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let confidence = decoded.answer.confidence(&task);
+        self.record_run_counted(
+            engine.release_id(),
+            run,
+            Some(confidence),
+            Some(decoded.answer.count()),
+        );
+        let mut response = TaskResponse::new(
+            decoded.answer,
+            decoded.hardness,
+            Source::Edge,
+            ModelInfo::of(engine),
+            start,
+        );
+        let decision = self.weigh(response.hardness, 0.0, "task");
+        let hard = self
+            .forwarder
+            .get()
+            .filter(|_| decision == crate::forward::budget::Decision::Forward)
+            .zip(case_inputs);
+        let Some((f, inputs)) = hard else {
+            return Ok(response);
+        };
+        let digest = crate::inference::tensor::tensors_digest(&inputs);
+        let key = CacheKey::with_input_digest(engine.release_id(), &digest);
+        let id = crate::forward::case_id(&self.config.fleet.device_id, key.as_bytes());
+        let input = (Vec::new(), Vec::new(), inputs);
+        let case = self.task_case(
+            &id,
+            &key,
+            &response,
+            confidence,
+            input,
+            Overrides::default(),
+        );
+        response.case_id = Some(id);
+        response.absorb(f.forward(case).await);
+        response.latency_us = micros(start.elapsed());
+        Ok(response)
+    }
+
+    /// A task model's hard case: its input (the image as sent, a preprocessed tensor, or a scorer's tensors), the
+    /// call's thresholds and the edge's answer.
+    fn task_case(
+        &self,
+        id: &str,
+        key: &CacheKey,
+        response: &TaskResponse,
+        confidence: f32,
+        (image, tensor, inputs): (Vec<u8>, Vec<f32>, Vec<TensorValue>),
+        overrides: Overrides,
+    ) -> crate::forward::Case {
+        crate::forward::Case {
+            id: id.to_string(),
+            device: self.config.fleet.device_id.clone(),
+            image,
+            edge_label: response.answer.summary(),
+            edge_confidence: confidence,
+            edge_model: response.model.digest.clone(),
+            cache_key: key.as_bytes().to_vec(),
+            created_unix: crate::bundle::now_unix(),
+            model: self.name.clone(),
+            tensor,
+            task: Some(crate::forward::TaskCase {
+                overrides,
+                edge_answer: response.answer.clone(),
+                edge_hardness: response.hardness,
+                inputs,
+            }),
+        }
+    }
+
+    /// A scorer of tensors' answer from a cache entry: the cloud's when it answered the case, else decoded from the
+    /// cached outputs (a raw model: none).
+    pub(super) fn cached_tensor_task(
+        &self,
+        engine: &Engine,
+        hit: &CachedResult,
+        start: Instant,
+    ) -> Option<TaskResponse> {
+        engine.task()?;
+        let (answer, hardness, source) = match (&hit.answer, hit.tier.as_str()) {
+            (Some(a), "cloud") => (a.answer.clone(), a.hardness, Source::CloudCache),
+            _ => {
+                let d = engine.decode_tensors(&hit.tensors).ok()?;
+                (d.answer, d.hardness, Source::Cache)
+            }
+        };
+        Some(TaskResponse::new(
+            answer,
+            hardness,
+            source,
+            ModelInfo::of(engine),
+            start,
+        ))
     }
 
     async fn run_task(
