@@ -428,3 +428,27 @@ fn settings_key(default: &str, model: &str) -> String {
         format!("{SETTINGS}/{model}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forward budget can be set remotely, within its ranges, and a bad value is refused with the key named.
+    #[test]
+    fn the_budget_is_settable_within_its_ranges() {
+        assert!(
+            SETTABLE.contains(&"forward.max_fraction") && SETTABLE.contains(&"forward.max_per_s")
+        );
+        assert!(check_setting("forward.max_fraction", "0.05").is_ok());
+        assert!(check_setting("forward.max_per_s", "2.5").is_ok());
+        for (k, v) in [
+            ("forward.max_fraction", "1.5"),
+            ("forward.max_fraction", "lots"),
+            ("forward.max_per_s", "-1"),
+            ("forward.max_per_s", "NaN"),
+        ] {
+            let e = check_setting(k, v).unwrap_err();
+            assert!(e.contains(k), "{e}");
+        }
+    }
+}
