@@ -94,9 +94,11 @@ impl Budget {
                 .flatten()
                 .fold(1.0f64, f64::min)
                 .clamp(0.0, 1.0);
-            let bar = self
-                .quantile(fraction)
-                .map_or(threshold, |q| q.max(threshold));
+            // The quantile aims at the share still unspent in the window: the cap below cuts every local excess,
+            // so without this the share would settle under its budget.
+            let spent = self.forwarded_in_window as f64 / n as f64;
+            let aim = (2.0 * fraction - spent).clamp(0.0, 1.0);
+            let bar = self.quantile(aim).map_or(threshold, |q| q.max(threshold));
             self.last_threshold = Some(bar);
             let room = ((self.forwarded_in_window + 1) as f64) <= fraction * n as f64 + 1e-9;
             if hardness > bar && room {
