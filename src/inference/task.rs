@@ -804,7 +804,13 @@ fn candidates(
             && bbox[2] > bbox[0]
             && bbox[3] > bbox[1]
         {
-            out.push(Candidate { bbox, score, class });
+            // A score above 1 (a model whose spec says its scores are probabilities when they are not) counts as
+            // sure, so answers stay within 0..1 wherever they go (the cloud tier's answers are checked for it).
+            out.push(Candidate {
+                bbox,
+                score: score.min(1.0),
+                class,
+            });
         }
     };
     match decoder {
@@ -1229,6 +1235,114 @@ mod tests {
             )
             .unwrap();
         assert_eq!(d.answer.count(), 0);
+    }
+
+    /// Whatever a model outputs (huge, tiny, negative, NaN, infinite values), every decoder answers within its
+    /// bounds and never panics: boxes finite and inside the image, scores finite, at most `max_detections`.
+    #[test]
+    fn any_output_decodes_to_a_bounded_answer() {
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            0.0,
+            1.0,
+            -0.0,
+            0.5,
+            1e-30,
+        ];
+        let mut x: u64 = 7;
+        let mut next = |i: usize| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if x >> 60 == 0 {
+                specials[i % specials.len()]
+            } else {
+                ((x >> 33) as f32 / (1u64 << 31) as f32) * 130.0 - 30.0
+            }
+        };
+        let ssd = Decoder::Ssd {
+            scores: out("s", &[1, 6, 2]),
+            boxes: out("b", &[1, 6, 5]),
+            anchors: Anchors {
+                layers: vec![AnchorLayer {
+                    stride: 16,
+                    per_cell: 6,
+                }],
+                offset: 0.5,
+            },
+            scale: [16.0; 4],
+            order: CodeOrder::Yxhw,
+            size: SizeCoding::Exp,
+            activation: Activation::Sigmoid,
+        };
+        let decoders = [
+            (
+                Decoder::Yolov8 {
+                    output: out("o", &[1, 6, 20]),
+                },
+                vec![("o", vec![1, 6, 20])],
+            ),
+            (
+                Decoder::Yolov5 {
+                    output: out("o", &[1, 20, 7]),
+                },
+                vec![("o", vec![1, 20, 7])],
+            ),
+            (
+                Decoder::BoxesScores {
+                    boxes: out("b", &[1, 20, 4]),
+                    scores: out("s", &[1, 20, 2]),
+                    format: BoxFormat::Cxcywh,
+                    normalized: true,
+                    activation: Activation::Sigmoid,
+                },
+                vec![("b", vec![1, 20, 4]), ("s", vec![1, 20, 2])],
+            ),
+            (ssd, vec![("s", vec![1, 6, 2]), ("b", vec![1, 6, 5])]),
+        ];
+        for (decoder, shapes) in decoders {
+            let task = Task::Detection(DetectionSpec {
+                max_detections: 5,
+                score_threshold: 0.0,
+                ..det(decoder)
+            });
+            task.validate(&labels(2), (16, 16)).unwrap();
+            for resize in [Resize::Stretch, Resize::Letterbox] {
+                let fit = Fit::new(resize, 40, 10, 16, 16);
+                for round in 0..200 {
+                    let outputs: Vec<TensorValue> = shapes
+                        .iter()
+                        .map(|(n, s)| {
+                            let len = s.iter().product::<usize>();
+                            value(n, s, (0..len).map(|i| next(i + round)).collect())
+                        })
+                        .collect();
+                    let d = task
+                        .decode(&outputs, &labels(2), (16, 16), &fit, &Overrides::default())
+                        .unwrap();
+                    assert!((0.0..=1.0).contains(&d.hardness), "{}", d.hardness);
+                    let TaskAnswer::Detections(ds) = d.answer else {
+                        panic!()
+                    };
+                    assert!(ds.detections.len() <= 5);
+                    for b in &ds.detections {
+                        assert!((0.0..=1.0).contains(&b.score) && b.index < 2, "{b:?}");
+                        assert!(b.bbox.iter().all(|v| v.is_finite()), "{b:?}");
+                        assert!(
+                            b.bbox[0] >= 0.0
+                                && b.bbox[2] <= 40.0
+                                && b.bbox[1] >= 0.0
+                                && b.bbox[3] <= 10.0,
+                            "{b:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
