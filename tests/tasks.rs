@@ -637,3 +637,57 @@ fn a_real_scorer_of_tensors_streams_speech_and_forwards_its_unsure_frame() {
     assert_eq!(st["forward"]["answers"]["accepted"], 1, "{st}");
     assert!(d.stop().success());
 }
+
+/// The digit detector as slim fleets get it: a bundle with its NNEF forms (its QDQ form keeps its int8 weights and
+/// writes ONNX's Slice as tract's), installed on the slim device build, answering the canvases as the full build does.
+#[test]
+fn the_detector_bundled_with_its_nnef_forms_serves_on_the_slim_build() {
+    let f = Fixture::new();
+    let bundle = f.bundle_with_spec(
+        "d1.bundle",
+        "det/det-edge-int8",
+        "det/det-edge-int8",
+        1,
+        &[&f.key1],
+        &["--name", "det-edge", "--forms", "both"],
+    );
+    let images = canvases("test");
+    let mut answers = Vec::new();
+    for slim in [false, true] {
+        let state = f.path(if slim { "slim" } else { "full" });
+        f.install_committed(&state, &bundle, "det-edge");
+        let d = if slim {
+            Daemon::start_bin(&common::slim_outpost(), &state, &[], &[])
+        } else {
+            Daemon::start(&state, &[])
+        };
+        d.wait_model("det-edge");
+        answers.push(send(&d, "det-edge", &images[..20]));
+        assert!(d.stop().success());
+    }
+    for (full, slim) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(
+            full["detections"].as_array().map(Vec::len),
+            slim["detections"].as_array().map(Vec::len)
+        );
+        for (a, b) in full["detections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(slim["detections"].as_array().unwrap())
+        {
+            assert_eq!(a["label"], b["label"], "{full}\n{slim}");
+            for (x, y) in a["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(b["box"].as_array().unwrap())
+            {
+                assert!(
+                    (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 0.5,
+                    "{full}\n{slim}"
+                );
+            }
+        }
+    }
+}

@@ -531,7 +531,10 @@ fn run(cli: Cli) -> Result<()> {
                 "name": m.name, "version": m.version, "created_unix": m.created_unix, "expires_unix": m.expires_unix,
                 "min_agent_version": m.min_agent_version, "input_shape": m.spec.input.shape, "labels": m.spec.labels.len(),
                 "golden_cases": m.golden_inputs.len() + m.golden_tensors.len(), "golden_tolerance": m.golden_tolerance,
-                "tensors": m.spec.tensors,
+                "tensors": m.spec.tensors, "task": m.spec.kind(), "budget": m.budget,
+                "baseline": m.baseline.as_ref().map(|b| serde_json::json!({
+                    "score": b.score, "values": b.hardness.len(), "forward_rate": b.forward_rate,
+                })),
                 "hardness_threshold": m.hardness_threshold, "variants": variants,
                 "signatures": sigs.iter().map(|s| s.key_id.clone()).collect::<Vec<_>>(),
             });

@@ -190,6 +190,8 @@ pub fn compile(
             .unwrap_or_default();
         requantize_weights(&mut typed, &weights)
             .map_err(|e| model_err("keeping the weights int8", e))?;
+        strided_slices_to_slices(&mut typed)
+            .map_err(|e| model_err("rewriting strided slices", e))?;
         typed
     } else {
         typed
@@ -233,6 +235,27 @@ pub fn int8_operators(model_bytes: &[u8]) -> usize {
 /// Puts each quantized weight that typing folded into a float constant back as its int8 values followed by the
 /// dequantization (cast, subtract the zero point, multiply by the scale), after checking that those operators give
 /// the folded constant bit for bit; a weight that does not check out stays float. Returns how many went back.
+/// Rewrites each `StridedSlice` (what ONNX's Slice types to) into what its own declutter makes of it (a plain
+/// `Slice` when its bounds are constant), without decluttering the rest of the graph (which would fold the int8
+/// weights back to float): tract's NNEF writer knows `Slice` and not `StridedSlice`.
+fn strided_slices_to_slices(model: &mut TypedModel) -> TractResult<usize> {
+    let ids: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op.name() == "StridedSlice")
+        .map(|n| n.id)
+        .collect();
+    let mut done = 0;
+    for id in ids {
+        let node = model.node(id);
+        if let Some(patch) = node.op.declutter(model, node)? {
+            patch.apply(model)?;
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
 fn requantize_weights(
     model: &mut TypedModel,
     weights: &[dequantize::QuantWeight],
