@@ -175,7 +175,7 @@ async fn infer(
         .await
         .and_then(|body| Ok((body, query(overrides)?)));
     match result {
-        Ok((body, overrides)) if service.engine().task().is_some() && !service.engine().is_raw() => Ok(Json(
+        Ok((body, overrides)) if service.engine().image_task().is_some() => Ok(Json(
             service
                 .infer_task(crate::serve::TaskRequestInput::Image(body), overrides, false)
                 .await?,

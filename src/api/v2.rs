@@ -138,6 +138,17 @@ enum OutputData {
 }
 
 impl OutputData {
+    /// A tensor's values, as a reply carries them.
+    fn of(d: &TensorData) -> OutputData {
+        match d {
+            TensorData::Fp32(v) => OutputData::Floats(v.clone()),
+            TensorData::Int64(v) => OutputData::Int64(v.clone()),
+            TensorData::Int32(v) => OutputData::Int32(v.clone()),
+            TensorData::Uint8(v) => OutputData::Uint8(v.clone()),
+            TensorData::Int8(v) => OutputData::Int8(v.clone()),
+        }
+    }
+
     /// The binary tensor data form: little-endian elements; a BYTES element is a u32 length then its bytes.
     fn write_binary(&self, out: &mut Vec<u8>) {
         match self {
@@ -311,16 +322,18 @@ fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
     if let Some(c) = service.candidate() {
         versions.push(c.spec().version.to_string());
     }
-    if engine.task().is_some() && !engine.is_raw() {
+    // An image model's one input: FP32 of its input shape (or an encoded image as BYTES).
+    let image_input = || TensorMetadata {
+        name: spec.input.name.clone(),
+        datatype: Datatype::Fp32,
+        shape: spec.input.shape.iter().map(|d| *d as i64).collect(),
+    };
+    if engine.image_task().is_some() {
         return ModelMetadata {
             name: name.to_string(),
             versions,
             platform: "onnx_onnxv1",
-            inputs: vec![TensorMetadata {
-                name: spec.input.name.clone(),
-                datatype: Datatype::Fp32,
-                shape: spec.input.shape.iter().map(|d| *d as i64).collect(),
-            }],
+            inputs: vec![image_input()],
             outputs: task::output_metadata(&engine),
         };
     }
@@ -346,11 +359,7 @@ fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
         name: name.to_string(),
         versions,
         platform: "onnx_onnxv1",
-        inputs: vec![TensorMetadata {
-            name: spec.input.name.clone(),
-            datatype: Datatype::Fp32,
-            shape: spec.input.shape.iter().map(|d| *d as i64).collect(),
-        }],
+        inputs: vec![image_input()],
         outputs: vec![TensorMetadata {
             name: spec.output.name.clone(),
             datatype: Datatype::Fp32,
@@ -617,7 +626,7 @@ async fn run(
     let (json_len, binary_start) = split(&headers, &body)?;
     let request: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| bad(format!("the request is not an inference request: {e}")))?;
-    if service.engine().task().is_some() && !service.engine().is_raw() {
+    if service.engine().image_task().is_some() {
         return task::run_task(&service, name, request, &body[binary_start..]).await;
     }
     let p = &request.parameters;
@@ -936,13 +945,7 @@ async fn run_raw(
                 "the model gave no output {out_name}"
             )));
         };
-        let data = match &t.data {
-            TensorData::Fp32(v) => OutputData::Floats(v.clone()),
-            TensorData::Int64(v) => OutputData::Int64(v.clone()),
-            TensorData::Int32(v) => OutputData::Int32(v.clone()),
-            TensorData::Uint8(v) => OutputData::Uint8(v.clone()),
-            TensorData::Int8(v) => OutputData::Int8(v.clone()),
-        };
+        let data = OutputData::of(&t.data);
         outputs.push(output(
             out_name,
             t.data.dtype().into(),

@@ -903,6 +903,11 @@ impl Engine {
         self.spec.task.as_ref()
     }
 
+    /// The task of a model that takes an image (`None` for a scorer of tensors, served as a raw model).
+    pub fn image_task(&self) -> Option<&task::Task> {
+        self.task().filter(|_| !self.is_raw())
+    }
+
     /// Convenience for one-off calls of a task model; workers keep a [`Session`].
     pub fn run_task(
         &self,

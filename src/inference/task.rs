@@ -505,7 +505,8 @@ impl TaskAnswer {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {
     pub answer: TaskAnswer,
-    /// How unsure the model was, 0 (sure) to 1 (as unsure as it can be): see [`Task::hardness_rule`].
+    /// How unsure the model was, 0 (sure) to 1 (as unsure as it can be): for a detector, 1 at the middle of its
+    /// uncertain band for the least sure box in it; for a scorer, 1 on a threshold, 0 a band or more away.
     pub hardness: f32,
 }
 
@@ -526,16 +527,6 @@ impl Task {
                 Decoder::Ssd { scores, boxes, .. } => vec![scores.tensor(), boxes.tensor()],
             },
             Task::Score(s) => vec![s.output.tensor()],
-        }
-    }
-
-    /// How hardness is scored, for docs and status: one sentence.
-    pub fn hardness_rule(&self) -> &'static str {
-        match self {
-            Task::Detection(_) => {
-                "1 at the middle of the uncertain band, falling to 0 at its edges, for the least sure box in it"
-            }
-            Task::Score(_) => "1 at a threshold, falling to 0 at band away from it, for the closest score",
         }
     }
 

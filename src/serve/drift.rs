@@ -28,6 +28,8 @@ pub struct Drift {
     raised_total: u64,
     cleared_total: u64,
     last: Option<Reading>,
+    /// A comparison made since [`Drift::take_reading`] last looked.
+    fresh: bool,
 }
 
 /// One comparison with the baseline.
@@ -91,6 +93,7 @@ impl Drift {
             runs: live.len(),
         };
         self.last = Some(reading);
+        self.fresh = true;
         // The rate test needs a rate to double: a baseline that forwards nothing is held to one percent.
         let rate_bar = baseline_rate.max(0.01);
         if !self.raised && (ks > critical || forward_rate > 2.0 * rate_bar) {
@@ -104,6 +107,13 @@ impl Drift {
             return Some(Change::Cleared);
         }
         None
+    }
+
+    /// The comparison made since the last call, if one was (what the gauges show; most runs make none).
+    pub fn take_reading(&mut self) -> Option<Reading> {
+        std::mem::take(&mut self.fresh)
+            .then_some(self.last)
+            .flatten()
     }
 
     pub fn raised(&self) -> bool {

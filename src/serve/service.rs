@@ -453,11 +453,10 @@ impl Service {
                     .set(if raised { 1.0 } else { 0.0 });
                 self.changed();
             }
-            if let Some(s) = d.status(Some(b)) {
-                metrics::gauge!(crate::telemetry::DRIFT_KS, "model" => self.name.clone())
-                    .set(s.ks.unwrap_or(0.0));
+            if let Some(r) = d.take_reading() {
+                metrics::gauge!(crate::telemetry::DRIFT_KS, "model" => self.name.clone()).set(r.ks);
                 metrics::gauge!(crate::telemetry::DRIFT_FORWARD_RATE, "model" => self.name.clone())
-                    .set(s.forward_rate.unwrap_or(0.0));
+                    .set(r.forward_rate);
             }
         }
         if self.forwarder.get().is_none() {

@@ -15,7 +15,6 @@ use super::{
 };
 use crate::api::ApiError;
 use crate::inference::task::{Overrides, TaskAnswer};
-use crate::inference::TensorData;
 use crate::serve::{Service, TaskRequestInput};
 
 /// The decoded answer's tensors: (name, datatype, shape, data).
@@ -169,13 +168,7 @@ pub(super) async fn run_task(
                 .ok_or_else(|| {
                     ApiError::Internal(format!("the model gave no output {out_name}"))
                 })?;
-            let data = match &t.data {
-                TensorData::Fp32(v) => OutputData::Floats(v.clone()),
-                TensorData::Int64(v) => OutputData::Int64(v.clone()),
-                TensorData::Int32(v) => OutputData::Int32(v.clone()),
-                TensorData::Uint8(v) => OutputData::Uint8(v.clone()),
-                TensorData::Int8(v) => OutputData::Int8(v.clone()),
-            };
+            let data = OutputData::of(&t.data);
             (
                 t.data.dtype().into(),
                 t.shape.iter().map(|d| *d as u64).collect(),

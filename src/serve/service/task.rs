@@ -43,7 +43,7 @@ enum ShadowTaskInput {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskResponse {
     pub answer: TaskAnswer,
-    /// How unsure the model was, 0 to 1 ([`crate::inference::task::Task::hardness_rule`]).
+    /// How unsure the model was, 0 to 1 ([`crate::inference::task::Decoded::hardness`]).
     pub hardness: f32,
     pub source: Source,
     pub model: ModelInfo,
