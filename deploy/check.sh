@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # Static checks of deploy/outpost.service (no running systemd needed):
 #   1. `systemd-analyze verify` must print nothing (warnings count as failures);
-#   2. `systemd-analyze security --offline=true` exposure must be <= ${OUTPOST_MAX_EXPOSURE:-2.0}.
+#   2. `systemd-analyze security --offline=true` exposure must be <= ${OUTPOST_MAX_EXPOSURE:-0.9} (the unit's level
+#      since issue 25: a change may not weaken it);
+#   3. the unit orders the agent after time-sync.target and does not pull in a unit that can wait forever for it.
 # verify checks that ExecStart's binary exists, so it runs on a temporary copy of the unit whose ExecStart points at
 # an existing binary: $OUTPOST_BIN if set (e.g. a cross build), else /usr/bin/outpost if installed, else a stub.
 # Needs systemd >= 250 (--offline); installs the `systemd` package with apt-get when systemd-analyze is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unit=deploy/outpost.service
-max="${OUTPOST_MAX_EXPOSURE:-2.0}"
+max="${OUTPOST_MAX_EXPOSURE:-0.9}"
 
 if ! command -v systemd-analyze >/dev/null; then
   echo "deploy/check.sh: running: apt-get install -y --no-install-recommends systemd" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >&2
 fi
+
+echo "=== time sync ordering"
+grep -Eq '^After=.*\btime-sync\.target\b' "$unit" || { echo "deploy/check.sh: the unit must order the agent After=time-sync.target" >&2; exit 1; }
+if grep -Eq '^(Wants|Requires|BindsTo)=.*(time-sync\.target|time-wait-sync|chrony-wait)' "$unit"; then
+  echo "deploy/check.sh: the unit must not pull in a time-sync wait (it can wait forever without a network)" >&2
+  exit 1
+fi
+echo "after time-sync.target, nothing pulled in"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -10,8 +10,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
 need_apt=()
 { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } && command -v mosquitto_sub >/dev/null 2>&1 \
   || need_apt+=(mosquitto mosquitto-clients)
+# tests/clock.rs runs the real binary under a faked clock: libfaketime, LD_PRELOADed (Debian's faketime package).
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "test.sh: installing ${need_apt[*]} (the MQTT tests start their own broker)"
+  echo "test.sh: installing ${need_apt[*]} (the MQTT tests start their own broker; tests/clock.rs fakes the clock)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null

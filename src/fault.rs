@@ -27,3 +27,31 @@ pub fn maybe_fail_run(digest: &str) -> Result<(), crate::inference::InferenceErr
         _ => Ok(()),
     }
 }
+
+/// `OUTPOST_FAULT_RECORDS=<control file>` makes the agent's small durable records (command sequence floors, a
+/// download's progress, queued offers, settings) fail as a failing disk would, so an end-to-end test can watch the agent
+/// refuse what it cannot record. While the control file exists and its first word is `read`, `write` or `both`,
+/// those operations fail; a second word limits them to record keys starting with it. The file is read at each
+/// records operation, so a test switches the fault on and off while the daemon runs. Unset (always, in
+/// production), this costs one check of a value read once.
+pub fn records(write: bool, key: &str) -> bool {
+    static CONTROL: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(control) = CONTROL.get_or_init(|| {
+        std::env::var_os("OUTPOST_FAULT_RECORDS")
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+    }) else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(control) else {
+        return false;
+    };
+    let mut words = text.split_whitespace();
+    let fails = match words.next() {
+        Some("both") => true,
+        Some("write") => write,
+        Some("read") => !write,
+        _ => false,
+    };
+    fails && key.starts_with(words.next().unwrap_or(""))
+}

@@ -2,7 +2,9 @@
 
 pub mod agent;
 pub mod api;
+pub mod blocking;
 pub mod bundle;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

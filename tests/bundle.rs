@@ -308,7 +308,7 @@ fn a_bundle_whose_spec_does_not_fit_is_refused_while_the_same_model_serves() {
     let policy = Policy {
         keys: &keys,
         threshold: 1,
-        now_unix: bundle::now_unix(),
+        time: outpost::clock::Reading::clock_only(bundle::now_unix()),
         agent_version: env!("CARGO_PKG_VERSION"),
     };
     let err = install_as(

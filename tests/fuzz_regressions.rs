@@ -91,7 +91,7 @@ fn policy(f: &Fixture) -> Policy<'_> {
     Policy {
         keys: &f.trusted,
         threshold: 1,
-        now_unix: NOW_UNIX,
+        time: outpost::clock::Reading::clock_only(NOW_UNIX),
         agent_version: AGENT_VERSION,
     }
 }

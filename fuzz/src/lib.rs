@@ -72,7 +72,7 @@ pub fn policy(f: &Fixture) -> Policy<'_> {
     Policy {
         keys: &f.trusted,
         threshold: 1,
-        now_unix: NOW_UNIX,
+        time: outpost::clock::Reading::clock_only(NOW_UNIX),
         agent_version: AGENT_VERSION,
     }
 }
@@ -331,7 +331,7 @@ pub fn run_command(data: &[u8]) -> Result<(), outpost::wire::command::CommandErr
         threshold: 1,
         device: "d1",
         group: Some("g1"),
-        now_unix: NOW_UNIX,
+        time: outpost::clock::Reading::clock_only(NOW_UNIX),
         last_seq: 100,
     };
     let first = command::verify(data, &checker);

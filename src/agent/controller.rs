@@ -28,7 +28,7 @@ pub(crate) async fn run(
 ) {
     // A candidate staged before this start runs in shadow again.
     let st = store.clone();
-    if let Ok(Ok(state)) = tokio::task::spawn_blocking(move || st.load()).await {
+    if let Ok(state) = crate::blocking::run(move || st.load()).await {
         sync_candidate(&service, &store, &state).await;
     }
     let mut tick = tokio::time::interval(POLL);
@@ -55,7 +55,7 @@ pub(crate) async fn run(
             }
         }
         let st = store.clone();
-        let Ok(Ok(state)) = tokio::task::spawn_blocking(move || st.load()).await else {
+        let Ok(state) = crate::blocking::run(move || st.load()).await else {
             continue;
         };
         if state.generation != seen {
@@ -82,7 +82,7 @@ async fn judge(
     verdict: fn(&SlotState) -> Result<SlotState, SlotError>,
 ) -> Option<SlotState> {
     let (st, r) = (store.clone(), release.clone());
-    let done = tokio::task::spawn_blocking(move || {
+    let done = crate::blocking::run(move || {
         st.update(|s| {
             if !on_trial(s, &r) {
                 return Err(SlotError::NoTrial);
@@ -92,10 +92,10 @@ async fn judge(
     })
     .await;
     match done {
-        Ok(Ok((state, ()))) => Some(state),
-        Ok(Err(SlotError::NoTrial)) => None,
-        other => {
-            tracing::error!(result = ?other.map(|r| r.map(|_| ())), "cannot record the trial's verdict; will retry");
+        Ok((state, ())) => Some(state),
+        Err(SlotError::NoTrial) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the trial's verdict; will retry");
             None
         }
     }
@@ -162,7 +162,7 @@ async fn engine_for(
         }
     }
     let (st, s, b) = (store.clone(), state.clone(), base.clone());
-    let loaded = tokio::task::spawn_blocking(move || match load_active(&st, &s) {
+    let loaded = crate::blocking::run(move || match load_active(&st, &s) {
         Ok(Some(e)) => Ok(e),
         // No live release: the base, if the model has one (else the registry stops serving it).
         Ok(None) => b
@@ -173,13 +173,9 @@ async fn engine_for(
     })
     .await;
     match loaded {
-        Ok(Ok(engine)) => Some((Arc::new(engine), slot)),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot load the model the slot record names");
-            None
-        }
+        Ok(engine) => Some((Arc::new(engine), slot)),
         Err(e) => {
-            tracing::error!(error = %e, "model loading task failed");
+            tracing::error!(error = %e, "cannot load the model the slot record names");
             None
         }
     }
@@ -202,17 +198,14 @@ async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState)
             }
             let digest = info.digest.clone();
             let (st, s) = (store.clone(), state.clone());
-            match tokio::task::spawn_blocking(move || {
-                crate::slots::install::load_slot(&st, &s, slot)
-            })
-            .await
+            match crate::blocking::run(move || crate::slots::install::load_slot(&st, &s, slot))
+                .await
             {
-                Ok(Ok(engine)) => {
+                Ok(engine) => {
                     tracing::info!(version = engine.spec().version, %digest, "candidate staged: running in shadow");
                     service.set_candidate(Some(Arc::new(engine)));
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot load the staged candidate"),
-                Err(e) => tracing::error!(error = %e, "candidate loading task failed"),
+                Err(e) => tracing::error!(error = %e, "cannot load the staged candidate"),
             }
         }
         _ => {}

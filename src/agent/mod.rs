@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::repo::Repository;
 use crate::serve::Registry;
 
+use crate::blocking;
 use crate::config::Config;
 use crate::inference::{Engine, InferenceError, ModelSpec};
 use crate::store::{Store, StoreError};
@@ -48,6 +49,8 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 /// Applies the `[engine]` settings (intra-op threads, int8 mode) process-wide. Called before the first model loads,
@@ -179,14 +182,6 @@ pub fn model_slots(
     Ok((name, slots))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, AgentError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AgentError::Internal(format!("blocking task failed: {e}")))
-}
-
 /// File in the state dir holding the API's bound address (useful with port 0).
 pub fn api_addr_file(state_dir: &Path) -> PathBuf {
     state_dir.join("api.addr")
@@ -205,20 +200,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let _ = std::fs::remove_file(&addr_file);
 
     let cfg = config.clone();
-    let (repo, default) = blocking(move || open_repository(&cfg)).await??;
+    let (repo, default) = blocking::run(move || open_repository(&cfg)).await?;
     let slots = repo
         .slots(&default)
         .map_err(|e| AgentError::Internal(e.to_string()))?;
 
     let cache_dir = state_dir.join("cache");
-    let store = blocking(move || Store::open(&cache_dir)).await??;
+    let store = blocking::run(move || Store::open(&cache_dir).map_err(AgentError::from)).await?;
     let cache = if config.cache.enabled {
         let (s, me, mb) = (
             store.clone(),
             config.cache.max_entries,
             config.cache.max_bytes,
         );
-        Some(blocking(move || s.result_cache(me, mb)).await??)
+        Some(blocking::run(move || s.result_cache(me, mb).map_err(AgentError::from)).await?)
     } else {
         None
     };
@@ -241,7 +236,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let link = match &config.fleet.broker {
         Some(_) => {
             let s = store.clone();
-            let records = blocking(move || s.records()).await??;
+            let records = blocking::run(move || s.records().map_err(AgentError::from)).await?;
             let mut link =
                 crate::fleet::device::Link::new(registry.clone(), &config, records, repo.clone())
                     .map_err(|e| AgentError::Internal(e.to_string()))?;
@@ -262,13 +257,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                     config.forward.outbox_max_entries,
                     config.forward.outbox_max_bytes,
                 );
-                let outbox = blocking(move || s.outbox(me, mb)).await??;
+                let outbox =
+                    blocking::run(move || s.outbox(me, mb).map_err(AgentError::from)).await?;
                 let (f, rx) = crate::forward::Forwarder::new(
                     &config.fleet.device_id,
                     cloud_keys,
                     outbox,
                     service.cache(),
                     &config.forward,
+                    registry.clock().clone(),
                 );
                 // Every model forwards its hard cases, the ones that start later too.
                 for (_, s) in registry.all() {
@@ -298,12 +295,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let addr_text = local.to_string();
     let af = addr_file.clone();
-    blocking(move || crate::fsutil::write_atomic(&af, addr_text.as_bytes()))
-        .await?
-        .map_err(|source| AgentError::Write {
-            path: addr_file.clone(),
-            source,
-        })?;
+    blocking::run(move || {
+        crate::fsutil::write_atomic(&af, addr_text.as_bytes())
+            .map_err(|source| AgentError::Write { path: af, source })
+    })
+    .await?;
     tracing::info!(addr = %local, workers = pool.workers(), "API listening");
 
     let app = crate::api::router(registry.clone());
@@ -348,8 +344,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         let _ = w.await;
     }
     let p = pool.clone();
-    blocking(move || p.drain()).await?;
-    blocking(move || store.flush()).await??;
+    blocking::value(move || p.drain()).await?;
+    blocking::run(move || store.flush().map_err(AgentError::from)).await?;
     let _ = std::fs::remove_file(api_addr_file(&state_dir));
     match served {
         Ok(Ok(())) => {
@@ -373,7 +369,7 @@ pub async fn start_headless(
     shutdown: CancellationToken,
 ) -> Result<(Arc<Registry>, Vec<tokio::task::JoinHandle<()>>), AgentError> {
     let cfg = config.clone();
-    let (repo, default) = blocking(move || open_repository(&cfg)).await??;
+    let (repo, default) = blocking::run(move || open_repository(&cfg)).await?;
     let slots = repo
         .slots(&default)
         .map_err(|e| AgentError::Internal(e.to_string()))?;

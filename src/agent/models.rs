@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use super::{blocking, controller, AgentError};
+use super::{controller, AgentError};
+use crate::blocking::run;
 use crate::config::Config;
 use crate::inference::{Engine, InferenceError, ModelSpec};
 use crate::repo::Repository;
@@ -116,7 +117,7 @@ pub async fn start(
         base.clone(),
         name.to_string(),
     );
-    let Some(started) = blocking(move || super::start_model(&n, &cfg, &st, &b)).await?? else {
+    let Some(started) = run(move || super::start_model(&n, &cfg, &st, &b)).await? else {
         return Ok(None);
     };
     tracing::info!(
@@ -165,7 +166,8 @@ pub async fn start_default(
         .ok_or_else(|| {
             AgentError::Internal(format!("the default model {name} has nothing to serve"))
         })?;
-    Ok((Arc::new(Registry::new(name, service)), controller))
+    let clock = Arc::new(crate::clock::Clock::open(&shared.config.agent.state_dir));
+    Ok((Arc::new(Registry::new(name, service, clock)), controller))
 }
 
 /// Keeps the registry in step with the repository: a model that an install brought is started, a removed one (or
@@ -194,7 +196,7 @@ pub async fn follow(
             _ = tick.tick() => {}
         }
         let r = repo.clone();
-        let Ok(Ok(records)) = blocking(move || serving_names(&r)).await else {
+        let Ok(records) = run(move || serving_names(&r)).await else {
             continue;
         };
         let mut wanted: Vec<String> = records.keys().cloned().collect();

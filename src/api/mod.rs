@@ -72,6 +72,7 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Busy(p) => ApiError::Busy(p.to_string()),
             ServiceError::Internal(m) => ApiError::Internal(m),
+            ServiceError::Panicked(p) => ApiError::Internal(p.to_string()),
         }
     }
 }
@@ -266,7 +267,9 @@ async fn status(State(registry): State<Arc<Registry>>) -> Json<crate::wire::stat
     Json(registry.status())
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    // The clock's gauges are set when read, so that a scrape sees the clock of now.
+    registry.clock().status();
     match crate::telemetry::prometheus() {
         Ok(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

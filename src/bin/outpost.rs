@@ -525,7 +525,7 @@ fn install(
     candidate: bool,
     bundle: PathBuf,
 ) -> Result<ExitCode> {
-    use outpost::bundle::{now_unix, Policy, TrustedKeys};
+    use outpost::bundle::{Policy, TrustedKeys};
     use outpost::slots::install;
     let config = state.config()?;
     let keys_path = keys.or(config.slots.trusted_keys.clone()).ok_or_else(|| {
@@ -534,10 +534,12 @@ fn install(
         )
     })?;
     let keys = TrustedKeys::from_file(&keys_path)?;
+    // The device's time floor, as the daemon keeps it: a hand-run install judges expiry the same way, and raises it.
+    let clock = outpost::clock::Clock::open(&config.agent.state_dir);
     let policy = Policy {
         keys: &keys,
         threshold: threshold.unwrap_or(config.slots.threshold),
-        now_unix: now_unix(),
+        time: clock.reading(),
         agent_version: env!("CARGO_PKG_VERSION"),
     };
     let file =
@@ -545,6 +547,7 @@ fn install(
     let mut reader = std::io::BufReader::new(file);
     let refused = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: refused: {e}", bundle.display());
     let header = outpost::bundle::read_header(&mut reader, &policy).map_err(|e| refused(&e))?;
+
     // The bundle installs into the model it names, which the device adds if it does not hold it yet.
     let name = header.manifest.name.clone();
     if let Some(m) = state.model.as_deref().filter(|m| *m != name) {
@@ -553,6 +556,8 @@ fn install(
         )));
     }
     let (repo, _) = outpost::agent::open_repository(&config)?;
+    // Its signature holds, so its issue time is a time that has passed (the state dir exists from here).
+    clock.observe(header.manifest.created_unix);
     repo.check_room(&name, config.repository.max_models)
         .map_err(|e| refused(&e))?;
     // The largest variant is what the chosen one may weigh.

@@ -497,7 +497,7 @@ fn run(cli: Cli) -> Result<()> {
             let policy = Policy {
                 keys: &keys,
                 threshold,
-                now_unix: bundle::now_unix(),
+                time: outpost::clock::Reading::clock_only(bundle::now_unix()),
                 agent_version: env!("CARGO_PKG_VERSION"),
             };
             let header = bundle::read_header(&mut f, &policy)
@@ -731,7 +731,7 @@ async fn fleet(c: Command) -> Result<()> {
                         print!("\x1b[2J\x1b[H");
                     }
                     println!(
-                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6}",
+                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12}",
                         "DEVICE",
                         "STATE",
                         "MODEL",
@@ -742,7 +742,8 @@ async fn fleet(c: Command) -> Result<()> {
                         "P99_US",
                         "REQ/S",
                         "FWD/SKIPPED",
-                        "DRIFT"
+                        "DRIFT",
+                        "CLOCK"
                     );
                     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                     for (device, s) in &fleet.devices {
@@ -756,6 +757,8 @@ async fn fleet(c: Command) -> Result<()> {
                         };
                         // A row per model: the default model first (with the device's request rate), then the
                         // others by name.
+                        // The device's clock: its health, `-` from agents before the time floor.
+                        let clock = s.clock.as_ref().map_or("-", |c| c.health.name());
                         let rows = std::iter::once((&s.service, Some(s.request_rate)))
                             .chain(s.models.values().map(|m| (m, None)));
                         for (i, (svc, rate)) in rows.enumerate() {
@@ -777,7 +780,7 @@ async fn fleet(c: Command) -> Result<()> {
                                 }
                             });
                             println!(
-                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6}",
+                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12}",
                                 if i == 0 { device.as_str() } else { "" },
                                 if i == 0 { state.as_str() } else { "" },
                                 svc.model.name,
@@ -788,7 +791,8 @@ async fn fleet(c: Command) -> Result<()> {
                                 opt(svc.latency_us.p99),
                                 rate.map_or("-".to_string(), |r| r.to_string()),
                                 budget,
-                                drift
+                                drift,
+                                if i == 0 { clock } else { "" }
                             );
                         }
                     }

@@ -69,8 +69,8 @@ pub enum BundleError {
     Signature(String),
     #[error("only {valid} valid signature(s) from distinct trusted keys, {needed} required")]
     TooFewSignatures { valid: usize, needed: usize },
-    #[error("bundle expired at {expires} (now {now}); ask for a fresh bundle")]
-    Expired { expires: u64, now: u64 },
+    #[error("{}", .0.sentence("bundle", "ask for a fresh bundle"))]
+    Expired(crate::clock::Expired),
     #[error("bundle needs agent version {needed} or newer (this is {have})")]
     AgentTooOld { needed: String, have: String },
     #[error("variant `{variant}`: {message}")]
@@ -577,7 +577,8 @@ fn read_sections(r: &mut impl Read) -> Result<(u8, Vec<u8>, Vec<BundleSignature>
 pub struct Policy<'a> {
     pub keys: &'a TrustedKeys,
     pub threshold: usize,
-    pub now_unix: u64,
+    /// The device's clock and time floor: expiry is judged at the later of the two.
+    pub time: crate::clock::Reading,
     pub agent_version: &'a str,
 }
 
@@ -637,12 +638,10 @@ pub fn verify_manifest(
         why.dedup();
         return Err(BundleError::Unreadable(why.join("; ")));
     }
-    if policy.now_unix >= manifest.expires_unix {
-        return Err(BundleError::Expired {
-            expires: manifest.expires_unix,
-            now: policy.now_unix,
-        });
-    }
+    policy
+        .time
+        .check_expiry(manifest.expires_unix, manifest.created_unix)
+        .map_err(BundleError::Expired)?;
     if version_tuple(policy.agent_version) < version_tuple(&manifest.min_agent_version) {
         return Err(BundleError::AgentTooOld {
             needed: manifest.min_agent_version.clone(),
@@ -904,7 +903,7 @@ mod tests {
         let policy = Policy {
             keys: &keys,
             threshold: 1,
-            now_unix: 1,
+            time: crate::clock::Reading::clock_only(1),
             agent_version: "9.9.9",
         };
         let header = |forms: &[VariantForm]| {

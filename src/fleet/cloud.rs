@@ -188,11 +188,11 @@ pub async fn run_worker(
         // An image is preprocessed by the cloud model's own spec; a tensor case (the Open Inference Protocol) is the
         // edge model's input tensor, which the cloud model must take as is (its input length is checked by the run).
         // A task model's case is answered by the cloud's model of the same task, with the call's thresholds.
-        let ran = tokio::task::spawn_blocking(move || answer_case(&e, &c)).await;
+        let ran = crate::blocking::run(move || answer_case(&e, &c)).await;
         let answer = match ran {
-            Ok(Ok(a)) => a,
-            other => {
-                tracing::warn!(result = ?other.map(|r| r.map(|_| ())), id = %case.id, "the cloud model cannot answer this case");
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, id = %case.id, "the cloud model cannot answer this case");
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -226,7 +226,7 @@ pub async fn run_worker(
             "created_unix": case.created_unix,
         });
         let ds = dataset.clone();
-        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let stored = crate::blocking::run(move || -> std::io::Result<()> {
             let input: Vec<u8> = if case.tensor.is_empty() {
                 case.image.clone()
             } else {
@@ -242,10 +242,10 @@ pub async fn run_worker(
         })
         .await;
         match stored {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 stats.stored.fetch_add(1, Ordering::Relaxed);
             }
-            other => tracing::error!(result = ?other, "cannot store a case in the dataset"),
+            Err(e) => tracing::error!(error = %e, "cannot store a case in the dataset"),
         }
     }
     let _ = client.disconnect().await;

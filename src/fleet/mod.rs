@@ -39,6 +39,8 @@ pub enum FleetError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Keys(String),
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 impl From<rumqttc::v5::ClientError> for FleetError {

@@ -128,7 +128,7 @@ pub async fn drive(
             _ = tick.tick() => {
                 let now = now_ms();
                 let f = file.clone();
-                let control = tokio::task::spawn_blocking(move || f.control()).await.map_err(fleet_err)??;
+                let control = crate::blocking::run(move || f.control()).await?;
                 dirty |= apply_control(control, &mut progress, now);
                 if std::time::Instant::now() >= settle_until {
                     if !progress.phase.finished() && !progress.paused {
@@ -201,9 +201,7 @@ async fn subscribe(client: &AsyncClient) -> Result<(), RolloutError> {
 /// The one durable write of progress (temp file, fsync, rename), off the async threads.
 async fn save(file: &ProgressFile, progress: &Progress) -> Result<(), RolloutError> {
     let (f, p) = (file.clone(), progress.clone());
-    tokio::task::spawn_blocking(move || f.save(&p))
-        .await
-        .map_err(fleet_err)?
+    crate::blocking::run(move || f.save(&p)).await
 }
 
 /// Pause, resume and abort requests from `outpostctl rollout`.

@@ -161,14 +161,13 @@ pub async fn serve(
                 let len = offer.chunk_len(i) as usize;
                 let off = i as u64 * offer.chunk_size as u64;
                 let path = path.clone();
-                let data = tokio::task::spawn_blocking(move || {
+                let data = crate::blocking::run(move || {
                     let f = std::fs::File::open(&path)?;
                     let mut buf = vec![0u8; len];
                     f.read_exact_at(&mut buf, off)?;
                     Ok::<_, std::io::Error>(buf)
                 })
                 .await
-                .map_err(|e| FleetError::Client(e.to_string()))?
                 .map_err(|e| FleetError::Io {
                     path: "bundle".into(),
                     message: e.to_string(),

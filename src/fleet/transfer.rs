@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::store::Records;
+use crate::store::{Records, StoreError};
 use crate::wire::command::Offer;
 use crate::wire::status::TransferSummary;
 
@@ -77,6 +77,24 @@ struct Recorded {
     seq: u64,
 }
 
+/// Why a download cannot go on: its file or its record failed, or a chunk is not the one the offer signed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read or write the record of the download ({0}); check the disk of the state dir"
+    )]
+    Record(#[from] StoreError),
+    #[error("{0}")]
+    Chunk(String),
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
+}
+
 /// What happened to one arriving chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
@@ -107,13 +125,16 @@ pub struct Download {
     records: Records,
     file: Option<std::fs::File>,
     /// Chunks written since the last sync (their bits are not recorded yet).
-    unsynced: usize,
+    unsynced: Vec<usize>,
     /// Chunks recorded as durable.
     pub synced: usize,
 }
 
-fn io(path: &Path, e: std::io::Error) -> String {
-    format!("{}: {e}", path.display())
+fn io(path: &Path, source: std::io::Error) -> TransferError {
+    TransferError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn bits(done: &[bool]) -> Vec<u8> {
@@ -144,7 +165,7 @@ impl Download {
         offer: Offer,
         seq: u64,
         candidate: bool,
-    ) -> Result<Download, String> {
+    ) -> Result<Download, TransferError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let path = Self::part_path(dir, &offer);
         let f = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
@@ -152,21 +173,22 @@ impl Download {
         f.sync_all().map_err(|e| io(&path, e))?;
         crate::fsutil::sync_dir(dir).map_err(|e| io(dir, e))?;
         let done = vec![false; offer.chunks.len()];
-        records
-            .put(
-                OFFER,
-                &Recorded {
-                    offer: offer.clone(),
-                    seq,
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        records.put(DONE, &bits(&done)).map_err(|e| e.to_string())?;
+        // The bitmap and the candidate flag before the offer: the offer's record is what makes a download resume,
+        // so a failure part way leaves no download that resumes with another's bitmap.
+        records.remove(OFFER)?;
+        records.put(DONE, &bits(&done))?;
         if candidate {
-            records.put(CANDIDATE, &true).map_err(|e| e.to_string())?;
+            records.put(CANDIDATE, &true)?;
         } else {
-            records.remove(CANDIDATE).map_err(|e| e.to_string())?;
+            records.remove(CANDIDATE)?;
         }
+        records.put(
+            OFFER,
+            &Recorded {
+                offer: offer.clone(),
+                seq,
+            },
+        )?;
         let mut d = Download::new(records, path, offer, seq, done);
         d.candidate = candidate;
         Ok(d)
@@ -190,40 +212,48 @@ impl Download {
             started: Instant::now(),
             records,
             file: None,
-            unsynced: 0,
+            unsynced: Vec::new(),
             synced: resumed_from,
         }
     }
 
-    /// Syncs the file, then records every chunk written so far (blocking).
-    pub fn sync(&mut self) -> Result<(), String> {
-        if self.unsynced == 0 {
+    /// Syncs the file, then records every chunk written so far (blocking). When either fails, the chunks written
+    /// since the last sync no longer count as done: they are fetched and written again, so no chunk counts (nor
+    /// does the header check or the install start) before its bit is durable.
+    pub fn sync(&mut self) -> Result<(), TransferError> {
+        if self.unsynced.is_empty() {
             return Ok(());
         }
-        if let Some(f) = &self.file {
-            f.sync_data().map_err(|e| io(&self.path, e))?;
+        let synced = match &self.file {
+            Some(f) => f.sync_data().map_err(|e| io(&self.path, e)),
+            None => Ok(()),
         }
-        self.records
-            .put(DONE, &bits(&self.done))
-            .map_err(|e| e.to_string())?;
-        self.unsynced = 0;
+        .and_then(|()| {
+            self.records
+                .put(DONE, &bits(&self.done))
+                .map_err(TransferError::from)
+        });
+        if let Err(e) = synced {
+            for i in std::mem::take(&mut self.unsynced) {
+                self.done[i] = false;
+            }
+            return Err(e);
+        }
+        self.unsynced.clear();
         self.synced = self.done_count();
         Ok(())
     }
 
     /// The download recorded before a restart, if any (blocking).
-    pub fn resume(records: Records, dir: &Path) -> Result<Option<Download>, String> {
-        let Some(rec) = records.get::<Recorded>(OFFER).map_err(|e| e.to_string())? else {
+    pub fn resume(records: Records, dir: &Path) -> Result<Option<Download>, TransferError> {
+        let Some(rec) = records.get::<Recorded>(OFFER)? else {
             return Ok(None);
         };
         let n = rec.offer.chunks.len();
         let path = Self::part_path(dir, &rec.offer);
         let intact = std::fs::metadata(&path).is_ok_and(|m| m.len() == rec.offer.size);
         let done = if intact {
-            let raw: Vec<u8> = records
-                .get(DONE)
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
+            let raw: Vec<u8> = records.get(DONE)?.unwrap_or_default();
             unbits(&raw, n)
         } else {
             // The file went missing or was cut: start it over rather than trust the bitmap.
@@ -232,10 +262,7 @@ impl Download {
             f.sync_all().map_err(|e| io(&path, e))?;
             vec![false; n]
         };
-        let candidate = records
-            .get::<bool>(CANDIDATE)
-            .map_err(|e| e.to_string())?
-            .unwrap_or(false);
+        let candidate = records.get::<bool>(CANDIDATE)?.unwrap_or(false);
         let mut d = Download::new(records, path, rec.offer, rec.seq, done);
         d.candidate = candidate;
         Ok(Some(d))
@@ -302,17 +329,17 @@ impl Download {
     }
 
     /// Checks a chunk against the signed offer, writes it at its offset, syncs, and records it (blocking).
-    pub fn accept(&mut self, c: &Chunk) -> Result<Accepted, String> {
+    pub fn accept(&mut self, c: &Chunk) -> Result<Accepted, TransferError> {
         let i = c.index as usize;
         if c.bundle != self.offer.bundle {
-            return Err("chunk of another bundle".into());
+            return Err(TransferError::Chunk("chunk of another bundle".into()));
         }
         if i >= self.done.len() {
             self.rejected += 1;
-            return Err(format!(
+            return Err(TransferError::Chunk(format!(
                 "chunk index {i} out of range (0..{})",
                 self.done.len()
-            ));
+            )));
         }
         if self.done[i] {
             self.duplicates += 1;
@@ -322,17 +349,17 @@ impl Download {
         let want = self.offer.chunk_len(i);
         if c.data.len() as u64 != want {
             self.rejected += 1;
-            return Err(format!(
+            return Err(TransferError::Chunk(format!(
                 "chunk {i} has {} bytes, {want} expected",
                 c.data.len()
-            ));
+            )));
         }
         if crate::bundle::sha256(&c.data) != self.offer.chunks[i] {
             self.rejected += 1;
             self.outstanding.remove(&c.index);
-            return Err(format!(
+            return Err(TransferError::Chunk(format!(
                 "chunk {i} does not match its signed digest; asking again"
-            ));
+            )));
         }
         if self.file.is_none() {
             let f = std::fs::OpenOptions::new()
@@ -345,10 +372,10 @@ impl Download {
         f.write_all_at(&c.data, i as u64 * self.offer.chunk_size as u64)
             .map_err(|e| io(&self.path, e))?;
         self.done[i] = true;
-        self.unsynced += 1;
+        self.unsynced.push(i);
         self.outstanding.remove(&c.index);
         self.fetched += 1;
-        if self.unsynced >= SYNC_EVERY
+        if self.unsynced.len() >= SYNC_EVERY
             || self.complete()
             || (!self.header_checked && self.header_ready())
         {
@@ -357,12 +384,20 @@ impl Download {
         Ok(Accepted::New)
     }
 
-    /// Removes the file and the record (blocking).
-    pub fn discard(self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = self.records.remove(OFFER);
-        let _ = self.records.remove(DONE);
-        let _ = self.records.remove(CANDIDATE);
+    /// The work that removes the download's record and file (blocking; run it off the async threads), apart from
+    /// the download so that the download can be kept when it fails. The offer's record goes first: once it is
+    /// gone, nothing resumes this download at the next start, whatever fails after.
+    pub fn discard_job(&self) -> impl FnOnce() -> Result<(), TransferError> + Send + 'static {
+        let (records, path) = (self.records.clone(), self.path.clone());
+        move || {
+            records.remove(OFFER)?;
+            records.remove(DONE)?;
+            records.remove(CANDIDATE)?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path, e)),
+                _ => Ok(()),
+            }
+        }
     }
 
     pub fn summary(&self) -> TransferSummary {
@@ -388,6 +423,77 @@ impl Download {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bitmap write that fails takes back the chunks it was to record: they do not count as done (nor start the
+    /// header check or the install), are fetched again, and count once a later write holds; a download whose offer
+    /// cannot be recorded does not start.
+    #[test]
+    fn a_chunk_counts_only_once_its_bit_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = crate::store::Store::open(&dir.path().join("db"))
+            .unwrap()
+            .records()
+            .unwrap();
+        let data: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1024]).collect();
+        let offer = Offer {
+            bundle: [7; 32],
+            size: 3 * 1024,
+            chunk_size: 1024,
+            header_len: 2048,
+            chunks: data.iter().map(|d| crate::bundle::sha256(d)).collect(),
+            name: "m".into(),
+            version: 2,
+        };
+        let incoming = dir.path().join("incoming");
+        let faults = records.faults();
+        faults.fail(false, true, OFFER);
+        let e = Download::start(records.clone(), &incoming, offer.clone(), 5, false)
+            .err()
+            .expect("an offer that cannot be recorded does not start");
+        assert!(matches!(e, TransferError::Record(_)), "{e}");
+        assert!(Download::resume(records.clone(), &incoming)
+            .unwrap()
+            .is_none());
+        faults.clear();
+        let mut d = Download::start(records.clone(), &incoming, offer.clone(), 5, false).unwrap();
+        let chunk = |i: u32| Chunk {
+            bundle: offer.bundle,
+            index: i,
+            data: data[i as usize].clone(),
+        };
+        assert_eq!(d.accept(&chunk(0)).unwrap(), Accepted::New);
+        // Chunk 1 completes the header: its sync fails, so neither header chunk counts.
+        faults.fail(false, true, DONE);
+        assert!(matches!(d.accept(&chunk(1)), Err(TransferError::Record(_))));
+        assert_eq!(d.done_count(), 0);
+        assert!(!d.header_ready());
+        assert_eq!(
+            d.next_requests(8, Instant::now()),
+            vec![0, 1],
+            "asked again"
+        );
+        faults.clear();
+        assert_eq!(d.accept(&chunk(0)).unwrap(), Accepted::New);
+        assert_eq!(d.accept(&chunk(1)).unwrap(), Accepted::New);
+        assert!(d.header_ready());
+        let resumed = Download::resume(records.clone(), &incoming)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resumed.done_count(), 2, "durable once the write held");
+        // A read that fails is an error, never "no download".
+        faults.fail(true, false, "");
+        assert!(Download::resume(records.clone(), &incoming).is_err());
+        faults.clear();
+        // A discard whose first removal fails leaves the download to resume; once it holds, nothing resumes.
+        faults.fail(false, true, OFFER);
+        assert!(d.discard_job()().is_err());
+        assert!(Download::resume(records.clone(), &incoming)
+            .unwrap()
+            .is_some());
+        faults.clear();
+        d.discard_job()().unwrap();
+        assert!(Download::resume(records, &incoming).unwrap().is_none());
+    }
 
     #[test]
     fn bitmap_round_trips() {

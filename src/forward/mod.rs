@@ -71,6 +71,8 @@ pub enum ForwardError {
     UnknownCase(String),
     #[error("case {0} was answered already")]
     Duplicate(String),
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 impl ForwardError {
@@ -88,6 +90,7 @@ impl ForwardError {
             ForwardError::Stale(_) => "stale",
             ForwardError::UnknownCase(_) => "unknown_case",
             ForwardError::Duplicate(_) => "duplicate",
+            ForwardError::Panicked(_) => "internal",
         }
     }
 }
@@ -528,6 +531,8 @@ pub struct Forwarder {
     recent: Mutex<(VecDeque<String>, HashSet<String>)>,
     /// Answers by result (`accepted` or a refusal reason), for the status.
     answers: Mutex<BTreeMap<&'static str, u64>>,
+    /// The device's clock and time floor: cases are stamped by it, verified answers raise it.
+    clock: Arc<crate::clock::Clock>,
 }
 
 const RECENT: usize = 4096;
@@ -544,6 +549,7 @@ impl Forwarder {
         outbox: Outbox,
         cache: Option<Arc<ResultCache>>,
         config: &ForwardConfig,
+        clock: Arc<crate::clock::Clock>,
     ) -> (Arc<Forwarder>, mpsc::Receiver<Vec<u8>>) {
         let (tx, rx) = mpsc::channel(1024);
         (
@@ -559,9 +565,17 @@ impl Forwarder {
                 deadline: Duration::from_millis(config.deadline_ms),
                 recent: Mutex::new((VecDeque::new(), HashSet::new())),
                 answers: Mutex::new(BTreeMap::new()),
+                clock,
             }),
             rx,
         )
+    }
+
+    /// The time a hard case is stamped with: the device's trusted estimate of now (the clock, unless it is far ahead
+    /// of every signed time seen or behind them), so that a device whose clock reads 2040 still matches the answers
+    /// of a worker whose clock is right, and its cases are answered once the clock is fixed.
+    pub fn now_unix(&self) -> u64 {
+        self.clock.reading().trusted_now()
     }
 
     /// The hardness policy of one model: its `set hardness.threshold` (`runtime`), then the configured threshold,
@@ -580,9 +594,8 @@ impl Forwarder {
         let outbox = self.outbox.clone();
         let (id, b) = (case.id.clone(), bytes.clone());
         // The same case may be queued already (a retried request): it is then neither stored nor sent twice.
-        let (dropped, fresh) = tokio::task::spawn_blocking(move || outbox.push(&id, &b))
+        let (dropped, fresh) = crate::blocking::run(move || outbox.push(&id, &b))
             .await
-            .map_err(|e| ForwardError::Outbox(e.to_string()))?
             .map_err(|e| ForwardError::Outbox(e.to_string()))?;
         if dropped > 0 {
             metrics::counter!(crate::telemetry::OUTBOX_DROPPED).increment(dropped);
@@ -651,6 +664,8 @@ impl Forwarder {
             &self.cloud_keys,
             &self.device,
         )?;
+        // A worker's signature holds: its issue time has passed, and raises the device's time floor.
+        self.clock.observe(answer.issued_unix);
         let store = |e: crate::store::StoreError| ForwardError::Outbox(e.to_string());
         let Some(raw) = self.outbox.get(&answer.id).map_err(store)? else {
             return Err(if lock(&self.recent).1.contains(&answer.id) {

@@ -65,6 +65,13 @@ pub enum InferenceError {
     Tensors(String),
 }
 
+/// A model run (or load) whose blocking work stopped part way failed.
+impl From<crate::blocking::Panicked> for InferenceError {
+    fn from(p: crate::blocking::Panicked) -> Self {
+        InferenceError::Run(p.to_string())
+    }
+}
+
 type Plan = TypedSimplePlan;
 
 /// Errors from tract and the decoders can span lines and dump tensors; callers print one line per failure, so the

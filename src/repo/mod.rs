@@ -32,6 +32,8 @@ pub enum RepoError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {

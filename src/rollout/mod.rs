@@ -31,6 +31,8 @@ pub enum RolloutError {
     NoRollout(String),
     #[error("{0}")]
     Fleet(String),
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 /// When a wave may move on, and when the rollout halts.

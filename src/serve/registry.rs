@@ -8,19 +8,27 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use super::Service;
+use crate::clock::Clock;
 use crate::wire::status::LocalStatus;
 
 pub struct Registry {
     default: String,
     models: RwLock<BTreeMap<String, Arc<Service>>>,
+    /// The device's clock and time floor: one per state dir, read by every check of a signed time.
+    clock: Arc<Clock>,
 }
 
 impl Registry {
-    pub fn new(default: &str, service: Arc<Service>) -> Registry {
+    pub fn new(default: &str, service: Arc<Service>, clock: Arc<Clock>) -> Registry {
         Registry {
             default: default.to_string(),
             models: RwLock::new([(default.to_string(), service)].into()),
+            clock,
         }
+    }
+
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Service>>> {
@@ -67,6 +75,7 @@ impl Registry {
         }
         LocalStatus {
             default_model: self.default.clone(),
+            clock: Some(self.clock.status()),
             service: self.default_service().status(),
             models,
         }

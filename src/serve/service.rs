@@ -90,6 +90,8 @@ pub enum ServiceError {
     Busy(PoolError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("internal error: {0}")]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 pub struct Service {
@@ -642,7 +644,7 @@ impl Service {
             Ok(_) => Outcome::Edge,
             Err(ServiceError::BadInput(_)) => Outcome::BadInput,
             Err(ServiceError::Busy(_)) => Outcome::Busy,
-            Err(ServiceError::Internal(_)) => Outcome::Error,
+            Err(ServiceError::Internal(_) | ServiceError::Panicked(_)) => Outcome::Error,
         };
         self.counters.record(outcome, start.elapsed());
         metrics::gauge!(crate::telemetry::QUEUE_DEPTH).set(self.pool.depth() as f64);
@@ -690,9 +692,8 @@ impl Service {
             .map(|_| crate::inference::tensor::tensors_digest(&inputs));
         if let (Some(c), Some(d)) = (cache.clone(), digest) {
             let key = CacheKey::with_input_digest(active.release_id(), &d);
-            let hit = tokio::task::spawn_blocking(move || c.get(&key))
+            let hit = crate::blocking::run(move || c.get(&key))
                 .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?
                 .unwrap_or_else(|err| {
                     tracing::warn!(error = %err, "cache lookup failed; running the model");
                     None
@@ -760,8 +761,7 @@ impl Service {
                 tensors: ran.outputs.clone(),
                 answer: None,
             };
-            let stored = tokio::task::spawn_blocking(move || c.insert(&key, &entry)).await;
-            if let Ok(Err(e)) = stored {
+            if let Err(e) = crate::blocking::run(move || c.insert(&key, &entry)).await {
                 tracing::warn!(error = %e, "cannot cache the result");
             }
         }
@@ -896,7 +896,7 @@ impl Service {
         let (a, c) = (active.clone(), candidate.clone());
         let raw = body.clone();
         // Decoding, the A/B arm and the cache lookup are blocking work too.
-        let (engine, arm, tensor, key, hit) = tokio::task::spawn_blocking(move || {
+        let (engine, arm, tensor, key, hit) = crate::blocking::run(move || {
             let tensor = match input {
                 Input::Image(body) => a
                     .tensor_from_image(&body, &limits)
@@ -945,8 +945,7 @@ impl Service {
             };
             Ok::<_, ServiceError>((engine, arm, tensor, key, hit))
         })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        .await?;
 
         // An answer without the model's output (the cloud's) does not serve a request that returns the output: the
         // model runs for the output, and the cloud's cached label stands (the case is not forwarded again).
@@ -1008,12 +1007,11 @@ impl Service {
                             (_, true) => tensor.clone(),
                             (Some(raw), false) => {
                                 let (p, raw) = (previous.clone(), raw.clone());
-                                tokio::task::spawn_blocking(move || {
+                                crate::blocking::run(move || {
                                     p.tensor_from_image(&raw, &limits)
+                                        .map_err(ServiceError::BadInput)
                                 })
-                                .await
-                                .map_err(|e| ServiceError::Internal(e.to_string()))?
-                                .map_err(ServiceError::BadInput)?
+                                .await?
                             }
                             // A tensor made for the failed model does not fit the previous one.
                             (None, false) => return Err(ServiceError::Internal(message)),
@@ -1129,7 +1127,7 @@ impl Service {
                 edge_confidence: response.confidence,
                 edge_model: response.model.digest.clone(),
                 cache_key: cache_key.as_bytes().to_vec(),
-                created_unix: crate::bundle::now_unix(),
+                created_unix: f.now_unix(),
                 model: self.name.clone(),
                 tensor: case_tensor.unwrap_or_default(),
                 task: None,
@@ -1168,13 +1166,12 @@ impl Service {
         let Some(cache) = self.cache.clone() else {
             return;
         };
-        let stored =
-            tokio::task::spawn_blocking(move || cache.insert_unless_cloud(&key, &entry)).await;
+        let stored = crate::blocking::run(move || cache.insert_unless_cloud(&key, &entry)).await;
         match stored {
-            Ok(Ok(evicted)) if evicted > 0 => {
+            Ok(evicted) if evicted > 0 => {
                 metrics::counter!(crate::telemetry::CACHE_EVICTIONS).increment(evicted)
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot cache the result"),
+            Err(e) => tracing::warn!(error = %e, "cannot cache the result"),
             _ => {}
         }
     }

@@ -148,12 +148,7 @@ impl Sim {
             message: e.to_string(),
         })?;
         let db = o.dir.join("records.db");
-        let store = tokio::task::spawn_blocking(move || Store::open(&db))
-            .await
-            .map_err(|e| SimError::Io {
-                path: "records.db".into(),
-                message: e.to_string(),
-            })??;
+        let store = crate::blocking::run(move || Store::open(&db)).await?;
         let pool = Arc::new(crate::worker::Pool::start(o.workers.max(1), 4096));
         let background = crate::worker::Background::start(o.shadow_cpu_share, 1024);
         let mut agents = Vec::with_capacity(o.agents);
@@ -248,7 +243,9 @@ impl Sim {
             let _ = t.await;
         }
         let s = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || s.flush()).await;
+        if let Err(e) = crate::blocking::run(move || s.flush()).await {
+            tracing::warn!(error = %e, "cannot flush the simulation's records");
+        }
     }
 }
 

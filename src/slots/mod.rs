@@ -28,6 +28,8 @@ pub enum SlotError {
     Corrupt { path: String, message: String },
     #[error("I/O error on {path}: {message}")]
     Io { path: String, message: String },
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub use cache::{CacheKey, CachedAnswer, CachedResult, ResultCache};
 pub use outbox::Outbox;
-pub use records::Records;
+pub use records::{Faults, Records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +21,8 @@ pub enum StoreError {
     Db(String),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Panicked(#[from] crate::blocking::Panicked),
 }
 
 impl From<sled::Error> for StoreError {

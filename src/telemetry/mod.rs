@@ -68,6 +68,12 @@ pub const DRIFT_KS: &str = "outpost_drift_ks";
 pub const DRIFT_FORWARD_RATE: &str = "outpost_drift_forward_rate";
 /// Answers from the cloud tier by `result`: `accepted`, or why they were refused (forged, unknown_key, ...).
 pub const CLOUD_ANSWERS: &str = "outpost_cloud_answers_total";
+/// The system clock and the time floor (Unix seconds), and the clock's health (1 for the current one, by `health`).
+pub const CLOCK_UNIX: &str = "outpost_clock_unix_seconds";
+pub const CLOCK_FLOOR_UNIX: &str = "outpost_clock_floor_unix_seconds";
+pub const CLOCK_HEALTH: &str = "outpost_clock_health";
+/// Writes of the time floor that failed (the floor held in memory).
+pub const CLOCK_FLOOR_WRITE_FAILURES: &str = "outpost_clock_floor_write_failures_total";
 pub const OUTBOX_DROPPED: &str = "outpost_outbox_dropped_total";
 pub const OUTBOX_PENDING: &str = "outpost_outbox_pending";
 /// Shadow runs of the staged candidate, by whether it agreed with the live model.

@@ -227,8 +227,8 @@ pub enum CommandError {
     TooFewSignatures { valid: usize, needed: usize },
     #[error("addressed to {0}, not to this device")]
     NotForMe(String),
-    #[error("expired at {expires} (now {now})")]
-    Expired { expires: u64, now: u64 },
+    #[error("{}", .0.sentence("command", "send it again"))]
+    Expired(crate::clock::Expired),
     #[error(
         "sequence number {seq} is not above {last}, the last accepted (replayed or out of order)"
     )]
@@ -333,7 +333,8 @@ pub struct Checker<'a> {
     pub threshold: usize,
     pub device: &'a str,
     pub group: Option<&'a str>,
-    pub now_unix: u64,
+    /// The device's clock and time floor: expiry is judged at the later of the two.
+    pub time: crate::clock::Reading,
     pub last_seq: u64,
 }
 
@@ -365,12 +366,9 @@ pub fn verify(bytes: &[u8], c: &Checker) -> Result<CommandBody, CommandError> {
     if !mine {
         return Err(CommandError::NotForMe(body.target.to_string()));
     }
-    if c.now_unix >= body.expires_unix {
-        return Err(CommandError::Expired {
-            expires: body.expires_unix,
-            now: c.now_unix,
-        });
-    }
+    c.time
+        .check_expiry(body.expires_unix, body.issued_unix)
+        .map_err(CommandError::Expired)?;
     if body.seq <= c.last_seq {
         return Err(CommandError::Replayed {
             seq: body.seq,
@@ -389,6 +387,54 @@ pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Commands follow the clock's rules (`crate::clock::rules`): a device at 2040 refuses a fresh command naming its
+    /// clock, a device at 1970 that has seen a later signed time refuses one that expired before it, and one that
+    /// has not takes it.
+    #[test]
+    fn commands_are_judged_at_the_clock_and_the_floor() {
+        use crate::clock::Reading;
+        const TODAY: u64 = 1_796_601_600;
+        let key = SigningKeyFile::generate().unwrap();
+        let keys = TrustedKeys::parse(&key.trusted_line("op")).unwrap();
+        let body = CommandBody {
+            target: Target::Device("d".into()),
+            seq: 5,
+            issued_unix: TODAY,
+            expires_unix: TODAY + 300,
+            action: Action::Rollback,
+            model: None,
+        };
+        let signed = sign(&body, &[&key]);
+        let at = |clock_unix, floor_unix| Checker {
+            keys: &keys,
+            threshold: 1,
+            device: "d",
+            group: None,
+            time: Reading {
+                clock_unix,
+                floor_unix,
+            },
+            last_seq: 0,
+        };
+        assert_eq!(
+            verify(&signed, &at(TODAY + 1, TODAY - 86_400)).unwrap(),
+            body
+        );
+        let e = verify(&signed, &at(2_208_988_800, TODAY - 86_400)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("command refused: this device's clock reads 2040-01-01T00:00:00Z"),
+            "{e}"
+        );
+        let e = verify(&signed, &at(3_600, TODAY + 3_600)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("before the newest signed time this device has seen"),
+            "{e}"
+        );
+        assert_eq!(verify(&signed, &at(3_600, TODAY - 86_400)).unwrap(), body);
+    }
+
     #[test]
     fn a_command_naming_a_model_is_version_2_and_an_agent_before_the_repository_refuses_it() {
         let key = SigningKeyFile::generate().unwrap();
@@ -398,7 +444,7 @@ mod tests {
             threshold: 1,
             device: "d",
             group: None,
-            now_unix: 10,
+            time: crate::clock::Reading::clock_only(10),
             last_seq: 0,
         };
         let mut body = CommandBody {

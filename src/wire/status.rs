@@ -374,12 +374,54 @@ pub struct ServiceStatus {
     pub drift: Option<DriftStatus>,
 }
 
+/// How the device's clock compares with its time floor (the latest time it knows has passed; `src/clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClockHealth {
+    Ok,
+    /// The clock reads earlier than a signed time the device has already seen: no RTC before time sync, or a clock
+    /// that stepped back. Expiries are judged at the floor.
+    BehindFloor,
+    /// The clock reads more than a year past everything signed the device has seen: expiries that only it sees are
+    /// blamed on it.
+    FarAhead,
+}
+
+impl ClockHealth {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClockHealth::Ok => "ok",
+            ClockHealth::BehindFloor => "behind-floor",
+            ClockHealth::FarAhead => "far-ahead",
+        }
+    }
+}
+
+/// The device's clock, its time floor and what the one says of the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStatus {
+    /// The system clock (Unix seconds).
+    pub system_unix: u64,
+    /// The time floor: the agent's build time, raised by the issue times of the verified messages.
+    pub floor_unix: u64,
+    pub build_unix: u64,
+    pub health: ClockHealth,
+    /// Why the floor's file could not be read or written (the floor still holds in memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_error: Option<String>,
+    #[serde(default)]
+    pub floor_write_failures: u64,
+}
+
 /// What `GET /v1/status` shows: the default model's status at the top, as a single-model agent showed it, and every
 /// other model's by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalStatus {
     /// The model `/v1/infer` serves.
     pub default_model: String,
+    /// The device's clock and time floor (absent from agents before the floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockStatus>,
     #[serde(flatten)]
     pub service: ServiceStatus,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -397,6 +439,9 @@ pub struct OnlineStatus {
     /// The model the top-level fields are about (absent from agents before the model repository, which had one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
+    /// The device's clock and time floor (absent from agents before the floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockStatus>,
     /// The default model's status, where a single-model agent put its own.
     #[serde(flatten)]
     pub service: ServiceStatus,
@@ -628,6 +673,14 @@ mod tests {
             link_uptime_s: 7,
             request_rate: 0.0,
             default_model: Some("m".into()),
+            clock: Some(ClockStatus {
+                system_unix: 2_208_988_800,
+                floor_unix: 1_796_601_600,
+                build_unix: 1_796_601_600,
+                health: ClockHealth::FarAhead,
+                floor_error: None,
+                floor_write_failures: 0,
+            }),
             models: BTreeMap::new(),
             service: ServiceStatus {
                 agent_version: "0.1.0".into(),

@@ -270,10 +270,36 @@ pub fn slim_outpost() -> PathBuf {
 }
 
 pub fn outpostctl(args: &[&str]) -> Output {
+    outpostctl_env(args, &[])
+}
+
+/// [`outpostctl`] with more environment (libfaketime's, to sign at another date).
+pub fn outpostctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_outpostctl"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// The environment that runs a program at the fixed date `unix` (UTC) under libfaketime, from Debian's `faketime`
+/// package (scripts/test.sh installs it): the real clock of the real binary is faked, through no variable of the
+/// agent's own. The monotonic clock is left alone, so timers and timeouts behave.
+pub fn faketime_env(unix: u64) -> Vec<(&'static str, String)> {
+    let lib = ["x86_64-linux-gnu", "aarch64-linux-gnu", "arm-linux-gnueabihf"]
+        .iter()
+        .map(|t| PathBuf::from(format!("/usr/lib/{t}/faketime/libfaketime.so.1")))
+        .find(|p| p.is_file())
+        .expect("libfaketime is not installed: run the tests with scripts/test.sh, which installs the Debian package faketime");
+    let date = outpost::clock::show(unix)
+        .replace('T', " ")
+        .replace('Z', "");
+    vec![
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("FAKETIME", date),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ("TZ", "UTC".into()),
+    ]
 }
 
 /// The final acknowledgement `outpostctl publish --json` printed, after checking that it succeeded.
@@ -399,6 +425,21 @@ impl Fixture {
         keys: &[&Path],
         extra: &[&str],
     ) -> PathBuf {
+        self.bundle_env(name, model, spec, version, keys, extra, &[])
+    }
+
+    /// [`Fixture::bundle_with_spec`] made with more environment (libfaketime's: a bundle signed at another date).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bundle_env(
+        &self,
+        name: &str,
+        model: &str,
+        spec: &str,
+        version: u64,
+        keys: &[&Path],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> PathBuf {
         let out = self.path(name);
         let models = models();
         let mut args = vec![
@@ -433,7 +474,7 @@ impl Fixture {
         }
         args.extend(extra.iter().map(|x| x.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = outpostctl(&args);
+        let o = outpostctl_env(&args, env);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         out
     }
@@ -473,6 +514,17 @@ impl Fixture {
     }
 
     pub fn install(&self, state: &Path, bundle: &Path, extra: &[&str]) -> Output {
+        self.install_env(state, bundle, extra, &[])
+    }
+
+    /// [`Fixture::install`] with more environment (libfaketime's: a device whose clock reads another date).
+    pub fn install_env(
+        &self,
+        state: &Path,
+        bundle: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut args = vec![
             "install",
             "--state-dir",
@@ -482,7 +534,11 @@ impl Fixture {
         ];
         args.extend_from_slice(extra);
         args.push(s(bundle));
-        outpost(&args)
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
     }
 }
 

@@ -49,7 +49,7 @@ impl Link {
         let retry = Duration::from_millis(self.config.forward.retry_ms);
         let f = f.clone();
         let scan = per_tick + self.in_flight.len();
-        let queued = tokio::task::spawn_blocking(move || f.queued(scan))
+        let queued = crate::blocking::value(move || f.queued(scan))
             .await
             .unwrap_or_default();
         let now = Instant::now();
@@ -80,7 +80,7 @@ impl Link {
         };
         let props = p.properties.clone().unwrap_or_default();
         let (f, payload) = (f.clone(), p.payload.clone());
-        let received = tokio::task::spawn_blocking(move || {
+        let received = crate::blocking::run(move || {
             f.receive(
                 &payload,
                 props.content_type.as_deref(),
@@ -89,17 +89,16 @@ impl Link {
         })
         .await;
         match received {
-            Ok(Ok(answer)) => {
+            Ok(answer) => {
                 self.in_flight.remove(&answer.id);
                 self.service.note_cloud_label(&answer.id, &answer.label);
             }
-            Ok(Err(e @ crate::forward::ForwardError::Duplicate(_))) => {
+            Err(e @ crate::forward::ForwardError::Duplicate(_)) => {
                 tracing::debug!(error = %e, "dropped a repeated cloud answer")
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!(error = %e, reason = e.reason(), "refused a cloud answer; the edge answers for it")
             }
-            Err(e) => tracing::error!(error = %e, "the answer check failed"),
         }
     }
 }

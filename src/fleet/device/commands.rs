@@ -1,11 +1,11 @@
-//! Signed commands from the operator: verified, their sequence number made durable, then run; each is answered on
-//! the device's ack topic.
+//! Signed commands from the operator: verified, their sequence number made durable (or refused, see `floors`), then
+//! run; each is answered on the device's ack topic.
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use std::time::Duration;
 
-use super::{Link, LAST_SEQ, SETTINGS};
+use super::{Link, RecordError, LAST_SEQ, SETTINGS};
 use crate::bundle::now_unix;
 use crate::fleet::topics;
 use crate::slots::SlotStore;
@@ -107,23 +107,11 @@ impl Link {
             threshold: self.config.slots.threshold,
             device: &self.device,
             group: self.config.fleet.group.as_deref(),
-            now_unix: now_unix(),
+            time: self.registry.clock().reading(),
             last_seq: 0,
         };
-        let verified = command::verify(payload, &checker).and_then(|b| {
-            let last = self.last_seq(&self.seq_key(&b));
-            if b.seq <= last {
-                Err(command::CommandError::Replayed { seq: b.seq, last })
-            } else {
-                Ok(b)
-            }
-        });
-        let body = match verified {
+        let body = match command::verify(payload, &checker) {
             Ok(b) => b,
-            Err(command::CommandError::Replayed { seq, .. }) if retained => {
-                tracing::debug!(seq, "a retained command already applied");
-                return;
-            }
             Err(e) => {
                 self.ack(
                     client,
@@ -135,12 +123,28 @@ impl Link {
                 return;
             }
         };
-        // The sequence number is durable before anything runs: a crash cannot make a command run twice.
-        let records = self.records.clone();
-        let seq = body.seq;
+        // Its signatures hold: its issue time has passed, and raises the device's time floor (a failed write of the
+        // floor is counted by the clock and refuses nothing).
+        let clock = self.registry.clock().clone();
+        let issued = body.issued_unix;
+        if let Err(e) = crate::blocking::value(move || clock.observe(issued)).await {
+            tracing::warn!(error = %e, "time floor not raised");
+        }
+        // The sequence number is durable before anything runs, so a crash cannot make a command run twice; when it
+        // cannot be read or made durable, the command is refused and does not run.
         let key = self.seq_key(&body);
-        if let Err(e) = tokio::task::spawn_blocking(move || records.put(&key, &seq)).await {
-            tracing::error!(error = %e, "cannot record the command sequence");
+        if let Err(e) = self.floors.admit(&key, body.seq).await {
+            if retained && e.is_replay() {
+                tracing::debug!(seq = body.seq, "a retained command already applied");
+                return;
+            }
+            self.ack(
+                client,
+                Some(body.seq),
+                CommandName::Refused,
+                Err(e.to_string()),
+            )
+            .await;
             return;
         }
         let action = body.action.kind();
@@ -166,10 +170,6 @@ impl Link {
         }
     }
 
-    fn last_seq(&self, key: &str) -> u64 {
-        self.records.get(key).ok().flatten().unwrap_or(0)
-    }
-
     /// Runs a verified command; `None` when the acknowledgement comes later (an update acks when installed).
     pub(super) async fn execute(
         &mut self,
@@ -193,10 +193,8 @@ impl Link {
             }
         }
         let blocking = |f: SlotJob| async move {
-            tokio::task::spawn_blocking(move || f(&slots))
+            crate::blocking::run(move || f(&slots))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
                 .map(AckResult::done)
         };
         match &body.action {
@@ -235,6 +233,7 @@ impl Link {
                 Some(
                     self.store_settings(&model, &[(key.clone(), value.clone())])
                         .await
+                        .map_err(|e| e.to_string())
                         .map(|()| {
                             AckResult::done(Outcome {
                                 set: Some(Setting {
@@ -250,10 +249,8 @@ impl Link {
                 // One cache serves every model (its keys name the release): purged whole.
                 let svc = self.service.clone();
                 Some(
-                    tokio::task::spawn_blocking(move || svc.purge_cache())
+                    crate::blocking::run(move || svc.purge_cache())
                         .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r)
                         .map(|n| {
                             AckResult::done(Outcome {
                                 purged: Some(n),
@@ -281,7 +278,7 @@ impl Link {
                     }
                 }
                 if let Err(e) = self.store_settings(&offer.name, &settings).await {
-                    return Some(Err(e));
+                    return Some(Err(e.to_string()));
                 }
                 self.start_download(client, offer.clone(), body.seq, true)
                     .await
@@ -309,13 +306,8 @@ impl Link {
                     )));
                 }
                 // A download of the removed model stops here: it must never complete into a slot.
-                if let Some(d) = self.download.take() {
-                    if d.offer.name == model {
-                        let _ = tokio::task::spawn_blocking(move || d.discard()).await;
-                        self.service.set_download(None);
-                    } else {
-                        self.download = Some(d);
-                    }
+                if let Err(e) = self.drop_download(|d| d.offer.name == model).await {
+                    return Some(Err(e.to_string()));
                 }
                 let name = model.clone();
                 Some(
@@ -336,15 +328,16 @@ impl Link {
                 let v = *version;
                 // A download of the abandoned version stops here, and an offer of it waiting in the queue is
                 // dropped: it must never complete into a slot. The next queued offer (another model's) starts.
-                self.drop_queued(&model, v).await;
-                if let Some(d) = self.download.take() {
-                    if d.offer.version == v && d.offer.name == model {
-                        let _ = tokio::task::spawn_blocking(move || d.discard()).await;
-                        self.service.set_download(None);
-                        self.start_queued(client).await;
-                    } else {
-                        self.download = Some(d);
-                    }
+                if let Err(e) = self.drop_queued(&model, v).await {
+                    return Some(Err(e.to_string()));
+                }
+                match self
+                    .drop_download(|d| d.offer.version == v && d.offer.name == model)
+                    .await
+                {
+                    Ok(true) => self.start_queued(client).await,
+                    Ok(false) => {}
+                    Err(e) => return Some(Err(e.to_string())),
                 }
                 Some(
                     blocking(Box::new(move |s| {
@@ -369,29 +362,27 @@ impl Link {
         }
     }
 
-    /// Records runtime settings durably (they survive restarts), then applies them.
     /// Records runtime settings of `model` durably (they survive restarts, and a model that starts later gets its
-    /// own), then applies them to it if it serves.
+    /// own), then applies them to it if it serves; when the record cannot be read or written, nothing is applied.
     pub(super) async fn store_settings(
         &mut self,
         model: &str,
         settings: &[(String, String)],
-    ) -> Result<(), String> {
+    ) -> Result<(), RecordError> {
         if settings.is_empty() {
             return Ok(());
         }
         let records = self.records.clone();
         let new = settings.to_vec();
         let key = settings_key(self.registry.default_name(), model);
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::run(move || {
             let mut all: Vec<(String, String)> = records.get(&key)?.unwrap_or_default();
             all.retain(|(x, _)| !new.iter().any(|(k, _)| k == x));
             all.extend(new);
             records.put(&key, &all)
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(RecordError::Settings)?;
         for (key, value) in settings {
             if key == "telemetry.heartbeat_s" {
                 self.heartbeat = Duration::from_secs(value.parse().unwrap_or(30));
@@ -403,19 +394,31 @@ impl Link {
         Ok(())
     }
 
-    /// Applies the recorded settings of models that started since the last look (once each).
-    pub(super) fn apply_new_models_settings(&mut self) {
+    /// Applies the recorded settings of models that started since the last look (once each). A record that does
+    /// not read is not taken as "no settings": that model's are tried again at the next tick.
+    pub(super) async fn apply_new_models_settings(&mut self) {
         for (name, service) in self.registry.all() {
             if self.settings_applied.contains(&name) {
                 continue;
             }
-            let key = settings_key(self.registry.default_name(), &name);
-            if let Ok(Some(stored)) = self.records.get::<Vec<(String, String)>>(&key) {
-                for (k, v) in &stored {
-                    service.set_setting(k, v);
+            let (records, key) = (
+                self.records.clone(),
+                settings_key(self.registry.default_name(), &name),
+            );
+            match crate::blocking::run(move || records.get::<Vec<(String, String)>>(&key)).await {
+                Ok(stored) => {
+                    for (k, v) in stored.iter().flatten() {
+                        service.set_setting(k, v);
+                    }
+                    self.settings_unread.remove(&name);
+                    self.settings_applied.insert(name);
+                }
+                Err(e) => {
+                    if self.settings_unread.insert(name.clone()) {
+                        tracing::error!(model = %name, error = %e, "cannot read the model's recorded settings; trying again every tick");
+                    }
                 }
             }
-            self.settings_applied.insert(name);
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 mod cases;
 mod commands;
+mod floors;
 mod update;
 
 pub use commands::SETTABLE;
@@ -22,16 +23,45 @@ pub use commands::SETTABLE;
 use crate::bundle::TrustedKeys;
 use crate::config::Config;
 use crate::fleet::mqtt::{self, Broker, LinkEvent, Settings, TlsFiles};
-use crate::fleet::transfer::Download;
+use crate::fleet::transfer::{Download, TransferError};
 use crate::fleet::{topics, FleetError};
 use crate::repo::Repository;
 use crate::serve::{Registry, Service};
+use crate::slots::SlotError;
 use crate::slots::SlotStore;
-use crate::store::Records;
+use crate::store::{Records, StoreError};
 use crate::wire::status::{DeviceStatus, OnlineStatus};
 
 const LAST_SEQ: &str = "command.last_seq";
 const SETTINGS: &str = "settings";
+
+/// A record that an action depends on cannot be read or written: the action is refused (acknowledged with this
+/// sentence) and does not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    #[error("cannot read the record of offers queued behind the running download ({0}): refused, since acting on a \
+             queue that may hold more offers could lose one or start one the operator withdrew; check the disk of \
+             the state dir, then send the command again")]
+    QueueRead(StoreError),
+    #[error("cannot record the queue of offers behind the running download ({0}): refused, nothing changed; check \
+             the disk of the state dir, then send the command again")]
+    QueueWrite(StoreError),
+    #[error("cannot record the setting ({0}): it is not applied, since it would be lost at the next restart; check \
+             the disk of the state dir, then send the command again")]
+    Settings(StoreError),
+    #[error("cannot drop the record of the download in progress ({0}): refused, since that download could resume \
+             and complete into a slot after a restart; check the disk of the state dir, then send the command again")]
+    DropDownload(TransferError),
+    #[error("cannot read the record of the download in progress ({0}): the offer is refused so that it does not \
+             replace a download this device cannot see; check the disk of the state dir, then send it again")]
+    DownloadUnread(String),
+    #[error("cannot read the slot record of {model} ({source}): the offer is refused, since the versions this \
+             device holds are unknown; check the disk of the state dir, then send it again")]
+    SlotsUnread { model: String, source: SlotError },
+    #[error("cannot start the download ({0}): the offer is refused; check the disk of the state dir, then send it \
+             again")]
+    StartDownload(TransferError),
+}
 
 /// Everything the link works with.
 pub struct Link {
@@ -44,9 +74,16 @@ pub struct Link {
     config: Config,
     device: String,
     records: Records,
+    /// The replay guard of commands: sequence-number floors per model.
+    floors: floors::Floors,
     keys: TrustedKeys,
     incoming: PathBuf,
     download: Option<Download>,
+    /// Set while the recorded download cannot be read (a failing disk): retried every tick, and offers are refused
+    /// meanwhile rather than replace a download this device cannot see.
+    download_unread: Option<String>,
+    /// The queue of offers could not be read or written when a download ended: retried every tick.
+    queue_retry: bool,
     heartbeat: Duration,
     started: Instant,
     last_marker: Option<(u64, Option<usize>, u64)>,
@@ -62,6 +99,8 @@ pub struct Link {
     in_flight: std::collections::HashMap<String, Instant>,
     /// Models whose recorded settings have been applied (a model that starts later gets its own).
     settings_applied: std::collections::BTreeSet<String>,
+    /// Models whose recorded settings could not be read (retried every tick; logged once).
+    settings_unread: std::collections::BTreeSet<String>,
 }
 
 /// Connection settings for the agent, from the config.
@@ -137,10 +176,13 @@ impl Link {
             device: config.fleet.device_id.clone(),
             incoming: state_dir.join("incoming"),
             config: config.clone(),
+            floors: floors::Floors::new(records.clone()),
             records,
             slots,
             keys,
             download: None,
+            download_unread: None,
+            queue_retry: false,
             heartbeat: Duration::from_secs(heartbeat),
             started: Instant::now(),
             last_marker: None,
@@ -150,6 +192,7 @@ impl Link {
             forward: None,
             in_flight: std::collections::HashMap::new(),
             settings_applied: [service_name].into(),
+            settings_unread: Default::default(),
         })
     }
 
@@ -168,20 +211,7 @@ impl Link {
         let settings = settings(&self.config)?;
         tracing::info!(broker = %settings.broker, device = %self.device, "fleet link starting");
         let (client, mut events) = mqtt::connect(&settings, shutdown.clone())?;
-        self.download = {
-            let (r, dir) = (self.records.clone(), self.incoming.clone());
-            tokio::task::spawn_blocking(move || Download::resume(r, &dir))
-                .await
-                .map_err(|e| FleetError::Client(e.to_string()))?
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "cannot resume the recorded download; dropping it");
-                    None
-                })
-        };
-        if let Some(d) = &self.download {
-            tracing::info!(bundle = %d.offer.bundle_hex(), done = d.done_count(), total = d.total(), "resuming a download");
-            self.service.set_download(Some(d.summary()));
-        }
+        self.resume_download().await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = false;
@@ -297,8 +327,48 @@ impl Link {
         }
     }
 
+    /// Takes over the download recorded before a restart. A record that does not read because the disk fails is
+    /// not taken as "no download": it is tried again every tick, and offers are refused meanwhile. A corrupt
+    /// record (it reads, as garbage) is dropped, as it can never resume.
+    async fn resume_download(&mut self) {
+        let (r, dir) = (self.records.clone(), self.incoming.clone());
+        match crate::blocking::run(move || Download::resume(r, &dir)).await {
+            Ok(d) => {
+                if self.download_unread.take().is_some() {
+                    tracing::info!("the recorded download reads again");
+                }
+                if let Some(d) = &d {
+                    tracing::info!(bundle = %d.offer.bundle_hex(), done = d.done_count(), total = d.total(), "resuming a download");
+                    self.service.set_download(Some(d.summary()));
+                }
+                self.download = d;
+            }
+            Err(e @ TransferError::Record(StoreError::Corrupt(_))) => {
+                tracing::error!(error = %e, "the recorded download is corrupt; dropping it");
+                self.download_unread = None;
+            }
+            Err(e) => {
+                if self.download_unread.is_none() {
+                    tracing::error!(error = %e, "cannot read the recorded download; trying again every tick, and refusing offers meanwhile");
+                }
+                self.download_unread = Some(e.to_string());
+            }
+        }
+    }
+
     async fn on_tick(&mut self, client: &AsyncClient) {
-        self.apply_new_models_settings();
+        self.apply_new_models_settings().await;
+        self.floors.settle().await;
+        if self.download_unread.is_some() {
+            self.resume_download().await;
+            if self.download.is_some() {
+                self.advance(client).await;
+            }
+        }
+        if self.queue_retry && self.download.is_none() && self.download_unread.is_none() {
+            self.queue_retry = false;
+            self.start_queued(client).await;
+        }
         let timeout = Duration::from_millis(self.config.fleet.chunk_timeout_ms);
         let mut expired = 0;
         if let Some(d) = self.download.as_mut() {
@@ -341,6 +411,7 @@ impl Link {
             link_uptime_s: self.started.elapsed().as_secs(),
             request_rate: (rate * 100.0).round() / 100.0,
             default_model: Some(self.registry.default_name().to_string()),
+            clock: Some(self.registry.clock().status()),
             service,
             models,
         }

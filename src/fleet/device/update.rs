@@ -5,10 +5,10 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use std::time::Instant;
 
-use super::Link;
-use crate::bundle::{now_unix, Policy, TrustedKeys};
+use super::{Link, RecordError};
+use crate::bundle::{Policy, TrustedKeys};
 use crate::fleet::topics;
-use crate::fleet::transfer::{decode_chunk, Accepted, ChunkRequest, Download};
+use crate::fleet::transfer::{decode_chunk, Accepted, ChunkRequest, Download, TransferError};
 use crate::wire::command::Offer;
 use crate::wire::status::{AckResult, Already, CommandName, Outcome, Serving};
 
@@ -34,6 +34,9 @@ impl Link {
         if let Err(e) = offer.check(self.config.fleet.max_bundle_bytes) {
             return Some(Err(e.to_string()));
         }
+        if let Some(e) = &self.download_unread {
+            return Some(Err(RecordError::DownloadUnread(e.clone()).to_string()));
+        }
         // The bundle installs into the model it names: a model this device does not hold yet is added, within the
         // cap, and its own version floor applies.
         let slots = match self.model_slots(&offer.name) {
@@ -44,7 +47,17 @@ impl Link {
         if let Err(e) = self.engine_room(&offer.name, offer.size) {
             return Some(Err(e));
         }
-        let state = slots.load().unwrap_or_default();
+        let st = slots.clone();
+        let state = match crate::blocking::run(move || st.load()).await {
+            Ok(s) => s,
+            Err(source) => {
+                return Some(Err(RecordError::SlotsUnread {
+                    model: offer.name.clone(),
+                    source,
+                }
+                .to_string()))
+            }
+        };
         // The same offer again (a rollout resent it after a restart): already done, say so.
         let staged = state.candidate_info().map(|i| i.version);
         let live = state.active_info().map(|i| i.version);
@@ -99,30 +112,47 @@ impl Link {
                 )));
             }
         }
-        if let Some(old) = self.download.take() {
+        if let Some(old) = &self.download {
             tracing::info!(bundle = %old.offer.bundle_hex(), "a newer offer replaces an unfinished download");
-            let _ = tokio::task::spawn_blocking(move || old.discard()).await;
+            if let Err(e) = self.drop_download(|_| true).await {
+                return Some(Err(e.to_string()));
+            }
         }
         let (r, dir) = (self.records.clone(), self.incoming.clone());
         let name = offer.name.clone();
-        match tokio::task::spawn_blocking(move || Download::start(r, &dir, offer, seq, candidate))
-            .await
-        {
-            Ok(Ok(d)) => {
+        match crate::blocking::run(move || Download::start(r, &dir, offer, seq, candidate)).await {
+            Ok(d) => {
                 tracing::info!(bundle = %d.offer.bundle_hex(), name = %name, version = d.offer.version, chunks = d.total(), "download started");
                 self.download = Some(d);
                 self.pump(client).await;
                 None
             }
-            Ok(Err(e)) => Some(Err(e)),
-            Err(e) => Some(Err(e.to_string())),
+            Err(e) => Some(Err(RecordError::StartDownload(e).to_string())),
         }
+    }
+
+    /// Stops the running download if `which` picks it, its record removed first: `Ok(true)` when one was dropped.
+    /// When the record cannot be removed the download goes on (a download whose record stays would resume at the
+    /// next start), and the caller refuses what it was doing.
+    pub(super) async fn drop_download(
+        &mut self,
+        which: impl FnOnce(&Download) -> bool,
+    ) -> Result<bool, RecordError> {
+        let Some(d) = self.download.as_ref().filter(|d| which(d)) else {
+            return Ok(false);
+        };
+        crate::blocking::run(d.discard_job())
+            .await
+            .map_err(RecordError::DropDownload)?;
+        self.download = None;
+        self.service.set_download(None);
+        Ok(true)
     }
 
     /// Records `offer` to start when the running download ends (durably: a restart keeps the queue), replacing an
     /// earlier offer for the same model. Returns how many wait.
     async fn enqueue(&mut self, offer: Offer, seq: u64, candidate: bool) -> Result<usize, String> {
-        let mut queue = self.queue();
+        let mut queue = self.queue().await.map_err(|e| e.to_string())?;
         queue.retain(|q| q.offer.name != offer.name);
         if queue.len() >= self.config.repository.max_models {
             return Err(format!(
@@ -137,55 +167,73 @@ impl Link {
             candidate,
         });
         let n = queue.len();
-        self.put_queue(queue)
-            .await
-            .map_err(|e| format!("cannot record the queued offer: {e}"))?;
+        self.put_queue(queue).await.map_err(|e| e.to_string())?;
         Ok(n)
     }
 
     /// Writes the queue (a flushed record: blocking work, off the async threads).
-    async fn put_queue(&self, queue: Vec<Queued>) -> Result<(), String> {
+    async fn put_queue(&self, queue: Vec<Queued>) -> Result<(), RecordError> {
         let records = self.records.clone();
-        tokio::task::spawn_blocking(move || records.put(QUEUE, &queue))
+        crate::blocking::run(move || records.put(QUEUE, &queue))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(RecordError::QueueWrite)
     }
 
-    /// Drops a queued offer of `name` at `version` (an abandoned release).
-    pub(super) async fn drop_queued(&mut self, name: &str, version: u64) {
-        let mut queue = self.queue();
+    /// Drops a queued offer of `name` at `version` (an abandoned release); fails, changing nothing, when the queue
+    /// cannot be read or written.
+    pub(super) async fn drop_queued(
+        &mut self,
+        name: &str,
+        version: u64,
+    ) -> Result<(), RecordError> {
+        let mut queue = self.queue().await?;
         let before = queue.len();
         queue.retain(|q| !(q.offer.name == name && q.offer.version == version));
         if queue.len() != before {
             tracing::info!(%name, version, "a queued offer of an abandoned release is dropped");
-            if let Err(e) = self.put_queue(queue).await {
-                tracing::error!(error = %e, "cannot record the queue of offers");
-            }
+            self.put_queue(queue).await?;
         }
+        Ok(())
     }
 
-    fn queue(&self) -> Vec<Queued> {
-        self.records
-            .get::<Vec<Queued>>(QUEUE)
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "the queue of offers does not read; dropping it");
-                None
-            })
-            .unwrap_or_default()
+    /// The queued offers; a record that does not read is an error, never an empty queue (offers would be lost).
+    async fn queue(&self) -> Result<Vec<Queued>, RecordError> {
+        let records = self.records.clone();
+        crate::blocking::run(move || records.get::<Vec<Queued>>(QUEUE))
+            .await
+            .map(Option::unwrap_or_default)
+            .map_err(RecordError::QueueRead)
     }
 
     /// Starts the oldest queued offer, if no download runs (after one ends, and at start); acknowledges its outcome
-    /// when it ends at once (refused, or already there).
+    /// when it ends at once (refused, or already there). When the queue cannot be read or written, or the recorded
+    /// download cannot, nothing starts and the link tries again at its next tick.
     pub(super) async fn start_queued(&mut self, client: &AsyncClient) {
         while self.download.is_none() {
-            let mut queue = self.queue();
+            if self.download_unread.is_some() {
+                self.queue_retry = true;
+                return;
+            }
+            let queue = self.queue().await;
+            let mut queue = match queue {
+                Ok(q) => q,
+                Err(e) => {
+                    if !self.queue_retry {
+                        tracing::error!(error = %e, "cannot start the queued offers; trying again every tick");
+                    }
+                    self.queue_retry = true;
+                    return;
+                }
+            };
             if queue.is_empty() {
                 return;
             }
             let next = queue.remove(0);
             if let Err(e) = self.put_queue(queue).await {
-                tracing::error!(error = %e, "cannot record the queue of offers");
+                if !self.queue_retry {
+                    tracing::error!(error = %e, "cannot start the queued offers; trying again every tick");
+                }
+                self.queue_retry = true;
                 return;
             }
             let action = if next.candidate {
@@ -249,18 +297,24 @@ impl Link {
             self.download = Some(d);
             return;
         }
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = crate::blocking::value(move || {
             let r = d.accept(&chunk);
             (d, r)
         })
         .await;
-        let Ok((d, res)) = joined else {
-            // The download stays recorded on disk; the next start resumes it.
-            tracing::error!("the chunk writer failed; the download resumes at the next start");
-            return;
+        let (d, res) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                // The download stays recorded on disk; the next start resumes it.
+                tracing::error!(error = %e, "the chunk writer failed; the download resumes at the next start");
+                return;
+            }
         };
         match res {
             Ok(Accepted::New) | Ok(Accepted::Duplicate) => {}
+            Err(e @ (TransferError::Record(_) | TransferError::Io { .. })) => {
+                tracing::warn!(error = %e, "chunks not recorded as durable; they are fetched again")
+            }
             Err(e) => tracing::warn!(error = %e, "chunk refused"),
         }
         self.service.set_download(Some(d.summary()));
@@ -284,7 +338,11 @@ impl Link {
                     } else {
                         CommandName::Update
                     };
-                    let _ = tokio::task::spawn_blocking(move || d.discard()).await;
+                    // A record that stays resumes this download at the next start, where its header is refused
+                    // again: logged, not fatal.
+                    if let Err(e) = crate::blocking::run(d.discard_job()).await {
+                        tracing::error!(error = %e, "cannot drop the record of the refused download");
+                    }
                     self.service.set_download(None);
                     self.ack(
                         client,
@@ -337,15 +395,18 @@ impl Link {
         let path = d.path.clone();
         let (version, name) = (d.offer.version, d.offer.name.clone());
         let slots = self.model_slots(&name)?;
-        tokio::task::spawn_blocking(move || {
+        let clock = self.registry.clock().clone();
+        crate::blocking::run(move || {
             let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
             let policy = Policy {
                 keys: &keys,
                 threshold,
-                now_unix: now_unix(),
+                time: clock.reading(),
                 agent_version: env!("CARGO_PKG_VERSION"),
             };
             let h = crate::bundle::read_header(&mut f, &policy).map_err(|e| e.to_string())?;
+            // Its signatures hold: its issue time has passed, and raises the device's time floor.
+            clock.observe(h.manifest.created_unix);
             if h.manifest.version != version || h.manifest.name != name {
                 return Err(format!(
                     "the offer announced {name} version {version} but the bundle holds {} version {}",
@@ -359,7 +420,6 @@ impl Link {
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())?
     }
 
     pub(super) async fn finish(&mut self, client: &AsyncClient, d: Download) {
@@ -376,7 +436,9 @@ impl Link {
         } else {
             (crate::slots::install::Mode::Trial, CommandName::Update)
         };
-        let result = tokio::task::spawn_blocking(move || {
+        let discard = d.discard_job();
+        let clock = self.registry.clock().clone();
+        let result = crate::blocking::run(move || {
             let f = std::fs::File::open(&d.path).map_err(|e| e.to_string());
             let r = slots
                 .and_then(|slots| f.map(|f| (slots, f)))
@@ -384,7 +446,7 @@ impl Link {
                     let policy = Policy {
                         keys: &keys,
                         threshold,
-                        now_unix: now_unix(),
+                        time: clock.reading(),
                         agent_version: env!("CARGO_PKG_VERSION"),
                     };
                     crate::slots::install::install_as(
@@ -402,12 +464,14 @@ impl Link {
                     })
                     .map_err(|e| e.to_string())
                 });
-            d.discard();
+            // Installed or refused, the download is over; a record that stays only resumes a download whose
+            // install is then refused as not newer.
+            if let Err(e) = discard() {
+                tracing::error!(error = %e, "cannot drop the record of the finished download");
+            }
             r
         })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+        .await;
         self.service.set_last_transfer(summary.clone());
         self.service.set_download(None);
         match result {

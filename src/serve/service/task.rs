@@ -230,7 +230,7 @@ impl Service {
             TaskRequestInput::Image(b) => Some(b.clone()),
             TaskRequestInput::Tensor(_) => None,
         };
-        let (tensor, fit, key, hit) = tokio::task::spawn_blocking(move || {
+        let (tensor, fit, key, hit) = crate::blocking::run(move || {
             let (tensor, fit) = match image {
                 TaskRequestInput::Image(bytes) => a
                     .task_input_from_image(&bytes, &limits)
@@ -257,8 +257,7 @@ impl Service {
             });
             Ok::<_, ServiceError>((tensor, fit, key, hit))
         })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        .await?;
 
         // A/B: a staged candidate of the same task answers a sticky share of the inputs (by the digest of what makes
         // the answer); it must be able to take the input (an image, or a tensor of the same preprocessing).
@@ -350,12 +349,11 @@ impl Service {
                     input
                 } else if let Some(image) = raw_image.clone() {
                     let p = previous.clone();
-                    let (tensor, fit) = tokio::task::spawn_blocking(move || {
+                    let (tensor, fit) = crate::blocking::run(move || {
                         p.task_input_from_image(&image, &limits)
+                            .map_err(ServiceError::BadInput)
                     })
-                    .await
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?
-                    .map_err(ServiceError::BadInput)?;
+                    .await?;
                     TaskInput {
                         tensor,
                         fit,
@@ -439,7 +437,7 @@ impl Service {
         };
         let id = crate::forward::case_id(&self.config.fleet.device_id, key.as_bytes());
         let case = self.task_case(
-            &id,
+            (&id, f.now_unix()),
             &key,
             &response,
             confidence,
@@ -474,11 +472,11 @@ impl Service {
         let input = match raw_image {
             Some(image) if !same_input(&candidate, active) => {
                 let (c, limits, overrides) = (candidate.clone(), self.limits, input.overrides);
-                let (tensor, fit) =
-                    tokio::task::spawn_blocking(move || c.task_input_from_image(&image, &limits))
-                        .await
-                        .map_err(|e| ServiceError::Internal(e.to_string()))?
-                        .map_err(ServiceError::BadInput)?;
+                let (tensor, fit) = crate::blocking::run(move || {
+                    c.task_input_from_image(&image, &limits)
+                        .map_err(ServiceError::BadInput)
+                })
+                .await?;
                 TaskInput {
                     tensor,
                     fit,
@@ -494,12 +492,10 @@ impl Service {
             &input.overrides,
         );
         let cache = self.cache.clone();
-        let hit =
-            tokio::task::spawn_blocking(move || cache.and_then(|c| c.get(&key).ok().flatten()))
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?
-                .filter(|h| !want_outputs || !h.tensors.is_empty())
-                .and_then(|h| h.answer.clone().map(|a| (h, a)));
+        let hit = crate::blocking::value(move || cache.and_then(|c| c.get(&key).ok().flatten()))
+            .await?
+            .filter(|h| !want_outputs || !h.tensors.is_empty())
+            .and_then(|h| h.answer.clone().map(|a| (h, a)));
         if let Some((hit, cached)) = hit {
             self.record_arm(ArmName::Candidate, cached.answer.confidence(&task), None);
             let model = ModelInfo::of(&candidate);
@@ -578,7 +574,7 @@ impl Service {
         let id = crate::forward::case_id(&self.config.fleet.device_id, key.as_bytes());
         let input = (Vec::new(), Vec::new(), inputs);
         let case = self.task_case(
-            &id,
+            (&id, f.now_unix()),
             &key,
             &response,
             confidence,
@@ -595,7 +591,7 @@ impl Service {
     /// call's thresholds and the edge's answer.
     fn task_case(
         &self,
-        id: &str,
+        (id, created_unix): (&str, u64),
         key: &CacheKey,
         response: &TaskResponse,
         confidence: f32,
@@ -610,7 +606,7 @@ impl Service {
             edge_confidence: confidence,
             edge_model: response.model.digest.clone(),
             cache_key: key.as_bytes().to_vec(),
-            created_unix: crate::bundle::now_unix(),
+            created_unix,
             model: self.name.clone(),
             tensor,
             task: Some(crate::forward::TaskCase {
