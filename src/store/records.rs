@@ -94,9 +94,9 @@ impl Records {
         }
     }
 
-    /// Writes and flushes (blocking: call off the async threads).
+    /// Writes and flushes (blocking: call off the async threads). When the flush fails, the value in memory is put
+    /// back as it was, so that a later flush of other work cannot make durable what the caller was told failed.
     pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        self.faults.check(true, key)?;
         let bytes = postcard::to_stdvec(value).map_err(|e| StoreError::Db(e.to_string()))?;
         if bytes.len() > MAX_RECORD {
             return Err(StoreError::Db(format!(
@@ -104,16 +104,31 @@ impl Records {
                 bytes.len()
             )));
         }
-        self.tree.insert(key.as_bytes(), bytes)?;
-        self.tree.flush()?;
-        Ok(())
+        let old = self.tree.insert(key.as_bytes(), bytes)?;
+        self.flush_or_restore(key, old)
     }
 
+    /// Removes and flushes (blocking), restoring the value in memory when the flush fails, as [`Records::put`].
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.faults.check(true, key)?;
-        self.tree.remove(key.as_bytes())?;
-        self.tree.flush()?;
-        Ok(())
+        let old = self.tree.remove(key.as_bytes())?;
+        self.flush_or_restore(key, old)
+    }
+
+    /// An injected write fault fails here, where a real one does: after the change in memory, at the flush.
+    fn flush_or_restore(&self, key: &str, old: Option<sled::IVec>) -> Result<(), StoreError> {
+        let flushed = self
+            .faults
+            .check(true, key)
+            .and_then(|()| self.tree.flush().map(drop).map_err(StoreError::from));
+        let Err(e) = flushed else {
+            return Ok(());
+        };
+        // Best effort: sled keeps the first I/O error for the life of the process, and then refuses this too.
+        let _ = match old {
+            Some(v) => self.tree.insert(key.as_bytes(), v).map(drop),
+            None => self.tree.remove(key.as_bytes()).map(drop),
+        };
+        Err(e)
     }
 }
 

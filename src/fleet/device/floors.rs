@@ -11,13 +11,14 @@
 //! as a pending floor, checked together with the durable one, and written to the store by [`Floors::settle`] (the
 //! link calls it every tick) as soon as the store takes it, which keeps it across restarts from then on. Only a
 //! restart while the store still fails forgets a pending floor; the command's own expiry then bounds how long its
-//! replay could run it, once (that run records its number). To try a refused command again, send it anew: a new
-//! command gets a new, higher number.
+//! replay could run it, once (that run records its number). sled keeps its first real I/O error (a full disk) for
+//! the life of the process, so there the store recovers only at a restart, and a pending floor is forgotten
+//! (tests/durable.rs measures it). To try a refused command again, send it anew: a new command gets a new, higher
+//! number.
 
 use std::collections::BTreeMap;
 
 use crate::store::{Records, StoreError};
-use crate::wire::command::CommandError;
 
 /// Why a verified command may not run.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +33,10 @@ pub enum FloorError {
         seq: u64,
         source: StoreError,
     },
-    /// At or below the durable floor.
-    #[error(transparent)]
-    Replayed(CommandError),
+    /// At or below the durable floor: the number of a command accepted before, or of one refused and since recorded.
+    #[error("sequence number {seq} is not above {last}, the last this device accepted or refused (replayed or out \
+             of order)")]
+    Replayed { seq: u64, last: u64 },
     /// At or below the number of a command refused earlier because the store failed.
     #[error("sequence number {seq} is not above {last}, the number of a command refused while this device could not \
              record its sequence (replayed or out of order): send the command again with a new sequence number")]
@@ -44,7 +46,7 @@ pub enum FloorError {
 impl FloorError {
     /// A replay of a command this device has accepted or refused before (not a store failure).
     pub fn is_replay(&self) -> bool {
-        matches!(self, FloorError::Replayed(_) | FloorError::Spent { .. })
+        matches!(self, FloorError::Replayed { .. } | FloorError::Spent { .. })
     }
 }
 
@@ -80,10 +82,7 @@ impl Floors {
         };
         let pending = self.pending.get(key).copied().unwrap_or(0);
         if seq <= durable {
-            return Err(FloorError::Replayed(CommandError::Replayed {
-                seq,
-                last: durable,
-            }));
+            return Err(FloorError::Replayed { seq, last: durable });
         }
         if seq <= pending {
             return Err(FloorError::Spent { seq, last: pending });
@@ -193,7 +192,10 @@ mod tests {
         );
         assert_eq!(f.pending(KEY), None);
         let e = f.admit(KEY, 11).await.unwrap_err();
-        assert!(matches!(e, FloorError::Replayed(_)), "{e}");
+        assert!(
+            matches!(e, FloorError::Replayed { seq: 11, last: 11 }),
+            "{e}"
+        );
         f.admit(KEY, 12).await.unwrap();
         assert_eq!(records.get::<u64>(KEY).unwrap(), Some(12));
     }
