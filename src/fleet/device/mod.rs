@@ -366,7 +366,6 @@ impl Link {
             }
         }
         if self.queue_retry && self.download.is_none() && self.download_unread.is_none() {
-            self.queue_retry = false;
             self.start_queued(client).await;
         }
         let timeout = Duration::from_millis(self.config.fleet.chunk_timeout_ms);

@@ -226,6 +226,7 @@ impl Link {
                 }
             };
             if queue.is_empty() {
+                self.queue_retry = false;
                 return;
             }
             let next = queue.remove(0);
@@ -236,6 +237,7 @@ impl Link {
                 self.queue_retry = true;
                 return;
             }
+            self.queue_retry = false;
             let action = if next.candidate {
                 CommandName::Candidate
             } else {
