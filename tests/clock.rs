@@ -1,4 +1,5 @@
-//! A device whose clock is wrong, end to end: the real `outpost` binary under libfaketime (Debian's `faketime`,
+//! A device whose clock is wrong, end to end: the release build of `outpost` (scripts/test.sh builds it and names it in
+//! `OUTPOST_RELEASE_BIN`) under libfaketime (Debian's `faketime`,
 //! which scripts/test.sh installs), with bundles signed by the real `outpostctl` at chosen dates. The agent reads no
 //! variable of its own for time: only the faked system clock and its durable time floor decide.
 
@@ -6,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{faketime_env, s, Daemon, Fixture, Mosquitto};
+use common::{faketime_env, release_outpost, s, Daemon, Fixture, Mosquitto};
 use outpost::wire::status::{ClockHealth, LocalStatus};
 
 const HOUR: u64 = 3_600;
@@ -37,7 +38,7 @@ fn bundle_at(f: &Fixture, file: &str, version: u64, unix: u64, days: u64) -> std
 
 fn install_at(f: &Fixture, state: &Path, bundle: &Path, unix: u64) -> (bool, String) {
     let env = faketime_env(unix);
-    let out = f.install_env(state, bundle, &[], &env_of(&env));
+    let out = f.install_with(&release_outpost(), state, bundle, &[], &env_of(&env));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -47,7 +48,7 @@ fn install_at(f: &Fixture, state: &Path, bundle: &Path, unix: u64) -> (bool, Str
 /// The daemon's status under a clock that reads `unix`.
 fn status_at(state: &Path, unix: u64) -> LocalStatus {
     let env = faketime_env(unix);
-    let daemon = Daemon::start_with_env(state, &[], &env_of(&env));
+    let daemon = Daemon::start_bin(&release_outpost(), state, &[], &env_of(&env));
     let status: LocalStatus = serde_json::from_value(daemon.get_json("/v1/status")).unwrap();
     daemon.stop();
     status
@@ -78,7 +79,12 @@ fn a_device_at_2040_names_its_clock_and_reports_it() {
     let broker = Mosquitto::start();
     let url = broker.url();
     let env = faketime_env(Y2040);
-    let daemon = Daemon::start_with_env(&state, &f.fleet_args(&url, "d2040"), &env_of(&env));
+    let daemon = Daemon::start_bin(
+        &release_outpost(),
+        &state,
+        &f.fleet_args(&url, "d2040"),
+        &env_of(&env),
+    );
     let online = broker.retained("outpost/v1/device/d2040/status", 30);
     assert!(
         online.as_ref().is_some_and(|v| v["state"] == "online"),

@@ -269,6 +269,21 @@ pub fn slim_outpost() -> PathBuf {
     bin
 }
 
+/// The release build of `outpost` (what a device runs), which scripts/test.sh builds before the tests and names in
+/// `OUTPOST_RELEASE_BIN`.
+pub fn release_outpost() -> PathBuf {
+    let bin = std::env::var_os("OUTPOST_RELEASE_BIN").map(PathBuf::from).expect(
+        "OUTPOST_RELEASE_BIN is not set: run the tests with scripts/test.sh, which builds the release binary \
+         (cargo build --release --bin outpost) and sets it",
+    );
+    assert!(
+        bin.is_file(),
+        "OUTPOST_RELEASE_BIN={} is not a file",
+        bin.display()
+    );
+    bin
+}
+
 pub fn outpostctl(args: &[&str]) -> Output {
     outpostctl_env(args, &[])
 }
@@ -514,12 +529,20 @@ impl Fixture {
     }
 
     pub fn install(&self, state: &Path, bundle: &Path, extra: &[&str]) -> Output {
-        self.install_env(state, bundle, extra, &[])
+        self.install_with(
+            Path::new(env!("CARGO_BIN_EXE_outpost")),
+            state,
+            bundle,
+            extra,
+            &[],
+        )
     }
 
-    /// [`Fixture::install`] with more environment (libfaketime's: a device whose clock reads another date).
-    pub fn install_env(
+    /// [`Fixture::install`] by another `outpost` binary (the release build) with more environment (libfaketime's:
+    /// a device whose clock reads another date).
+    pub fn install_with(
         &self,
+        bin: &Path,
         state: &Path,
         bundle: &Path,
         extra: &[&str],
@@ -534,7 +557,7 @@ impl Fixture {
         ];
         args.extend_from_slice(extra);
         args.push(s(bundle));
-        Command::new(env!("CARGO_BIN_EXE_outpost"))
+        Command::new(bin)
             .args(&args)
             .envs(env.iter().copied())
             .output()
