@@ -316,8 +316,8 @@ impl Drop for Tmpfs {
 /// log still fits in the pages it has, then the first one whose sequence number cannot be written is refused with
 /// the device's sentence and the OS's cause, and is not carried out; its replay is refused. sled keeps its first I/O
 /// error for the rest of the process, so the store recovers when the agent restarts on a disk with room: the
-/// database opens as it was last flushed, and a new command works. (Across that restart the refused number is
-/// forgotten, as nothing could be written: see src/fleet/device/floors.rs.)
+/// database opens as it was last flushed, the refused command's replay is still refused (its number outlived the
+/// restart in the reserve that a full disk cannot stop: src/fleet/device/spent.rs), and a new command works.
 #[test]
 fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
     let uid = std::process::Command::new("id").arg("-u").output().unwrap();
@@ -388,6 +388,10 @@ fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
     op.wait_offline();
     let daemon = Daemon::start(&state, &args);
     op.wait_online();
+    assert_eq!(threshold(&daemon).as_deref(), Some(carried.as_str()));
+    // The refused command's number outlived the restart (the reserve that a full disk cannot stop): its replay is
+    // still refused, now by the durable floor that the restarted agent wrote.
+    assert_refused(&op.send(&refused), &["not above"]);
     assert_eq!(threshold(&daemon).as_deref(), Some(carried.as_str()));
     assert_ok(&op.send(&set_threshold_on(ID, &key, base + 1000, "0.95")));
     assert_eq!(threshold(&daemon).as_deref(), Some("0.95"));

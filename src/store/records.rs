@@ -108,6 +108,16 @@ impl Records {
         self.flush_or_restore(key, old)
     }
 
+    /// Flushes what is in memory (blocking): `Ok` only when every record read so far is on disk. After a write
+    /// whose flush failed, sled may keep the new value in memory (its first I/O error sticks, so the restore fails
+    /// too): a value read then is not known durable until this succeeds. `key` names the record whose durability
+    /// is asked (an injected write fault of it fails this).
+    pub fn sync(&self, key: &str) -> Result<(), StoreError> {
+        self.faults.check(true, key)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
     /// Removes and flushes (blocking), restoring the value in memory when the flush fails, as [`Records::put`].
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
         let old = self.tree.remove(key.as_bytes())?;

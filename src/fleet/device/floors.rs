@@ -9,15 +9,19 @@
 //! come again once the store recovers (a broker's redelivery, or someone replaying what they captured), they must not
 //! run then, at a time the operator did not choose and after being told "refused". So the number is kept in memory
 //! as a pending floor, checked together with the durable one, and written to the store by [`Floors::settle`] (the
-//! link calls it every tick) as soon as the store takes it, which keeps it across restarts from then on. Only a
-//! restart while the store still fails forgets a pending floor; the command's own expiry then bounds how long its
-//! replay could run it, once (that run records its number). sled keeps its first real I/O error (a full disk) for
-//! the life of the process, so there the store recovers only at a restart, and a pending floor is forgotten
-//! (tests/durable.rs measures it). To try a refused command again, send it anew: a new command gets a new, higher
+//! link calls it every tick) as soon as the store takes it. sled keeps its first real I/O error (a full disk) for the
+//! life of the process, so there the store recovers only at a restart: pending numbers are therefore also written to
+//! a reserve that a full disk cannot stop ([`super::spent`]: preallocated, overwritten in place), read back as
+//! pending at the next start. Only a device whose reserve could not be prepared (no room at start) or is torn by a
+//! SIGKILL mid-write forgets its newest pending number at a restart; the command's own expiry then bounds how long
+//! its replay could run it, once. To try a refused command again, send it anew: a new command gets a new, higher
 //! number.
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
+use super::spent::Reserve;
 use crate::store::{Records, StoreError};
 
 /// Why a verified command may not run.
@@ -54,13 +58,58 @@ impl FloorError {
 pub(super) struct Floors {
     records: Records,
     pending: BTreeMap<String, u64>,
+    /// Where pending numbers outlive a restart while the store fails ([`super::spent`]); `None` when it could not
+    /// be prepared (they are then kept in memory only).
+    reserve: Option<Reserve>,
 }
 
 impl Floors {
-    pub(super) fn new(records: Records) -> Floors {
+    /// The floors in `records`, with the reserve of spent numbers in `state_dir` (its numbers pending again, so a
+    /// command refused before a restart stays refused after it). Blocking (the reserve's file).
+    pub(super) fn new(records: Records, state_dir: &Path) -> Floors {
+        let (reserve, pending) = match Reserve::open(state_dir) {
+            Ok((reserve, pending)) => {
+                if !pending.is_empty() {
+                    tracing::info!(
+                        ?pending,
+                        "numbers of commands refused before the last stop are still refused"
+                    );
+                }
+                (Some(reserve), pending)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reserve of refused command numbers");
+                (None, BTreeMap::new())
+            }
+        };
         Floors {
             records,
-            pending: BTreeMap::new(),
+            pending,
+            reserve,
+        }
+    }
+
+    /// Writes the pending numbers to the reserve (in place: a full disk does not stop it).
+    async fn keep_pending(&mut self) {
+        let Some(mut reserve) = self.reserve.take() else {
+            return;
+        };
+        let pending = self.pending.clone();
+        match crate::blocking::value(move || {
+            let r = reserve.write(&pending);
+            (reserve, r)
+        })
+        .await
+        {
+            Ok((reserve, r)) => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "a refused command's number is kept in memory only");
+                }
+                self.reserve = Some(reserve);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the reserve of refused command numbers is closed")
+            }
         }
     }
 
@@ -73,7 +122,7 @@ impl Floors {
         let durable = match crate::blocking::run(move || records.get::<u64>(&k)).await {
             Ok(v) => v.unwrap_or(0),
             Err(source) => {
-                self.spend(key, seq);
+                self.spend(key, seq).await;
                 return Err(FloorError::Read {
                     key: key.to_string(),
                     source,
@@ -89,7 +138,7 @@ impl Floors {
         }
         let (records, k) = (self.records.clone(), key.to_string());
         if let Err(source) = crate::blocking::run(move || records.put(&k, &seq)).await {
-            self.spend(key, seq);
+            self.spend(key, seq).await;
             return Err(FloorError::Write {
                 key: key.to_string(),
                 seq,
@@ -101,9 +150,10 @@ impl Floors {
         Ok(())
     }
 
-    fn spend(&mut self, key: &str, seq: u64) {
+    async fn spend(&mut self, key: &str, seq: u64) {
         let p = self.pending.entry(key.to_string()).or_insert(0);
         *p = (*p).max(seq);
+        self.keep_pending().await;
     }
 
     /// Writes pending floors that the store now takes (raising a durable floor, never lowering it); those it still
@@ -118,7 +168,9 @@ impl Floors {
             for (key, seq) in pending {
                 let durable = records.get::<u64>(&key).map(Option::unwrap_or_default);
                 let ok = match durable {
-                    Ok(d) if d >= seq => true,
+                    // In memory at least as high; on disk only if a flush succeeds (a write whose flush failed
+                    // may have left its value in memory).
+                    Ok(d) if d >= seq => records.sync(&key).is_ok(),
                     Ok(_) => records.put(&key, &seq).is_ok(),
                     Err(_) => false,
                 };
@@ -129,11 +181,15 @@ impl Floors {
             Ok::<_, StoreError>(done)
         })
         .await;
+        let before = self.pending.len();
         for (key, seq) in settled.unwrap_or_default() {
             tracing::info!(%key, seq, "the sequence number of a command refused earlier is now recorded");
             if self.pending.get(&key) == Some(&seq) {
                 self.pending.remove(&key);
             }
+        }
+        if self.pending.len() != before {
+            self.keep_pending().await;
         }
     }
 
@@ -154,7 +210,8 @@ mod tests {
             .unwrap()
             .records()
             .unwrap();
-        (dir, Floors::new(records.clone()), records)
+        let floors = Floors::new(records.clone(), dir.path());
+        (dir, floors, records)
     }
 
     const KEY: &str = "command.last_seq";
@@ -223,6 +280,27 @@ mod tests {
         f.admit(KEY, 21).await.unwrap();
         assert_eq!(records.get::<u64>(KEY).unwrap(), Some(21));
         assert_eq!(f.pending(KEY), None);
+    }
+
+    /// A restart while the store still fails keeps the refused number (the reserve), so its replay after the restart
+    /// is refused too; a value the failed write left in memory is not taken as durable.
+    #[tokio::test]
+    async fn a_refused_number_outlives_a_restart() {
+        let (dir, mut f, records) = floors();
+        f.admit(KEY, 10).await.unwrap();
+        records.faults().fail(false, true, KEY);
+        assert!(f.admit(KEY, 11).await.is_err());
+        // The store still fails at settle: the number stays pending, however memory reads.
+        f.settle().await;
+        assert_eq!(f.pending(KEY), Some(11));
+        drop(f);
+        // A restart: the durable floor is still 10 (the write failed), the reserve still holds 11.
+        records.faults().clear();
+        records.put(KEY, &10u64).unwrap();
+        let mut again = Floors::new(records.clone(), dir.path());
+        assert_eq!(again.pending(KEY), Some(11));
+        assert!(again.admit(KEY, 11).await.unwrap_err().is_replay());
+        again.admit(KEY, 12).await.unwrap();
     }
 
     /// A pending floor is written only when it raises the durable floor, and stays pending while the store fails.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 mod cases;
 mod commands;
 mod floors;
+mod spent;
 mod update;
 
 pub use commands::SETTABLE;
@@ -176,7 +177,7 @@ impl Link {
             device: config.fleet.device_id.clone(),
             incoming: state_dir.join("incoming"),
             config: config.clone(),
-            floors: floors::Floors::new(records.clone()),
+            floors: floors::Floors::new(records.clone(), state_dir),
             records,
             slots,
             keys,
