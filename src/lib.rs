@@ -20,5 +20,6 @@ pub mod sim;
 pub mod slots;
 pub mod store;
 pub mod telemetry;
+pub mod trust;
 pub mod wire;
 pub mod worker;

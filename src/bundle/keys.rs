@@ -139,6 +139,18 @@ impl TrustedKeys {
         })
     }
 
+    /// The keys by id, in the order they were listed.
+    pub fn entries(&self) -> &[(KeyId, VerifyingKey)] {
+        &self.keys
+    }
+
+    /// A set of the given keys (ids derived from them).
+    pub fn from_keys(keys: impl IntoIterator<Item = VerifyingKey>) -> TrustedKeys {
+        TrustedKeys {
+            keys: keys.into_iter().map(|k| (key_id(&k), k)).collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
