@@ -166,7 +166,9 @@ pub async fn start_default(
         .ok_or_else(|| {
             AgentError::Internal(format!("the default model {name} has nothing to serve"))
         })?;
-    let clock = Arc::new(crate::clock::Clock::open(&shared.config.agent.state_dir));
+    // Reads the floor's file: off the async threads, like every other read of the state dir.
+    let dir = shared.config.agent.state_dir.clone();
+    let clock = Arc::new(run(move || Ok::<_, AgentError>(crate::clock::Clock::open(&dir))).await?);
     Ok((Arc::new(Registry::new(name, service, clock)), controller))
 }
 
