@@ -20,3 +20,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Takes an exclusive OS lock on `path` (blocking), creating the file if needed; released when the returned file is
+/// dropped or the process dies (a writer killed while holding it releases it with its last descriptor). flock works
+/// on a read-only descriptor, so a lock file created by another user (root running `outpost install` beside the
+/// service user) still serves everyone.
+pub fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?,
+        Err(e) => return Err(e),
+    };
+    file.lock()?;
+    Ok(file)
+}

@@ -87,12 +87,6 @@ fn attack_matrix_leaves_the_device_untouched() {
         "signature",
     ));
     cases.push((
-        "too few signatures for k=2",
-        v7.clone(),
-        vec!["--threshold", "2"],
-        "2 required",
-    ));
-    cases.push((
         "older version",
         f.bundle("v4.bundle", "edge-qdq", 4, &[&f.key1], &[]),
         vec![],
@@ -142,15 +136,13 @@ fn attack_matrix_leaves_the_device_untouched() {
         vec![],
         "quality gate",
     ));
-    // Key rotation: the trusted list no longer holds key 2.
-    let rotated = f.path("rotated-keys");
-    let first_line = std::fs::read_to_string(&f.trusted)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
-    std::fs::write(&rotated, first_line).unwrap();
+    // Key rotation: trust version 2 no longer lists key 2 for bundles (signed by key 1, a root key of version 1).
+    let k1 = SigningKeyFile::load(&f.key1).unwrap();
+    let rotated = f.path("trust-v2");
+    let cfg = f.trust_config(&state);
+    let mut v2 = common::with_role(&f.trust_v1(), "bundles", &[&k1], 1);
+    v2.version = 2;
+    common::sign_trust(&v2, &[&k1], &rotated);
     let by_removed = f.bundle("removed.bundle", "edge-qdq", 10, &[&f.key2], &[]);
 
     let before_status = status(&state);
@@ -200,15 +192,46 @@ fn attack_matrix_leaves_the_device_untouched() {
     for (what, bundle, extra, cause) in cases {
         check(what, f.install(&state, &bundle, &extra), cause);
     }
-    let out = outpost(&[
-        "install",
-        "--state-dir",
-        s(&state),
-        "--trusted-keys",
-        s(&rotated),
-        s(&by_removed),
-    ]);
+    let out = outpost(&["trust", "apply", "-c", s(&cfg), s(&rotated)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = f.install(&state, &by_removed, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key no longer trusted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     check("signed only by a removed key", out, "signature");
+    // Version 3 asks two distinct keys for bundles: one signature is too few.
+    let k2 = SigningKeyFile::load(&f.key2).unwrap();
+    let mut v3 = common::with_role(&v2, "bundles", &[&k1, &k2], 2);
+    v3.version = 3;
+    let path = f.path("trust-v3");
+    common::sign_trust(&v3, &[&k1], &path);
+    let out = outpost(&["trust", "apply", "-c", s(&cfg), s(&path)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(
+        "too few signatures for k=2",
+        f.install(&state, &v7, &[]),
+        "2 required",
+    );
+    let mut v4 = common::with_role(&v3, "bundles", &[&k1], 1);
+    v4.version = 4;
+    let path = f.path("trust-v4");
+    common::sign_trust(&v4, &[&k1], &path);
+    let out = outpost(&["trust", "apply", "-c", s(&cfg), s(&path)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // And the good one still goes in.
     let o = f.install(&state, &v7, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -447,10 +470,7 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
     let mut rng = rand::rng();
     let (mut installs, mut rollbacks, mut promotes, mut killed) = (0, 0, 0, 0);
     let (mut staged, mut activates) = (0, 0);
-    // How long the operations that ran to completion took: the kills aim at the 75th percentile of them (one slow
-    // outlier, a cold page cache or a busy machine, stretched the window of every later kill past most operations'
-    // end when it was the maximum: 14 of 200 kills landed mid-way in one run).
-    let mut measured: Vec<std::time::Duration> = Vec::new();
+    let mut timer = common::KillTimer::new(std::time::Duration::from_millis(20));
     for i in 0..iterations {
         let store = slots_of(&state);
         let before = store.load().expect("the record decodes");
@@ -512,28 +532,9 @@ fn sigkill_at_random_instants_never_leaves_a_mix() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Every tenth operation runs to completion: it moves the state on and measures how long an operation
-        // takes here, so the kills of the others land anywhere from the first instruction to just after the end.
-        let started = std::time::Instant::now();
-        if i % 10 == 0 {
-            let _ = child.wait();
-            measured.push(started.elapsed());
-        } else {
-            let mut sorted = measured.clone();
-            sorted.sort();
-            let typical = sorted
-                .get(sorted.len().saturating_sub(1) * 3 / 4)
-                .copied()
-                .unwrap_or_default();
-            let window = typical
-                .max(std::time::Duration::from_millis(20))
-                .mul_f64(1.2);
-            std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
-            if child.try_wait().unwrap().is_none() {
-                killed += 1;
-                let _ = child.kill(); // SIGKILL
-            }
-            let _ = child.wait();
+        // Killed anywhere from the first instruction to just after the end.
+        if timer.run(&mut child, i, 1.2 * rng.random_range(0.0..1.0)) {
+            killed += 1;
         }
         // What the agent does at start: decode the record, load the live slot, check its digest.
         let after = store

@@ -240,18 +240,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             let mut link =
                 crate::fleet::device::Link::new(registry.clone(), &config, records, repo.clone())
                     .map_err(|e| AgentError::Internal(e.to_string()))?;
-            let cloud_keys = match (&config.forward.cloud_keys, config.forward.enabled) {
-                (Some(p), true) => Some(
-                    crate::bundle::TrustedKeys::from_file(p)
-                        .map_err(|e| AgentError::Internal(format!("forward.cloud_keys: {e}")))?,
-                ),
-                (None, true) => {
-                    tracing::warn!("hard cases stay on the device: forward.cloud_keys is unset, so no cloud answer could be believed (list the cloud workers' public keys there, or set forward.enabled = false)");
-                    None
-                }
-                _ => None,
-            };
-            if let Some(cloud_keys) = cloud_keys {
+            // Sending data off the device stays a local setting: a cloud role in the trust never turns it on.
+            let cloud = config.forward.enabled
+                && match registry.trust().role(crate::trust::Role::Cloud) {
+                    Ok(role) if !role.keys.is_empty() => true,
+                    Ok(_) => {
+                        tracing::warn!("hard cases stay on the device: the trust has no cloud role, so no cloud answer could be believed (list the cloud workers' keys in forward.cloud_keys before the first start, or add a cloud role with `outpostctl trust rotate`; or set forward.enabled = false)");
+                        false
+                    }
+                    Err(_) => false,
+                };
+            if cloud {
                 let (s, me, mb) = (
                     store.clone(),
                     config.forward.outbox_max_entries,
@@ -261,7 +260,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                     blocking::run(move || s.outbox(me, mb).map_err(AgentError::from)).await?;
                 let (f, rx) = crate::forward::Forwarder::new(
                     &config.fleet.device_id,
-                    cloud_keys,
+                    registry.trust().clone(),
                     outbox,
                     service.cache(),
                     &config.forward,
@@ -281,7 +280,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 }
             }))
         }
-        None => None,
+        // Without a fleet link (which compares the trust file every second and republishes), a trust applied by
+        // hand beside the daemon is picked up here.
+        None => {
+            let (trust, token) = (registry.trust().clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tick.tick() => {
+                            let t = trust.clone();
+                            let _ = blocking::value(move || t.refresh()).await;
+                        }
+                    }
+                }
+            }))
+        }
     };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)

@@ -169,7 +169,18 @@ pub async fn start_default(
     // Reads the floor's file: off the async threads, like every other read of the state dir.
     let dir = shared.config.agent.state_dir.clone();
     let clock = Arc::new(run(move || Ok::<_, AgentError>(crate::clock::Clock::open(&dir))).await?);
-    Ok((Arc::new(Registry::new(name, service, clock)), controller))
+    // The trust: stored, or version 1 from the key files on a device that has none yet.
+    let (dir, derived) = (
+        shared.config.agent.state_dir.clone(),
+        crate::trust::live::from_config(&shared.config),
+    );
+    let trust = Arc::new(
+        run(move || Ok::<_, AgentError>(crate::trust::LiveTrust::open(&dir, derived))).await?,
+    );
+    Ok((
+        Arc::new(Registry::new(name, service, clock, trust)),
+        controller,
+    ))
 }
 
 /// Keeps the registry in step with the repository: a model that an install brought is started, a removed one (or

@@ -55,6 +55,34 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// The keys this device trusts: its signed, versioned trust document (README, Keys and rotation).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Take newer versions of the trust document, each signed by the version before (a running agent picks them
+    /// up). Versions already held are skipped; an older one is refused.
+    Apply {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// When the root keys are lost or leaked: replace the trust with FILE, a document signed by a threshold of its
+    /// own root keys, whatever the device trusted before. Logged and shown in the status.
+    Reset {
+        #[command(flatten)]
+        state: StateArgs,
+        file: PathBuf,
+    },
+    /// Print the trust's status as JSON: version, root keys, warnings (on a device that stored none yet, the version 1
+    /// its key files make).
+    Show {
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -185,6 +213,7 @@ fn main() -> ExitCode {
         Command::Rollback { state } => rollback(state),
         Command::Status { state } => status(state),
         Command::Promote { state } => promote(state),
+        Command::Trust(t) => trust(t),
     };
     match result {
         Ok(code) => code,
@@ -525,20 +554,40 @@ fn install(
     candidate: bool,
     bundle: PathBuf,
 ) -> Result<ExitCode> {
-    use outpost::bundle::{Policy, TrustedKeys};
+    use outpost::bundle::Policy;
     use outpost::slots::install;
-    let config = state.config()?;
-    let keys_path = keys.or(config.slots.trusted_keys.clone()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no trusted keys: pass --trusted-keys <file> or set slots.trusted_keys in the config"
-        )
-    })?;
-    let keys = TrustedKeys::from_file(&keys_path)?;
+    let mut config = state.config()?;
+    // The flags stand for the key files, which only a device without a stored trust reads (its version 1).
+    let flags = keys.is_some() || threshold.is_some();
+    if let Some(k) = keys {
+        config.slots.trusted_keys = Some(k);
+    }
+    if let Some(t) = threshold {
+        config.slots.threshold = t;
+    }
+    let had = outpost::trust::TrustDir::new(&config.agent.state_dir)
+        .read()
+        .ok()
+        .flatten()
+        .is_some();
+    let trust = outpost::trust::console::stored_or_derived(&config, false)
+        .map_err(|e| anyhow::anyhow!("{}: refused: {e}", bundle.display()))?;
+    if had && flags {
+        eprintln!(
+            "note: this device's trust (version {}) decides which keys sign bundles; --trusted-keys and --threshold \
+             are read only before its first trust (README, Keys and rotation)",
+            trust.version()
+        );
+    }
+    let (keys, threshold) = trust
+        .role(outpost::trust::Role::Bundles)
+        .map(|(k, t)| (k.clone(), t))
+        .unwrap_or_default();
     // The device's time floor, as the daemon keeps it: a hand-run install judges expiry the same way, and raises it.
     let clock = outpost::clock::Clock::open(&config.agent.state_dir);
     let policy = Policy {
         keys: &keys,
-        threshold: threshold.unwrap_or(config.slots.threshold),
+        threshold,
         time: clock.reading(),
         agent_version: env!("CARGO_PKG_VERSION"),
     };
@@ -627,5 +676,36 @@ fn status(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
     let (_, store) = outpost::agent::model_slots(&config, state.model.as_deref())?;
     println!("{}", serde_json::to_string(&store.load()?)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trust(command: TrustCommand) -> Result<ExitCode> {
+    use outpost::trust::{console, LiveTrust};
+    match command {
+        TrustCommand::Apply { state, files } => {
+            let config = state.config()?;
+            let applied = console::apply(&config, &files)?;
+            if applied.to == applied.from {
+                println!("trust unchanged at version {}", applied.to);
+            } else {
+                println!("trust version {} -> {}", applied.from, applied.to);
+            }
+        }
+        TrustCommand::Reset { state, file } => {
+            let config = state.config()?;
+            let t = console::reset(&config, &file)?;
+            println!(
+                "trust reset to version {} (root {:?}); recorded in the status",
+                t.version(),
+                t.root_ids()
+            );
+        }
+        TrustCommand::Show { state } => {
+            let config = state.config()?;
+            let derived = outpost::trust::live::from_config(&config);
+            let live = LiveTrust::open_with(&config.agent.state_dir, derived, false);
+            println!("{}", serde_json::to_string_pretty(&live.status())?);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

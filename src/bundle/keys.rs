@@ -175,3 +175,15 @@ impl TrustedKeys {
             .any(|(id, k)| id == key_id && k.verify_strict(msg, &sig).is_ok())
     }
 }
+
+/// The key ids among `sigs` that `keys` does not list, once each: what a refusal names when a signature comes from a
+/// key that a rotation removed (or that was never trusted).
+pub fn strangers(keys: &TrustedKeys, sigs: &[super::BundleSignature]) -> Vec<KeyId> {
+    let mut out: Vec<KeyId> = Vec::new();
+    for s in sigs {
+        if !keys.knows(&s.key_id) && !out.contains(&s.key_id) {
+            out.push(s.key_id.clone());
+        }
+    }
+    out
+}

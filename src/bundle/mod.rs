@@ -69,6 +69,15 @@ pub enum BundleError {
     Signature(String),
     #[error("only {valid} valid signature(s) from distinct trusted keys, {needed} required")]
     TooFewSignatures { valid: usize, needed: usize },
+    /// Signed by keys the device's trust does not list for bundles: revoked by a rotation, or never trusted.
+    #[error("key no longer trusted: signed by {keys:?}, which this device's trust does not list for bundles \
+             ({valid} valid signature(s) from trusted keys, {needed} required); sign it with a current key \
+             (`outpostctl bundle resign`)")]
+    KeyNotTrusted {
+        keys: Vec<String>,
+        valid: usize,
+        needed: usize,
+    },
     #[error("{}", .0.sentence("bundle", "ask for a fresh bundle"))]
     Expired(crate::clock::Expired),
     #[error("bundle needs agent version {needed} or newer (this is {have})")]
@@ -611,6 +620,14 @@ fn check_signatures(
     }
     let needed = policy.threshold.max(1);
     if signers.len() < needed {
+        let strangers = crate::bundle::keys::strangers(policy.keys, sigs);
+        if !strangers.is_empty() {
+            return Err(BundleError::KeyNotTrusted {
+                keys: strangers,
+                valid: signers.len(),
+                needed,
+            });
+        }
         return Err(BundleError::TooFewSignatures {
             valid: signers.len(),
             needed,

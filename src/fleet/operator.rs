@@ -173,6 +173,7 @@ pub async fn send(
                             ..Outcome::default()
                         })),
                         error: None,
+                        refusal: None,
                     });
                     break;
                 }

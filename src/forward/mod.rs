@@ -59,8 +59,11 @@ pub enum ForwardError {
     Malformed(String),
     #[error("the answer is not signed")]
     Unsigned,
-    #[error("the answer is signed by key {0}, which is not in forward.cloud_keys")]
+    #[error("the answer is signed by key {0}, which the device's trust does not list for the cloud role (removed by \
+             a rotation, or never trusted)")]
     UnknownKey(String),
+    #[error("no answer can be believed: {0}")]
+    NoTrust(String),
     #[error("the answer's signature does not verify (forged or altered)")]
     Forged,
     #[error("the answer's {0} does not match its case")]
@@ -85,6 +88,7 @@ impl ForwardError {
             ForwardError::Malformed(_) => "malformed",
             ForwardError::Unsigned => "unsigned",
             ForwardError::UnknownKey(_) => "unknown_key",
+            ForwardError::NoTrust(_) => "no_trust",
             ForwardError::Forged => "forged",
             ForwardError::Mismatch(_) => "mismatch",
             ForwardError::Stale(_) => "stale",
@@ -517,7 +521,8 @@ pub fn verify_answer(
 
 pub struct Forwarder {
     device: String,
-    cloud_keys: TrustedKeys,
+    /// The cloud role of the device's trust, read at each answer: a worker key a rotation removed is refused at once.
+    trust: Arc<crate::trust::LiveTrust>,
     outbox: Outbox,
     cache: Option<Arc<ResultCache>>,
     to_link: mpsc::Sender<Vec<u8>>,
@@ -545,7 +550,7 @@ impl Forwarder {
     /// The forwarder and the receiving end the fleet link reads new cases from.
     pub fn new(
         device: &str,
-        cloud_keys: TrustedKeys,
+        trust: Arc<crate::trust::LiveTrust>,
         outbox: Outbox,
         cache: Option<Arc<ResultCache>>,
         config: &ForwardConfig,
@@ -555,7 +560,7 @@ impl Forwarder {
         (
             Arc::new(Forwarder {
                 device: device.to_string(),
-                cloud_keys,
+                trust,
                 outbox,
                 cache,
                 to_link: tx,
@@ -657,13 +662,11 @@ impl Forwarder {
         content_type: Option<&str>,
         correlation: Option<&[u8]>,
     ) -> Result<Answer, ForwardError> {
-        let answer = verify_answer(
-            bytes,
-            content_type,
-            correlation,
-            &self.cloud_keys,
-            &self.device,
-        )?;
+        let role = self
+            .trust
+            .role(crate::trust::Role::Cloud)
+            .map_err(|e| ForwardError::NoTrust(e.to_string()))?;
+        let answer = verify_answer(bytes, content_type, correlation, &role.keys, &self.device)?;
         // A worker's signature holds: its issue time has passed, and raises the device's time floor.
         self.clock.observe(answer.issued_unix);
         let store = |e: crate::store::StoreError| ForwardError::Outbox(e.to_string());

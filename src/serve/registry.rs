@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use super::Service;
 use crate::clock::Clock;
+use crate::trust::LiveTrust;
 use crate::wire::status::LocalStatus;
 
 pub struct Registry {
@@ -16,19 +17,31 @@ pub struct Registry {
     models: RwLock<BTreeMap<String, Arc<Service>>>,
     /// The device's clock and time floor: one per state dir, read by every check of a signed time.
     clock: Arc<Clock>,
+    /// The keys the device trusts, by role: read by every signature check (bundles, commands, cloud answers).
+    trust: Arc<LiveTrust>,
 }
 
 impl Registry {
-    pub fn new(default: &str, service: Arc<Service>, clock: Arc<Clock>) -> Registry {
+    pub fn new(
+        default: &str,
+        service: Arc<Service>,
+        clock: Arc<Clock>,
+        trust: Arc<LiveTrust>,
+    ) -> Registry {
         Registry {
             default: default.to_string(),
             models: RwLock::new([(default.to_string(), service)].into()),
             clock,
+            trust,
         }
     }
 
     pub fn clock(&self) -> &Arc<Clock> {
         &self.clock
+    }
+
+    pub fn trust(&self) -> &Arc<LiveTrust> {
+        &self.trust
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Service>>> {
@@ -76,6 +89,7 @@ impl Registry {
         LocalStatus {
             default_model: self.default.clone(),
             clock: Some(self.clock.status()),
+            trust: Some(self.trust.status()),
             service: self.default_service().status(),
             models,
         }

@@ -425,19 +425,7 @@ impl SlotStore {
     /// is an OS file lock: a writer killed while holding it releases it with its last descriptor.
     pub fn lock(&self) -> Result<SlotLock, SlotError> {
         let path = self.dir.join("lock");
-        // flock works on a read-only descriptor, so a lock file created by another user (root running
-        // `outpost install` beside the service user) still serves everyone.
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| io_err(&path, e))?,
-            Err(e) => return Err(io_err(&path, e)),
-        };
-        file.lock().map_err(|e| io_err(&path, e))?;
+        let file = crate::fsutil::lock_file(&path).map_err(|e| io_err(&path, e))?;
         Ok(SlotLock { _file: file })
     }
 

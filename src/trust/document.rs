@@ -89,6 +89,17 @@ impl TrustDocument {
     /// Checks the document on its own (not its place in the chain): every key well-formed and listed once, every
     /// known role present when required, naming listed keys once each, with a threshold from 1 to its key count.
     pub fn check(self) -> Result<Trust, TrustError> {
+        self.check_roles(true)
+    }
+
+    /// [`TrustDocument::check`] for a version 1 derived on a device whose files lack some keys (no
+    /// `slots.trusted_keys`: no root and no bundles role). Such a trust is never stored: nothing could rotate it,
+    /// so it is derived again at each start until the files name a root.
+    pub fn check_derived(self) -> Result<Trust, TrustError> {
+        self.check_roles(false)
+    }
+
+    fn check_roles(self, all_required: bool) -> Result<Trust, TrustError> {
         let mut keys: BTreeMap<&str, VerifyingKey> = BTreeMap::new();
         for k in &self.keys {
             if k.kind != ED25519 {
@@ -161,7 +172,7 @@ impl TrustDocument {
         }
         if let Some(missing) = Role::ALL
             .into_iter()
-            .find(|r| r.required() && !roles.contains_key(r))
+            .find(|r| all_required && r.required() && !roles.contains_key(r))
         {
             return Err(TrustError::MissingRole(missing.name()));
         }
@@ -173,10 +184,11 @@ impl TrustDocument {
 
     /// Version 1, derived from a device's key files as they are today, deterministically (keys sorted by id, roles in
     /// a fixed order), so that `outpostctl trust init` builds the same bytes from the same files. Its root is the
-    /// bundle keys at the bundle threshold: nothing could replace a model before without them, so a root no safer
-    /// than the files; README tells the operator to move the root to offline keys at the first rotation.
+    /// bundle keys (`trusted_keys`) at the bundle threshold: nothing could replace a model by hand before without
+    /// them, so a root no safer than the files; README tells the operator to move the root to offline keys at the
+    /// first rotation.
     pub fn from_files(
-        bundles: &TrustedKeys,
+        bundles: Option<&TrustedKeys>,
         threshold: usize,
         commands: Option<&TrustedKeys>,
         cloud: Option<&TrustedKeys>,
@@ -199,17 +211,29 @@ impl TrustDocument {
                 threshold,
             }
         };
-        let bundles_role = role(bundles, threshold);
-        let commands_role = role(commands.unwrap_or(bundles), threshold);
-        let cloud_role = cloud.filter(|c| !c.is_empty()).map(|c| role(c, 1));
-        let mut roles = vec![
-            ("root".to_string(), bundles_role.clone()),
-            ("bundles".to_string(), bundles_role),
-            ("commands".to_string(), commands_role),
-        ];
-        if let Some(c) = cloud_role {
-            roles.push(("cloud".to_string(), c));
+        let root_role = bundles.map(|b| role(b, threshold));
+        let commands_role = commands.or(bundles).map(|c| role(c, threshold));
+        // Bundles arrived two ways: by hand under `trusted_keys` and over the fleet link under `command_keys`, so
+        // the bundles role is both (a bundle that verified before still verifies).
+        let mut bundles_role = root_role.clone().or(commands_role.clone());
+        if let (Some(b), Some(c)) = (bundles_role.as_mut(), &commands_role) {
+            for id in &c.keys {
+                if !b.keys.contains(id) {
+                    b.keys.push(id.clone());
+                }
+            }
+            b.keys.sort();
         }
+        let cloud_role = cloud.filter(|c| !c.is_empty()).map(|c| role(c, 1));
+        let roles = [
+            ("root", root_role),
+            ("bundles", bundles_role),
+            ("commands", commands_role),
+            ("cloud", cloud_role),
+        ]
+        .into_iter()
+        .filter_map(|(n, r)| r.map(|r| (n.to_string(), r)))
+        .collect();
         TrustDocument {
             version: 1,
             issued_unix: 0,

@@ -12,10 +12,15 @@
 //! its delivery over MQTT and the operator's commands build on it.
 
 pub mod chain;
+pub mod console;
 pub mod document;
+pub mod live;
+pub mod stored;
 
 pub use chain::{sign, verify_next, SignedTrust};
 pub use document::{Role, RoleKeys, Trust, TrustDocument, TrustKey};
+pub use live::LiveTrust;
+pub use stored::TrustDir;
 
 /// Why a trust document is refused. Every refusal leaves the trust as it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +63,23 @@ pub enum TrustError {
     Replay { version: u64, current: u64 },
     #[error("version {version} skips versions after {current}: take {next} first (each version is signed by the one before)", next = .current + 1)]
     Gap { version: u64, current: u64 },
+    #[error("the stored trust {0} is gone, though this device took a trust document: every signed bundle, \
+             command and answer is refused (the key files are never read again for trust, since a rotation may have \
+             revoked them); restore the file, or run `outpost trust reset` from the device's console (README, Keys \
+             and rotation)")]
+    Missing(String),
+    #[error("the stored trust {path} does not read as a trust document ({message}): every signed bundle, command \
+             and answer is refused; restore the file, or run `outpost trust reset` from the device's console")]
+    Corrupt { path: String, message: String },
+    #[error("cannot read or write {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("this device holds no trust yet: start the agent once with slots.trusted_keys set (its version 1 comes \
+             from the key files), or run `outpost trust reset` with a document signed by its own root")]
+    NoTrust,
+    #[error("this device's trust has no root (its key files name no slots.trusted_keys), so no version can follow \
+             it: set slots.trusted_keys and restart the agent, or run `outpost trust reset` with a document signed by \
+             its own root")]
+    NoRoot,
     #[error("only {valid} valid signature(s) from distinct root keys of version {version}, {needed} required")]
     TooFewRootSignatures {
         version: u64,

@@ -225,6 +225,17 @@ pub enum CommandError {
     Malformed(String),
     #[error("only {valid} valid signature(s) from trusted keys, {needed} needed (unsigned, tampered or unknown key)")]
     TooFewSignatures { valid: usize, needed: usize },
+    /// Signed by keys the device's trust does not list for commands: revoked by a rotation, or never trusted.
+    #[error("key no longer trusted: signed by {keys:?}, which this device's trust does not list for commands \
+             ({valid} valid signature(s) from trusted keys, {needed} needed); sign it with a current key")]
+    KeyNotTrusted {
+        keys: Vec<String>,
+        valid: usize,
+        needed: usize,
+    },
+    /// The device has no usable trust (its stored trust is missing or corrupt): nothing signed is taken.
+    #[error("{0}")]
+    NoTrust(String),
     #[error("addressed to {0}, not to this device")]
     NotForMe(String),
     #[error("{}", .0.sentence("command", "send it again"))]
@@ -354,6 +365,14 @@ pub fn verify(bytes: &[u8], c: &Checker) -> Result<CommandBody, CommandError> {
     }
     let needed = c.threshold.max(1);
     if signers.len() < needed {
+        let strangers = crate::bundle::keys::strangers(c.keys, &signed.signatures);
+        if !strangers.is_empty() {
+            return Err(CommandError::KeyNotTrusted {
+                keys: strangers,
+                valid: signers.len(),
+                needed,
+            });
+        }
         return Err(CommandError::TooFewSignatures {
             valid: signers.len(),
             needed,

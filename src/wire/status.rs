@@ -413,6 +413,40 @@ pub struct ClockStatus {
     pub floor_write_failures: u64,
 }
 
+/// Why a device's root deserves the operator's attention (README, Keys and rotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustWarning {
+    /// One key can sign the next trust document: a single leak or loss decides the device's trust.
+    SingleRootKey,
+    /// A root key also signs bundles, commands or answers, so it lives on a machine that is online day to day.
+    OnlineRootKey,
+}
+
+/// A trust reset from the device's console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustReset {
+    pub unix: u64,
+    pub from_version: Option<u64>,
+    pub to_version: u64,
+}
+
+/// The keys a device trusts (`src/trust`): its trust document's version and root. Absent from agents before trust
+/// documents, which the fleet view shows as "no trust support".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustStatus {
+    /// None when the device has no usable trust (`error` says why); it refuses every signed thing meanwhile.
+    pub version: Option<u64>,
+    pub root_keys: Vec<String>,
+    pub root_threshold: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<TrustWarning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<TrustReset>,
+}
+
 /// What `GET /v1/status` shows: the default model's status at the top, as a single-model agent showed it, and every
 /// other model's by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -422,6 +456,9 @@ pub struct LocalStatus {
     /// The device's clock and time floor (absent from agents before the floor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockStatus>,
+    /// What the device trusts (absent from agents before trust documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustStatus>,
     #[serde(flatten)]
     pub service: ServiceStatus,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -442,6 +479,9 @@ pub struct OnlineStatus {
     /// The device's clock and time floor (absent from agents before the floor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockStatus>,
+    /// What the device trusts (absent from agents before trust documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustStatus>,
     /// The default model's status, where a single-model agent put its own.
     #[serde(flatten)]
     pub service: ServiceStatus,
@@ -601,6 +641,16 @@ impl AckResult {
     }
 }
 
+/// The kind of a refusal that an operator acts on fleet-wide (the sentence in `error` says the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// Signed by a key the device's trust does not list for that role: removed by a rotation, or never trusted.
+    KeyNotTrusted,
+    /// The device has no usable trust (its stored trust is missing or corrupt).
+    NoTrust,
+}
+
 /// The acknowledgement of one command, on `outpost/v1/device/<id>/ack`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
@@ -614,6 +664,9 @@ pub struct Ack {
     pub result: Option<AckResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of refusal, where it is one an operator acts on by kind (absent from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
 
 impl Ack {
@@ -680,6 +733,14 @@ mod tests {
                 health: ClockHealth::FarAhead,
                 floor_error: None,
                 floor_write_failures: 0,
+            }),
+            trust: Some(TrustStatus {
+                version: Some(2),
+                root_keys: vec!["00112233aabbccdd".into()],
+                root_threshold: 1,
+                warnings: vec![TrustWarning::SingleRootKey],
+                error: None,
+                reset: None,
             }),
             models: BTreeMap::new(),
             service: ServiceStatus {
@@ -792,6 +853,7 @@ mod tests {
             unix: 1,
             result: Some(AckResult::Status(Box::new(full_status()))),
             error: None,
+            refusal: None,
         };
         assert_eq!(Ack::from_json(ack.to_json().as_bytes()).unwrap(), ack);
         let set = Ack {

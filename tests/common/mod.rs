@@ -891,3 +891,117 @@ pub fn rollout(
             .unwrap(),
     )
 }
+
+impl Fixture {
+    /// A config for `state` naming the fixture's operator keys, so that the first `outpost trust apply` stores the
+    /// version 1 they make (as the daemon's first start does).
+    pub fn trust_config(&self, state: &Path) -> PathBuf {
+        let path = self.path("trust.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[agent]\nstate_dir = {:?}\n[slots]\ntrusted_keys = {:?}\nthreshold = 1\n",
+                s(state),
+                s(&self.trusted)
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Version 1 as a device makes it from the fixture's operator keys.
+    pub fn trust_v1(&self) -> outpost::trust::TrustDocument {
+        let k = outpost::bundle::TrustedKeys::from_file(&self.trusted).unwrap();
+        outpost::trust::TrustDocument::from_files(Some(&k), 1, None, None)
+    }
+}
+
+/// The trust document stored in `state` (what the device trusts now).
+pub fn stored_trust(state: &Path) -> outpost::trust::TrustDocument {
+    let bytes = std::fs::read(state.join(outpost::trust::stored::TRUST_FILE)).unwrap();
+    let (_, t) = outpost::trust::chain::decode(&bytes).unwrap();
+    t.document().clone()
+}
+
+/// `doc`'s next version with `role`'s keys replaced by `keys` at `threshold` (keys added to the document's list).
+pub fn with_role(
+    doc: &outpost::trust::TrustDocument,
+    role: &str,
+    keys: &[&outpost::bundle::SigningKeyFile],
+    threshold: u32,
+) -> outpost::trust::TrustDocument {
+    let mut d = doc.clone();
+    for k in keys {
+        if !d.keys.iter().any(|e| e.id == k.id()) {
+            d.keys.push(outpost::trust::TrustKey {
+                id: k.id(),
+                kind: "ed25519".into(),
+                public: hex::decode(k.public_hex()).unwrap(),
+            });
+        }
+    }
+    let entry = outpost::trust::RoleKeys {
+        keys: keys.iter().map(|k| k.id()).collect(),
+        threshold,
+    };
+    match d.roles.iter_mut().find(|(n, _)| n == role) {
+        Some((_, r)) => *r = entry,
+        None => d.roles.push((role.to_string(), entry)),
+    }
+    d
+}
+
+/// Signs `doc` as version `current + 1` with `keys` and writes it to `path`.
+pub fn sign_trust(
+    doc: &outpost::trust::TrustDocument,
+    keys: &[&outpost::bundle::SigningKeyFile],
+    path: &Path,
+) -> Vec<u8> {
+    let bytes = outpost::trust::chain::sign(doc, keys);
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+/// Kills a child process at a random instant of an operation, as the SIGKILL tests do: every tenth operation runs to
+/// completion and is timed, and the others are killed at `fraction` of the 75th percentile of those times (one slow
+/// outlier, a cold page cache or a busy machine, stretched the window of every later kill past most operations' end
+/// when it was the maximum).
+pub struct KillTimer {
+    measured: Vec<std::time::Duration>,
+    floor: std::time::Duration,
+}
+
+impl KillTimer {
+    /// `floor`: the shortest window, before any operation was timed.
+    pub fn new(floor: std::time::Duration) -> KillTimer {
+        KillTimer {
+            measured: Vec::new(),
+            floor,
+        }
+    }
+
+    /// Runs operation `i` to its end (every tenth) or kills it at `fraction` of the typical time; true when the
+    /// kill landed before the operation ended.
+    pub fn run(&mut self, child: &mut std::process::Child, i: usize, fraction: f64) -> bool {
+        let started = std::time::Instant::now();
+        if i.is_multiple_of(10) {
+            let _ = child.wait();
+            self.measured.push(started.elapsed());
+            return false;
+        }
+        let mut sorted = self.measured.clone();
+        sorted.sort();
+        let typical = sorted
+            .get(sorted.len().saturating_sub(1) * 3 / 4)
+            .copied()
+            .unwrap_or_default()
+            .max(self.floor);
+        std::thread::sleep(typical.mul_f64(fraction));
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
+            let _ = child.kill(); // SIGKILL
+        }
+        let _ = child.wait();
+        killed
+    }
+}

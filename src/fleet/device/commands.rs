@@ -9,8 +9,9 @@ use super::{Link, RecordError, LAST_SEQ, SETTINGS};
 use crate::bundle::now_unix;
 use crate::fleet::topics;
 use crate::slots::SlotStore;
-use crate::wire::command::{self, Action, Checker, CommandBody};
-use crate::wire::status::{Ack, AckResult, CommandName, Outcome, Setting};
+use crate::trust::Role;
+use crate::wire::command::{self, Action, Checker, CommandBody, CommandError};
+use crate::wire::status::{Ack, AckResult, CommandName, Outcome, Refusal, Setting};
 
 /// A slot-record change run off the async threads.
 type SlotJob = Box<dyn FnOnce(&SlotStore) -> Result<Outcome, String> + Send>;
@@ -62,6 +63,18 @@ impl Link {
         action: CommandName,
         result: Result<AckResult, String>,
     ) {
+        self.ack_with(client, seq, action, result, None).await
+    }
+
+    /// [`Link::ack`], naming the kind of a refusal that operators act on fleet-wide.
+    pub(super) async fn ack_with(
+        &self,
+        client: &AsyncClient,
+        seq: Option<u64>,
+        action: CommandName,
+        result: Result<AckResult, String>,
+        refusal: Option<Refusal>,
+    ) {
         let (ok, result, error) = match result {
             Ok(v) => (true, Some(v), None),
             Err(e) => (false, None, Some(e)),
@@ -74,6 +87,7 @@ impl Link {
             unix: now_unix(),
             result,
             error,
+            refusal,
         };
         metrics::counter!(crate::telemetry::COMMANDS, "command" => action.name(), "ok" => ok.to_string()).increment(1);
         if let Some(error) = &msg.error {
@@ -102,22 +116,34 @@ impl Link {
         }
         // Sequence numbers are checked per model (below, once the body says which model it acts on): two operators
         // rolling out two models at once each keep their own order, and a replay is refused by its model's floor.
-        let checker = Checker {
-            keys: &self.keys,
-            threshold: self.config.slots.threshold,
-            device: &self.device,
-            group: self.config.fleet.group.as_deref(),
-            time: self.registry.clock().reading(),
-            last_seq: 0,
+        let verified = match self.registry.trust().role(Role::Commands) {
+            Ok(role) => command::verify(
+                payload,
+                &Checker {
+                    keys: &role.keys,
+                    threshold: role.threshold,
+                    device: &self.device,
+                    group: self.config.fleet.group.as_deref(),
+                    time: self.registry.clock().reading(),
+                    last_seq: 0,
+                },
+            ),
+            Err(e) => Err(CommandError::NoTrust(e.to_string())),
         };
-        let body = match command::verify(payload, &checker) {
+        let body = match verified {
             Ok(b) => b,
             Err(e) => {
-                self.ack(
+                let refusal = match &e {
+                    CommandError::KeyNotTrusted { .. } => Some(Refusal::KeyNotTrusted),
+                    CommandError::NoTrust(_) => Some(Refusal::NoTrust),
+                    _ => None,
+                };
+                self.ack_with(
                     client,
                     command::peek_seq(payload),
                     CommandName::Refused,
                     Err(e.to_string()),
+                    refusal,
                 )
                 .await;
                 return;

@@ -21,7 +21,6 @@ mod update;
 
 pub use commands::SETTABLE;
 
-use crate::bundle::TrustedKeys;
 use crate::config::Config;
 use crate::fleet::mqtt::{self, Broker, LinkEvent, Settings, TlsFiles};
 use crate::fleet::transfer::{Download, TransferError};
@@ -77,7 +76,6 @@ pub struct Link {
     records: Records,
     /// The replay guard of commands: sequence-number floors per model.
     floors: floors::Floors,
-    keys: TrustedKeys,
     incoming: PathBuf,
     download: Option<Download>,
     /// Set while the recorded download cannot be read (a failing disk): retried every tick, and offers are refused
@@ -91,6 +89,8 @@ pub struct Link {
     /// The models whose drift alarm was raised in the last alarm message published (None: none published yet).
     last_alarm: Option<Vec<String>>,
     last_published: Instant,
+    /// When the trust file was last compared with the one loaded.
+    last_trust_check: Instant,
     last_requests: (u64, Instant),
     /// Hard cases: the forwarder, new cases from the request path, and cases sent and not yet answered.
     forward: Option<(
@@ -144,18 +144,6 @@ impl Link {
                 path: repo.root().display().to_string(),
                 message: e.to_string(),
             })?;
-        let keys_path = config
-            .fleet
-            .command_keys
-            .clone()
-            .or(config.slots.trusted_keys.clone());
-        let keys = match keys_path {
-            Some(p) => TrustedKeys::from_file(&p).map_err(|e| FleetError::Keys(e.to_string()))?,
-            None => {
-                tracing::warn!("no trusted keys (slots.trusted_keys): every command and update will be refused");
-                TrustedKeys::default()
-            }
-        };
         let state_dir = &config.agent.state_dir;
         let service_name = service.name().to_string();
         let stored = records
@@ -180,7 +168,6 @@ impl Link {
             floors: floors::Floors::new(records.clone(), state_dir),
             records,
             slots,
-            keys,
             download: None,
             download_unread: None,
             queue_retry: false,
@@ -189,6 +176,7 @@ impl Link {
             last_marker: None,
             last_alarm: None,
             last_published: Instant::now(),
+            last_trust_check: Instant::now(),
             last_requests: (0, Instant::now()),
             forward: None,
             in_flight: std::collections::HashMap::new(),
@@ -359,6 +347,17 @@ impl Link {
 
     async fn on_tick(&mut self, client: &AsyncClient) {
         self.apply_new_models_settings().await;
+        // A version applied by hand beside the daemon (`outpost trust apply`) is in force within a second.
+        if self.last_trust_check.elapsed() >= Duration::from_secs(1) {
+            self.last_trust_check = Instant::now();
+            let trust = self.registry.trust().clone();
+            if crate::blocking::value(move || trust.refresh())
+                .await
+                .unwrap_or(false)
+            {
+                self.publish_status(client, true).await;
+            }
+        }
         self.floors.settle().await;
         if self.download_unread.is_some() {
             self.resume_download().await;
@@ -412,6 +411,7 @@ impl Link {
             request_rate: (rate * 100.0).round() / 100.0,
             default_model: Some(self.registry.default_name().to_string()),
             clock: Some(self.registry.clock().status()),
+            trust: Some(self.registry.trust().status()),
             service,
             models,
         }

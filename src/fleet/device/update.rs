@@ -6,11 +6,13 @@ use rumqttc::v5::AsyncClient;
 use std::time::Instant;
 
 use super::{Link, RecordError};
-use crate::bundle::{Policy, TrustedKeys};
+use crate::bundle::Policy;
 use crate::fleet::topics;
 use crate::fleet::transfer::{decode_chunk, Accepted, ChunkRequest, Download, TransferError};
+use crate::trust::live::RoleKeysNow;
+use crate::trust::Role;
 use crate::wire::command::Offer;
-use crate::wire::status::{AckResult, Already, CommandName, Outcome, Serving};
+use crate::wire::status::{AckResult, Already, CommandName, Outcome, Refusal, Serving};
 
 /// The record of offers waiting for the running download (another model's): one per model, oldest first.
 const QUEUE: &str = "transfer.queue";
@@ -346,11 +348,12 @@ impl Link {
                         tracing::error!(error = %e, "cannot drop the record of the refused download");
                     }
                     self.service.set_download(None);
-                    self.ack(
+                    self.ack_with(
                         client,
                         Some(seq),
                         action,
-                        Err(format!("refused before download: {e}")),
+                        Err(format!("refused before download: {}", e.message)),
+                        e.refusal,
                     )
                     .await;
                     self.start_queued(client).await;
@@ -387,13 +390,21 @@ impl Link {
             .map_err(|e| e.to_string())
     }
 
-    pub(super) fn policy_keys(&self) -> (TrustedKeys, usize) {
-        (self.keys.clone(), self.config.slots.threshold)
+    /// The bundles role of the trust in force: every bundle is checked against it, read afresh at each check so
+    /// that a rotation taken during a download refuses what it removed.
+    pub(super) fn policy_keys(&self) -> Result<RoleKeysNow, Refused> {
+        self.registry
+            .trust()
+            .role(Role::Bundles)
+            .map_err(|e| Refused {
+                message: e.to_string(),
+                refusal: Some(Refusal::NoTrust),
+            })
     }
 
     /// The signed header, read from the first chunks: signatures, expiry, agent version, and the offer's claims.
-    pub(super) async fn check_header(&self, d: &Download) -> Result<(), String> {
-        let (keys, threshold) = self.policy_keys();
+    pub(super) async fn check_header(&self, d: &Download) -> Result<(), Refused> {
+        let role = self.policy_keys()?;
         let path = d.path.clone();
         let (version, name) = (d.offer.version, d.offer.name.clone());
         let slots = self.model_slots(&name)?;
@@ -401,23 +412,24 @@ impl Link {
         crate::blocking::run(move || {
             let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
             let policy = Policy {
-                keys: &keys,
-                threshold,
+                keys: &role.keys,
+                threshold: role.threshold,
                 time: clock.reading(),
                 agent_version: env!("CARGO_PKG_VERSION"),
             };
-            let h = crate::bundle::read_header(&mut f, &policy).map_err(|e| e.to_string())?;
+            let h = crate::bundle::read_header(&mut f, &policy).map_err(Refused::bundle)?;
             // Its signatures hold: its issue time has passed, and raises the device's time floor.
             clock.observe(h.manifest.created_unix);
             if h.manifest.version != version || h.manifest.name != name {
                 return Err(format!(
                     "the offer announced {name} version {version} but the bundle holds {} version {}",
                     h.manifest.name, h.manifest.version
-                ));
+                )
+                .into());
             }
             let highest = slots.load().map_err(|e| e.to_string())?.highest_version;
             if version <= highest {
-                return Err(format!("version {version} is not newer than {highest}"));
+                return Err(format!("version {version} is not newer than {highest}").into());
             }
             Ok(())
         })
@@ -425,7 +437,7 @@ impl Link {
     }
 
     pub(super) async fn finish(&mut self, client: &AsyncClient, d: Download) {
-        let (keys, threshold) = self.policy_keys();
+        let role = self.policy_keys();
         let slots = self.model_slots(&d.offer.name);
         let service = self.registry.get(&d.offer.name);
         let summary = d.summary();
@@ -441,13 +453,14 @@ impl Link {
         let discard = d.discard_job();
         let clock = self.registry.clock().clone();
         let result = crate::blocking::run(move || {
-            let f = std::fs::File::open(&d.path).map_err(|e| e.to_string());
-            let r = slots
-                .and_then(|slots| f.map(|f| (slots, f)))
-                .and_then(|(slots, f)| {
+            let f = std::fs::File::open(&d.path).map_err(|e| Refused::from(e.to_string()));
+            let r = role
+                .and_then(|role| slots.map_err(Refused::from).map(|slots| (role, slots)))
+                .and_then(|(role, slots)| f.map(|f| (role, slots, f)))
+                .and_then(|(role, slots, f)| {
                     let policy = Policy {
-                        keys: &keys,
-                        threshold,
+                        keys: &role.keys,
+                        threshold: role.threshold,
                         time: clock.reading(),
                         agent_version: env!("CARGO_PKG_VERSION"),
                     };
@@ -464,7 +477,10 @@ impl Link {
                         }
                         installed
                     })
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| match e {
+                        crate::slots::install::InstallError::Bundle(b) => Refused::bundle(b),
+                        e => e.to_string().into(),
+                    })
                 });
             // Installed or refused, the download is over; a record that stays only resumes a download whose
             // install is then refused as not newer.
@@ -496,9 +512,45 @@ impl Link {
                 )
                 .await;
             }
-            Err(e) => self.ack(client, Some(seq), action, Err(e)).await,
+            Err(e) => {
+                self.ack_with(client, Some(seq), action, Err(e.message), e.refusal)
+                    .await
+            }
         }
         self.publish_status(client, true).await;
         self.start_queued(client).await;
+    }
+}
+
+/// Why an update was refused: the sentence acknowledged, and its kind when operators act on it by kind.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub message: String,
+    pub refusal: Option<Refusal>,
+}
+
+impl From<String> for Refused {
+    fn from(message: String) -> Refused {
+        Refused {
+            message,
+            refusal: None,
+        }
+    }
+}
+
+impl From<crate::blocking::Panicked> for Refused {
+    fn from(p: crate::blocking::Panicked) -> Refused {
+        p.to_string().into()
+    }
+}
+
+impl Refused {
+    fn bundle(e: crate::bundle::BundleError) -> Refused {
+        let refusal = matches!(e, crate::bundle::BundleError::KeyNotTrusted { .. })
+            .then_some(Refusal::KeyNotTrusted);
+        Refused {
+            message: e.to_string(),
+            refusal,
+        }
     }
 }
