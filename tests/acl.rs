@@ -230,6 +230,7 @@ fn a_device_cannot_publish_as_another_nor_read_its_topics() {
         "outpost/v1/device/+/status",
         "outpost/v1/device/+/ack",
         "outpost/v1/rollout/+/status",
+        "outpost/v1/trust/+",
     ];
     let op_watch = fleet.subscribe_as("outpost-operator", &watched, 12);
     let serve_watch = fleet.subscribe_as("outpost-serve", &["outpost/v1/bundles/+/get/+"], 12);
@@ -284,6 +285,7 @@ fn a_device_cannot_publish_as_another_nor_read_its_topics() {
         "outpost/v1/device/acl-b/cloud",
         "outpost/v1/group/line-2/cmd",
         "outpost/v1/rollout/r1/status",
+        "outpost/v1/trust/9",
     ] {
         fleet.publish_as("acl-a", topic, "from-a", false);
     }
@@ -348,9 +350,8 @@ fn a_device_cannot_publish_as_another_nor_read_its_topics() {
     );
     // ...and none in B's name, nor on topics only services write.
     assert!(
-        op_seen
-            .iter()
-            .all(|l| !(l.contains("from-a") && (l.contains("acl-b") || l.contains("rollout")))),
+        op_seen.iter().all(|l| !(l.contains("from-a")
+            && (l.contains("acl-b") || l.contains("rollout") || l.contains("trust")))),
         "A published as B: {op_seen:?}"
     );
     assert!(
@@ -440,6 +441,44 @@ fn the_whole_flow_works_with_the_acl_on() {
             fleet
                 .retained_status("acl-a")
                 .is_some_and(|v| v["model"]["version"] == 2)
+        },
+    );
+    // A trust rotation published by the operator reaches the device through the ACL.
+    let v1 = fleet.f.path("v1.trust");
+    let v2 = fleet.f.path("v2.trust");
+    let o = outpostctl(&[
+        "trust",
+        "init",
+        "--trusted-keys",
+        s(&fleet.f.trusted),
+        "--cloud-keys",
+        s(&fleet.f.cloud_keys),
+        "--out",
+        s(&v1),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = outpostctl(&[
+        "trust",
+        "rotate",
+        "--from",
+        s(&v1),
+        "--threshold",
+        "commands=2",
+        "--key",
+        s(&fleet.f.key1),
+        "--out",
+        s(&v2),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = fleet.operator(&["trust", "publish", s(&v1), s(&v2)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(
+        "the device on trust version 2",
+        Duration::from_secs(20),
+        || {
+            fleet
+                .retained_status("acl-a")
+                .is_some_and(|v| v["trust"]["version"] == 2)
         },
     );
     assert!(a.stop().success());

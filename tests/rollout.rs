@@ -5,116 +5,12 @@
 mod common;
 
 use common::*;
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use outpost::rollout::{members, Phase, Progress};
-
-struct Sim {
-    child: KillOnDrop,
-    report: PathBuf,
-    ids: Vec<String>,
-}
-
-/// Starts `n` simulated agents in group `sim` and waits until each has published its status.
-fn simulate(m: &Mosquitto, f: &Fixture, n: usize, rate: u32) -> Sim {
-    simulate_as(m, f, "sim", n, rate, n, &[])
-}
-
-/// `n` agents named `<prefix>-NNNN`; waits until `online_total` devices of the group are online.
-fn simulate_as(
-    m: &Mosquitto,
-    f: &Fixture,
-    prefix: &str,
-    n: usize,
-    rate: u32,
-    online_total: usize,
-    extra: &[&str],
-) -> Sim {
-    let report = f.path(&format!("report-{prefix}.jsonl"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-        .args(["simulate", "--broker", &m.url(), "--agents", &n.to_string()])
-        .args(["--prefix", prefix, "--group", "sim"])
-        .args([
-            "--dir",
-            s(&f.path(&format!("state-{prefix}"))),
-            "--trusted-keys",
-            s(&f.trusted),
-        ])
-        .args(["--images", s(&models().join("data/test"))])
-        .args(["--rate", &rate.to_string(), "--report", s(&report)])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        format!("ready {n}"),
-        "the simulation did not start"
-    );
-    let child = KillOnDrop(child);
-    let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:04}")).collect();
-    wait_until(
-        "every simulated agent online",
-        Duration::from_secs(60),
-        || online(m, online_total) >= online_total,
-    );
-    Sim { child, report, ids }
-}
-
-/// Devices whose retained status says online.
-fn online(m: &Mosquitto, n: usize) -> usize {
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &m.port.to_string()])
-        .args([
-            "-t",
-            "outpost/v1/device/+/status",
-            "-C",
-            &n.to_string(),
-            "-W",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    let mut seen = BTreeSet::new();
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
-            if v["state"] == "online" {
-                seen.insert(v["device"].as_str().unwrap_or("").to_string());
-            }
-        }
-    }
-    seen.len()
-}
-
-impl Sim {
-    /// Stops the simulation (SIGTERM) and returns each agent's final state, by device id.
-    fn stop(mut self) -> BTreeMap<String, serde_json::Value> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let status = self.child.0.wait().unwrap();
-        assert!(status.success(), "simulate exited with {status}");
-        std::fs::read_to_string(&self.report)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (v["device"].as_str().unwrap().to_string(), v)
-            })
-            .collect()
-    }
-}
 
 fn rollout_args(m: &str, f: &Fixture, state: &Path, bundle: &Path) -> Vec<String> {
     [

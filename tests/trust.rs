@@ -348,3 +348,50 @@ fn a_lost_root_is_restored_from_the_console_and_a_missing_file_is_an_error() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(show(&cfg).version, Some(4));
 }
+
+/// A bundle signed only by a key a rotation removed is refused; `outpostctl resign` adds a current key's signature
+/// without changing a byte of its manifest, and it installs.
+#[test]
+fn a_bundle_resigned_with_a_current_key_installs_with_its_manifest_unchanged() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    let cfg = f.trust_config(&state);
+    let k1 = SigningKeyFile::load(&f.key1).unwrap();
+    let mut v2 = with_role(&f.trust_v1(), "bundles", &[&k1], 1);
+    v2.version = 2;
+    let p = f.path("v2.trust");
+    sign_trust(&v2, &[&k1], &p);
+    let o = apply(&cfg, &[&p]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let old = f.bundle("old.bundle", "edge-fp32", 5, &[&f.key2], &[]);
+    let o = f.install(&state, &old, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("key no longer trusted"),
+        "{err}"
+    );
+    let resigned = f.path("resigned.bundle");
+    let o = common::outpostctl(&[
+        "resign",
+        "--key",
+        s(&f.key1),
+        "--out",
+        s(&resigned),
+        s(&old),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The manifest as `inspect` shows it, and apart from it the keys that signed.
+    let inspect = |b: &Path| {
+        let out = common::outpostctl(&["inspect", "--json", s(b)]).stdout;
+        let mut v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let signers = v["signatures"].take();
+        (v, signers)
+    };
+    let ((before, signed_before), (after, signed_after)) = (inspect(&old), inspect(&resigned));
+    assert_eq!(before, after, "the manifest is unchanged");
+    let id2 = SigningKeyFile::load(&f.key2).unwrap().id();
+    assert_eq!(signed_before, serde_json::json!([id2]));
+    assert_eq!(signed_after, serde_json::json!([id2, k1.id()]));
+    let o = f.install(&state, &resigned, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -145,6 +145,20 @@ enum Command {
     },
     /// Run N simulated agents in this process against a broker (each its own MQTT session, state and slots).
     Simulate(SimulateArgs),
+    /// The fleet's trust document: the keys devices trust for each role, rotated and revoked over the air (README,
+    /// Keys and rotation).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Add signatures to a bundle without changing its manifest or models (what `bundle resign` would be: after a
+    /// rotation removed the key that signed it).
+    Resign {
+        /// Signing key file(s) to add.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        bundle: PathBuf,
+    },
     /// Serve bundle chunks to devices through the broker (several servers may run at once).
     Serve {
         #[command(flatten)]
@@ -153,6 +167,75 @@ enum Command {
         chunk_size: u32,
         #[arg(required = true)]
         bundles: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Version 1 from the devices' key files, byte for byte what a device derives from the same files: the base
+    /// the first rotation signs on top of.
+    Init {
+        /// slots.trusted_keys (the root and bundle keys of version 1).
+        #[arg(long)]
+        trusted_keys: PathBuf,
+        /// fleet.command_keys, when the devices set it.
+        #[arg(long)]
+        command_keys: Option<PathBuf>,
+        /// forward.cloud_keys, when the devices set it.
+        #[arg(long)]
+        cloud_keys: Option<PathBuf>,
+        /// slots.threshold.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The next version: keys added to or removed from roles, thresholds changed; signed by a threshold of the
+    /// current root keys and of the new root keys. Built on the newest version published on --broker (refusing a
+    /// --from file that is older), or on --from alone.
+    Rotate {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        /// Build on this document instead of reading the broker (an offline signing machine); with --online too,
+        /// it must be the newest published.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Read the newest published version from --broker.
+        #[arg(long)]
+        online: bool,
+        /// ROLE=KEY: adds a key (a private key file or a trusted-keys line file) to root, bundles, commands or cloud.
+        #[arg(long)]
+        add: Vec<String>,
+        /// ROLE=KEYID: removes a key from a role (a key no role names leaves the document).
+        #[arg(long)]
+        remove: Vec<String>,
+        /// ROLE=N: how many distinct keys of the role must sign.
+        #[arg(long)]
+        threshold: Vec<String>,
+        /// Signing key file(s): a threshold of the current root's and of the new root's.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Publish versions (retained, one topic each) after checking that they chain onto the newest published one;
+    /// then re-sign (with --resign-key) or clear the retained commands the newest version would refuse.
+    Publish {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        /// Keys of the new commands role to re-sign retained commands with (without: they are cleared).
+        #[arg(long = "resign-key")]
+        resign_keys: Vec<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a document (FILE) or the published chain (--online) as JSON.
+    Show {
+        #[command(flatten)]
+        mqtt: MqttArgs,
+        #[arg(long)]
+        online: bool,
+        file: Option<PathBuf>,
     },
 }
 
@@ -448,6 +531,27 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(fleet(c))
+        }
+        Command::Trust(t) => {
+            let _ = outpost::telemetry::init_tracing(outpost::config::LogFormat::Plain, "warn");
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(trust(t))
+        }
+        Command::Resign { keys, out, bundle } => {
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&SigningKeyFile> = keys.iter().collect();
+            let mut r = std::io::BufReader::new(
+                std::fs::File::open(&bundle)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?,
+            );
+            let mut buf = Vec::new();
+            let added = outpost::bundle::resign(&mut r, &mut buf, &refs)?;
+            outpost::fsutil::write_atomic(&out, &buf)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            eprintln!("added {added} signature(s); wrote {}", out.display());
+            Ok(())
         }
         Command::Keygen { out, name } => {
             let key = SigningKeyFile::generate()?;
@@ -1336,5 +1440,190 @@ async fn simulate(a: SimulateArgs) -> Result<()> {
         peak >> 20,
         peak.saturating_sub(base_peak) as f64 / 1024.0 / a.agents.max(1) as f64
     );
+    Ok(())
+}
+
+/// A public key from a private key file or a file whose first key line is a trusted-keys line.
+fn public_key(path: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey> {
+    if let Ok(k) = SigningKeyFile::load(path) {
+        let bytes: [u8; 32] = hex::decode(k.public_hex())?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("bad key length"))?;
+        return Ok(ed25519_dalek::VerifyingKey::from_bytes(&bytes)?);
+    }
+    let keys = outpost::bundle::TrustedKeys::from_file(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: neither a signing key nor a trusted-keys line: {e}",
+            path.display()
+        )
+    })?;
+    keys.entries()
+        .first()
+        .map(|(_, k)| *k)
+        .ok_or_else(|| anyhow::anyhow!("{}: no key in it", path.display()))
+}
+
+fn trust_json(bytes: &[u8]) -> Result<serde_json::Value> {
+    let (signed, t) = outpost::trust::chain::decode(bytes)?;
+    let d = t.document();
+    Ok(serde_json::json!({
+        "version": d.version,
+        "issued_unix": d.issued_unix,
+        "keys": d.keys.iter().map(|k| &k.id).collect::<Vec<_>>(),
+        "roles": d.roles.iter().map(|(n, r)| (n.clone(), serde_json::json!({"keys": r.keys, "threshold": r.threshold}))).collect::<serde_json::Map<_, _>>(),
+        "signed_by": signed.signatures.iter().map(|s| &s.key_id).collect::<Vec<_>>(),
+    }))
+}
+
+async fn trust(c: TrustCommand) -> Result<()> {
+    use outpost::fleet::trust as ft;
+    use outpost::trust::rotate::{next_version, Edit};
+    use outpost::trust::{chain, TrustDocument};
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    match c {
+        TrustCommand::Init {
+            trusted_keys,
+            command_keys,
+            cloud_keys,
+            threshold,
+            out,
+        } => {
+            let read = |p: &PathBuf| {
+                outpost::bundle::TrustedKeys::from_file(p)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            };
+            let bundles = read(&trusted_keys)?;
+            let commands = command_keys.as_ref().map(read).transpose()?;
+            let cloud = cloud_keys.as_ref().map(read).transpose()?;
+            let doc = TrustDocument::from_files(
+                Some(&bundles),
+                threshold,
+                commands.as_ref(),
+                cloud.as_ref(),
+            );
+            doc.clone().check()?;
+            let bytes = outpost::trust::stored::unsigned(&doc);
+            outpost::fsutil::write_atomic(&out, &bytes)?;
+            println!("{}", trust_json(&bytes)?);
+        }
+        TrustCommand::Rotate {
+            mqtt,
+            from,
+            online,
+            add,
+            remove,
+            threshold,
+            keys,
+            out,
+        } => {
+            let published_newest = if online {
+                let (client, mut events) =
+                    outpost::fleet::operator::connect(&mqtt.settings("trust")?, shutdown.clone())
+                        .await?;
+                let published = ft::published(&client, &mut events).await?;
+                let _ = client.disconnect().await;
+                ft::newest(&published)?.map(|t| {
+                    let v = t.version();
+                    (v, published[&v].clone())
+                })
+            } else {
+                None
+            };
+            let base = match (&from, published_newest) {
+                (Some(f), newest) => {
+                    let bytes = outpost::trust::console::read_capped(f)?;
+                    let (_, t) = chain::decode(&bytes)?;
+                    if let Some((v, _)) = &newest {
+                        if t.version() < *v {
+                            anyhow::bail!(
+                                "{} is version {}, but version {v} is published: rotate from the newest (drop --from, \
+                                 or pass the newest published document)",
+                                f.display(),
+                                t.version()
+                            );
+                        }
+                    }
+                    t
+                }
+                (None, Some((_, bytes))) => chain::decode(&bytes)?.1,
+                (None, None) if online => anyhow::bail!(
+                    "no trust document is published on the broker: publish version 1 first (`outpostctl trust init`, \
+                     then `outpostctl trust publish`), or pass --from"
+                ),
+                (None, None) => anyhow::bail!("pass --from FILE (the newest version) or --online"),
+            };
+            let mut edits = Vec::new();
+            for a in &add {
+                let (role, path) = Edit::split(a).map_err(anyhow::Error::msg)?;
+                edits.push(Edit::Add {
+                    role,
+                    key: public_key(std::path::Path::new(path))?,
+                });
+            }
+            for r in &remove {
+                let (role, id) = Edit::split(r).map_err(anyhow::Error::msg)?;
+                edits.push(Edit::Remove {
+                    role,
+                    id: id.to_string(),
+                });
+            }
+            for t in &threshold {
+                let (role, n) = Edit::split(t).map_err(anyhow::Error::msg)?;
+                edits.push(Edit::Threshold {
+                    role,
+                    threshold: n
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("{t:?}: ROLE=N with N a number"))?,
+                });
+            }
+            let next = next_version(base.document(), &edits, outpost::bundle::now_unix())?;
+            let keys = load_keys(&keys)?;
+            let refs: Vec<&SigningKeyFile> = keys.iter().collect();
+            let bytes = chain::sign(&next, &refs);
+            // What a device would do with it: refused here, before it is written, when the signatures fall short.
+            chain::verify_next(&base, &bytes)?;
+            outpost::fsutil::write_atomic(&out, &bytes)?;
+            println!("{}", trust_json(&bytes)?);
+        }
+        TrustCommand::Publish {
+            mqtt,
+            resign_keys,
+            files,
+        } => {
+            let docs = files
+                .iter()
+                .map(|f| outpost::trust::console::read_capped(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let resign = load_keys(&resign_keys)?;
+            let refs: Vec<&SigningKeyFile> = resign.iter().collect();
+            let (client, mut events) =
+                outpost::fleet::operator::connect(&mqtt.settings("trust")?, shutdown.clone())
+                    .await?;
+            let newest = ft::publish(&client, &mut events, &docs).await?;
+            let fixes = ft::fix_retained_commands(&client, &mut events, &newest, &refs).await?;
+            let _ = client.disconnect().await;
+            println!(
+                "{}",
+                serde_json::json!({"published_version": newest.version(), "retained_commands": fixes})
+            );
+        }
+        TrustCommand::Show { mqtt, online, file } => match (file, online) {
+            (Some(f), _) => println!(
+                "{}",
+                trust_json(&outpost::trust::console::read_capped(&f)?)?
+            ),
+            (None, true) => {
+                let (client, mut events) =
+                    outpost::fleet::operator::connect(&mqtt.settings("trust")?, shutdown.clone())
+                        .await?;
+                let published = ft::published(&client, &mut events).await?;
+                let _ = client.disconnect().await;
+                for bytes in published.values() {
+                    println!("{}", trust_json(bytes)?);
+                }
+            }
+            (None, false) => anyhow::bail!("pass a document FILE or --online"),
+        },
+    }
     Ok(())
 }

@@ -501,16 +501,57 @@ pub fn write_bundle(
         .map(|k| k.sign(&message(format, &manifest_bytes)))
         .collect();
     let sig_bytes = postcard::to_stdvec(&sigs).map_err(|e| BundleError::Manifest(e.to_string()))?;
-    out.write_all(MAGIC)?;
-    out.write_all(&[format])?;
-    out.write_all(&(manifest_bytes.len() as u32).to_le_bytes())?;
-    out.write_all(&manifest_bytes)?;
-    out.write_all(&(sig_bytes.len() as u32).to_le_bytes())?;
-    out.write_all(&sig_bytes)?;
+    write_header(out, format, &manifest_bytes, &sig_bytes)?;
     for m in models {
         out.write_all(m)?;
     }
     Ok(())
+}
+
+/// Magic, format, the manifest and the signatures, each section prefixed by its length.
+fn write_header(
+    out: &mut impl Write,
+    format: u8,
+    manifest_bytes: &[u8],
+    sig_bytes: &[u8],
+) -> Result<(), BundleError> {
+    out.write_all(MAGIC)?;
+    out.write_all(&[format])?;
+    out.write_all(&(manifest_bytes.len() as u32).to_le_bytes())?;
+    out.write_all(manifest_bytes)?;
+    out.write_all(&(sig_bytes.len() as u32).to_le_bytes())?;
+    out.write_all(sig_bytes)?;
+    Ok(())
+}
+
+/// Adds `keys`' signatures to a bundle without changing a byte of its manifest or models (a key removed by a trust
+/// rotation leaves bundles that need a current key's signature): reads `r`, writes the same bundle with the
+/// signatures appended to `out`. A key that already signed is not added twice. Returns how many were added.
+pub fn resign(
+    r: &mut impl Read,
+    out: &mut impl Write,
+    keys: &[&SigningKeyFile],
+) -> Result<usize, BundleError> {
+    let (format, manifest_bytes, mut sigs) = read_sections(r)?;
+    let msg = message(format, &manifest_bytes);
+    let mut added = 0;
+    for k in keys {
+        if !sigs.iter().any(|s| s.key_id == k.id()) {
+            sigs.push(k.sign(&msg));
+            added += 1;
+        }
+    }
+    let sig_bytes = postcard::to_stdvec(&sigs).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    if sig_bytes.len() > MAX_SIGNATURES {
+        return Err(BundleError::TooLarge {
+            what: "signatures",
+            size: sig_bytes.len() as u64,
+            cap: MAX_SIGNATURES as u64,
+        });
+    }
+    write_header(out, format, &manifest_bytes, &sig_bytes)?;
+    std::io::copy(r, out)?;
+    Ok(added)
 }
 
 fn read_exact_or(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), BundleError> {

@@ -20,6 +20,7 @@ pub mod operator;
 pub mod rollout;
 pub mod serve;
 pub mod transfer;
+pub mod trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -109,5 +110,19 @@ pub mod topics {
     }
     pub const ALL_ROLLOUTS: &str = "outpost/v1/rollout/+/status";
     pub const ALL_STATUS: &str = "outpost/v1/device/+/status";
+    /// Retained: version `version` of the signed trust document ([`crate::trust`]), one topic per version, so a
+    /// device that is behind fetches exactly the versions it lacks.
+    pub fn trust(version: u64) -> String {
+        format!("{PREFIX}/trust/{version}")
+    }
+    pub const ALL_TRUST: &str = "outpost/v1/trust/+";
+    /// The version a trust topic names.
+    pub fn trust_version(topic: &str) -> Option<u64> {
+        topic.strip_prefix("outpost/v1/trust/")?.parse().ok()
+    }
+    /// The MQTT 5 user property on a command naming the trust version it was signed under: a device that does not
+    /// have that version yet fetches the chain before judging the command (the signed body is unchanged, so older
+    /// agents take the command as before).
+    pub const TRUST_PROPERTY: &str = "outpost-trust-version";
     pub const ALL_ACKS: &str = "outpost/v1/device/+/ack";
 }

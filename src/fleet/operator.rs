@@ -1,6 +1,7 @@
 //! The operator's side (`outpostctl publish`, `cmd`, `watch`): sign a command, send it, wait for the
 //! acknowledgements, follow the fleet's retained status.
 
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use std::collections::BTreeMap;
@@ -80,8 +81,28 @@ pub async fn send(
     };
     client.subscribe(&ack_topic, QoS::AtLeastOnce).await?;
     client.subscribe(&status_topic, QoS::AtMostOnce).await?;
-    // Let the subscriptions settle before the command goes out, so a fast device's answer is not missed.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.subscribe(topics::ALL_TRUST, QoS::AtMostOnce).await?;
+    // Let the subscriptions settle before the command goes out, so a fast device's answer is not missed; meanwhile
+    // the retained trust documents name the version this command is signed under.
+    let mut early = std::collections::VecDeque::new();
+    let mut trust_version: Option<u64> = None;
+    let settle = Instant::now() + Duration::from_millis(150);
+    while let Ok(Some(ev)) = tokio::time::timeout(
+        settle.saturating_duration_since(Instant::now()),
+        events.recv(),
+    )
+    .await
+    {
+        match ev {
+            LinkEvent::Message(p) if topics::trust_version(&mqtt::topic_of(&p)).is_some() => {
+                if !p.payload.is_empty() {
+                    trust_version = trust_version.max(topics::trust_version(&mqtt::topic_of(&p)));
+                }
+            }
+            other => early.push_back(other),
+        }
+    }
+    client.unsubscribe(topics::ALL_TRUST).await?;
     let now = now_unix();
     let body = CommandBody {
         target: out.target.clone(),
@@ -96,8 +117,16 @@ pub async fn send(
         Target::Device(d) => topics::device_cmd(d),
         Target::Group(g) => topics::group_cmd(g),
     };
+    // The trust version travels as a user property, outside the signed body: an agent that lacks it fetches the
+    // chain before judging the command; older agents ignore it.
+    let props = PublishProperties {
+        user_properties: trust_version
+            .map(|v| vec![(topics::TRUST_PROPERTY.to_string(), v.to_string())])
+            .unwrap_or_default(),
+        ..Default::default()
+    };
     client
-        .publish(topic, QoS::AtLeastOnce, false, bytes)
+        .publish_with_properties(topic, QoS::AtLeastOnce, false, bytes, props)
         .await?;
     let is_update = out.action.offer().is_some();
     let mut saw_other_model = false;
@@ -108,9 +137,12 @@ pub async fn send(
         if left.is_zero() {
             break;
         }
-        let ev = match tokio::time::timeout(left, events.recv()).await {
-            Ok(Some(ev)) => ev,
-            Ok(None) | Err(_) => break,
+        let ev = match early.pop_front() {
+            Some(ev) => ev,
+            None => match tokio::time::timeout(left, events.recv()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) | Err(_) => break,
+            },
         };
         let p = match ev {
             LinkEvent::Message(p) => p,
@@ -125,6 +157,9 @@ pub async fn send(
             _ => continue,
         };
         let t = mqtt::topic_of(&p);
+        if topics::trust_version(&t).is_some() {
+            continue;
+        }
         if t.ends_with("/status") {
             let status = match DeviceStatus::from_json(&p.payload) {
                 Ok(DeviceStatus::Online(s)) => s,

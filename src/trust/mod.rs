@@ -15,6 +15,7 @@ pub mod chain;
 pub mod console;
 pub mod document;
 pub mod live;
+pub mod rotate;
 pub mod stored;
 
 pub use chain::{sign, verify_next, SignedTrust};

@@ -397,6 +397,35 @@ pub fn verify(bytes: &[u8], c: &Checker) -> Result<CommandBody, CommandError> {
     Ok(body)
 }
 
+/// Whether a threshold of distinct keys in `keys` signed the command (its signatures only: not its target, expiry
+/// or sequence). What a trust rotation checks of the commands left retained on the broker.
+pub fn signed_enough(
+    bytes: &[u8],
+    keys: &TrustedKeys,
+    threshold: usize,
+) -> Result<bool, CommandError> {
+    let (signed, _, format) = decode_with_format(bytes)?;
+    let msg = message(format, &signed.body);
+    let mut signers: Vec<&str> = Vec::new();
+    for s in &signed.signatures {
+        if !signers.contains(&s.key_id.as_str()) && keys.verify(&s.key_id, &msg, &s.signature) {
+            signers.push(&s.key_id);
+        }
+    }
+    Ok(signers.len() >= threshold.max(1))
+}
+
+/// The same command, body byte for byte, signed by `keys` instead (a rotation removed the keys that signed it).
+pub fn resign(bytes: &[u8], keys: &[&SigningKeyFile]) -> Result<Vec<u8>, CommandError> {
+    let (signed, _, format) = decode_with_format(bytes)?;
+    let msg = message(format, &signed.body);
+    let again = SignedCommand {
+        signatures: keys.iter().map(|k| k.sign(&msg)).collect(),
+        body: signed.body,
+    };
+    Ok(postcard::to_stdvec(&again).expect("a signed command always encodes"))
+}
+
 /// The best-effort sequence number of bytes that failed verification, so the refusal can name it.
 pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
     decode(bytes).ok().map(|(_, b)| b.seq)

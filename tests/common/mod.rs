@@ -1005,3 +1005,115 @@ impl KillTimer {
         killed
     }
 }
+
+/// `outpostctl simulate`: N agents in one process against a real broker.
+pub struct Sim {
+    pub child: KillOnDrop,
+    pub report: PathBuf,
+    pub ids: Vec<String>,
+}
+
+/// Starts `n` simulated agents in group `sim` and waits until each has published its status.
+pub fn simulate(m: &Mosquitto, f: &Fixture, n: usize, rate: u32) -> Sim {
+    simulate_as(m, f, "sim", n, rate, n, &[])
+}
+
+/// `n` agents named `<prefix>-NNNN`; waits until `online_total` devices of the group are online.
+pub fn simulate_as(
+    m: &Mosquitto,
+    f: &Fixture,
+    prefix: &str,
+    n: usize,
+    rate: u32,
+    online_total: usize,
+    extra: &[&str],
+) -> Sim {
+    let report = f.path(&format!("report-{prefix}.jsonl"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .args(["simulate", "--broker", &m.url(), "--agents", &n.to_string()])
+        .args(["--prefix", prefix, "--group", "sim"])
+        .args([
+            "--dir",
+            s(&f.path(&format!("state-{prefix}"))),
+            "--trusted-keys",
+            s(&f.trusted),
+        ])
+        .args(["--images", s(&models().join("data/test"))])
+        .args(["--rate", &rate.to_string(), "--report", s(&report)])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("ready {n}"),
+        "the simulation did not start"
+    );
+    let child = KillOnDrop(child);
+    let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:04}")).collect();
+    wait_until(
+        "every simulated agent online",
+        std::time::Duration::from_secs(60),
+        || online(m, online_total) >= online_total,
+    );
+    Sim { child, report, ids }
+}
+
+/// Every online device's retained status (up to `n`, within 3 s of quiet), by device id, read through the library's
+/// type.
+pub fn online_statuses(
+    m: &Mosquitto,
+    n: usize,
+) -> std::collections::BTreeMap<String, outpost::wire::status::OnlineStatus> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &m.port.to_string()])
+        .args([
+            "-t",
+            "outpost/v1/device/+/status",
+            "-C",
+            &n.to_string(),
+            "-W",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| outpost::wire::status::DeviceStatus::from_json(l.as_bytes()).ok())
+        .filter_map(|s| s.online().cloned())
+        .map(|s| (s.device.clone(), s))
+        .collect()
+}
+
+/// Devices whose retained status says online.
+pub fn online(m: &Mosquitto, n: usize) -> usize {
+    online_statuses(m, n).len()
+}
+
+impl Sim {
+    /// Stops the simulation (SIGTERM) and returns each agent's final state, by device id.
+    pub fn stop(mut self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.0.wait().unwrap();
+        assert!(status.success(), "simulate exited with {status}");
+        std::fs::read_to_string(&self.report)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["device"].as_str().unwrap().to_string(), v)
+            })
+            .collect()
+    }
+}

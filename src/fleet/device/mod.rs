@@ -17,6 +17,7 @@ mod cases;
 mod commands;
 mod floors;
 mod spent;
+mod trust;
 mod update;
 
 pub use commands::SETTABLE;
@@ -91,6 +92,12 @@ pub struct Link {
     last_published: Instant,
     /// When the trust file was last compared with the one loaded.
     last_trust_check: Instant,
+    /// Trust documents ahead of the device's version, by version, until the ones between arrive.
+    pending_trust: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Commands signed under a trust version the device does not have yet (see `trust`).
+    held: std::collections::VecDeque<trust::Held>,
+    held_due: Vec<trust::Held>,
+    trust_unusable_logged: bool,
     last_requests: (u64, Instant),
     /// Hard cases: the forwarder, new cases from the request path, and cases sent and not yet answered.
     forward: Option<(
@@ -177,6 +184,10 @@ impl Link {
             last_alarm: None,
             last_published: Instant::now(),
             last_trust_check: Instant::now(),
+            pending_trust: Default::default(),
+            held: Default::default(),
+            held_due: Vec::new(),
+            trust_unusable_logged: false,
             last_requests: (0, Instant::now()),
             forward: None,
             in_flight: std::collections::HashMap::new(),
@@ -218,6 +229,9 @@ impl Link {
                             if !session_present {
                                 self.subscribe(&client).await?;
                             }
+                            // At every connect, so the broker sends the retained trust versions again: a device
+                            // checks for a newer trust whenever it comes back.
+                            client.subscribe(topics::ALL_TRUST, QoS::AtLeastOnce).await?;
                             if let Some(d) = self.download.as_mut() {
                                 d.forget_in_flight();
                             }
@@ -309,8 +323,13 @@ impl Link {
             self.on_chunk(client, &p.payload).await;
         } else if topic == topics::cloud_reply(&self.device) {
             self.on_answer(&p).await;
+        } else if topics::trust_version(&topic).is_some() || topic.starts_with("outpost/v1/trust/")
+        {
+            self.on_trust(client, &p).await;
         } else if topic.ends_with("/cmd") {
-            self.on_command(client, &p.payload, p.retain).await;
+            if !self.hold_if_ahead(&p) {
+                self.on_command(client, &p.payload, p.retain).await;
+            }
         } else {
             tracing::debug!(%topic, "ignored a message on an unexpected topic");
         }
@@ -348,6 +367,9 @@ impl Link {
     async fn on_tick(&mut self, client: &AsyncClient) {
         self.apply_new_models_settings().await;
         // A version applied by hand beside the daemon (`outpost trust apply`) is in force within a second.
+        if !self.held.is_empty() || !self.held_due.is_empty() {
+            self.release_held(client).await;
+        }
         if self.last_trust_check.elapsed() >= Duration::from_secs(1) {
             self.last_trust_check = Instant::now();
             let trust = self.registry.trust().clone();

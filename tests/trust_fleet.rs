@@ -1,0 +1,264 @@
+//! Trust rotations over a real mosquitto: a simulated fleet of 100 agents (`outpostctl simulate`) takes a rotation
+//! that removes a key, after which everything that key signs is refused everywhere with a typed reason; a real
+//! daemon that was offline through three rotations walks the chain when it comes back.
+
+mod common;
+
+use common::*;
+use outpost::wire::status::{Ack, OnlineStatus, Refusal};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+fn ctl(m: &Mosquitto, args: &[&str]) -> Output {
+    let mut a: Vec<&str> = args.to_vec();
+    let url = m.url();
+    a.extend(["--broker", &url]);
+    outpostctl(&a)
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Acknowledgements printed by `outpostctl cmd`/`publish --json`, read through the library's type.
+fn acks(o: &Output) -> Vec<Ack> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| Ack::from_json(l.as_bytes()).ok())
+        .collect()
+}
+
+fn trust_version(s: &OnlineStatus) -> Option<u64> {
+    s.trust.as_ref().and_then(|t| t.version)
+}
+
+/// `outpostctl trust rotate --online` with `edits`, signed by `key`, written to `out`.
+fn rotate(m: &Mosquitto, edits: &[String], key: &Path, out: &Path) {
+    let mut a = vec![
+        "trust",
+        "rotate",
+        "--online",
+        "--key",
+        s(key),
+        "--out",
+        s(out),
+    ];
+    a.extend(edits.iter().map(String::as_str));
+    ok(&ctl(m, &a));
+}
+
+fn keygen(f: &Fixture, name: &str) -> PathBuf {
+    let p = f.path(name);
+    ok(&outpostctl(&["keygen", "--out", s(&p)]));
+    p
+}
+
+fn key_id(p: &Path) -> String {
+    outpost::bundle::SigningKeyFile::load(p).unwrap().id()
+}
+
+/// Publishes `bundle` to group `sim` with the offer signed by `key`; the acknowledgements collected over `wait_s`.
+fn offer(m: &Mosquitto, key: &Path, bundle: &Path, wait_s: u64) -> Vec<Ack> {
+    let w = wait_s.to_string();
+    acks(&ctl(
+        m,
+        &[
+            "publish",
+            "--group",
+            "sim",
+            "--key",
+            s(key),
+            "--json",
+            "--wait",
+            &w,
+            s(bundle),
+        ],
+    ))
+}
+
+fn command(m: &Mosquitto, key: &Path, wait_s: u64) -> Vec<Ack> {
+    let w = wait_s.to_string();
+    acks(&ctl(
+        m,
+        &[
+            "cmd",
+            "--group",
+            "sim",
+            "--key",
+            s(key),
+            "--wait",
+            &w,
+            "status",
+        ],
+    ))
+}
+
+#[test]
+fn a_rotation_reaches_100_agents_and_what_the_removed_key_signs_is_refused_on_all() {
+    const N: usize = 100;
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let sim = simulate(&m, &f, N, 50);
+    let k3 = keygen(&f, "k3.key");
+    let (k1, k2) = (f.key1.clone(), f.key2.clone());
+
+    // Before the rotation key 1 signs a bundle and a command that every agent takes.
+    let before = f.bundle("k1-v2.bundle", "edge-fp32", 2, &[&k1], &[]);
+    let a = offer(&m, &k1, &before, 45);
+    assert_eq!(a.iter().filter(|a| a.ok).count(), N, "{a:?}");
+    let a = command(&m, &k1, 10);
+    assert_eq!(a.iter().filter(|a| a.ok).count(), N, "{a:?}");
+    let st = online_statuses(&m, N);
+    assert!(
+        st.values().all(|s| trust_version(s) == Some(1)),
+        "every agent on version 1"
+    );
+
+    // Version 1 as the devices derived it, published as the chain's base; version 2 removes key 1 everywhere and
+    // adds key 3 for bundles, signed by key 2 (a root key of version 1 and the root of version 2).
+    let v1 = f.path("v1.trust");
+    ok(&outpostctl(&[
+        "trust",
+        "init",
+        "--trusted-keys",
+        s(&f.trusted),
+        "--out",
+        s(&v1),
+    ]));
+    ok(&ctl(&m, &["trust", "publish", s(&v1)]));
+    let v2 = f.path("v2.trust");
+    let id1 = key_id(&k1);
+    let edits = [
+        format!("--remove=root={id1}"),
+        format!("--remove=bundles={id1}"),
+        format!("--remove=commands={id1}"),
+        format!("--add=bundles={}", s(&k3)),
+    ];
+    rotate(&m, &edits, &k2, &v2);
+    let published = Instant::now();
+    ok(&ctl(&m, &["trust", "publish", s(&v2)]));
+    let mut seen = 0;
+    wait_until(
+        "every agent on trust version 2",
+        Duration::from_secs(60),
+        || {
+            seen = online_statuses(&m, N)
+                .values()
+                .filter(|s| trust_version(s) == Some(2))
+                .count();
+            seen == N
+        },
+    );
+    let took = published.elapsed();
+    eprintln!(
+        "{N} agents rotated to trust version 2 in {:.2} s",
+        took.as_secs_f64()
+    );
+
+    // Key 1's command and bundle are refused on every agent, with the typed reason.
+    let a = command(&m, &k1, 10);
+    assert_eq!(a.len(), N, "{a:?}");
+    assert!(
+        a.iter()
+            .all(|a| !a.ok && a.refusal == Some(Refusal::KeyNotTrusted)),
+        "{a:?}"
+    );
+    let after_k1 = f.bundle("k1-v3.bundle", "edge-fp32", 3, &[&k1], &[]);
+    let a = offer(&m, &k2, &after_k1, 15);
+    assert_eq!(a.len(), N, "{a:?}");
+    assert!(
+        a.iter()
+            .all(|a| !a.ok && a.refusal == Some(Refusal::KeyNotTrusted)),
+        "{a:?}"
+    );
+    // Key 2's command and key 3's bundle are taken.
+    let a = command(&m, &k2, 10);
+    assert_eq!(a.iter().filter(|a| a.ok).count(), N, "{a:?}");
+    let new = f.bundle("k3-v4.bundle", "edge-fp32", 4, &[&k3], &[]);
+    let a = offer(&m, &k2, &new, 45);
+    assert_eq!(a.iter().filter(|a| a.ok).count(), N, "{a:?}");
+    let st = online_statuses(&m, N);
+    assert!(st
+        .values()
+        .all(|s| s.service.model.version == 4 && trust_version(s) == Some(2)));
+    let report = sim.stop();
+    assert_eq!(report.len(), N);
+}
+
+#[test]
+fn an_agent_offline_through_three_rotations_walks_the_chain_then_takes_the_newest_bundle() {
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let state = f.path("state");
+    let url = m.url();
+    let mut args = f.fleet_args(&url, "away");
+    args.extend(["--group", "sim"]);
+    let d = Daemon::start(&state, &args);
+    let local = |d: &Daemon| -> outpost::wire::status::LocalStatus {
+        serde_json::from_value(d.get_json("/v1/status")).unwrap()
+    };
+    assert_eq!(local(&d).trust.unwrap().version, Some(1));
+    assert!(d.stop().success());
+
+    // Three rotations while it is away, each moving bundles to a new key (signed by key 2, the root throughout).
+    let v1 = f.path("v1.trust");
+    ok(&outpostctl(&[
+        "trust",
+        "init",
+        "--trusted-keys",
+        s(&f.trusted),
+        "--cloud-keys",
+        s(&f.cloud_keys),
+        "--out",
+        s(&v1),
+    ]));
+    ok(&ctl(&m, &["trust", "publish", s(&v1)]));
+    let mut bundle_key = f.key1.clone();
+    for v in 2..=4 {
+        let next = keygen(&f, &format!("bundles-{v}.key"));
+        let out = f.path(&format!("v{v}.trust"));
+        let edits = [
+            format!("--remove=bundles={}", key_id(&bundle_key)),
+            format!("--add=bundles={}", s(&next)),
+        ];
+        rotate(&m, &edits, &f.key2, &out);
+        ok(&ctl(&m, &["trust", "publish", s(&out)]));
+        bundle_key = next;
+    }
+    let d = Daemon::start(&state, &args);
+    wait_until(
+        "the chain walked to version 4",
+        Duration::from_secs(30),
+        || local(&d).trust.and_then(|t| t.version) == Some(4),
+    );
+    // The bundle signed by version 4's key, offered under version 4, is taken.
+    let b = f.bundle("v2.bundle", "edge-fp32", 2, &[&bundle_key], &[]);
+    let out = ctl(
+        &m,
+        &[
+            "publish",
+            "--device",
+            "away",
+            "--key",
+            s(&f.key2),
+            "--json",
+            "--wait",
+            "60",
+            s(&b),
+        ],
+    );
+    let a = acks(&out);
+    assert!(a.last().is_some_and(|a| a.ok), "{a:?}");
+    // The daemon's controller swaps the model in after the install.
+    wait_until("version 2 serving", Duration::from_secs(30), || {
+        local(&d).service.model.version == 2
+    });
+    assert!(d.stop().success());
+}
