@@ -238,6 +238,15 @@ fn an_agent_offline_through_three_rotations_walks_the_chain_then_takes_the_newes
         Duration::from_secs(30),
         || local(&d).trust.and_then(|t| t.version) == Some(4),
     );
+    // /metrics and `outpostctl watch` show the version and the root.
+    assert!(
+        d.metrics().contains("outpost_trust_version 4"),
+        "{}",
+        d.metrics()
+    );
+    let root = local(&d).trust.unwrap().root_keys.join(",");
+    let watch = ok(&ctl(&m, &["watch", "--for", "2"]));
+    assert!(watch.contains(&format!("v4 root {root}")), "{watch}");
     // The bundle signed by version 4's key, offered under version 4, is taken.
     let b = f.bundle("v2.bundle", "edge-fp32", 2, &[&bundle_key], &[]);
     let out = ctl(

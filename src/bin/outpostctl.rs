@@ -835,7 +835,7 @@ async fn fleet(c: Command) -> Result<()> {
                         print!("\x1b[2J\x1b[H");
                     }
                     println!(
-                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12}",
+                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12} {}",
                         "DEVICE",
                         "STATE",
                         "MODEL",
@@ -847,7 +847,8 @@ async fn fleet(c: Command) -> Result<()> {
                         "REQ/S",
                         "FWD/SKIPPED",
                         "DRIFT",
-                        "CLOCK"
+                        "CLOCK",
+                        "TRUST"
                     );
                     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                     for (device, s) in &fleet.devices {
@@ -863,6 +864,14 @@ async fn fleet(c: Command) -> Result<()> {
                         // others by name.
                         // The device's clock: its health, `-` from agents before the time floor.
                         let clock = s.clock.as_ref().map_or("-", |c| c.health.name());
+                        // Its trust version and root key ids; agents before trust documents report none.
+                        let trust = match &s.trust {
+                            None => "no trust support".to_string(),
+                            Some(t) => match t.version {
+                                Some(v) => format!("v{v} root {}", t.root_keys.join(",")),
+                                None => "NO TRUST (see status)".to_string(),
+                            },
+                        };
                         let rows = std::iter::once((&s.service, Some(s.request_rate)))
                             .chain(s.models.values().map(|m| (m, None)));
                         for (i, (svc, rate)) in rows.enumerate() {
@@ -884,7 +893,7 @@ async fn fleet(c: Command) -> Result<()> {
                                 }
                             });
                             println!(
-                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12}",
+                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12} {}",
                                 if i == 0 { device.as_str() } else { "" },
                                 if i == 0 { state.as_str() } else { "" },
                                 svc.model.name,
@@ -896,7 +905,8 @@ async fn fleet(c: Command) -> Result<()> {
                                 rate.map_or("-".to_string(), |r| r.to_string()),
                                 budget,
                                 drift,
-                                if i == 0 { clock } else { "" }
+                                if i == 0 { clock } else { "" },
+                                if i == 0 { trust.as_str() } else { "" }
                             );
                         }
                     }

@@ -70,6 +70,9 @@ pub const DRIFT_FORWARD_RATE: &str = "outpost_drift_forward_rate";
 pub const CLOUD_ANSWERS: &str = "outpost_cloud_answers_total";
 /// The system clock and the time floor (Unix seconds), and the clock's health (1 for the current one, by `health`).
 pub const CLOCK_UNIX: &str = "outpost_clock_unix_seconds";
+/// The version of the trust document in force (0: none usable), and its root key ids (`keys`, comma-separated; 1).
+pub const TRUST_VERSION: &str = "outpost_trust_version";
+pub const TRUST_ROOT: &str = "outpost_trust_root";
 pub const CLOCK_FLOOR_UNIX: &str = "outpost_clock_floor_unix_seconds";
 pub const CLOCK_HEALTH: &str = "outpost_clock_health";
 /// Writes of the time floor that failed (the floor held in memory).

@@ -129,6 +129,7 @@ impl LiveTrust {
         if let Ok(t) = live.current() {
             tracing::info!(version = t.version(), root = ?t.root_ids(), "trust loaded");
         }
+        live.metrics();
         live
     }
 
@@ -186,6 +187,17 @@ impl LiveTrust {
             trust,
             reset: self.dir.last_reset(),
         }));
+        self.metrics();
+    }
+
+    /// `/metrics`: the version in force and its root key ids.
+    fn metrics(&self) {
+        let (version, root) = match self.current() {
+            Ok(t) => (t.version(), t.root_ids().join(",")),
+            Err(_) => (0, String::new()),
+        };
+        metrics::gauge!(crate::telemetry::TRUST_VERSION).set(version as f64);
+        metrics::gauge!(crate::telemetry::TRUST_ROOT, "keys" => root).set(1.0);
     }
 
     /// Takes newer versions (blocking; see [`TrustDir::apply`]) and loads the result, also when a version part-way
