@@ -835,7 +835,7 @@ async fn fleet(c: Command) -> Result<()> {
                         print!("\x1b[2J\x1b[H");
                     }
                     println!(
-                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12} {}",
+                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12} TRUST",
                         "DEVICE",
                         "STATE",
                         "MODEL",
@@ -847,8 +847,7 @@ async fn fleet(c: Command) -> Result<()> {
                         "REQ/S",
                         "FWD/SKIPPED",
                         "DRIFT",
-                        "CLOCK",
-                        "TRUST"
+                        "CLOCK"
                     );
                     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                     for (device, s) in &fleet.devices {
