@@ -333,6 +333,7 @@ fn a_bundle_whose_spec_does_not_fit_is_refused_while_the_same_model_serves() {
         threshold: 1,
         time: outpost::clock::Reading::clock_only(bundle::now_unix()),
         agent_version: env!("CARGO_PKG_VERSION"),
+        trust_version: None,
     };
     let err = install_as(
         &store,

@@ -93,6 +93,7 @@ fn policy(f: &Fixture) -> Policy<'_> {
         threshold: 1,
         time: outpost::clock::Reading::clock_only(NOW_UNIX),
         agent_version: AGENT_VERSION,
+        trust_version: None,
     }
 }
 

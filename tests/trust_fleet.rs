@@ -201,35 +201,18 @@ fn an_agent_offline_through_three_rotations_walks_the_chain_then_takes_the_newes
     let mut args = f.fleet_args(&url, "away");
     args.extend(["--group", "sim"]);
     let d = Daemon::start(&state, &args);
-    let local = |d: &Daemon| -> outpost::wire::status::LocalStatus {
-        serde_json::from_value(d.get_json("/v1/status")).unwrap()
-    };
     assert_eq!(local(&d).trust.unwrap().version, Some(1));
     assert!(d.stop().success());
 
     // Three rotations while it is away, each moving bundles to a new key (signed by key 2, the root throughout).
-    let v1 = f.path("v1.trust");
-    ok(&outpostctl(&[
-        "trust",
-        "init",
-        "--trusted-keys",
-        s(&f.trusted),
-        "--cloud-keys",
-        s(&f.cloud_keys),
-        "--out",
-        s(&v1),
-    ]));
-    ok(&ctl(&m, &["trust", "publish", s(&v1)]));
     let mut bundle_key = f.key1.clone();
     for v in 2..=4 {
         let next = keygen(&f, &format!("bundles-{v}.key"));
-        let out = f.path(&format!("v{v}.trust"));
         let edits = [
             format!("--remove=bundles={}", key_id(&bundle_key)),
             format!("--add=bundles={}", s(&next)),
         ];
-        rotate(&m, &edits, &f.key2, &out);
-        ok(&ctl(&m, &["trust", "publish", s(&out)]));
+        rotate_published(&m, &f, &edits, &format!("v{v}.trust"));
         bundle_key = next;
     }
     let d = Daemon::start(&state, &args);
@@ -269,5 +252,203 @@ fn an_agent_offline_through_three_rotations_walks_the_chain_then_takes_the_newes
     wait_until("version 2 serving", Duration::from_secs(30), || {
         local(&d).service.model.version == 2
     });
+    assert!(d.stop().success());
+}
+
+fn local(d: &Daemon) -> outpost::wire::status::LocalStatus {
+    serde_json::from_value(d.get_json("/v1/status")).unwrap()
+}
+
+/// Publishes version 1 (as the agent derived it from the fixture's files) and a rotation `edits` signed by key 2.
+fn rotate_published(m: &Mosquitto, f: &Fixture, edits: &[String], out: &str) {
+    let v1 = f.path("v1.trust");
+    if !v1.exists() {
+        ok(&outpostctl(&[
+            "trust",
+            "init",
+            "--trusted-keys",
+            s(&f.trusted),
+            "--cloud-keys",
+            s(&f.cloud_keys),
+            "--out",
+            s(&v1),
+        ]));
+        ok(&ctl(m, &["trust", "publish", s(&v1)]));
+    }
+    let path = f.path(out);
+    rotate(m, edits, &f.key2, &path);
+    ok(&ctl(m, &["trust", "publish", s(&path)]));
+}
+
+#[test]
+fn a_rollback_to_a_release_whose_signer_was_removed_is_refused_while_the_live_one_serves() {
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let url = m.url();
+    let d = Daemon::start(&f.path("state"), &f.fleet_args(&url, "rb"));
+    let send = |args: &[&str]| ctl(&m, args);
+    // Version 2 signed by key 2, then version 3 signed by key 1, each promoted.
+    for (v, key) in [(2, &f.key2), (3, &f.key1)] {
+        let b = f.bundle(&format!("v{v}.bundle"), "edge-fp32", v, &[key], &[]);
+        let a = acks(&send(&[
+            "publish",
+            "--device",
+            "rb",
+            "--key",
+            s(&f.key1),
+            "--json",
+            "--wait",
+            "60",
+            s(&b),
+        ]));
+        assert!(a.last().is_some_and(|a| a.ok), "{a:?}");
+        let a = acks(&send(&[
+            "cmd",
+            "--device",
+            "rb",
+            "--key",
+            s(&f.key1),
+            "promote",
+        ]));
+        assert!(a.last().is_some_and(|a| a.ok), "{a:?}");
+    }
+    wait_until("version 3 live", Duration::from_secs(30), || {
+        local(&d).service.model.version == 3
+    });
+    // Key 2 leaves the bundles role: version 2, its only signer gone, cannot come back.
+    rotate_published(
+        &m,
+        &f,
+        &[format!("--remove=bundles={}", key_id(&f.key2))],
+        "v2.trust",
+    );
+    wait_until("trust version 2", Duration::from_secs(20), || {
+        local(&d).trust.and_then(|t| t.version) == Some(2)
+    });
+    let a = acks(&send(&[
+        "cmd",
+        "--device",
+        "rb",
+        "--key",
+        s(&f.key1),
+        "rollback",
+    ]));
+    let last = a.last().expect("an acknowledgement");
+    assert!(!last.ok, "{a:?}");
+    assert!(
+        last.error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot be made live again")),
+        "{a:?}"
+    );
+    let st = local(&d);
+    assert_eq!(st.service.model.version, 3, "the live release is untouched");
+    assert!(st.trust.unwrap().unsigned_live.is_empty());
+    let (code, _) = d.infer(
+        &common::http(),
+        &std::fs::read(&common::test_images()[0].0).unwrap(),
+        "image/png",
+    );
+    assert_eq!(code, 200);
+    // Key 1 leaves too (key 3 signs from now on): the live release keeps serving, flagged in the status.
+    let k3 = keygen(&f, "k3.key");
+    rotate_published(
+        &m,
+        &f,
+        &[
+            format!("--remove=bundles={}", key_id(&f.key1)),
+            format!("--add=bundles={}", s(&k3)),
+        ],
+        "v3.trust",
+    );
+    wait_until("the live release flagged", Duration::from_secs(20), || {
+        local(&d)
+            .trust
+            .is_some_and(|t| t.unsigned_live == vec!["edge-int8".to_string()])
+    });
+    let (code, _) = d.infer(
+        &common::http(),
+        &std::fs::read(&common::test_images()[1].0).unwrap(),
+        "image/png",
+    );
+    assert_eq!(code, 200, "a flagged live release keeps serving");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_worker_key_removed_from_the_cloud_role_is_refused_counted_and_a_current_worker_answers_the_case(
+) {
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let url = m.url();
+    let mut args = f.fleet_args(&url, "cw");
+    args.extend(["--hardness", "max-prob:1.01", "--cloud-deadline-ms", "200"]);
+    let d = Daemon::start(&f.path("state"), &args);
+    let image = |i: usize| std::fs::read(&common::test_images()[i].0).unwrap();
+    let infer = |i: usize| {
+        let (code, v) = d.infer(&common::http(), &image(i), "image/png");
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    let forward = || local(&d).service.forward.expect("forwarding is on");
+    // The worker with the key of version 1 answers.
+    let old = f.cloud_worker(&url, &f.path("ds-old"), &[]);
+    infer(0);
+    wait_until(
+        "the old worker's answer accepted",
+        Duration::from_secs(20),
+        || forward().answers.get("accepted") == Some(&1),
+    );
+    // Version 2 replaces the worker key.
+    let new_key = keygen(&f, "cloud2.key");
+    let old_id = {
+        let line = std::fs::read_to_string(&f.cloud_keys).unwrap();
+        outpost::bundle::TrustedKeys::parse(&line)
+            .unwrap()
+            .entries()[0]
+            .0
+            .clone()
+    };
+    rotate_published(
+        &m,
+        &f,
+        &[
+            format!("--remove=cloud={old_id}"),
+            format!("--add=cloud={}", s(&new_key)),
+        ],
+        "v2.trust",
+    );
+    wait_until("trust version 2", Duration::from_secs(20), || {
+        local(&d).trust.and_then(|t| t.version) == Some(2)
+    });
+    // The old worker's answer to a new case is refused and counted; the case stays queued.
+    infer(1);
+    wait_until(
+        "the removed key's answer counted",
+        Duration::from_secs(20),
+        || forward().answers.get("unknown_key") == Some(&1),
+    );
+    assert_eq!(forward().outbox.pending, 1, "the case stays queued");
+    assert!(d
+        .metrics()
+        .contains("outpost_cloud_answers_total{result=\"unknown_key\"} 1"));
+    drop(old);
+    // A worker with the current key answers it (the outbox resends).
+    let _new = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+            .args(["cloud", "--broker", &url, "--dataset", s(&f.path("ds-new"))])
+            .args(["--model", s(&common::models().join("cloud-fp32.onnx"))])
+            .args(["--key", s(&new_key)])
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "the case answered by the current worker",
+        Duration::from_secs(60),
+        || {
+            let fw = forward();
+            fw.answers.get("accepted") == Some(&2) && fw.outbox.pending == 0
+        },
+    );
     assert!(d.stop().success());
 }

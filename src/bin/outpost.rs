@@ -590,6 +590,7 @@ fn install(
         threshold,
         time: clock.reading(),
         agent_version: env!("CARGO_PKG_VERSION"),
+        trust_version: Some(trust.version()),
     };
     let file =
         std::fs::File::open(&bundle).map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
@@ -648,18 +649,40 @@ fn install(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The bundles role a rollback or activation checks the target release's signers against; none on a device that
+/// never had a trust (no key files: nothing was ever revoked there). A trust file gone or corrupt is an error.
+fn bundle_keys(
+    config: &outpost::config::Config,
+) -> Result<Option<(outpost::bundle::TrustedKeys, usize)>> {
+    match outpost::trust::console::stored_or_derived(config, false) {
+        Ok(trust) => Ok(trust
+            .role(outpost::trust::Role::Bundles)
+            .map(|(k, t)| (k.clone(), t))),
+        Err(outpost::trust::TrustError::NoTrust) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn rollback(state: StateArgs) -> Result<ExitCode> {
     let config = state.config()?;
+    let keys = bundle_keys(&config)?;
     let (_, store) = outpost::agent::model_slots(&config, state.model.as_deref())?;
-    let (next, ()) = store.update(|s| Ok((s.rollback()?, ())))?;
+    let (next, ()) = store.update(|s| match &keys {
+        Some((k, t)) => Ok((s.rollback_trusted(k, *t)?, ())),
+        None => Ok((s.rollback()?, ())),
+    })?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
 }
 
 fn activate(state: StateArgs, version: u64) -> Result<ExitCode> {
     let config = state.config()?;
+    let keys = bundle_keys(&config)?;
     let (_, store) = outpost::agent::model_slots(&config, state.model.as_deref())?;
-    let (next, ()) = store.update(|s| Ok((s.activate(version)?, ())))?;
+    let (next, ()) = store.update(|s| match &keys {
+        Some((k, t)) => Ok((s.activate_trusted(version, k, *t)?, ())),
+        None => Ok((s.activate(version)?, ())),
+    })?;
     println!("{}", serde_json::to_string(&next)?);
     Ok(ExitCode::SUCCESS)
 }

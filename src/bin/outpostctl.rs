@@ -603,6 +603,7 @@ fn run(cli: Cli) -> Result<()> {
                 threshold,
                 time: outpost::clock::Reading::clock_only(bundle::now_unix()),
                 agent_version: env!("CARGO_PKG_VERSION"),
+                trust_version: None,
             };
             let header = bundle::read_header(&mut f, &policy)
                 .with_context(|| bundle.display().to_string())?;

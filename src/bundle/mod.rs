@@ -592,6 +592,8 @@ pub struct VerifiedHeader {
     pub manifest_bytes: Vec<u8>,
     /// Key ids whose signatures verified.
     pub signers: Vec<KeyId>,
+    /// The trust version the signatures were checked under.
+    pub trust_version: Option<u64>,
 }
 
 /// Reads the header without checking any signature (for `inspect`).
@@ -630,6 +632,9 @@ pub struct Policy<'a> {
     /// The device's clock and time floor: expiry is judged at the later of the two.
     pub time: crate::clock::Reading,
     pub agent_version: &'a str,
+    /// The version of the trust document `keys` come from, recorded with the release (None: checked against a key
+    /// file, as `outpostctl verify` does).
+    pub trust_version: Option<u64>,
 }
 
 /// Reads the header and checks signatures (k distinct trusted keys), expiry and agent version.
@@ -711,6 +716,7 @@ pub fn verify_manifest(
         format,
         manifest_bytes,
         signers,
+        trust_version: policy.trust_version,
     })
 }
 
@@ -963,6 +969,7 @@ mod tests {
             threshold: 1,
             time: crate::clock::Reading::clock_only(1),
             agent_version: "9.9.9",
+            trust_version: None,
         };
         let header = |forms: &[VariantForm]| {
             let mut m = manifest();

@@ -202,6 +202,8 @@ pub async fn send(
                                 baseline: None,
                                 spec_digest: None,
                                 spare: None,
+                                signers: Vec::new(),
+                                trust_version: None,
                             }),
                             slot: Some(status.service.slot),
                             seen_in: Some(SeenIn::Status),

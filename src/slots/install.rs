@@ -331,6 +331,8 @@ pub fn install_verified(
             variant: manifest.variants[i].name.clone(),
             digest,
         }),
+        signers: header.signers.clone(),
+        trust_version: header.trust_version,
     };
     tracing::info!(version = info.version, variant = %info.variant, median_us = us, slot = target.name(), "bundle installed");
     let state = match mode {

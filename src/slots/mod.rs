@@ -24,6 +24,15 @@ pub enum SlotError {
     NoTrial,
     #[error("no candidate of version {0} is staged: send it as a candidate first")]
     NoCandidate(u64),
+    #[error("version {version} was signed by {signers:?}, and the device's trust no longer lists enough of them for \
+             bundles ({valid} of {needed}): it cannot be made live again; install a release signed by a current key \
+             (or `outpostctl resign` this one and install it)")]
+    SignerRemoved {
+        version: u64,
+        signers: Vec<String>,
+        valid: usize,
+        needed: usize,
+    },
     #[error("the slot record at {path} is unreadable: {message}")]
     Corrupt { path: String, message: String },
     #[error("I/O error on {path}: {message}")]
@@ -83,6 +92,13 @@ pub struct SlotInfo {
     pub budget: Option<crate::bundle::ForwardBudget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<crate::bundle::Baseline>,
+    /// The distinct keys whose signatures held at install, and the trust version they were checked under (records
+    /// from before trust documents have neither). A rotation that removes them leaves the release serving but
+    /// refuses a rollback or activation to it ([`SlotState::rollback_trusted`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_version: Option<u64>,
 }
 
 /// A second form of a slot's release, from the same signed bundle (see [`SlotInfo::spare`]).
@@ -325,6 +341,37 @@ impl SlotState {
         Ok(s)
     }
 
+    /// [`SlotState::rollback`], refused when the release it would make live is no longer signed by a threshold of
+    /// `keys` (a rotation removed its signers). A record from before trust documents names no signers and is not
+    /// judged: refusing it would strand devices that upgraded.
+    pub fn rollback_trusted(
+        &self,
+        keys: &crate::bundle::TrustedKeys,
+        threshold: usize,
+    ) -> Result<SlotState, SlotError> {
+        let next = self.rollback()?;
+        if let Some(info) = next.active_info() {
+            still_signed(info, keys, threshold)?;
+        }
+        Ok(next)
+    }
+
+    /// [`SlotState::activate`], refused as [`SlotState::rollback_trusted`] is.
+    pub fn activate_trusted(
+        &self,
+        version: u64,
+        keys: &crate::bundle::TrustedKeys,
+        threshold: usize,
+    ) -> Result<SlotState, SlotError> {
+        let next = self.activate(version)?;
+        if next != *self {
+            if let Some(info) = next.active_info() {
+                still_signed(info, keys, threshold)?;
+            }
+        }
+        Ok(next)
+    }
+
     /// At start-up: count a start during a trial, and roll back once it exceeds `max_boots`.
     pub fn boot(&self, max_boots: u32) -> (SlotState, BootAction) {
         let Some(t) = &self.trial else {
@@ -452,6 +499,29 @@ impl SlotStore {
     }
 }
 
+/// Whether `info`'s recorded signers still meet the bundles role (`keys` at `threshold`); a record without signers
+/// (from before trust documents) passes.
+pub fn still_signed(
+    info: &SlotInfo,
+    keys: &crate::bundle::TrustedKeys,
+    threshold: usize,
+) -> Result<(), SlotError> {
+    if info.signers.is_empty() {
+        return Ok(());
+    }
+    let valid = info.signers.iter().filter(|id| keys.knows(id)).count();
+    let needed = threshold.max(1);
+    if valid < needed {
+        return Err(SlotError::SignerRemoved {
+            version: info.version,
+            signers: info.signers.clone(),
+            valid,
+            needed,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +538,8 @@ mod tests {
             baseline: None,
             spec_digest: None,
             spare: None,
+            signers: Vec::new(),
+            trust_version: None,
         }
     }
 

@@ -49,6 +49,8 @@ pub struct LiveTrust {
     dir: TrustDir,
     snapshot: ArcSwap<Snapshot>,
     stamp: Mutex<Option<Stamp>>,
+    /// Models whose live release's signers the trust no longer lists enough of (set by the fleet link).
+    unsigned_live: Mutex<Vec<String>>,
 }
 
 /// Version 1 from the key files in `config`, or `None` when there are none (`slots.trusted_keys` unset): such a
@@ -125,6 +127,7 @@ impl LiveTrust {
                 reset: dir.last_reset(),
             }),
             dir,
+            unsigned_live: Mutex::new(Vec::new()),
         };
         if let Ok(t) = live.current() {
             tracing::info!(version = t.version(), root = ?t.root_ids(), "trust loaded");
@@ -209,8 +212,25 @@ impl LiveTrust {
         r
     }
 
+    /// Records the models whose live release is no longer signed by a threshold of the bundles role (logged once
+    /// per change).
+    pub fn set_unsigned_live(&self, models: Vec<String>) {
+        let mut now = self.unsigned_live.lock().unwrap_or_else(|p| p.into_inner());
+        if *now != models {
+            if !models.is_empty() {
+                tracing::warn!(?models, "live releases no longer signed by the trust's bundles role: they keep serving, but cannot be made live again once replaced");
+            }
+            *now = models;
+        }
+    }
+
     /// What the status shows.
     pub fn status(&self) -> TrustStatus {
+        let unsigned_live = self
+            .unsigned_live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let snap = self.snapshot.load();
         let reset = snap.reset.as_ref().map(|r| TrustReset {
             unix: r.unix,
@@ -225,6 +245,7 @@ impl LiveTrust {
                 warnings: warnings(t),
                 error: None,
                 reset,
+                unsigned_live,
             },
             Err(e) => TrustStatus {
                 version: None,
@@ -233,6 +254,7 @@ impl LiveTrust {
                 warnings: Vec::new(),
                 error: Some(e.to_string()),
                 reset,
+                unsigned_live,
             },
         }
     }

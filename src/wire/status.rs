@@ -445,6 +445,10 @@ pub struct TrustStatus {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<TrustReset>,
+    /// Models whose live release is no longer signed by a threshold of the bundles role (its signers were removed):
+    /// it keeps serving, but cannot be rolled back or activated to once replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsigned_live: Vec<String>,
 }
 
 /// What `GET /v1/status` shows: the default model's status at the top, as a single-model agent showed it, and every
@@ -741,6 +745,7 @@ mod tests {
                 warnings: vec![TrustWarning::SingleRootKey],
                 error: None,
                 reset: None,
+                unsigned_live: vec!["m".into()],
             }),
             models: BTreeMap::new(),
             service: ServiceStatus {

@@ -223,15 +223,22 @@ impl Link {
                 .await
                 .map(AckResult::done)
         };
+        // What a rollback or activation checks the target release's recorded signers against.
+        let role = self
+            .registry
+            .trust()
+            .role(Role::Bundles)
+            .map_err(|e| e.to_string());
         match &body.action {
             Action::Status => {
                 self.publish_status(client, true).await;
                 Some(Ok(AckResult::Status(Box::new(self.status()))))
             }
             Action::Rollback => Some(
-                blocking(Box::new(|s| {
+                blocking(Box::new(move |s| {
+                    let role = role?;
                     let (st, ()) = s
-                        .update(|s| Ok((s.rollback()?, ())))
+                        .update(|s| Ok((s.rollback_trusted(&role.keys, role.threshold)?, ())))
                         .map_err(|e| e.to_string())?;
                     Ok(Outcome {
                         now_active: Some(st.active_info().map(|i| i.version)),
@@ -313,8 +320,11 @@ impl Link {
                 let v = *version;
                 Some(
                     blocking(Box::new(move |s| {
+                        let role = role?;
                         let (st, ()) = s
-                            .update(|s| Ok((s.activate(v)?, ())))
+                            .update(|s| {
+                                Ok((s.activate_trusted(v, &role.keys, role.threshold)?, ()))
+                            })
                             .map_err(|e| e.to_string())?;
                         Ok(Outcome {
                             now_active: Some(st.active_info().map(|i| i.version)),

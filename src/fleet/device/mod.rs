@@ -212,6 +212,7 @@ impl Link {
         tracing::info!(broker = %settings.broker, device = %self.device, "fleet link starting");
         let (client, mut events) = mqtt::connect(&settings, shutdown.clone())?;
         self.resume_download().await;
+        self.flag_live_releases().await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = false;

@@ -120,9 +120,41 @@ impl Link {
         }
         self.pending_trust.retain(|v, _| *v > now);
         if now != current {
+            self.flag_live_releases().await;
             self.publish_status(client, true).await;
             self.release_held(client).await;
         }
+    }
+
+    /// Flags the models whose live release the trust's bundles role no longer signs (off the async threads: a slot
+    /// record read per model).
+    pub(super) async fn flag_live_releases(&self) {
+        let Ok(role) = self.registry.trust().role(crate::trust::Role::Bundles) else {
+            return;
+        };
+        let (repo, names, trust) = (
+            self.repo.clone(),
+            self.registry.names(),
+            self.registry.trust().clone(),
+        );
+        let _ = crate::blocking::value(move || {
+            let flagged = names
+                .into_iter()
+                .filter(|n| {
+                    repo.slots(n)
+                        .ok()
+                        .and_then(|s| s.load().ok())
+                        .and_then(|st| {
+                            st.active_info().map(|i| {
+                                crate::slots::still_signed(i, &role.keys, role.threshold).is_err()
+                            })
+                        })
+                        .unwrap_or(false)
+                })
+                .collect();
+            trust.set_unsigned_live(flagged);
+        })
+        .await;
     }
 
     /// Holds a command signed under a trust version the device does not have yet; true when held.

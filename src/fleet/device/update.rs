@@ -416,6 +416,7 @@ impl Link {
                 threshold: role.threshold,
                 time: clock.reading(),
                 agent_version: env!("CARGO_PKG_VERSION"),
+                trust_version: Some(role.version),
             };
             let h = crate::bundle::read_header(&mut f, &policy).map_err(Refused::bundle)?;
             // Its signatures hold: its issue time has passed, and raises the device's time floor.
@@ -463,6 +464,7 @@ impl Link {
                         threshold: role.threshold,
                         time: clock.reading(),
                         agent_version: env!("CARGO_PKG_VERSION"),
+                        trust_version: Some(role.version),
                     };
                     crate::slots::install::install_as(
                         &slots,
@@ -517,6 +519,7 @@ impl Link {
                     .await
             }
         }
+        self.flag_live_releases().await;
         self.publish_status(client, true).await;
         self.start_queued(client).await;
     }
