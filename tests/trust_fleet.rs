@@ -452,3 +452,114 @@ fn a_worker_key_removed_from_the_cloud_role_is_refused_counted_and_a_current_wor
     );
     assert!(d.stop().success());
 }
+
+/// The retained message on `topic` (empty when there is none), read with mosquitto_sub.
+fn retained_payload(m: &Mosquitto, topic: &str) -> Vec<u8> {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &m.port.to_string()])
+        .args(["-t", topic, "-C", "1", "-W", "2", "-N", "--retained-only"])
+        .output()
+        .unwrap();
+    out.stdout
+}
+
+#[test]
+fn publishing_a_rotation_re_signs_or_clears_the_retained_commands_it_would_refuse() {
+    use outpost::bundle::{SigningKeyFile, TrustedKeys};
+    use outpost::wire::command::{self, Action, CommandBody, Target};
+    let m = Mosquitto::start();
+    let f = Fixture::new();
+    let (k1, k2) = (
+        SigningKeyFile::load(&f.key1).unwrap(),
+        SigningKeyFile::load(&f.key2).unwrap(),
+    );
+    // Retained group commands, as a rollout's abandon is left: one signed by key 1, one by key 2.
+    let now = outpost::bundle::now_unix();
+    let body = |group: &str| CommandBody {
+        target: Target::Group(group.into()),
+        seq: now * 1000,
+        issued_unix: now,
+        expires_unix: now + 3600,
+        action: Action::Status,
+        model: None,
+    };
+    let (t1, t2) = ("outpost/v1/group/g1/cmd", "outpost/v1/group/g2/cmd");
+    let by_k1 = command::sign(&body("g1"), &[&k1]);
+    let by_k2 = command::sign(&body("g2"), &[&k2]);
+    for (topic, bytes) in [(t1, &by_k1), (t2, &by_k2)] {
+        let file = f.path("retained.bin");
+        std::fs::write(&file, bytes).unwrap();
+        let st = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &m.port.to_string(),
+                "-q",
+                "1",
+                "-r",
+            ])
+            .args(["-t", topic, "-f", s(&file)])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    assert_eq!(retained_payload(&m, t1), by_k1);
+    // Version 2 removes key 1 from commands; key 2 re-signs what key 1 signed, body byte for byte.
+    let v1 = f.path("v1.trust");
+    ok(&outpostctl(&[
+        "trust",
+        "init",
+        "--trusted-keys",
+        s(&f.trusted),
+        "--out",
+        s(&v1),
+    ]));
+    ok(&ctl(&m, &["trust", "publish", s(&v1)]));
+    let v2 = f.path("v2.trust");
+    rotate(
+        &m,
+        &[format!("--remove=commands={}", k1.id())],
+        &f.key2,
+        &v2,
+    );
+    let out = ok(&ctl(
+        &m,
+        &["trust", "publish", "--resign-key", s(&f.key2), s(&v2)],
+    ));
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["published_version"], 2);
+    assert_eq!(
+        report["retained_commands"],
+        serde_json::json!([{"topic": t1, "action": "resigned"}]),
+        "only key 1's command needed it: {report}"
+    );
+    let now_t1 = retained_payload(&m, t1);
+    let only_k2 = TrustedKeys::parse(&k2.trusted_line("k2")).unwrap();
+    assert!(command::signed_enough(&now_t1, &only_k2, 1).unwrap());
+    assert_eq!(
+        command::decode(&now_t1).unwrap().0.body,
+        command::decode(&by_k1).unwrap().0.body
+    );
+    assert_eq!(
+        retained_payload(&m, t2),
+        by_k2,
+        "key 2's command was left alone"
+    );
+    // Version 3 moves commands to key 3 with no key to re-sign: both retained commands are cleared.
+    let k3 = keygen(&f, "k3.key");
+    let v3 = f.path("v3.trust");
+    let edits = [
+        format!("--add=commands={}", s(&k3)),
+        format!("--remove=commands={}", k2.id()),
+    ];
+    rotate(&m, &edits, &f.key2, &v3);
+    let out = ok(&ctl(&m, &["trust", "publish", s(&v3)]));
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        report["retained_commands"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert!(retained_payload(&m, t1).is_empty() && retained_payload(&m, t2).is_empty());
+}
