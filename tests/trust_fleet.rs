@@ -123,16 +123,7 @@ fn a_rotation_reaches_100_agents_and_what_the_removed_key_signs_is_refused_on_al
 
     // Version 1 as the devices derived it, published as the chain's base; version 2 removes key 1 everywhere and
     // adds key 3 for bundles, signed by key 2 (a root key of version 1 and the root of version 2).
-    let v1 = f.path("v1.trust");
-    ok(&outpostctl(&[
-        "trust",
-        "init",
-        "--trusted-keys",
-        s(&f.trusted),
-        "--out",
-        s(&v1),
-    ]));
-    ok(&ctl(&m, &["trust", "publish", s(&v1)]));
+    publish_v1(&m, &f, false);
     let v2 = f.path("v2.trust");
     let id1 = key_id(&k1);
     let edits = [
@@ -259,22 +250,30 @@ fn local(d: &Daemon) -> outpost::wire::status::LocalStatus {
     serde_json::from_value(d.get_json("/v1/status")).unwrap()
 }
 
-/// Publishes version 1 (as the agent derived it from the fixture's files) and a rotation `edits` signed by key 2.
-fn rotate_published(m: &Mosquitto, f: &Fixture, edits: &[String], out: &str) {
+/// Publishes version 1 as an agent derives it from the fixture's files (with its cloud keys when `cloud`), once.
+fn publish_v1(m: &Mosquitto, f: &Fixture, cloud: bool) {
     let v1 = f.path("v1.trust");
-    if !v1.exists() {
-        ok(&outpostctl(&[
-            "trust",
-            "init",
-            "--trusted-keys",
-            s(&f.trusted),
-            "--cloud-keys",
-            s(&f.cloud_keys),
-            "--out",
-            s(&v1),
-        ]));
-        ok(&ctl(m, &["trust", "publish", s(&v1)]));
+    if v1.exists() {
+        return;
     }
+    let mut args = vec![
+        "trust",
+        "init",
+        "--trusted-keys",
+        s(&f.trusted),
+        "--out",
+        s(&v1),
+    ];
+    if cloud {
+        args.extend(["--cloud-keys", s(&f.cloud_keys)]);
+    }
+    ok(&outpostctl(&args));
+    ok(&ctl(m, &["trust", "publish", s(&v1)]));
+}
+
+/// Publishes version 1 (as agents with the fixture's fleet flags derive it) and a rotation `edits` signed by key 2.
+fn rotate_published(m: &Mosquitto, f: &Fixture, edits: &[String], out: &str) {
+    publish_v1(m, f, true);
     let path = f.path(out);
     rotate(m, edits, &f.key2, &path);
     ok(&ctl(m, &["trust", "publish", s(&path)]));
@@ -487,35 +486,11 @@ fn publishing_a_rotation_re_signs_or_clears_the_retained_commands_it_would_refus
     let by_k1 = command::sign(&body("g1"), &[&k1]);
     let by_k2 = command::sign(&body("g2"), &[&k2]);
     for (topic, bytes) in [(t1, &by_k1), (t2, &by_k2)] {
-        let file = f.path("retained.bin");
-        std::fs::write(&file, bytes).unwrap();
-        let st = std::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &m.port.to_string(),
-                "-q",
-                "1",
-                "-r",
-            ])
-            .args(["-t", topic, "-f", s(&file)])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::raw_publish_retained(&m, topic, bytes, f.dir.path());
     }
     assert_eq!(retained_payload(&m, t1), by_k1);
     // Version 2 removes key 1 from commands; key 2 re-signs what key 1 signed, body byte for byte.
-    let v1 = f.path("v1.trust");
-    ok(&outpostctl(&[
-        "trust",
-        "init",
-        "--trusted-keys",
-        s(&f.trusted),
-        "--out",
-        s(&v1),
-    ]));
-    ok(&ctl(&m, &["trust", "publish", s(&v1)]));
+    publish_v1(&m, &f, false);
     let v2 = f.path("v2.trust");
     rotate(
         &m,

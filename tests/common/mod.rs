@@ -768,21 +768,21 @@ pub fn make_certs(dir: &Path, clients: &[&str]) {
 
 /// Publishes raw bytes on a topic with mosquitto_pub.
 pub fn raw_publish(broker: &Mosquitto, topic: &str, bytes: &[u8], dir: &Path) {
+    mosquitto_pub(broker, topic, bytes, dir, false)
+}
+
+/// [`raw_publish`], retained (as a rollout's abandon is left on its group's topic).
+pub fn raw_publish_retained(broker: &Mosquitto, topic: &str, bytes: &[u8], dir: &Path) {
+    mosquitto_pub(broker, topic, bytes, dir, true)
+}
+
+fn mosquitto_pub(broker: &Mosquitto, topic: &str, bytes: &[u8], dir: &Path, retain: bool) {
     let file = dir.join("raw.bin");
     std::fs::write(&file, bytes).unwrap();
     let st = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-            s(&file),
-        ])
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-f", s(&file)])
+        .args(if retain { &["-r"][..] } else { &[][..] })
         .status()
         .unwrap();
     assert!(st.success());
