@@ -22,7 +22,7 @@ cat "$build_out"
 bin=$(tail -1 "$build_out")
 
 step "size budget"
-budget="${OUTPOST_SIZE_BUDGET:-24600000}"
+budget="${OUTPOST_SIZE_BUDGET:-24900000}"
 size=$(stat -c %s "$bin")
 echo "stripped aarch64 binary: $size bytes ($(( size / 1024 )) KiB), budget $budget bytes"
 if [ "$size" -gt "$budget" ]; then
