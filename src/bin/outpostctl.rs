@@ -1564,21 +1564,21 @@ async fn trust(c: TrustCommand) -> Result<()> {
             };
             let mut edits = Vec::new();
             for a in &add {
-                let (role, path) = Edit::split(a).map_err(anyhow::Error::msg)?;
+                let (role, path) = Edit::split(a)?;
                 edits.push(Edit::Add {
                     role,
                     key: public_key(std::path::Path::new(path))?,
                 });
             }
             for r in &remove {
-                let (role, id) = Edit::split(r).map_err(anyhow::Error::msg)?;
+                let (role, id) = Edit::split(r)?;
                 edits.push(Edit::Remove {
                     role,
                     id: id.to_string(),
                 });
             }
             for t in &threshold {
-                let (role, n) = Edit::split(t).map_err(anyhow::Error::msg)?;
+                let (role, n) = Edit::split(t)?;
                 edits.push(Edit::Threshold {
                     role,
                     threshold: n

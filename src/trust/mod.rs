@@ -72,6 +72,9 @@ pub enum TrustError {
     #[error("the stored trust {path} does not read as a trust document ({message}): every signed bundle, command \
              and answer is refused; restore the file, or run `outpost trust reset` from the device's console")]
     Corrupt { path: String, message: String },
+    /// An operator's rotation edit that does not parse (`outpostctl trust rotate`).
+    #[error("{0}")]
+    BadEdit(String),
     #[error("cannot read or write {path}: {message}")]
     Io { path: String, message: String },
     #[error("this device holds no trust yet: start the agent once with slots.trusted_keys set (its version 1 comes \

@@ -28,12 +28,17 @@ pub enum Edit {
 
 impl Edit {
     /// `ROLE=VALUE`, as the command line writes it.
-    pub fn split(arg: &str) -> Result<(Role, &str), String> {
+    pub fn split(arg: &str) -> Result<(Role, &str), TrustError> {
         let (role, value) = arg.split_once('=').ok_or_else(|| {
-            format!("{arg:?}: expected ROLE=VALUE (role: root, bundles, commands, cloud)")
+            TrustError::BadEdit(format!(
+                "{arg:?}: expected ROLE=VALUE (role: root, bundles, commands, cloud)"
+            ))
         })?;
-        let role = Role::parse(role)
-            .ok_or_else(|| format!("{role:?} is not a role (root, bundles, commands or cloud)"))?;
+        let role = Role::parse(role).ok_or_else(|| {
+            TrustError::BadEdit(format!(
+                "{role:?} is not a role (root, bundles, commands or cloud)"
+            ))
+        })?;
         Ok((role, value))
     }
 }
