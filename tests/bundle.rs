@@ -451,10 +451,7 @@ fn variants_are_timed_on_the_device_and_the_fastest_passing_one_wins() {
 #[test]
 fn sigkill_at_random_instants_never_leaves_a_mix() {
     use rand::Rng;
-    let iterations: usize = std::env::var("OUTPOST_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let iterations = common::kill_iterations();
     let f = Fixture::new();
     let state = f.path("state");
     let key = SigningKeyFile::load(&f.key1).unwrap();

@@ -218,10 +218,7 @@ fn a_device_behind_walks_the_chain_given_in_any_order() {
 #[test]
 fn sigkill_during_applications_leaves_version_n_or_n_plus_1() {
     use rand::Rng;
-    let iterations: usize = std::env::var("OUTPOST_KILL_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let iterations = common::kill_iterations();
     let f = Fixture::new();
     let state = f.path("state");
     let cfg = f.trust_config(&state);

@@ -962,6 +962,14 @@ pub fn sign_trust(
     bytes
 }
 
+/// How many operations a SIGKILL test runs: `OUTPOST_KILL_ITERATIONS`, else 200.
+pub fn kill_iterations() -> usize {
+    std::env::var("OUTPOST_KILL_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
 /// Kills a child process at a random instant of an operation, as the SIGKILL tests do: every tenth operation runs to
 /// completion and is timed, and the others are killed at `fraction` of the 75th percentile of those times (one slow
 /// outlier, a cold page cache or a busy machine, stretched the window of every later kill past most operations' end
