@@ -10,10 +10,10 @@
 
 mod common;
 
-use common::{s, Daemon, Fixture, Mosquitto};
+use common::{s, Daemon, Fixture, Mosquitto, Tmpfs};
 use outpost::bundle::SigningKeyFile;
 use outpost::wire::command::{self, Action, CommandBody, Target};
-use outpost::wire::status::{Ack, CommandName, DeviceStatus, LocalStatus};
+use outpost::wire::status::{Ack, CommandName, DeviceStatus, LocalStatus, StoreName, StoreState};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Client, Event, MqttOptions};
@@ -270,61 +270,14 @@ fn a_command_whose_sequence_cannot_be_read_or_recorded_is_refused_and_stays_refu
     assert!(daemon.stop().success());
 }
 
-/// A tmpfs mounted on a directory for one test, unmounted when the test ends (after the daemon on it is dropped:
-/// declare it first).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let opts = format!("size={size}");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &opts, "tmpfs", s(dir)])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount -t tmpfs failed (as root: {st})");
-        Tmpfs(dir.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let opts = format!("remount,size={size}");
-        let st = std::process::Command::new("mount")
-            .args(["-o", &opts, s(&self.0)])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount -o {opts}: {st}");
-    }
-
-    /// Shrinks the tmpfs to the pages it holds now: nothing more can be allocated in it.
-    fn fill(&self) {
-        let st = nix::sys::statvfs::statvfs(&self.0).unwrap();
-        #[allow(clippy::unnecessary_cast)]
-        let used = (st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64;
-        self.resize(&format!("{}k", used.div_ceil(1024)));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .args(["-l", s(&self.0)])
-            .status();
-    }
-}
-
-/// The disk itself fails: the state dir's tmpfs is shrunk to what it holds. Commands are carried out while sled's
-/// log still fits in the pages it has, then the first one whose sequence number cannot be written is refused with
-/// the device's sentence and the OS's cause, and is not carried out; its replay is refused. sled keeps its first I/O
-/// error for the rest of the process, so the store recovers when the agent restarts on a disk with room: the
-/// database opens as it was last flushed, the refused command's replay is still refused (its number outlived the
-/// restart in the reserve that a full disk cannot stop: src/fleet/device/spent.rs), and a new command works.
+/// The disk itself fills: the state dir's tmpfs is shrunk to what it holds. The first record that does not fit
+/// takes the reserve (`storage.reserve_bytes`), so commands are still carried out; once the disk is filled again
+/// the first command whose sequence number cannot be written is refused with the device's sentence ("the disk is
+/// full") and is not carried out, and its replay is refused. With room again the records recover without a restart
+/// (they are files: a failed write leaves nothing behind), the reserve is put back, the refused command's replay is
+/// still refused and a new command works; after a SIGKILL and restart the same holds.
 #[test]
 fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
-    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: mounting the tmpfs that fills up needs root (CI runs as root)");
-        return;
-    }
     const ID: &str = "durable-full";
     let broker = Mosquitto::start();
     let f = Fixture::new();
@@ -342,57 +295,65 @@ fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
     ];
     let daemon = Daemon::start(&state, &args);
     op.wait_online();
+    common::wait_until("the reserve is in place", Duration::from_secs(20), || {
+        daemon
+            .local_status()
+            .storage
+            .is_some_and(|s| s.reserve_held)
+    });
     let key = SigningKeyFile::load(&f.key1).unwrap();
     let base = now_ms();
     assert_ok(&op.send(&set_threshold_on(ID, &key, base, "0.5")));
 
+    // Full: the reserve makes room for the records.
     disk.fill();
-    let mut carried = "0.5".to_string();
-    let mut refused = None;
-    for i in 1..=500u64 {
-        let value = format!("0.{i}");
-        let signed = set_threshold_on(ID, &key, base + i, &value);
-        let ack = op.send(&signed);
-        if ack.ok {
-            carried = value;
-        } else {
-            assert_refused(
-                &ack,
-                &[
-                    "cannot record the command's sequence number",
-                    "No space left on device",
-                    "disk",
-                ],
-            );
-            eprintln!(
-                "full disk: {} commands carried out, then refused: {:?}",
-                i - 1,
-                ack.error
-            );
-            refused = Some(signed);
-            break;
-        }
-    }
-    let refused = refused.expect("500 small records fit in a full tmpfs: nothing failed");
+    assert_ok(&op.send(&set_threshold_on(ID, &key, base + 1, "0.51")));
+    assert_eq!(threshold(&daemon).as_deref(), Some("0.51"));
+    let st = daemon.local_status().storage.expect("storage status");
+    assert!(!st.reserve_held, "the reserve was released: {st:?}");
+
+    // Full again, with the reserve spent: refused, not carried out.
+    disk.fill();
+    let refused = set_threshold_on(ID, &key, base + 2, "0.52");
+    assert_refused(
+        &op.send(&refused),
+        &[
+            "cannot record the command's sequence number",
+            "the disk is full",
+            "the command is refused",
+        ],
+    );
     assert_eq!(
         threshold(&daemon).as_deref(),
-        Some(carried.as_str()),
+        Some("0.51"),
         "not carried out"
     );
     assert_refused(&op.send(&refused), &[]);
-    assert_eq!(threshold(&daemon).as_deref(), Some(carried.as_str()));
+    assert_eq!(threshold(&daemon).as_deref(), Some("0.51"));
+    let records = daemon.local_status().storage.unwrap().stores[&StoreName::Records].clone();
+    assert_eq!(records.state, StoreState::DiskFull, "{records:?}");
 
-    // Room again; the agent restarts (SIGKILL, as a watchdog would) and its store opens as last flushed.
+    // Room again, no restart: the records are written again and the reserve comes back.
     disk.resize("24m");
+    common::wait_until("the reserve is back", Duration::from_secs(20), || {
+        daemon
+            .local_status()
+            .storage
+            .is_some_and(|s| s.reserve_held)
+    });
+    assert_refused(&op.send(&refused), &["not above"]);
+    assert_ok(&op.send(&set_threshold_on(ID, &key, base + 3, "0.53")));
+    assert_eq!(threshold(&daemon).as_deref(), Some("0.53"));
+    let records = daemon.local_status().storage.unwrap().stores[&StoreName::Records].clone();
+    assert_eq!(records.state, StoreState::Ok, "{records:?}");
+
+    // A SIGKILL and restart keep all of it.
     drop(daemon);
     op.wait_offline();
     let daemon = Daemon::start(&state, &args);
     op.wait_online();
-    assert_eq!(threshold(&daemon).as_deref(), Some(carried.as_str()));
-    // The refused command's number outlived the restart (the reserve that a full disk cannot stop): its replay is
-    // still refused, now by the durable floor that the restarted agent wrote.
+    assert_eq!(threshold(&daemon).as_deref(), Some("0.53"));
     assert_refused(&op.send(&refused), &["not above"]);
-    assert_eq!(threshold(&daemon).as_deref(), Some(carried.as_str()));
     assert_ok(&op.send(&set_threshold_on(ID, &key, base + 1000, "0.95")));
     assert_eq!(threshold(&daemon).as_deref(), Some("0.95"));
     drop(daemon);

@@ -88,6 +88,18 @@ fn a_single_model_state_directory_starts_with_its_live_model_trial_version_floor
         std::time::Duration::from_secs(10),
         || daemon.get_json("/v1/status")["forward"]["outbox"]["pending"] == 3,
     );
+    // The single database became three stores (issue 27): the records and the outbox moved out of the cache's.
+    assert!(state.join("outbox").is_dir() && state.join("cache").is_dir());
+    let records = outpost::store::Records::open(&state.join("records"), None).unwrap();
+    assert_eq!(
+        records.get::<u64>("command.last_seq").unwrap(),
+        Some(3),
+        "the command sequence floor moved"
+    );
+    assert_eq!(
+        st["settings"]["hardness.threshold"], "0.85",
+        "the recorded setting moved: {st}"
+    );
     let agent = common::http();
     let image = std::fs::read(&common::test_images()[0].0).unwrap();
     let (code, v) = daemon.infer(&agent, &image, "image/png");

@@ -17,7 +17,7 @@ use crate::serve::Registry;
 use crate::blocking;
 use crate::config::Config;
 use crate::inference::{Engine, InferenceError, ModelSpec};
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, StoreError};
 use crate::wire::status::{Cause, Serving, TransitionKind};
 use crate::worker::Pool;
 
@@ -205,76 +205,65 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .slots(&default)
         .map_err(|e| AgentError::Internal(e.to_string()))?;
 
-    let cache_dir = state_dir.join("cache");
-    let store = blocking::run(move || Store::open(&cache_dir).map_err(AgentError::from)).await?;
-    let cache = if config.cache.enabled {
-        let (s, me, mb) = (
-            store.clone(),
-            config.cache.max_entries,
-            config.cache.max_bytes,
-        );
-        Some(blocking::run(move || s.result_cache(me, mb).map_err(AgentError::from)).await?)
-    } else {
-        None
-    };
+    let (sd, options) = (state_dir.clone(), config.storage.options(&config.cache));
+    let storage = Arc::new(blocking::value(move || Storage::open(&sd, &options)).await?);
 
     let pool = Arc::new(Pool::start(config.worker_count(), config.workers.queue));
     let shared = models::Shared {
         config: config.clone(),
         pool: pool.clone(),
-        cache: cache.map(Arc::new),
+        cache: storage.cache(),
         background: None,
         forwarder: Default::default(),
     };
-    let forwarder = shared.forwarder.clone();
     let (registry, default_controller) =
         models::start_default(&default, slots.clone(), &shared, &shutdown).await?;
-    let service = registry.default_service();
+    registry.set_storage(storage.clone());
 
     // The fleet link (and the forwarder it carries) is in place before the API answers, so the first request
-    // and the first status already see it.
+    // and the first status already see it. Records that cannot be opened yet (a disk that fails to read) leave
+    // the agent serving; the link starts once they open.
     let link = match &config.fleet.broker {
         Some(_) => {
-            let s = store.clone();
-            let records = blocking::run(move || s.records().map_err(AgentError::from)).await?;
-            let mut link =
-                crate::fleet::device::Link::new(registry.clone(), &config, records, repo.clone())
-                    .map_err(|e| AgentError::Internal(e.to_string()))?;
-            // Sending data off the device stays a local setting: a cloud role in the trust never turns it on.
-            let cloud = config.forward.enabled
-                && match registry.trust().role(crate::trust::Role::Cloud) {
-                    Ok(role) if !role.keys.is_empty() => true,
-                    Ok(_) => {
-                        tracing::warn!("hard cases stay on the device: the trust has no cloud role, so no cloud answer could be believed (list the cloud workers' keys in forward.cloud_keys before the first start, or add a cloud role with `outpostctl trust rotate`; or set forward.enabled = false)");
-                        false
-                    }
-                    Err(_) => false,
-                };
-            if cloud {
-                let (s, me, mb) = (
-                    store.clone(),
-                    config.forward.outbox_max_entries,
-                    config.forward.outbox_max_bytes,
-                );
-                let outbox =
-                    blocking::run(move || s.outbox(me, mb).map_err(AgentError::from)).await?;
-                let (f, rx) = crate::forward::Forwarder::new(
-                    &config.fleet.device_id,
-                    registry.trust().clone(),
-                    outbox,
-                    service.cache(),
-                    &config.forward,
-                    registry.clock().clone(),
-                );
-                // Every model forwards its hard cases, the ones that start later too.
-                for (_, s) in registry.all() {
-                    s.set_forwarder(f.clone());
-                }
-                let _ = forwarder.set(f.clone());
-                link = link.with_forwarder(f, rx);
-            }
-            let token = shutdown.clone();
+            let ready = match storage.records() {
+                Ok(records) => Some(
+                    fleet_link(&config, &registry, &storage, &shared, records, repo.clone())
+                        .await?,
+                ),
+                Err(_) => None,
+            };
+            let (config, registry, storage, shared, repo, token) = (
+                config.clone(),
+                registry.clone(),
+                storage.clone(),
+                shared.clone(),
+                repo.clone(),
+                shutdown.clone(),
+            );
             Some(tokio::spawn(async move {
+                let link = match ready {
+                    Some(link) => link,
+                    None => {
+                        let mut tick = tokio::time::interval(TEND_EVERY);
+                        let records = loop {
+                            tokio::select! {
+                                _ = token.cancelled() => return,
+                                _ = tick.tick() => {}
+                            }
+                            if let Ok(r) = storage.records() {
+                                break r;
+                            }
+                        };
+                        match fleet_link(&config, &registry, &storage, &shared, records, repo).await
+                        {
+                            Ok(link) => link,
+                            Err(e) => {
+                                tracing::error!(error = %e, "the fleet link cannot start");
+                                return;
+                            }
+                        }
+                    }
+                };
                 if let Err(e) = link.run(token).await {
                     tracing::error!(error = %e, "the fleet link stopped");
                 }
@@ -297,6 +286,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 }
             }))
         }
+    };
+    // The stores are tended off the request path: the reserve put back, a closed cache or outbox reopened.
+    let tending = {
+        let (storage, token) = (storage.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TEND_EVERY);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {
+                        let s = storage.clone();
+                        let _ = blocking::value(move || s.tend()).await;
+                    }
+                }
+            }
+        })
     };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -358,9 +363,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     if let Some(w) = watchdog {
         let _ = w.await;
     }
+    let _ = tending.await;
     let p = pool.clone();
     blocking::value(move || p.drain()).await?;
-    blocking::run(move || store.flush().map_err(AgentError::from)).await?;
+    blocking::run(move || storage.flush().map_err(AgentError::from)).await?;
     let _ = std::fs::remove_file(api_addr_file(&state_dir));
     match served {
         Ok(Ok(())) => {
@@ -370,6 +376,56 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         Ok(Err(e)) => Err(AgentError::Internal(format!("API server failed: {e}"))),
         Err(e) => Err(AgentError::Internal(format!("API task failed: {e}"))),
     }
+}
+
+/// How often the stores are tended ([`Storage::tend`]).
+const TEND_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The device's fleet link, with the forwarder of hard cases when forwarding is on (its outbox opened here).
+async fn fleet_link(
+    config: &Config,
+    registry: &Arc<Registry>,
+    storage: &Arc<Storage>,
+    shared: &models::Shared,
+    records: crate::store::Records,
+    repo: Repository,
+) -> Result<crate::fleet::device::Link, AgentError> {
+    let mut link = crate::fleet::device::Link::new(registry.clone(), config, records, repo)
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
+    // Sending data off the device stays a local setting: a cloud role in the trust never turns it on.
+    let cloud = config.forward.enabled
+        && match registry.trust().role(crate::trust::Role::Cloud) {
+            Ok(role) if !role.keys.is_empty() => true,
+            Ok(_) => {
+                tracing::warn!("hard cases stay on the device: the trust has no cloud role, so no cloud answer could be believed (list the cloud workers' keys in forward.cloud_keys before the first start, or add a cloud role with `outpostctl trust rotate`; or set forward.enabled = false)");
+                false
+            }
+            Err(_) => false,
+        };
+    if cloud {
+        let (s, me, mb) = (
+            storage.clone(),
+            config.forward.outbox_max_entries,
+            config.forward.outbox_max_bytes,
+        );
+        let outbox = blocking::value(move || s.outbox(me, mb)).await?;
+        let service = registry.default_service();
+        let (f, rx) = crate::forward::Forwarder::new(
+            &config.fleet.device_id,
+            registry.trust().clone(),
+            outbox,
+            service.cache(),
+            &config.forward,
+            registry.clock().clone(),
+        );
+        // Every model forwards its hard cases, the ones that start later too.
+        for (_, s) in registry.all() {
+            s.set_forwarder(f.clone());
+        }
+        let _ = shared.forwarder.set(f.clone());
+        link = link.with_forwarder(f, rx);
+    }
+    Ok(link)
 }
 
 /// An agent without its HTTP API, cache or forwarder: the slot record, the model (and candidate), the slot

@@ -30,6 +30,7 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub engine: EngineConfig,
     pub cache: CacheConfig,
+    pub storage: StorageConfig,
     pub log: LogConfig,
     pub slots: SlotsConfig,
     pub repository: RepositoryConfig,
@@ -440,6 +441,41 @@ pub struct CacheConfig {
     pub max_bytes: u64,
 }
 
+/// The state dir's stores on a disk that fills (README, "A full disk").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Bytes kept allocated in `<state_dir>/reserve` and released when the disk is full, so that the records a
+    /// command or a download depends on can still be written. Downloads and installs also leave this much (and
+    /// 1 MiB more) free, and the cache and the outbox stop taking entries below it. 0: no reserve.
+    pub reserve_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            reserve_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// What [`crate::store::Storage::open`] needs.
+    pub fn options(&self, cache: &CacheConfig) -> crate::store::StorageOptions {
+        crate::store::StorageOptions {
+            reserve_bytes: self.reserve_bytes,
+            cache: cache
+                .enabled
+                .then_some((cache.max_entries, cache.max_bytes)),
+        }
+    }
+
+    /// Free bytes a download or an install must leave beside itself.
+    pub fn keep_free(&self) -> u64 {
+        self.reserve_bytes + crate::store::layout::MIN_FREE
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -768,8 +804,8 @@ mod tests {
         let c = Config::from_toml(text).unwrap();
         let d = Config::default();
         assert_eq!(
-            (c.api, c.workers, c.engine, c.cache, c.log),
-            (d.api, d.workers, d.engine, d.cache, d.log)
+            (c.api, c.workers, c.engine, c.cache, c.storage, c.log),
+            (d.api, d.workers, d.engine, d.cache, d.storage, d.log)
         );
         assert_eq!((c.slots, c.probation), (d.slots, d.probation));
         let mut f = c.fleet.clone();

@@ -430,10 +430,7 @@ mod tests {
     #[test]
     fn a_chunk_counts_only_once_its_bit_is_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let records = crate::store::Store::open(&dir.path().join("db"))
-            .unwrap()
-            .records()
-            .unwrap();
+        let records = crate::store::Records::open(&dir.path().join("db"), None).unwrap();
         let data: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1024]).collect();
         let offer = Offer {
             bundle: [7; 32],

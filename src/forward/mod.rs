@@ -57,6 +57,9 @@ pub enum ForwardError {
     ContentType(Option<String>),
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// The outbox could not take the case for lack of space (its alarm has said so once); the edge answers.
+    #[error("the hard case was not queued: {0}")]
+    DiskFull(String),
     #[error("the answer is not signed")]
     Unsigned,
     #[error("the answer is signed by key {0}, which the device's trust does not list for the cloud role (removed by \
@@ -79,10 +82,24 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
+    /// What a request's answer says became of its hard case when forwarding failed. A full disk is logged once, by
+    /// the outbox; anything else here.
+    pub fn forwarded(&self) -> crate::wire::status::Forwarded {
+        use crate::wire::status::Forwarded;
+        match self {
+            ForwardError::DiskFull(_) => Forwarded::DiskFull,
+            e => {
+                tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
+                Forwarded::Failed
+            }
+        }
+    }
+
     /// The `result` label of `outpost_cloud_answers_total` for a refused answer.
     pub fn reason(&self) -> &'static str {
         match self {
             ForwardError::Outbox(_) => "outbox",
+            ForwardError::DiskFull(_) => "disk_full",
             ForwardError::Oversized(_) => "oversized",
             ForwardError::ContentType(_) => "content_type",
             ForwardError::Malformed(_) => "malformed",
@@ -601,7 +618,16 @@ impl Forwarder {
         // The same case may be queued already (a retried request): it is then neither stored nor sent twice.
         let (dropped, fresh) = crate::blocking::run(move || outbox.push(&id, &b))
             .await
-            .map_err(|e| ForwardError::Outbox(e.to_string()))?;
+            .map_err(|e| match e {
+                e @ (crate::store::StoreError::DiskFull { .. }
+                | crate::store::StoreError::DbDiskFull(_)
+                | crate::store::StoreError::Unavailable { .. }) => {
+                    metrics::counter!(crate::telemetry::FORWARDED, "result" => "disk_full")
+                        .increment(1);
+                    ForwardError::DiskFull(e.to_string())
+                }
+                e => ForwardError::Outbox(e.to_string()),
+            })?;
         if dropped > 0 {
             metrics::counter!(crate::telemetry::OUTBOX_DROPPED).increment(dropped);
             tracing::warn!(dropped, "outbox full: dropped the oldest hard cases");
@@ -744,6 +770,7 @@ impl Forwarder {
                 pending: self.outbox.len(),
                 bytes: self.outbox.bytes(),
                 dropped: self.outbox.dropped(),
+                refused_disk_full: self.outbox.refused_disk_full(),
             },
             answers: self
                 .answer_counts()

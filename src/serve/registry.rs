@@ -19,6 +19,8 @@ pub struct Registry {
     clock: Arc<Clock>,
     /// The keys the device trusts, by role: read by every signature check (bundles, commands, cloud answers).
     trust: Arc<LiveTrust>,
+    /// The state dir's stores, for the status (the daemon's; a headless simulated agent has none).
+    storage: std::sync::OnceLock<Arc<crate::store::Storage>>,
 }
 
 impl Registry {
@@ -33,7 +35,18 @@ impl Registry {
             models: RwLock::new([(default.to_string(), service)].into()),
             clock,
             trust,
+            storage: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports `storage` in the status from now on.
+    pub fn set_storage(&self, storage: Arc<crate::store::Storage>) {
+        let _ = self.storage.set(storage);
+    }
+
+    /// The storage's status, when the agent has one.
+    pub fn storage_status(&self) -> Option<crate::wire::status::StorageStatus> {
+        self.storage.get().map(|s| s.status())
     }
 
     pub fn clock(&self) -> &Arc<Clock> {
@@ -90,6 +103,7 @@ impl Registry {
             default_model: self.default.clone(),
             clock: Some(self.clock.status()),
             trust: Some(self.trust.status()),
+            storage: self.storage_status(),
             service: self.default_service().status(),
             models,
         }

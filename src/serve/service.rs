@@ -695,7 +695,7 @@ impl Service {
             let hit = crate::blocking::run(move || c.get(&key))
                 .await
                 .unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "cache lookup failed; running the model");
+                    tracing::debug!(error = %err, "cache lookup failed; running the model");
                     None
                 });
             if let Some(hit) = hit.filter(|h| !h.tensors.is_empty()) {
@@ -762,7 +762,7 @@ impl Service {
                 answer: None,
             };
             if let Err(e) = crate::blocking::run(move || c.insert(&key, &entry)).await {
-                tracing::warn!(error = %e, "cannot cache the result");
+                tracing::debug!(error = %e, "cannot cache the result");
             }
         }
         if let Some((c, inputs)) = shadow_inputs {
@@ -938,7 +938,7 @@ impl Service {
             };
             let hit = match &cache {
                 Some(c) => c.get(&key).unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "cache lookup failed; running the model");
+                    tracing::debug!(error = %err, "cache lookup failed; running the model");
                     None
                 }),
                 None => None,
@@ -1145,10 +1145,7 @@ impl Service {
                     response.forwarded = Some(Forwarded::Answered);
                 }
                 Ok(None) => response.forwarded = Some(Forwarded::Queued),
-                Err(e) => {
-                    tracing::error!(error = %e, "a hard case could not be queued; answering from the edge");
-                    response.forwarded = Some(Forwarded::Failed);
-                }
+                Err(e) => response.forwarded = Some(e.forwarded()),
             }
             // Cached only once the case is durably queued (so a crash in between cannot leave a cached answer whose
             // case never reached the cloud), and never over the cloud's answer, which may have come meanwhile.
@@ -1171,7 +1168,7 @@ impl Service {
             Ok(evicted) if evicted > 0 => {
                 metrics::counter!(crate::telemetry::CACHE_EVICTIONS).increment(evicted)
             }
-            Err(e) => tracing::warn!(error = %e, "cannot cache the result"),
+            Err(e) => tracing::debug!(error = %e, "cannot cache the result"),
             _ => {}
         }
     }

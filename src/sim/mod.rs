@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::AgentError;
 use crate::config::{Config, ProbationConfig};
 use crate::serve::{Registry, Service};
-use crate::store::Store;
+use crate::store::Records;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -78,7 +78,6 @@ pub struct Sim {
     pub agents: Vec<SimAgent>,
     pub traffic: Arc<Traffic>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    store: Store,
 }
 
 fn load_images(dir: &Path) -> Result<Vec<crate::serve::bytes_like::Bytes>, SimError> {
@@ -147,8 +146,8 @@ impl Sim {
             path: o.dir.display().to_string(),
             message: e.to_string(),
         })?;
-        let db = o.dir.join("records.db");
-        let store = crate::blocking::run(move || Store::open(&db)).await?;
+        let dir = o.dir.join("records");
+        let store = crate::blocking::run(move || Records::open(&dir, None)).await?;
         let pool = Arc::new(crate::worker::Pool::start(o.workers.max(1), 4096));
         let background = crate::worker::Background::start(o.shadow_cpu_share, 1024);
         let mut agents = Vec::with_capacity(o.agents);
@@ -156,7 +155,7 @@ impl Sim {
         for i in 0..o.agents {
             let id = format!("{}-{i:04}", o.prefix);
             let config = agent_config(o, &id);
-            let records = store.records_named(&id)?;
+            let records = store.named(&id)?;
             let (registry, t) = crate::agent::start_headless(
                 config.clone(),
                 pool.clone(),
@@ -187,7 +186,6 @@ impl Sim {
             agents,
             traffic,
             tasks,
-            store,
         })
     }
 
@@ -237,14 +235,10 @@ impl Sim {
             .collect()
     }
 
-    /// Waits for every task to stop (after `shutdown`), then flushes the records.
+    /// Waits for every task to stop (after `shutdown`). The records are durable as written.
     pub async fn finish(self) {
         for t in self.tasks {
             let _ = t.await;
-        }
-        let s = self.store.clone();
-        if let Err(e) = crate::blocking::run(move || s.flush()).await {
-            tracing::warn!(error = %e, "cannot flush the simulation's records");
         }
     }
 }

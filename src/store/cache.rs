@@ -8,9 +8,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::Tree;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::closable::Closable;
 use super::StoreError;
+use crate::wire::status::{StoreHealth, StoreName, StoreState};
 
 /// Cache key: release digest then input digest (64 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,14 +162,15 @@ const META_COUNT: &[u8] = b"count";
 /// Per-entry bookkeeping counted against `max_bytes`: the order record and the sequence prefix.
 const OVERHEAD: u64 = 8 + 8;
 
-pub struct ResultCache {
+/// The cache's sled database while it is open.
+struct CacheDb {
     db: sled::Db,
     entries: Tree,
     order: Tree,
     meta: Tree,
     max_entries: u64,
     max_bytes: u64,
-    evictions: AtomicU64,
+    evictions: Arc<AtomicU64>,
 }
 
 fn read_u64(v: Option<sled::IVec>) -> u64 {
@@ -176,27 +181,28 @@ fn read_u64(v: Option<sled::IVec>) -> u64 {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-impl ResultCache {
-    pub(super) fn open(
+impl CacheDb {
+    fn open(
         db: &sled::Db,
         max_entries: u64,
         max_bytes: u64,
-    ) -> Result<ResultCache, StoreError> {
-        let cache = ResultCache {
+        evictions: Arc<AtomicU64>,
+    ) -> Result<CacheDb, StoreError> {
+        let cache = CacheDb {
             db: db.clone(),
             entries: db.open_tree("cache.entries")?,
             order: db.open_tree("cache.order")?,
             meta: db.open_tree("cache.meta")?,
             max_entries,
             max_bytes,
-            evictions: AtomicU64::new(0),
+            evictions,
         };
         // The bounds may have shrunk since the last run.
         cache.evict()?;
         Ok(cache)
     }
 
-    pub fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, StoreError> {
+    fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, StoreError> {
         let Some(v) = self.entries.get(key.as_bytes())? else {
             return Ok(None);
         };
@@ -211,17 +217,13 @@ impl ResultCache {
 
     /// Inserts (or replaces) an entry, then evicts the oldest entries beyond the bounds. Returns how many were
     /// evicted.
-    pub fn insert(&self, key: &CacheKey, value: &CachedResult) -> Result<u64, StoreError> {
+    fn insert(&self, key: &CacheKey, value: &CachedResult) -> Result<u64, StoreError> {
         self.put(key, value, false)
     }
 
     /// Like [`ResultCache::insert`], but leaves an entry from the cloud tier in place (checked in the same
     /// transaction): the edge's answer to a hard case must not overwrite the cloud's that arrived meanwhile.
-    pub fn insert_unless_cloud(
-        &self,
-        key: &CacheKey,
-        value: &CachedResult,
-    ) -> Result<u64, StoreError> {
+    fn insert_unless_cloud(&self, key: &CacheKey, value: &CachedResult) -> Result<u64, StoreError> {
         self.put(key, value, true)
     }
 
@@ -298,26 +300,17 @@ impl ResultCache {
     }
 
     /// Entries held.
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         read_u64(self.meta.get(META_COUNT).ok().flatten())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Bytes of keys, values and bookkeeping held (what `max_bytes` bounds).
-    pub fn bytes(&self) -> u64 {
+    fn bytes(&self) -> u64 {
         read_u64(self.meta.get(META_BYTES).ok().flatten())
     }
 
-    /// Evictions since this process opened the cache.
-    pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
-    }
-
     /// Drops every entry (the fleet's `purge-cache` command).
-    pub fn clear(&self) -> Result<(), StoreError> {
+    fn clear(&self) -> Result<(), StoreError> {
         (&self.entries, &self.order, &self.meta).transaction(|(_, _, m)| -> TxResult<()> {
             m.insert(META_BYTES, &0u64.to_be_bytes())?;
             m.insert(META_COUNT, &0u64.to_be_bytes())?;
@@ -326,6 +319,177 @@ impl ResultCache {
         self.entries.clear()?;
         self.order.clear()?;
         Ok(())
+    }
+}
+
+/// The result cache: its own sled database in `<state>/cache`, apart from the records and the outbox, because it is
+/// the one store that may be skipped. It never stops a request: while it cannot be opened or written (a full disk,
+/// a failing one) lookups miss and inserts are refused, one log line says so ([`super::space::DiskAlarm`]), and
+/// [`ResultCache::tend`] reopens it once there is room (sled keeps a failed write's error until it is opened
+/// again). Inserts are not tried while the filesystem has less than `keep_free` bytes free, so the cache does not
+/// take the room the records and the outbox need.
+pub struct ResultCache {
+    max_entries: u64,
+    max_bytes: u64,
+    db: Closable<CacheDb>,
+    evictions: Arc<AtomicU64>,
+}
+
+impl super::closable::Database for CacheDb {
+    fn sled(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+impl ResultCache {
+    /// The cache in `dir` (blocking). Never fails: a cache that cannot be opened starts closed and is reopened by
+    /// [`ResultCache::tend`]; one whose files cannot be read is started anew (it holds nothing that cannot be
+    /// computed again).
+    pub fn open(dir: &Path, max_entries: u64, max_bytes: u64, keep_free: u64) -> ResultCache {
+        let cache = ResultCache {
+            max_entries,
+            max_bytes,
+            db: Closable::new(StoreName::Cache, dir, keep_free),
+            evictions: Arc::new(AtomicU64::new(0)),
+        };
+        cache.reopen();
+        cache
+    }
+
+    fn current(&self) -> Option<Arc<CacheDb>> {
+        self.db.current()
+    }
+
+    fn open_db(&self) -> Result<CacheDb, StoreError> {
+        super::open_db(self.db.dir(), StoreName::Cache.what()).and_then(|db| {
+            CacheDb::open(
+                &db,
+                self.max_entries,
+                self.max_bytes,
+                self.evictions.clone(),
+            )
+        })
+    }
+
+    /// Opens the database when it is closed; `true` when it is open afterwards.
+    fn reopen(&self) -> bool {
+        self.db.reopen(|| match self.open_db() {
+            Err(StoreError::Unreadable { message, .. }) => {
+                tracing::warn!(dir = %self.db.dir().display(), error = %message, "the result cache cannot be read: starting it empty");
+                let _ = std::fs::remove_dir_all(self.db.dir());
+                self.open_db()
+            }
+            other => other,
+        })
+    }
+
+    #[cfg(test)]
+    fn failed(&self, e: &StoreError) {
+        self.db.failed(e)
+    }
+
+    /// Reopens a closed cache when the filesystem has room again (blocking; the agent calls it every few seconds).
+    pub fn tend(&self) {
+        if self.db.due_for_reopen() {
+            self.reopen();
+        }
+    }
+
+    /// The entry of `key`; a miss while the cache is closed.
+    pub fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, StoreError> {
+        let Some(db) = self.current() else {
+            return Ok(None);
+        };
+        db.get(key).inspect_err(|e| self.db.failed(e))
+    }
+
+    /// Inserts (or replaces) an entry, then evicts the oldest entries beyond the bounds. Returns how many were
+    /// evicted.
+    pub fn insert(&self, key: &CacheKey, value: &CachedResult) -> Result<u64, StoreError> {
+        self.write(|db| db.insert(key, value))
+    }
+
+    /// Like [`ResultCache::insert`], but leaves an entry from the cloud tier in place (checked in the same
+    /// transaction): the edge's answer to a hard case must not overwrite the cloud's that arrived meanwhile.
+    pub fn insert_unless_cloud(
+        &self,
+        key: &CacheKey,
+        value: &CachedResult,
+    ) -> Result<u64, StoreError> {
+        self.write(|db| db.insert_unless_cloud(key, value))
+    }
+
+    fn write(
+        &self,
+        put: impl FnOnce(&CacheDb) -> Result<u64, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let Some(db) = self.current() else {
+            return Err(self.closed());
+        };
+        self.db.check_room(StoreName::Cache.what(), 0)?;
+        self.db.write(&db, put)
+    }
+
+    /// Why nothing is written (counted as a failure: the cache skipped a write).
+    fn closed(&self) -> StoreError {
+        let health = self.db.health();
+        self.db.alarm().failed(
+            health.state == StoreState::DiskFull,
+            health.error.as_deref().unwrap_or("closed"),
+        );
+        StoreError::Unavailable {
+            what: StoreName::Cache.what(),
+            dir: self.db.dir().to_path_buf(),
+        }
+    }
+
+    /// Entries held (0 while closed).
+    pub fn len(&self) -> u64 {
+        self.current().map(|d| d.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of keys, values and bookkeeping held (what `max_bytes` bounds).
+    pub fn bytes(&self) -> u64 {
+        self.current().map(|d| d.bytes()).unwrap_or(0)
+    }
+
+    /// Evictions since this process opened the cache.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Forces what is written to disk (blocking; at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()
+    }
+
+    /// Whether the cache is open now.
+    pub fn is_open(&self) -> bool {
+        self.current().is_some()
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        self.db.health()
+    }
+
+    /// Drops every entry (the fleet's `purge-cache` command). A closed cache's files are deleted, which frees
+    /// their space on a full disk.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        match self.current() {
+            Some(db) => db.clear().inspect_err(|e| self.db.failed(e)),
+            None => match std::fs::remove_dir_all(self.db.dir()) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StoreError::Io {
+                    path: self.db.dir().to_path_buf(),
+                    source,
+                }),
+            },
+        }
     }
 }
 
@@ -350,8 +514,7 @@ mod tests {
     #[test]
     fn an_entry_written_before_raw_tensor_models_still_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let cache = ResultCache::open(&db, 10, 1 << 20).unwrap();
+        let cache = ResultCache::open(dir.path(), 10, 1 << 20, 0);
         let k = CacheKey::new("r", &[1.0]);
         let v1 = CachedResultV1 {
             label: "7".into(),
@@ -364,7 +527,12 @@ mod tests {
         };
         let mut stored = 1u64.to_be_bytes().to_vec();
         stored.extend(postcard::to_stdvec(&v1).unwrap());
-        cache.entries.insert(k.as_bytes(), stored).unwrap();
+        cache
+            .current()
+            .unwrap()
+            .entries
+            .insert(k.as_bytes(), stored)
+            .unwrap();
         let got = cache.get(&k).unwrap().unwrap();
         assert_eq!((got.label.as_str(), got.tier.as_str()), ("7", "cloud"));
         assert!(got.tensors.is_empty());
@@ -381,6 +549,38 @@ mod tests {
         assert_eq!(cache.get(&k).unwrap().unwrap(), raw);
     }
 
+    /// A failed write closes the cache: lookups miss, inserts are refused, the alarm says why; `tend` reopens it
+    /// in the same process with what it held. Below `keep_free` free bytes, inserts are not tried at all.
+    #[test]
+    fn a_closed_cache_misses_and_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ResultCache::open(&dir.path().join("c"), 10, 1 << 20, 0);
+        let k = CacheKey::new("m", &[1.0]);
+        c.insert(&k, &result("1")).unwrap();
+        c.failed(&StoreError::DbDiskFull("No space left on device".into()));
+        assert!(!c.is_open());
+        assert_eq!(c.get(&k).unwrap(), None);
+        assert!(matches!(
+            c.insert(&k, &result("2")),
+            Err(StoreError::Unavailable { .. })
+        ));
+        assert_eq!(c.health().state, StoreState::DiskFull);
+        c.tend();
+        assert!(c.is_open());
+        assert_eq!(c.get(&k).unwrap().unwrap().label, "1");
+        c.insert(&k, &result("3")).unwrap();
+        assert_eq!(c.health().state, StoreState::Ok);
+        assert_eq!(c.health().failures, 2);
+
+        let tight = ResultCache::open(&dir.path().join("t"), 10, 1 << 20, u64::MAX);
+        assert!(matches!(
+            tight.insert(&k, &result("1")),
+            Err(StoreError::DiskFull { .. })
+        ));
+        tight.tend();
+        assert!(tight.is_open(), "an open cache stays open");
+    }
+
     #[test]
     fn a_key_for_another_model_keeps_the_input() {
         let input = [0.5f32, 1.0, -2.0];
@@ -393,8 +593,7 @@ mod tests {
     #[test]
     fn hit_miss_and_model_separation() {
         let dir = tempfile::tempdir().unwrap();
-        let store = super::super::Store::open(dir.path()).unwrap();
-        let cache = store.result_cache(100, 1 << 20).unwrap();
+        let cache = ResultCache::open(dir.path(), 100, 1 << 20, 0);
         let a = CacheKey::new("model-a", &[1.0, 2.0]);
         let b = CacheKey::new("model-b", &[1.0, 2.0]);
         cache.insert(&a, &result("7")).unwrap();
@@ -411,8 +610,7 @@ mod tests {
     #[test]
     fn the_edge_answer_never_overwrites_the_clouds() {
         let dir = tempfile::tempdir().unwrap();
-        let store = super::super::Store::open(dir.path()).unwrap();
-        let cache = store.result_cache(100, 1 << 20).unwrap();
+        let cache = ResultCache::open(dir.path(), 100, 1 << 20, 0);
         let k = CacheKey::new("m", &[1.0]);
         cache.insert_unless_cloud(&k, &result("edge-1")).unwrap();
         cache.insert_unless_cloud(&k, &result("edge-2")).unwrap();
@@ -431,8 +629,7 @@ mod tests {
     fn bounds_evict_oldest_first_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = super::super::Store::open(dir.path()).unwrap();
-            let cache = store.result_cache(10, 1 << 20).unwrap();
+            let cache = ResultCache::open(dir.path(), 10, 1 << 20, 0);
             for i in 0..25 {
                 cache
                     .insert(&CacheKey::new("m", &[i as f32]), &result(&i.to_string()))
@@ -442,11 +639,9 @@ mod tests {
             assert_eq!(cache.evictions(), 15);
             assert!(cache.get(&CacheKey::new("m", &[14.0])).unwrap().is_none());
             assert!(cache.get(&CacheKey::new("m", &[15.0])).unwrap().is_some());
-            store.flush().unwrap();
         }
-        let store = super::super::Store::open(dir.path()).unwrap();
         // Reopening with a smaller byte bound evicts down to it.
-        let cache = store.result_cache(10, 5 * 100).unwrap();
+        let cache = ResultCache::open(dir.path(), 10, 5 * 100, 0);
         assert!(cache.bytes() <= 500 && cache.len() < 10 && !cache.is_empty());
         assert!(cache.get(&CacheKey::new("m", &[24.0])).unwrap().is_some());
         cache.clear().unwrap();

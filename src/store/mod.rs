@@ -1,17 +1,26 @@
-//! Durable local state in sled: the only module that imports sled.
+//! Durable local state: the only module that imports sled.
 //!
-//! sled gives crash-consistent multi-tree transactions, so an entry and its bookkeeping are written together or not
-//! at all: a SIGKILL at any instant leaves a database that opens and agrees with itself.
+//! Three stores, apart so that one failing leaves the others ([`layout`]): the result cache and the outbox are sled
+//! databases (sled gives crash-consistent multi-tree transactions, so an entry and its bookkeeping are written
+//! together or not at all: a SIGKILL at any instant leaves a database that opens and agrees with itself), the
+//! records are one file each. A full disk closes the cache, refuses new hard cases and may take the reserve for the
+//! records, and never stops serving ([`space`], [`reserve`]).
 
 pub mod cache;
+mod closable;
+pub mod layout;
 pub mod outbox;
 pub mod records;
+pub mod reserve;
+pub mod space;
 
 use std::path::{Path, PathBuf};
 
 pub use cache::{CacheKey, CachedAnswer, CachedResult, ResultCache};
+pub use layout::{Storage, StorageOptions};
 pub use outbox::Outbox;
 pub use records::{Faults, Records};
+pub use reserve::Reserve;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -19,6 +28,20 @@ pub enum StoreError {
     Open { path: PathBuf, message: String },
     #[error("database error: {0}")]
     Db(String),
+    /// sled's write failed for lack of space.
+    #[error("the disk is full ({0})")]
+    DbDiskFull(String),
+    #[error("the disk is full: cannot write the {what} in {} (free space on that filesystem)", dir.display())]
+    DiskFull { what: &'static str, dir: PathBuf },
+    #[error("the {what} in {} is closed after a failed write; it is reopened once the filesystem has room", dir.display())]
+    Unavailable { what: &'static str, dir: PathBuf },
+    #[error("cannot read the database at {}: {message}", path.display())]
+    Unreadable { path: PathBuf, message: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -27,7 +50,22 @@ pub enum StoreError {
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Db(e.to_string())
+        if space::sled_disk_full(&e) {
+            StoreError::DbDiskFull(e.to_string())
+        } else {
+            StoreError::Db(e.to_string())
+        }
+    }
+}
+
+impl StoreError {
+    /// The write failed (or was not tried) for lack of space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DbDiskFull(_) | StoreError::DiskFull { .. } => true,
+            StoreError::Io { source, .. } => space::is_disk_full(source),
+            _ => false,
+        }
     }
 }
 
@@ -40,60 +78,28 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     }
 }
 
-/// The agent's database.
-#[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-}
-
-impl Store {
-    /// Opens (or creates) the database in `dir`. sled's page cache is capped (sled issue 1410: large RSS after
-    /// opening a large database), and writes reach disk at least every 500 ms.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(16 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| StoreError::Open {
+/// Opens (or creates) a sled database in `dir`. sled's page cache is capped (sled issue 1410: large RSS after
+/// opening a large database), and writes reach disk at least every 500 ms. `what` names the store in errors.
+pub(crate) fn open_db(dir: &Path, what: &'static str) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(16 * 1024 * 1024)
+        .flush_every_ms(Some(500))
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io) if space::is_disk_full(&io) => StoreError::DiskFull {
+                what,
+                dir: dir.to_path_buf(),
+            },
+            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
+                StoreError::Unreadable {
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                }
+            }
+            e => StoreError::Open {
                 path: dir.to_path_buf(),
                 message: e.to_string(),
-            })?;
-        Ok(Store { db })
-    }
-
-    pub fn result_cache(
-        &self,
-        max_entries: u64,
-        max_bytes: u64,
-    ) -> Result<ResultCache, StoreError> {
-        ResultCache::open(&self.db, max_entries, max_bytes)
-    }
-
-    /// The outbox of hard cases for the cloud tier.
-    pub fn outbox(&self, max_entries: u64, max_bytes: u64) -> Result<Outbox, StoreError> {
-        Outbox::open(&self.db, max_entries, max_bytes)
-    }
-
-    /// Small durable records (fleet link state).
-    pub fn records(&self) -> Result<Records, StoreError> {
-        Records::open(&self.db)
-    }
-
-    /// Records of their own under `name`, in this database: many simulated agents share one database (one set of
-    /// sled threads) yet keep separate command sequences and downloads.
-    pub fn records_named(&self, name: &str) -> Result<Records, StoreError> {
-        Records::open_named(&self.db, &format!("records/{name}"))
-    }
-
-    /// Forces everything written so far to disk (fsync); blocking, so call it off the async threads.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// Bytes the database takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
-    }
+            },
+        })
 }

@@ -6,11 +6,16 @@
 //! drops are counted: a full outbox is a decision, not an accident.
 
 use sled::Transactional;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::StoreError;
+use super::closable::Closable;
+use super::{Reserve, StoreError};
+use crate::wire::status::{StoreHealth, StoreName, StoreState};
 
-#[derive(Clone)]
-pub struct Outbox {
+/// The outbox's sled database while it is open.
+struct OutboxDb {
     db: sled::Db,
     cases: sled::Tree,
     ids: sled::Tree,
@@ -23,6 +28,15 @@ const NEXT: &[u8] = b"next";
 const BYTES: &[u8] = b"bytes";
 const DROPPED: &[u8] = b"dropped";
 
+fn tx_error(e: sled::transaction::TransactionError<()>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => e.into(),
+        sled::transaction::TransactionError::Abort(()) => {
+            StoreError::Db("transaction aborted".into())
+        }
+    }
+}
+
 fn get_u64(t: &sled::Tree, k: &[u8]) -> Result<u64, StoreError> {
     Ok(t.get(k)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -30,13 +44,9 @@ fn get_u64(t: &sled::Tree, k: &[u8]) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
-impl Outbox {
-    pub(super) fn open(
-        db: &sled::Db,
-        max_entries: u64,
-        max_bytes: u64,
-    ) -> Result<Outbox, StoreError> {
-        Ok(Outbox {
+impl OutboxDb {
+    fn open(db: &sled::Db, max_entries: u64, max_bytes: u64) -> Result<OutboxDb, StoreError> {
+        Ok(OutboxDb {
             db: db.clone(),
             cases: db.open_tree("outbox.cases")?,
             ids: db.open_tree("outbox.ids")?,
@@ -48,7 +58,7 @@ impl Outbox {
 
     /// Stores a case and flushes (blocking). Returns how many old cases the bounds dropped to make room, and false
     /// when a case with this id was queued already (then nothing changes: a case is stored once).
-    pub fn push(&self, id: &str, case: &[u8]) -> Result<(u64, bool), StoreError> {
+    fn push(&self, id: &str, case: &[u8]) -> Result<(u64, bool), StoreError> {
         if self.ids.contains_key(id.as_bytes())? {
             return Ok((0, false));
         }
@@ -93,15 +103,13 @@ impl Outbox {
                 meta.insert(BYTES, &(bytes + case.len() as u64).to_be_bytes())?;
                 Ok(true)
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| {
-                StoreError::Db(format!("{e:?}"))
-            })?;
+            .map_err(tx_error)?;
         self.db.flush()?;
         Ok((dropped, fresh))
     }
 
     /// The pending case with this id, left in place.
-    pub fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(key) = self.ids.get(id.as_bytes())? else {
             return Ok(None);
         };
@@ -135,19 +143,12 @@ impl Outbox {
                 }
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| {
-                StoreError::Db(format!("{e:?}"))
-            })?;
+            .map_err(tx_error)?;
         Ok(())
     }
 
-    /// Removes an answered case (blocking, flushed). Unknown ids (answered twice) are fine.
-    pub fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.take(id)?.is_some())
-    }
-
     /// Removes an answered case and returns it (blocking, flushed).
-    pub fn take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(key) = self.ids.get(id.as_bytes())? else {
             return Ok(None);
         };
@@ -158,7 +159,7 @@ impl Outbox {
     }
 
     /// Up to `n` cases, oldest first.
-    pub fn oldest(&self, n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn oldest(&self, n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         for item in self.cases.iter().take(n) {
             out.push(item?.1.to_vec());
@@ -166,21 +167,204 @@ impl Outbox {
         Ok(out)
     }
 
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.cases.len() as u64
     }
 
+    fn bytes(&self) -> Result<u64, StoreError> {
+        get_u64(&self.meta, BYTES)
+    }
+
+    /// Cases dropped by the bounds since the outbox was created.
+    fn dropped(&self) -> Result<u64, StoreError> {
+        get_u64(&self.meta, DROPPED)
+    }
+}
+
+/// The outbox: its own sled database in `<state>/outbox`. It opens whenever its files can be read (taking the
+/// reserve if opening needs room), refuses new cases while the filesystem has less than `keep_free` bytes free
+/// (counted as `refused_disk_full`, the queued cases kept), and is reopened by [`Outbox::tend`] after a failed
+/// write (sled keeps that error until it is opened again).
+#[derive(Clone)]
+pub struct Outbox(Arc<Shared>);
+
+struct Shared {
+    max_entries: u64,
+    max_bytes: u64,
+    reserve: Option<Arc<Reserve>>,
+    db: Closable<OutboxDb>,
+    refused: AtomicU64,
+    /// The figures when last open, reported while closed.
+    last: Mutex<(u64, u64, u64)>,
+}
+
+impl super::closable::Database for OutboxDb {
+    fn sled(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+impl Outbox {
+    /// The outbox in `dir` (blocking). Never fails: one that cannot be opened starts closed (its cases stay on
+    /// disk) and is reopened by [`Outbox::tend`].
+    pub fn open(
+        dir: &Path,
+        max_entries: u64,
+        max_bytes: u64,
+        keep_free: u64,
+        reserve: Option<Arc<Reserve>>,
+    ) -> Outbox {
+        let o = Outbox(Arc::new(Shared {
+            max_entries,
+            max_bytes,
+            reserve,
+            db: Closable::new(StoreName::Outbox, dir, keep_free),
+            refused: AtomicU64::new(0),
+            last: Mutex::new((0, 0, 0)),
+        }));
+        o.reopen();
+        o
+    }
+
+    fn current(&self) -> Option<Arc<OutboxDb>> {
+        self.0.db.current()
+    }
+
+    /// Opens the database when closed, taking the reserve when opening needs room: the cases it holds are a
+    /// promise ("nothing is lost"), and resending them needs it open.
+    fn reopen(&self) -> bool {
+        let s = &self.0;
+        let open = || {
+            super::open_db(s.db.dir(), StoreName::Outbox.what())
+                .and_then(|db| OutboxDb::open(&db, s.max_entries, s.max_bytes))
+        };
+        let opened = s.db.reopen(|| match open() {
+            Err(e) if e.is_disk_full() && s.reserve.as_ref().is_some_and(|r| r.release()) => open(),
+            other => other,
+        });
+        if opened {
+            self.remember();
+        }
+        opened
+    }
+
+    fn failed(&self, e: &StoreError) {
+        self.0.db.failed(e)
+    }
+
+    fn remember(&self) {
+        if let Some(db) = self.current() {
+            if let (Ok(bytes), Ok(dropped)) = (db.bytes(), db.dropped()) {
+                *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = (db.len(), bytes, dropped);
+            }
+        }
+    }
+
+    fn unavailable(&self) -> StoreError {
+        StoreError::Unavailable {
+            what: StoreName::Outbox.what(),
+            dir: self.0.db.dir().to_path_buf(),
+        }
+    }
+
+    /// Reopens a closed outbox once the filesystem has room (blocking; the agent calls it every few seconds).
+    pub fn tend(&self) {
+        if self.0.db.due_for_reopen() {
+            self.reopen();
+        }
+    }
+
+    /// Stores a case and flushes (blocking). Returns how many old cases the bounds dropped to make room, and false
+    /// when a case with this id was queued already (then nothing changes: a case is stored once). Refused, with
+    /// nothing changed, while the filesystem is too full to take it.
+    pub fn push(&self, id: &str, case: &[u8]) -> Result<(u64, bool), StoreError> {
+        let s = &self.0;
+        let refused = |e: StoreError| {
+            s.refused.fetch_add(1, Ordering::Relaxed);
+            e
+        };
+        let Some(db) = self.current() else {
+            let h = s.db.health();
+            s.db.alarm().failed(
+                h.state != StoreState::Failed,
+                h.error.as_deref().unwrap_or("closed"),
+            );
+            return Err(refused(self.unavailable()));
+        };
+        s.db.check_room(StoreName::Outbox.what(), case.len() as u64)
+            .map_err(refused)?;
+        let pushed = s.db.write(&db, |db| db.push(id, case)).map_err(|e| {
+            if e.is_disk_full() {
+                refused(e)
+            } else {
+                e
+            }
+        })?;
+        self.remember();
+        Ok(pushed)
+    }
+
+    /// The pending case with this id, left in place.
+    pub fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let db = self.current().ok_or_else(|| self.unavailable())?;
+        db.get(id).inspect_err(|e| self.failed(e))
+    }
+
+    /// Removes an answered case (blocking, flushed). Unknown ids (answered twice) are fine.
+    pub fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.take(id)?.is_some())
+    }
+
+    /// Removes an answered case and returns it (blocking, flushed).
+    pub fn take(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let db = self.current().ok_or_else(|| self.unavailable())?;
+        let taken = db.take(id).inspect_err(|e| self.failed(e))?;
+        self.remember();
+        Ok(taken)
+    }
+
+    /// Up to `n` cases, oldest first (none while closed).
+    pub fn oldest(&self, n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        match self.current() {
+            Some(db) => db.oldest(n).inspect_err(|e| self.failed(e)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match self.current() {
+            Some(db) => db.len(),
+            None => self.0.last.lock().unwrap_or_else(|p| p.into_inner()).0,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.cases.is_empty()
+        self.len() == 0
     }
 
     pub fn bytes(&self) -> u64 {
-        get_u64(&self.meta, BYTES).unwrap_or(0)
+        self.remember();
+        self.0.last.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     /// Cases dropped by the bounds since the outbox was created.
     pub fn dropped(&self) -> u64 {
-        get_u64(&self.meta, DROPPED).unwrap_or(0)
+        self.remember();
+        self.0.last.lock().unwrap_or_else(|p| p.into_inner()).2
+    }
+
+    /// New cases refused since start because the disk was full (or the outbox closed after a failed write).
+    pub fn refused_disk_full(&self) -> u64 {
+        self.0.refused.load(Ordering::Relaxed)
+    }
+
+    /// Forces what is written to disk (blocking; at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.0.db.flush()
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        self.0.db.health()
     }
 }
 
@@ -205,8 +389,7 @@ mod tests {
     fn bounds_drop_oldest_first_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
-            let o = Outbox::open(&db, 3, 1 << 20).unwrap();
+            let o = Outbox::open(dir.path(), 3, 1 << 20, 0, None);
             for i in 0..5 {
                 o.push(&format!("c{i}"), &case(&format!("c{i}"), 10))
                     .unwrap();
@@ -223,8 +406,7 @@ mod tests {
                 .collect();
             assert_eq!(left, ["c2", "c4"]);
         }
-        let db = sled::open(dir.path()).unwrap();
-        let o = Outbox::open(&db, 3, 1 << 20).unwrap();
+        let o = Outbox::open(dir.path(), 3, 1 << 20, 0, None);
         assert_eq!(o.len(), 2);
         assert_eq!(o.dropped(), 2);
         assert_eq!(o.bytes(), 2 * case("c2", 10).len() as u64);
@@ -233,8 +415,7 @@ mod tests {
     #[test]
     fn a_case_queued_twice_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let o = Outbox::open(&db, 10, 1 << 20).unwrap();
+        let o = Outbox::open(dir.path(), 10, 1 << 20, 0, None);
         assert_eq!(o.push("a", &case("a", 10)).unwrap(), (0, true));
         assert_eq!(o.push("a", &case("a", 20)).unwrap(), (0, false));
         assert_eq!(o.len(), 1);

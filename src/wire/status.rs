@@ -84,6 +84,8 @@ pub enum Forwarded {
     Queued,
     /// The case could not be queued; the edge answered.
     Failed,
+    /// The disk is full: the case was not queued (the outbox keeps what it holds); the edge answered.
+    DiskFull,
 }
 
 /// The arm of an A/B split that answered.
@@ -190,6 +192,89 @@ pub struct CacheStatus {
     pub evictions: u64,
 }
 
+/// The agent's stores in the state dir, each apart so that one failing leaves the others (README, State dir).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreName {
+    /// The result cache (`<state>/cache`): disposable, skipped while it cannot be written.
+    Cache,
+    /// The hard cases waiting for the cloud (`<state>/outbox`).
+    Outbox,
+    /// The small records promises rest on (`<state>/records`): sequence floors, a download's progress, settings.
+    Records,
+    /// Bundles being fetched (`<state>/incoming`).
+    Downloads,
+}
+
+impl StoreName {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreName::Cache => "cache",
+            StoreName::Outbox => "outbox",
+            StoreName::Records => "records",
+            StoreName::Downloads => "downloads",
+        }
+    }
+
+    /// What the store holds, for a sentence.
+    pub fn what(self) -> &'static str {
+        match self {
+            StoreName::Cache => "result cache",
+            StoreName::Outbox => "outbox of hard cases",
+            StoreName::Records => "device records",
+            StoreName::Downloads => "bundle downloads",
+        }
+    }
+
+    /// What the agent does while the store cannot be written.
+    pub fn meanwhile(self) -> &'static str {
+        match self {
+            StoreName::Cache => "requests are answered without it until it can be written again",
+            StoreName::Outbox => {
+                "new hard cases are answered on the device and not queued; the queued ones are kept"
+            }
+            StoreName::Records => "commands that must be recorded first are refused, not run",
+            StoreName::Downloads => "offers are refused before their first chunk",
+        }
+    }
+}
+
+/// How a store fares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreState {
+    Ok,
+    /// Its writes fail (or are not tried) because the filesystem is full.
+    DiskFull,
+    /// Its writes fail for another reason (the error says which).
+    Failed,
+    /// Not in use (`cache.enabled = false`, forwarding off).
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreHealth {
+    pub state: StoreState,
+    pub dir: String,
+    /// Writes failed or skipped since start.
+    pub failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The state dir's storage: free space, the reserve and each store (README, "A full disk").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStatus {
+    pub dir: String,
+    /// Bytes free to the agent on the state dir's filesystem (absent when statvfs fails).
+    pub free_bytes: Option<u64>,
+    /// `storage.reserve_bytes`: the file kept so that records can be written on a disk others filled.
+    pub reserve_bytes: u64,
+    /// The reserve file is in place (false once released for the records, until there is room again).
+    pub reserve_held: bool,
+    pub stores: BTreeMap<StoreName, StoreHealth>,
+}
+
 /// The trial in progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialSummary {
@@ -262,6 +347,9 @@ pub struct OutboxStatus {
     pub pending: u64,
     pub bytes: u64,
     pub dropped: u64,
+    /// New cases refused since start because the disk was full (the queued ones are kept).
+    #[serde(default)]
+    pub refused_disk_full: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,6 +551,9 @@ pub struct LocalStatus {
     /// What the device trusts (absent from agents before trust documents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustStatus>,
+    /// The state dir's storage (absent from agents before the stores were split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
     #[serde(flatten)]
     pub service: ServiceStatus,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -486,6 +577,9 @@ pub struct OnlineStatus {
     /// What the device trusts (absent from agents before trust documents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustStatus>,
+    /// The state dir's storage (absent from agents before the stores were split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
     /// The default model's status, where a single-model agent put its own.
     #[serde(flatten)]
     pub service: ServiceStatus,
@@ -746,6 +840,22 @@ mod tests {
                 error: None,
                 reset: None,
                 unsigned_live: vec!["m".into()],
+            }),
+            storage: Some(StorageStatus {
+                dir: "/var/lib/outpost".into(),
+                free_bytes: Some(0),
+                reserve_bytes: 4 << 20,
+                reserve_held: false,
+                stores: [(
+                    StoreName::Cache,
+                    StoreHealth {
+                        state: StoreState::DiskFull,
+                        dir: "/var/lib/outpost/cache".into(),
+                        failures: 3,
+                        error: Some("No space left on device (os error 28)".into()),
+                    },
+                )]
+                .into(),
             }),
             models: BTreeMap::new(),
             service: ServiceStatus {

@@ -222,6 +222,12 @@ impl Daemon {
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
     }
 
+    /// `GET /v1/status`, read through the library's type (a renamed field fails the build, not the test).
+    pub fn local_status(&self) -> outpost::wire::status::LocalStatus {
+        serde_json::from_value(self.get_json("/v1/status"))
+            .expect("the status parses as LocalStatus")
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
     }
@@ -1123,5 +1129,54 @@ impl Sim {
                 (v["device"].as_str().unwrap().to_string(), v)
             })
             .collect()
+    }
+}
+
+/// A tmpfs mounted on a directory for one test, unmounted when the test ends (after the daemon on it is dropped:
+/// declare it first).
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    /// Fails with a sentence where it cannot mount (not root): the tests that need a real full disk do not pass
+    /// on a fake.
+    pub fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let opts = format!("size={size}");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "tmpfs", s(dir)])
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "cannot mount a {size} tmpfs on {} ({st}): the full-disk tests need a real small filesystem, which \
+             mounting takes root for (CI runs as root; run scripts/test.sh as root)",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    pub fn resize(&self, size: &str) {
+        let opts = format!("remount,size={size}");
+        let st = std::process::Command::new("mount")
+            .args(["-o", &opts, s(&self.0)])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -o {opts}: {st}");
+    }
+
+    /// Shrinks the tmpfs to the pages it holds now: nothing more can be allocated in it.
+    pub fn fill(&self) {
+        let st = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        #[allow(clippy::unnecessary_cast)]
+        let used = (st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64;
+        self.resize(&format!("{}k", used.div_ceil(1024)));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", s(&self.0)])
+            .status();
     }
 }

@@ -206,10 +206,7 @@ mod tests {
 
     fn floors() -> (tempfile::TempDir, Floors, Records) {
         let dir = tempfile::tempdir().unwrap();
-        let records = crate::store::Store::open(dir.path())
-            .unwrap()
-            .records()
-            .unwrap();
+        let records = crate::store::Records::open(&dir.path().join("records"), None).unwrap();
         let floors = Floors::new(records.clone(), dir.path());
         (dir, floors, records)
     }

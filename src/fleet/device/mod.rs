@@ -435,6 +435,7 @@ impl Link {
             default_model: Some(self.registry.default_name().to_string()),
             clock: Some(self.registry.clock().status()),
             trust: Some(self.registry.trust().status()),
+            storage: self.registry.storage_status(),
             service,
             models,
         }
