@@ -156,6 +156,18 @@ fn attack_matrix_leaves_the_device_untouched() {
             "{what}: expected '{cause}' in: {err}"
         );
         let after = status(&state);
+        // Issue 27: a refused install leaves the whole record as it was (the variants are staged beside the
+        // slots until one passes its gate), so the rollback target in the other slot survives too.
+        assert_eq!(after, before_status, "{what}: the record changed");
+        assert_eq!(
+            slot_files(&state),
+            before_files,
+            "{what}: a slot's files changed"
+        );
+        assert!(
+            !state.join("models/edge-int8/staging").exists(),
+            "{what}: the staged variants were left behind"
+        );
         assert_eq!(
             after["active"], before_status["active"],
             "{what}: active slot changed"

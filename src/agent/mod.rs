@@ -314,9 +314,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .local_addr()
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let addr_text = local.to_string();
-    let af = addr_file.clone();
+    let (af, st) = (addr_file.clone(), storage.clone());
     blocking::run(move || {
-        crate::fsutil::write_atomic(&af, addr_text.as_bytes())
+        st.write_small(&af, addr_text.as_bytes())
             .map_err(|source| AgentError::Write { path: af, source })
     })
     .await?;

@@ -625,14 +625,21 @@ fn install(
         config.repository.max_engine_bytes,
     )
     .map_err(|e| refused(&e))?;
-    let store = repo.slots(&name).map_err(|e| refused(&e))?;
+    // Room for every variant (they are staged beside the slots until one passes its gate), checked before a byte
+    // is written.
+    let variants: u64 = header.manifest.variants.iter().map(|v| v.size).sum();
+    outpost::store::space::check_room(repo.root(), variants, config.storage.keep_free())
+        .map_err(|e| refused(&e))?;
+    // A model the device does not hold yet appears only once its install succeeds.
+    let staged = repo.stage(&name).map_err(|e| refused(&e))?;
     let mode = if candidate {
         install::Mode::Candidate
     } else {
         install::Mode::Trial
     };
-    let (installed, _) =
-        install::install_verified(&store, &header, &mut reader, mode).map_err(|e| refused(&e))?;
+    let (installed, _) = install::install_verified(&staged.store, &header, &mut reader, mode)
+        .map_err(|e| refused(&e))?;
+    staged.commit().map_err(|e| refused(&e))?;
     println!(
         "{}",
         serde_json::json!({

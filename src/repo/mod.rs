@@ -12,6 +12,39 @@ use std::path::{Path, PathBuf};
 
 use crate::slots::{SlotError, SlotId, SlotStore};
 
+/// The slots an install writes to ([`Repository::stage`]): commit on success, drop otherwise.
+pub struct Staged {
+    pub store: SlotStore,
+    /// A new model's staging folder and its place.
+    rename: Option<(PathBuf, PathBuf)>,
+}
+
+impl Staged {
+    /// The install succeeded: a new model's folder takes its place (one rename: it appears whole, record and all).
+    /// Returns the store at its final place.
+    pub fn commit(mut self) -> Result<SlotStore, RepoError> {
+        match self.rename.take() {
+            None => Ok(self.store.clone()),
+            Some((staging, target)) => {
+                std::fs::rename(&staging, &target).map_err(io(&target))?;
+                if let Some(root) = target.parent() {
+                    crate::fsutil::sync_dir(root).map_err(io(root))?;
+                }
+                Ok(SlotStore::view(&target))
+            }
+        }
+    }
+}
+
+impl Drop for Staged {
+    /// Not committed: a new model's folder goes (an existing model's record was left as it was by the install).
+    fn drop(&mut self) {
+        if let Some((staging, _)) = self.rename.take() {
+            let _ = std::fs::remove_dir_all(staging);
+        }
+    }
+}
+
 /// Longest model name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -95,6 +128,14 @@ impl Repository {
             crate::fsutil::sync_dir(state_dir).map_err(io(state_dir))?;
             tracing::info!(model = default, from = %legacy.display(), "moved the single-model slots into the model repository");
         }
+        // Folders of new models whose install was killed before it succeeded.
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".new-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Ok(Repository { root })
     }
 
@@ -106,6 +147,34 @@ impl Repository {
     pub fn slots(&self, name: &str) -> Result<SlotStore, RepoError> {
         check_name(name)?;
         Ok(SlotStore::open(&self.root.join(name))?)
+    }
+
+    /// The slot store of model `name` without making its folder: what a check reads (a version floor) before
+    /// anything is installed. A model the device does not hold reads as empty.
+    pub fn view(&self, name: &str) -> Result<SlotStore, RepoError> {
+        check_name(name)?;
+        Ok(SlotStore::view(&self.root.join(name)))
+    }
+
+    /// Where an install of `name` writes. A model the device holds (or has a tombstone of) is installed in its own
+    /// folder; a new one in `<models>/.new-<name>`, which [`Staged::commit`] renames into place once the install
+    /// succeeds. So a refused or killed install of a new model leaves no model behind (the hidden folder is not a
+    /// model name, and is cleared by the next install of that name and when the repository opens).
+    pub fn stage(&self, name: &str) -> Result<Staged, RepoError> {
+        check_name(name)?;
+        let target = self.root.join(name);
+        if target.is_dir() {
+            return Ok(Staged {
+                store: SlotStore::open(&target)?,
+                rename: None,
+            });
+        }
+        let staging = self.root.join(format!(".new-{name}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        Ok(Staged {
+            store: SlotStore::open(&staging)?,
+            rename: Some((staging, target)),
+        })
     }
 
     /// Every model with a folder here, removed ones included, sorted.

@@ -44,6 +44,11 @@ impl Registry {
         let _ = self.storage.set(storage);
     }
 
+    /// The state dir's stores, when the agent has them (the daemon does; a simulated agent does not).
+    pub fn storage(&self) -> Option<&Arc<crate::store::Storage>> {
+        self.storage.get()
+    }
+
     /// The storage's status, when the agent has one.
     pub fn storage_status(&self) -> Option<crate::wire::status::StorageStatus> {
         self.storage.get().map(|s| s.status())

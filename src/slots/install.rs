@@ -188,6 +188,24 @@ pub enum Mode {
     Candidate,
 }
 
+/// The staging folder of one install, removed with whatever it still holds when the install ends (refused, or done
+/// after its chosen files were moved out). A SIGKILL leaves it behind; the next install starts by removing it.
+struct Staging(std::path::PathBuf);
+
+impl Staging {
+    fn new(dir: std::path::PathBuf) -> Result<Staging, InstallError> {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(Staging(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Installs a bundle read from `r` into the inactive slot and makes it live on trial.
 pub fn install(
     store: &SlotStore,
@@ -219,18 +237,14 @@ pub fn install_verified(
     let manifest = &header.manifest;
     // Held to the final write: nothing else may change the record while the slot is being filled.
     let _lock = store.lock()?;
+    // Checked now, recorded only once a variant has passed its gate: until then the variants are written to a
+    // staging folder beside the slots, so a refused install (a bad variant, a failed gate, a full disk) leaves the
+    // record and the slot it would replace (the rollback target) as they were.
     let (state, target) = store.load()?.begin_install(manifest.version)?;
-    // From here the target slot's files may be overwritten: the record says it is empty.
-    store.save(&state)?;
-    let dir = store.slot_dir(target);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    let staging = Staging::new(store.staging_dir())?;
     let mut files = Vec::new();
     for (i, v) in manifest.variants.iter().enumerate() {
-        let path = dir.join(format!("variant-{i}"));
+        let path = staging.0.join(format!("variant-{i}"));
         let mut f = std::fs::File::create(&path).map_err(io(&path))?;
         bundle::copy_variant(r, &mut f, v)?;
         f.flush().map_err(io(&path))?;
@@ -287,6 +301,14 @@ pub fn install_verified(
     } else {
         best_nnef.map(|(i, _, digest)| (i, digest))
     };
+    // From here the target slot's files are replaced: the record says it is empty first.
+    store.save(&state)?;
+    let dir = store.slot_dir(target);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let model_path = store.model_path_for(target, is_nnef(&manifest.variants[chosen]));
     std::fs::rename(&files[chosen], &model_path).map_err(io(&model_path))?;
     if let Some((i, _)) = &spare {
@@ -295,11 +317,7 @@ pub fn install_verified(
     }
     let spec_bytes = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     crate::fsutil::write_atomic(&store.spec_path(target), &spec_bytes).map_err(io(&model_path))?;
-    for (i, f) in files.iter().enumerate() {
-        if i != chosen && spare.as_ref().is_none_or(|(s, _)| *s != i) {
-            let _ = std::fs::remove_file(f);
-        }
-    }
+    drop(staging);
     crate::fsutil::sync_dir(&dir).map_err(io(&dir))?;
     let reason = if manifest.variants.len() == 1 {
         "only variant".to_string()

@@ -420,6 +420,18 @@ impl SlotStore {
         Ok(SlotStore { dir })
     }
 
+    /// Where an install writes the bundle's variants until one passes its gate (`install.rs`).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.dir.join("staging")
+    }
+
+    /// The store at `dir` without creating anything (it may not exist: then it reads as empty).
+    pub fn view(dir: &Path) -> SlotStore {
+        SlotStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     pub fn record_path(&self) -> PathBuf {
         self.dir.join("state.json")
     }

@@ -133,6 +133,17 @@ impl Storage {
             .clone()
     }
 
+    /// Writes a small file of the state dir atomically (blocking), taking the reserve when the disk is full: for
+    /// what the agent cannot start without (the API's address file that tools and tests read).
+    pub fn write_small(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        match crate::fsutil::write_atomic(path, bytes) {
+            Err(e) if space::is_disk_full(&e) && self.reserve.release() => {
+                crate::fsutil::write_atomic(path, bytes)
+            }
+            other => other,
+        }
+    }
+
     /// The alarm of bundle downloads (`<state>/incoming`), raised by the update path.
     pub fn downloads(&self) -> &DiskAlarm {
         &self.downloads

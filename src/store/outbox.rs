@@ -412,6 +412,27 @@ mod tests {
         assert_eq!(o.bytes(), 2 * case("c2", 10).len() as u64);
     }
 
+    /// Full by disk rather than by its caps: a new case is refused with its own count, the queued ones are kept
+    /// (and can still be taken), and nothing was dropped to make room.
+    #[test]
+    fn a_full_disk_refuses_new_cases_and_keeps_the_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox");
+        {
+            let o = Outbox::open(&path, 10, 1 << 20, 0, None);
+            o.push("a", &case("a", 10)).unwrap();
+            o.push("b", &case("b", 10)).unwrap();
+        }
+        // No filesystem has u64::MAX bytes free: every push finds the disk full.
+        let o = Outbox::open(&path, 10, 1 << 20, u64::MAX, None);
+        let e = o.push("c", &case("c", 10)).unwrap_err();
+        assert!(e.is_disk_full(), "{e}");
+        assert_eq!((o.len(), o.dropped(), o.refused_disk_full()), (2, 0, 1));
+        assert_eq!(o.health().state, StoreState::DiskFull);
+        assert_eq!(o.take("a").unwrap(), Some(case("a", 10)));
+        assert_eq!(o.oldest(10).unwrap(), vec![case("b", 10)]);
+    }
+
     #[test]
     fn a_case_queued_twice_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();

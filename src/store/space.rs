@@ -28,6 +28,44 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
+/// Why a download or an install is refused before it writes a byte.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("not enough disk in {}: this needs {need} bytes and leaves {keep} free (storage.reserve_bytes and 1 MiB \
+             for the device's records), but only {free} are free; free space on that filesystem, or lower \
+             storage.reserve_bytes", dir.display())]
+    Short {
+        dir: PathBuf,
+        need: u64,
+        keep: u64,
+        free: u64,
+    },
+    #[error("cannot tell how much disk is free in {} ({source}): refused rather than risk filling it; check that \
+             the state dir exists on a mounted filesystem", dir.display())]
+    Unknown {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Refuses unless the filesystem of `dir` has `need` bytes free and `keep` more. A statvfs that fails refuses too:
+/// "don't know" is not room.
+pub fn check_room(dir: &Path, need: u64, keep: u64) -> Result<u64, RoomError> {
+    let free = free_bytes(dir).map_err(|source| RoomError::Unknown {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    if free < need.saturating_add(keep) {
+        return Err(RoomError::Short {
+            dir: dir.to_path_buf(),
+            need,
+            keep,
+            free,
+        });
+    }
+    Ok(free)
+}
+
 /// The error says the disk (or the user's quota) is full, as opposed to a failing disk or a bug.
 pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
@@ -119,11 +157,17 @@ impl DiskAlarm {
             return;
         }
         metrics::gauge!(FAILING, "store" => self.store.name()).set(1.0);
+        // A cause that already says the disk is full adds nothing to the sentence.
+        let cause = if error.starts_with("the disk is full") {
+            String::new()
+        } else {
+            format!(" ({error})")
+        };
         if disk_full {
             tracing::warn!(
                 store = self.store.name(),
                 dir = %self.dir.display(),
-                "the disk is full: the {} in {} cannot be written ({error}); {}. Free space on that filesystem; \
+                "the disk is full: the {} in {} cannot be written{cause}; {}. Free space on that filesystem; \
                  further failures are counted in outpost_storage_write_failures_total, not logged",
                 self.store.what(),
                 self.dir.display(),
@@ -133,7 +177,7 @@ impl DiskAlarm {
             tracing::warn!(
                 store = self.store.name(),
                 dir = %self.dir.display(),
-                "the {} in {} cannot be written ({error}); {}. Check that disk; further failures are counted in \
+                "the {} in {} cannot be written{cause}; {}. Check that disk; further failures are counted in \
                  outpost_storage_write_failures_total, not logged",
                 self.store.what(),
                 self.dir.display(),
@@ -153,7 +197,7 @@ impl DiskAlarm {
             store = self.store.name(),
             dir = %self.dir.display(),
             failures = self.failures.load(Ordering::Relaxed),
-            "the {} in {} is written again",
+            "the {} in {} can be written again",
             self.store.what(),
             self.dir.display()
         );

@@ -113,6 +113,37 @@ impl Daemon {
 
     /// [`Daemon::start_with_env`] with another `outpost` binary (the slim device build, [`slim_outpost`]).
     pub fn start_bin(bin: &Path, state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(bin, state_dir, extra, env, std::process::Stdio::inherit())
+    }
+
+    /// [`Daemon::start_with_env`] with the daemon's log (stderr) appended to `log`, for tests that count its lines.
+    pub fn start_logged(
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Daemon {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the daemon's log file");
+        Daemon::spawn(
+            Path::new(env!("CARGO_BIN_EXE_outpost")),
+            state_dir,
+            extra,
+            env,
+            file.into(),
+        )
+    }
+
+    fn spawn(
+        bin: &Path,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: std::process::Stdio,
+    ) -> Daemon {
         let addr_file = state_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
         let mut args = vec![
@@ -127,6 +158,7 @@ impl Daemon {
             .args(&args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
+            .stderr(stderr)
             .spawn()
             .expect("start outpost run");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1162,6 +1194,33 @@ impl Tmpfs {
             .status()
             .unwrap();
         assert!(st.success(), "mount -o {opts}: {st}");
+    }
+
+    /// Another process's file, `name` in the tmpfs, written until the filesystem refuses a single byte more
+    /// (ENOSPC): the disk filled to the last byte, as a journal or a camera's recordings fill a device's. Deleting
+    /// the file frees the space again.
+    pub fn fill_with(&self, name: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let block = vec![0xA5u8; 1 << 20];
+        for size in [1 << 20, 4096, 1] {
+            loop {
+                match f.write(&block[..size]) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => panic!("filling {}: {e}", path.display()),
+                }
+            }
+        }
+        let st = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        assert_eq!(st.blocks_available(), 0, "the filesystem is full");
+        path
     }
 
     /// Shrinks the tmpfs to the pages it holds now: nothing more can be allocated in it.

@@ -102,14 +102,29 @@ impl Link {
                 }));
             }
         }
-        // Room for the download and the slot copy, checked before a byte is fetched.
-        if let Ok(st) = nix::sys::statvfs::statvfs(&self.config.agent.state_dir) {
-            // The field types differ by target (32-bit on armv7 without LFS), hence the casts.
-            #[allow(clippy::unnecessary_cast)]
-            let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-            if free < offer.size.saturating_mul(2) {
+        // Room for the download and the staged variants, and the reserve beside them, checked before a byte is
+        // fetched. A filesystem whose free space cannot be read refuses too.
+        let room = crate::store::space::check_room(
+            &self.config.agent.state_dir,
+            offer.size.saturating_mul(2),
+            self.config.storage.keep_free(),
+        );
+        let downloads = self.registry.storage().map(|s| s.downloads());
+        match room {
+            Ok(_) => {
+                if let Some(alarm) = downloads {
+                    alarm.succeeded();
+                }
+            }
+            Err(e) => {
+                if let Some(alarm) = downloads {
+                    alarm.failed(
+                        matches!(e, crate::store::space::RoomError::Short { .. }),
+                        &e.to_string(),
+                    );
+                }
                 return Some(Err(format!(
-                    "not enough disk: the bundle needs {} bytes twice (download and slot), {free} free",
+                    "refused before download: the bundle needs {} bytes twice (download and staged variants): {e}",
                     offer.size
                 )));
             }
@@ -369,11 +384,12 @@ impl Link {
         self.pump(client).await;
     }
 
-    /// The slots of the model `name` names, if the device holds it or has room for one more.
+    /// The slots of the model `name` names, if the device holds it or has room for one more; read-only, so a
+    /// refused offer of a new model leaves no folder behind (the install stages one: [`crate::repo::Staged`]).
     pub(super) fn model_slots(&self, name: &str) -> Result<crate::slots::SlotStore, String> {
         self.repo
             .check_room(name, self.config.repository.max_models)
-            .and_then(|()| self.repo.slots(name))
+            .and_then(|()| self.repo.view(name))
             .map_err(|e| e.to_string())
     }
 
@@ -439,7 +455,9 @@ impl Link {
 
     pub(super) async fn finish(&mut self, client: &AsyncClient, d: Download) {
         let role = self.policy_keys();
-        let slots = self.model_slots(&d.offer.name);
+        let slots = self
+            .model_slots(&d.offer.name)
+            .and_then(|_| self.repo.stage(&d.offer.name).map_err(|e| e.to_string()));
         let service = self.registry.get(&d.offer.name);
         let summary = d.summary();
         let seq = d.seq;
@@ -467,21 +485,28 @@ impl Link {
                         trust_version: Some(role.version),
                     };
                     crate::slots::install::install_as(
-                        &slots,
+                        &slots.store,
                         &mut std::io::BufReader::new(f),
                         &policy,
                         mode,
                     )
+                    .map_err(|e| match e {
+                        crate::slots::install::InstallError::Bundle(b) => Refused::bundle(b),
+                        e => e.to_string().into(),
+                    })
+                    // A new model's folder takes its place only now.
+                    .and_then(|done| {
+                        slots
+                            .commit()
+                            .map(|_| done)
+                            .map_err(|e| Refused::from(e.to_string()))
+                    })
                     .map(|(installed, engine)| {
                         // A model already served takes the gated engine as is; a new one loads when it starts.
                         if let Some(service) = &service {
                             service.hand_over(Serving::slot(installed.slot), engine);
                         }
                         installed
-                    })
-                    .map_err(|e| match e {
-                        crate::slots::install::InstallError::Bundle(b) => Refused::bundle(b),
-                        e => e.to_string().into(),
                     })
                 });
             // Installed or refused, the download is over; a record that stays only resumes a download whose
