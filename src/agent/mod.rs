@@ -59,6 +59,8 @@ pub enum AgentError {
 pub fn configure_engine(config: &Config) {
     crate::inference::set_threads(config.engine_threads());
     crate::inference::set_int8_mode(config.engine.int8);
+    // `auto` remembers what it measured, so a restart does not time the same model again.
+    crate::inference::int8::remember_in(&config.agent.state_dir);
 }
 
 /// The configured model files by name (their specs' names), in order, checked: names valid and distinct.

@@ -73,7 +73,7 @@ impl Base {
                         path: builtin.clone(),
                         source: InferenceError::Spec(e.to_string()),
                     })?;
-                Engine::load(crate::inference::builtin_model(), spec)
+                Engine::load_builtin(spec)
                     .map(Some)
                     .map_err(|source| AgentError::Model {
                         path: builtin,

@@ -183,8 +183,8 @@ struct InferArgs {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
-    /// How a real-int8 model runs: auto (integer kernels where the CPU has int8 dot products, else its QDQ form on
-    /// float kernels), native or float (engine.int8 in the config).
+    /// How a real-int8 model runs: auto (both forms timed at load on this device, the faster kept; `--bench` prints
+    /// both timings), native (tract's integer kernels) or float (its QDQ form on float kernels); engine.int8.
     #[arg(long, default_value = "auto", value_parser = outpost::inference::Int8Mode::parse)]
     int8: outpost::inference::Int8Mode,
     /// Instead of classifying, time the model on the first image for this many seconds and print one JSON line:
@@ -241,9 +241,14 @@ fn infer(args: InferArgs) -> Result<ExitCode> {
         let input = engine.tensor_from_image(&bytes, &limits)?;
         session.classify(&input)?;
         let first = start.elapsed();
-        print_bench(&args, engine.digest(), loaded, first, seconds, || {
-            session.run(&input).map(|_| ())
-        })?;
+        print_bench(
+            &args,
+            (engine.digest(), engine.int8_choice()),
+            loaded,
+            first,
+            seconds,
+            || session.run(&input).map(|_| ()),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut failed = 0usize;
@@ -296,7 +301,7 @@ fn infer(args: InferArgs) -> Result<ExitCode> {
 /// times and the p50 and p99 of the runs.
 fn print_bench(
     args: &InferArgs,
-    digest: &str,
+    (digest, int8): (&str, Option<outpost::inference::Int8Choice>),
     loaded: std::time::Duration,
     first: std::time::Duration,
     seconds: f64,
@@ -319,6 +324,7 @@ fn print_bench(
         "p50_us": at(0.5),
         "p99_us": at(0.99),
         "runs": times.len(),
+        "int8": int8,
     });
     println!("{line}");
     Ok(())
@@ -352,9 +358,14 @@ fn infer_task(
         let (input, fit) = engine.task_input_from_image(&bytes, &limits)?;
         session.run_task(&input, &fit, &none)?;
         let first = start.elapsed();
-        print_bench(args, engine.digest(), loaded, first, seconds, || {
-            session.run_task(&input, &fit, &none).map(|_| ())
-        })?;
+        print_bench(
+            args,
+            (engine.digest(), engine.int8_choice()),
+            loaded,
+            first,
+            seconds,
+            || session.run_task(&input, &fit, &none).map(|_| ()),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut failed = 0usize;

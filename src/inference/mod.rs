@@ -11,6 +11,7 @@
 
 #[cfg(feature = "onnx")]
 mod dequantize;
+pub mod int8;
 pub mod nnef;
 #[cfg(feature = "onnx")]
 pub mod onnx;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tract_nnef::prelude::*;
 
+pub use int8::{Int8Choice, Int8Form};
 pub use postprocess::Prediction;
 pub use preprocess::DecodeLimits;
 pub use spec::ModelSpec;
@@ -148,6 +150,8 @@ pub struct Engine {
     digest: String,
     release: Arc<(Release, String)>,
     load_time: Duration,
+    /// How `engine.int8 = auto` settled this real-int8 model here (its form and both timings).
+    int8: Option<Int8Choice>,
 }
 
 /// A model release: its name, version, file digest and spec, together. Two engines serve the same release only when
@@ -343,7 +347,7 @@ fn fits(plan: &SharedPlan, spec: &ModelSpec) -> Result<(), InferenceError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Int8Mode {
-    /// Integer kernels where the CPU has an int8 dot-product instruction, float (QDQ form) elsewhere.
+    /// Both forms timed at load on this device, the faster kept and remembered ([`int8`]).
     #[default]
     Auto,
     /// Always tract's integer kernels.
@@ -391,13 +395,23 @@ impl Int8Mode {
         match self {
             Int8Mode::Native => false,
             Int8Mode::Float => true,
-            Int8Mode::Auto => !cpu_has_fast_int8(),
+            // `auto` is settled per model by timing ([`int8::choose`]), never here: a model that reaches a plan
+            // key in `auto` has no quantized operators, so its forms are one.
+            Int8Mode::Auto => false,
         }
     }
 }
 
-/// Whether this CPU has an int8 dot-product instruction that tract's integer kernels use (the case where the
-/// model is best run as it is).
+/// Whether an ONNX file holds the quantized operators the QDQ rewrite handles: the op type names are plain strings
+/// in the protobuf, so a scan tells without parsing (a false positive only costs timing two equal forms).
+fn has_qoperators(bytes: &[u8]) -> bool {
+    [&b"QLinearConv"[..], b"QLinearMatMul"]
+        .iter()
+        .any(|op| bytes.windows(op.len()).any(|w| w == *op))
+}
+
+/// Whether this CPU has an int8 dot-product instruction that tract's integer kernels use. Reported (benches print
+/// it), never used to choose a form: that is measured ([`int8`]).
 pub fn cpu_has_fast_int8() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -788,7 +802,11 @@ impl Engine {
             )));
         }
         let digest = digest_hex(model_bytes);
-        let key = PlanKey::new(&digest, Format::of(model_bytes), &spec, batch, int8);
+        let format = Format::of(model_bytes);
+        if int8 == Int8Mode::Auto && format == Format::Onnx && has_qoperators(model_bytes) {
+            return Engine::load_auto(model_bytes, spec, batch, &digest);
+        }
+        let key = PlanKey::new(&digest, format, &spec, batch, int8);
         let shared = loaded_plans()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -817,7 +835,56 @@ impl Engine {
             digest,
             release,
             load_time,
+            int8: None,
         })
+    }
+
+    /// `engine.int8 = auto` on an ONNX file with quantized operators: both forms timed, the faster kept
+    /// ([`int8::choose`]).
+    fn load_auto(
+        model_bytes: &[u8],
+        spec: ModelSpec,
+        batch: usize,
+        digest: &str,
+    ) -> Result<Engine, InferenceError> {
+        let facts = format!(
+            "{:?}",
+            PlanKey::new(digest, Format::Onnx, &spec, batch, Int8Mode::Native)
+        );
+        int8::choose(&int8::key(digest, &facts), |form| {
+            Engine::load_as(model_bytes, spec.clone(), batch, form.mode())
+        })
+    }
+
+    /// The model built into the binary ([`builtin_model`]). The slim build holds its two NNEF forms, and under
+    /// `engine.int8 = auto` times both like any real-int8 model.
+    pub fn load_builtin(spec: ModelSpec) -> Result<Engine, InferenceError> {
+        #[cfg(not(feature = "onnx"))]
+        if Int8Mode::current() == Int8Mode::Auto {
+            let digest = digest_hex(BUILTIN_NNEF);
+            let facts = format!(
+                "builtin {:?}",
+                PlanKey::new(&digest, Format::Nnef, &spec, 1, Int8Mode::Native)
+            );
+            return int8::choose(&int8::key(&digest, &facts), |form| {
+                let bytes = match form {
+                    Int8Form::Native => BUILTIN_NNEF,
+                    Int8Form::Float => BUILTIN_NNEF_QDQ,
+                };
+                Engine::load_as(bytes, spec.clone(), 1, Int8Mode::Native)
+            });
+        }
+        Engine::load(builtin_model(), spec)
+    }
+
+    fn with_int8(mut self, choice: Int8Choice) -> Engine {
+        self.int8 = Some(choice);
+        self
+    }
+
+    /// How `engine.int8 = auto` settled this model on this device, when it is a real-int8 model loaded in `auto`.
+    pub fn int8_choice(&self) -> Option<Int8Choice> {
+        self.int8
     }
 
     pub fn spec(&self) -> &ModelSpec {

@@ -1283,6 +1283,7 @@ impl Service {
                 }
             }),
             drift,
+            int8: engine.int8_choice(),
         }
     }
 }

@@ -460,6 +460,9 @@ pub struct ServiceStatus {
     /// The drift alarm, when the release carries a baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftStatus>,
+    /// How `engine.int8 = auto` settled the live real-int8 model on this device: the form kept and both timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<crate::inference::Int8Choice>,
 }
 
 /// How the device's clock compares with its time floor (the latest time it knows has passed; `src/clock`).
@@ -948,6 +951,12 @@ mod tests {
                     runs: 500,
                     raised_total: 1,
                     cleared_total: 0,
+                }),
+                int8: Some(crate::inference::Int8Choice {
+                    chosen: crate::inference::Int8Form::Float,
+                    native_us: Some(368_000.0),
+                    float_us: Some(34_000.0),
+                    remembered: true,
                 }),
             },
         }
