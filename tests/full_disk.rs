@@ -116,7 +116,11 @@ fn a_device_outlives_a_full_disk() {
         assert_eq!(daemon.infer(&agent, image, "image/png").0, 200);
     }
     // The built-in model is real int8: `engine.int8 = auto` timed both forms at load and says so.
-    let timed = daemon.local_status().service.int8.expect("auto's choice is in the status");
+    let timed = daemon
+        .local_status()
+        .service
+        .int8
+        .expect("auto's choice is in the status");
     assert!(
         !timed.remembered && timed.native_us.is_some() && timed.float_us.is_some(),
         "{timed:?}"
@@ -136,7 +140,10 @@ fn a_device_outlives_a_full_disk() {
     let st = daemon.local_status();
     // The restart did not time the forms again: the choice was remembered in the state dir.
     let again = st.service.int8.expect("auto's choice is in the status");
-    assert!(again.remembered && again.chosen == timed.chosen, "{again:?}");
+    assert!(
+        again.remembered && again.chosen == timed.chosen,
+        "{again:?}"
+    );
     let cache = &storage(&st).stores[&StoreName::Cache];
     assert_eq!(cache.state, StoreState::DiskFull, "{cache:?}");
     assert!(cache.failures > 0, "{cache:?}");

@@ -426,8 +426,8 @@ pub struct EngineConfig {
     /// workers). 0: the cores the workers leave free, at least 1 (so with one worker per core, 1). More than 1 pays
     /// on large models (MobileNet-sized) served by few workers; see BENCHMARKS.md.
     pub threads: usize,
-    /// How real-int8 (QOperator) models run: `auto` (integer kernels where the CPU has an int8 dot-product
-    /// instruction, else their QDQ form on float kernels), `native` or `float`.
+    /// How real-int8 (QOperator) models run: `auto` (both forms timed at load on this device, the faster kept and
+    /// remembered: [`crate::inference::int8`]), `native` (integer kernels) or `float` (the QDQ form).
     pub int8: crate::inference::Int8Mode,
 }
 

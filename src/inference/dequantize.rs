@@ -1,8 +1,8 @@
 //! Running a real-int8 (QOperator) ONNX model as float on CPUs without fast int8 kernels.
 //!
-//! tract runs `QLinearConv`/`QLinearMatMul` with integer kernels. Where the CPU has an int8 dot-product
-//! instruction (x86 AVX-VNNI / AVX512-VNNI, aarch64 FEAT_DotProd) they are the fast path; without one, tract's
-//! fallback kernels are 9-20x slower than its f32 kernels for the same shapes (BENCHMARKS.md, issue 2). This pass
+//! tract runs `QLinearConv`/`QLinearMatMul` with integer kernels, which on many CPUs are 9-30x slower than its f32
+//! kernels for the same shapes (BENCHMARKS.md, issues 2 and 27), even some with int8 dot products; `engine.int8 =
+//! auto` times both forms and keeps the faster ([`super::int8`]). This pass
 //! rewrites each quantized operator into its QDQ form before tract parses the graph:
 //!
 //! ```text

@@ -85,6 +85,7 @@ pub enum Forwarded {
     /// The case could not be queued; the edge answered.
     Failed,
     /// The disk is full: the case was not queued (the outbox keeps what it holds); the edge answered.
+    #[serde(rename = "disk-full")]
     DiskFull,
 }
 
