@@ -16,6 +16,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
+/// What frees room on a full disk for a write a promise rests on: the daemon registers its reserve's release
+/// ([`crate::store::Reserve`]) once its state dir is open. A process without one (a hand-run command) has none.
+static MAKE_ROOM: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+/// Registers what [`write_promise`] calls when the disk is full (the first registration stands).
+pub fn on_full_disk(make_room: impl Fn() -> bool + Send + Sync + 'static) {
+    let _ = MAKE_ROOM.set(Box::new(make_room));
+}
+
+/// [`write_atomic`] for a write a promise rests on (a slot record: a boot counted before a trial model loads, an
+/// install's commit): when the disk is full, room is made ([`on_full_disk`]) and the write tried once more.
+pub fn write_promise(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match write_atomic(path, bytes) {
+        Err(e)
+            if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                && MAKE_ROOM.get().is_some_and(|f| f()) =>
+        {
+            write_atomic(path, bytes)
+        }
+        other => other,
+    }
+}
+
 /// fsync of a directory, so that a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

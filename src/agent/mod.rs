@@ -209,6 +209,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 
     let (sd, options) = (state_dir.clone(), config.storage.options(&config.cache));
     let storage = Arc::new(blocking::value(move || Storage::open(&sd, &options)).await?);
+    storage.make_room_for_promises();
 
     let pool = Arc::new(Pool::start(config.worker_count(), config.workers.queue));
     let shared = models::Shared {
@@ -316,9 +317,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .local_addr()
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let addr_text = local.to_string();
-    let (af, st) = (addr_file.clone(), storage.clone());
+    let af = addr_file.clone();
     blocking::run(move || {
-        st.write_small(&af, addr_text.as_bytes())
+        crate::fsutil::write_promise(&af, addr_text.as_bytes())
             .map_err(|source| AgentError::Write { path: af, source })
     })
     .await?;

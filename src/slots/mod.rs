@@ -507,7 +507,8 @@ impl SlotStore {
     pub fn save(&self, state: &SlotState) -> Result<(), SlotError> {
         let path = self.record_path();
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(&path, e))?;
-        crate::fsutil::write_atomic(&path, &bytes).map_err(|e| io_err(&path, e))
+        // A promise: boot counting must be on disk before a trial model loads, so it may take the reserve.
+        crate::fsutil::write_promise(&path, &bytes).map_err(|e| io_err(&path, e))
     }
 }
 

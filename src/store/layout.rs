@@ -133,15 +133,11 @@ impl Storage {
             .clone()
     }
 
-    /// Writes a small file of the state dir atomically (blocking), taking the reserve when the disk is full: for
-    /// what the agent cannot start without (the API's address file that tools and tests read).
-    pub fn write_small(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        match crate::fsutil::write_atomic(path, bytes) {
-            Err(e) if space::is_disk_full(&e) && self.reserve.release() => {
-                crate::fsutil::write_atomic(path, bytes)
-            }
-            other => other,
-        }
+    /// Lets the writes promises rest on outside the stores (the slot records, the API's address file) take this
+    /// state dir's reserve when the disk is full ([`crate::fsutil::write_promise`]). The daemon calls it once.
+    pub fn make_room_for_promises(&self) {
+        let reserve = self.reserve.clone();
+        crate::fsutil::on_full_disk(move || reserve.release());
     }
 
     /// The alarm of bundle downloads (`<state>/incoming`), raised by the update path.
