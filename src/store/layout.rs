@@ -59,7 +59,8 @@ pub struct StorageOptions {
 pub struct Storage {
     dir: PathBuf,
     reserve: Arc<Reserve>,
-    records: Mutex<Result<Records, String>>,
+    /// The records, or why they could not be opened (tried again by [`Storage::tend`]).
+    records: Mutex<Result<Records, Arc<StoreError>>>,
     cache: Option<Arc<ResultCache>>,
     outbox: OnceLock<Outbox>,
     downloads: DiskAlarm,
@@ -107,11 +108,15 @@ impl Storage {
     }
 
     /// The records, or why they cannot be opened (the agent then runs without its fleet link until they can).
-    pub fn records(&self) -> Result<Records, String> {
+    pub fn records(&self) -> Result<Records, StoreError> {
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+            .map_err(|e| StoreError::RecordsUnavailable {
+                dir: records_dir(&self.dir),
+                cause: e.to_string(),
+            })
     }
 
     pub fn cache(&self) -> Option<Arc<ResultCache>> {
@@ -208,7 +213,7 @@ impl Storage {
                     state: StoreState::Failed,
                     dir: records_dir(&self.dir).display().to_string(),
                     failures: 1,
-                    error: Some(e.clone()),
+                    error: Some(e.to_string()),
                 },
             },
         );
@@ -223,17 +228,16 @@ impl Storage {
     }
 }
 
-fn open_records(state: &Path, reserve: &Arc<Reserve>) -> Result<Records, String> {
-    let opened =
-        migrate(state).and_then(|_| Records::open(&records_dir(state), Some(reserve.clone())));
-    opened.map_err(|e| {
-        let e = format!(
-            "the device records in {} cannot be opened ({e}): the agent serves, and its fleet link waits for them",
-            records_dir(state).display()
-        );
-        tracing::error!("{e}");
-        e
-    })
+fn open_records(state: &Path, reserve: &Arc<Reserve>) -> Result<Records, Arc<StoreError>> {
+    migrate(state)
+        .and_then(|_| Records::open(&records_dir(state), Some(reserve.clone())))
+        .map_err(|e| {
+            tracing::error!(
+                "the device records in {} cannot be opened ({e}): the agent serves, and its fleet link waits for them",
+                records_dir(state).display()
+            );
+            Arc::new(e)
+        })
 }
 
 /// Moves the records and the outbox of a single-database state dir (`<state>/cache` holding everything) into their

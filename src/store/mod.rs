@@ -35,6 +35,8 @@ pub enum StoreError {
     DiskFull { what: &'static str, dir: PathBuf },
     #[error("the {what} in {} is closed after a failed write; it is reopened once the filesystem has room", dir.display())]
     Unavailable { what: &'static str, dir: PathBuf },
+    #[error("the device records in {} cannot be opened ({cause}): the agent serves, and its fleet link waits for them", dir.display())]
+    RecordsUnavailable { dir: PathBuf, cause: String },
     #[error("cannot read the database at {}: {message}", path.display())]
     Unreadable { path: PathBuf, message: String },
     #[error("cannot write {}: {source}", path.display())]
