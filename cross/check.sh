@@ -47,7 +47,7 @@ native_bin="$base/debug/outpost"
 echo "=== $arch under $qemu: $cross_bin"
 "$qemu" "$cross_bin" --version
 # Every form of a model the device can be given: the int8 model on tract's integer kernels and in its QDQ form on
-# float kernels (what `auto` picks on a CPU without int8 dot products), and a float model. Each case: a name, the
+# float kernels (what `auto` keeps where it times faster), and a float model. Each case: a name, the
 # int8 mode, the native build's ONNX file, the cross binary's file (its NNEF form on the slim build).
 if [ "$features" = slim ]; then
   cases=("int8-kernels native $model models/edge-int8.nnef.tar"
