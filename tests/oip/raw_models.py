@@ -1,7 +1,7 @@
 """Raw tensor models through the Open Inference Protocol v2, driven by the real `tritonclient` HTTP client: a real
 multi-input model that a package ships (Silero VAD from the silero-vad wheel, whose recurrent state the client
 passes back), streamed over real speech and checked against the golden probabilities onnxruntime gave; and a small
-model that carries UINT8, INT32, INT64 and FP32 both ways. Run by tests/oip.rs:
+model that carries UINT8, INT32, INT64 and FP32 both ways. Run by tests/it/oip.rs:
 
     python tests/oip/raw_models.py --url 127.0.0.1:PORT --models models
 

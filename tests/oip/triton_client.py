@@ -1,5 +1,5 @@
 """The Open Inference Protocol v2 against a running Outpost agent, driven by the real `tritonclient` HTTP client (as
-an ML engineer's existing code would call Triton). Run by tests/oip.rs with the venv of scripts/lib/pyenv.sh:
+an ML engineer's existing code would call Triton). Run by tests/it/oip.rs with the venv of scripts/lib/pyenv.sh:
 
     python tests/oip/triton_client.py --url 127.0.0.1:PORT --models models --image models/data/test/0003_2.png
 
