@@ -142,7 +142,13 @@ pub async fn run_worker(
                     client
                         .subscribe(topics::CLOUD_SHARED, QoS::AtLeastOnce)
                         .await?;
+                } else {
+                    tracing::info!("cloud worker ready");
                 }
+                continue;
+            }
+            // Said once the broker acknowledged the subscription: from then on a case sent reaches this worker.
+            LinkEvent::Subscribed => {
                 tracing::info!("cloud worker ready");
                 continue;
             }

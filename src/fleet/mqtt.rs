@@ -143,6 +143,8 @@ pub enum LinkEvent {
         session_present: bool,
     },
     Message(Publish),
+    /// The broker acknowledged a subscription (one per SUBSCRIBE sent).
+    Subscribed,
     /// The connection failed or dropped; a retry follows after `retry_in`.
     Disconnected {
         error: String,
@@ -184,6 +186,7 @@ pub fn connect(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message(p),
+                Ok(Event::Incoming(Packet::SubAck(_))) => LinkEvent::Subscribed,
                 Ok(_) => continue,
                 Err(e) => {
                     let retry_in = backoff(failures, Duration::from_secs(30));

@@ -28,7 +28,7 @@ pub async fn connect(
             Ok(Some(LinkEvent::Disconnected { error, .. })) => {
                 return Err(FleetError::Connect(error))
             }
-            Ok(Some(LinkEvent::Message(_))) => continue,
+            Ok(Some(LinkEvent::Message(_) | LinkEvent::Subscribed)) => continue,
             Ok(None) => return Err(FleetError::Connect("connection task ended".into())),
             Err(_) => {
                 return Err(FleetError::Connect(format!(
@@ -324,6 +324,7 @@ pub async fn watch(
             LinkEvent::Disconnected { error, .. } => {
                 tracing::warn!(%error, "lost the broker; reconnecting")
             }
+            LinkEvent::Subscribed => {}
         }
     }
 }

@@ -123,6 +123,7 @@ pub async fn drive(
                         }
                     }
                     LinkEvent::Disconnected { error, .. } => tracing::warn!(%error, "lost the broker; reconnecting"),
+                    LinkEvent::Subscribed => {}
                 }
             }
             _ = tick.tick() => {

@@ -102,6 +102,9 @@ pub async fn serve(
         .map(|(o, p)| (o.bundle, (o, p)))
         .collect();
     let mut connected_once = false;
+    // Subscriptions sent and not yet acknowledged: "ready" is said when none is left, as from then on a request
+    // for a chunk reaches this server.
+    let mut pending = 0usize;
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -119,14 +122,23 @@ pub async fn serve(
                             )
                             .await?;
                     }
+                    pending = by_id.len();
                 }
-                tracing::info!(bundles = by_id.len(), "serving bundles");
+                if pending == 0 {
+                    tracing::info!(bundles = by_id.len(), "bundle server ready");
+                }
             }
             LinkEvent::Disconnected { error, retry_in } => {
                 if !connected_once {
                     return Err(FleetError::Connect(error));
                 }
                 tracing::warn!(%error, ?retry_in, "lost the broker; reconnecting");
+            }
+            LinkEvent::Subscribed => {
+                pending = pending.saturating_sub(1);
+                if pending == 0 {
+                    tracing::info!(bundles = by_id.len(), "bundle server ready");
+                }
             }
             LinkEvent::Message(p) => {
                 let req = match decode_request(&p.payload) {

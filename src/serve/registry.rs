@@ -21,6 +21,63 @@ pub struct Registry {
     trust: Arc<LiveTrust>,
     /// The state dir's stores, for the status (the daemon's; a headless simulated agent has none).
     storage: std::sync::OnceLock<Arc<crate::store::Storage>>,
+    /// The fleet link's state, as it reports it (none without a broker).
+    link: Link,
+}
+
+/// What the fleet link says of its connection, for the status.
+#[derive(Default)]
+pub struct Link {
+    /// `None` until the link first connects (or without one).
+    state: std::sync::Mutex<Option<(crate::wire::status::LinkStatus, usize)>>,
+}
+
+impl Link {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Option<(crate::wire::status::LinkStatus, usize)>) -> T,
+    ) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Connected, with `subscribes` SUBSCRIBEs sent and not yet acknowledged.
+    pub fn connected(&self, subscribes: usize) {
+        self.with(|s| {
+            let connects = s.as_ref().map_or(0, |(l, _)| l.connects) + 1;
+            *s = Some((
+                crate::wire::status::LinkStatus {
+                    connected: true,
+                    subscribed: subscribes == 0,
+                    connects,
+                },
+                subscribes,
+            ));
+        })
+    }
+
+    /// One subscription acknowledged.
+    pub fn subscribed(&self) {
+        self.with(|s| {
+            if let Some((l, pending)) = s.as_mut() {
+                *pending = pending.saturating_sub(1);
+                l.subscribed = l.connected && *pending == 0;
+            }
+        })
+    }
+
+    pub fn disconnected(&self) {
+        self.with(|s| {
+            if let Some((l, pending)) = s.as_mut() {
+                l.connected = false;
+                l.subscribed = false;
+                *pending = 0;
+            }
+        })
+    }
+
+    pub fn status(&self) -> Option<crate::wire::status::LinkStatus> {
+        self.with(|s| s.as_ref().map(|(l, _)| *l))
+    }
 }
 
 impl Registry {
@@ -36,12 +93,18 @@ impl Registry {
             clock,
             trust,
             storage: std::sync::OnceLock::new(),
+            link: Link::default(),
         }
     }
 
     /// Reports `storage` in the status from now on.
     pub fn set_storage(&self, storage: Arc<crate::store::Storage>) {
         let _ = self.storage.set(storage);
+    }
+
+    /// The fleet link's connection, as it reports it.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// The state dir's stores, when the agent has them (the daemon does; a simulated agent does not).
@@ -109,6 +172,7 @@ impl Registry {
             clock: Some(self.clock.status()),
             trust: Some(self.trust.status()),
             storage: self.storage_status(),
+            link: self.link.status(),
             service: self.default_service().status(),
             models,
         }

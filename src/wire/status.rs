@@ -263,6 +263,18 @@ pub struct StoreHealth {
     pub error: Option<String>,
 }
 
+/// The device's link to its broker, as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// Connected to the broker now.
+    pub connected: bool,
+    /// Connected, and every subscription of this connection acknowledged: a command, a chunk or a cloud answer sent
+    /// to this device now reaches it (what a test or a tool waits for after starting an agent).
+    pub subscribed: bool,
+    /// Connections made since start.
+    pub connects: u64,
+}
+
 /// The state dir's storage: free space, the reserve and each store (README, "A full disk").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageStatus {
@@ -558,6 +570,9 @@ pub struct LocalStatus {
     /// The state dir's storage (absent from agents before the stores were split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageStatus>,
+    /// The link to the broker (absent without one, and from agents before it was reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkStatus>,
     #[serde(flatten)]
     pub service: ServiceStatus,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -584,6 +599,9 @@ pub struct OnlineStatus {
     /// The state dir's storage (absent from agents before the stores were split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageStatus>,
+    /// The link to the broker (absent without one, and from agents before it was reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkStatus>,
     /// The default model's status, where a single-model agent put its own.
     #[serde(flatten)]
     pub service: ServiceStatus,
@@ -844,6 +862,11 @@ mod tests {
                 error: None,
                 reset: None,
                 unsigned_live: vec!["m".into()],
+            }),
+            link: Some(LinkStatus {
+                connected: true,
+                subscribed: true,
+                connects: 2,
             }),
             storage: Some(StorageStatus {
                 dir: "/var/lib/outpost".into(),

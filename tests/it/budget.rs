@@ -109,7 +109,7 @@ fn under_drift_the_budget_holds_sends_the_hardest_and_the_alarm_rises_then_clear
     let mut args = vec!["--config", s(&config)];
     args.extend(f.fleet_args(&url, "drift-1"));
     let d = Daemon::start(&state, &args);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
 
     // In distribution: no alarm.
     let clean = common::test_images();

@@ -198,13 +198,9 @@ fn a_transfer_survives_a_broker_restart_and_resumes_after_an_agent_sigkill() {
     );
     let total = std::fs::metadata(&b).unwrap().len().div_ceil(4096);
     let url = broker.url();
-    let _serve = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(["serve", "--broker", &url, "--chunk-size", "4096", s(&b)])
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_outpostctl"));
+    serve.args(["serve", "--broker", &url, "--chunk-size", "4096", s(&b)]);
+    let _serve = common::spawn_ready(serve, "bundle server ready");
     // The publisher only sends the offer here; the device carries on by itself.
     let _publisher = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_outpostctl"))
@@ -602,14 +598,11 @@ fn another_models_offer_waits_behind_the_running_download_across_a_sigkill() {
     );
     let second = f.named_bundle("digits.bundle", "edge-fp32", "digits", 1);
     let url = broker.url();
-    let _serve = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(["serve", "--broker", &url, "--chunk-size", "4096"])
-            .args([s(&first), s(&second)])
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_outpostctl"));
+    serve
+        .args(["serve", "--broker", &url, "--chunk-size", "4096"])
+        .args([s(&first), s(&second)]);
+    let _serve = common::spawn_ready(serve, "bundle server ready");
     let publish = |bundle: &Path, out: &Path| {
         KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_outpostctl"))

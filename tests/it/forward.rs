@@ -54,7 +54,7 @@ fn a_hard_case_comes_back_from_the_cloud_or_from_the_edge_within_the_deadline() 
     let ds = f.path("dataset");
     let w = worker(&f, &broker, &ds);
     let d = agent(&f, &broker.url(), "f1", &["--cloud-deadline-ms", "1500"]);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
     let v = infer(&d, 0);
     assert_eq!(v["source"], "cloud", "{v}");
     assert_eq!(v["forwarded"], "answered");
@@ -94,7 +94,7 @@ fn an_outage_and_a_sigkill_lose_no_hard_case_and_deliver_each_once() {
     let mut broker = Mosquitto::start();
     let f = Fixture::new();
     let d = agent(&f, &broker.url(), "f2", &["--cloud-deadline-ms", "100"]);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
     broker.kill();
     let n = 10;
     let ids: HashSet<String> = (0..n)
@@ -149,7 +149,7 @@ fn two_workers_on_a_shared_subscription_split_the_work() {
     let _wa = worker(&f, &broker, &a);
     let _wb = worker(&f, &broker, &b);
     let d = agent(&f, &broker.url(), "f3", &["--cloud-deadline-ms", "2000"]);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
     let n = 30;
     let ids: Vec<String> = (0..n)
         .map(|i| {
@@ -318,7 +318,7 @@ fn forged_replayed_and_unknown_key_answers_are_refused_and_the_cache_keeps_nothi
     let f = Fixture::new();
     let dev = "f7";
     let d = agent(&f, &broker.url(), dev, &["--cloud-deadline-ms", "100"]);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
     let cloud = SigningKeyFile::load(&f.cloud_key).unwrap();
     let stranger = SigningKeyFile::generate().unwrap();
     let truth = common::test_images()[0].1.clone();
@@ -416,7 +416,7 @@ fn malformed_oversized_mistyped_or_unknown_answers_are_dropped_counted_and_the_a
     let f = Fixture::new();
     let dev = "f8";
     let d = agent(&f, &broker.url(), dev, &["--cloud-deadline-ms", "100"]);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
     let cloud = SigningKeyFile::load(&f.cloud_key).unwrap();
     let x = queued_case(&d, 0);
     let truth = common::test_images()[0].1.clone();
@@ -458,20 +458,18 @@ fn each_model_forwards_its_hard_cases_and_the_worker_answers_with_that_models_co
     let broker = Mosquitto::start();
     let f = Fixture::new();
     let ds = f.path("dataset");
-    let _w = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(["cloud", "--broker", &broker.url(), "--dataset", s(&ds)])
-            .arg("--model")
-            .arg(format!(
-                "digits={}",
-                common::models().join("cloud-fp32.onnx").display()
-            ))
-            .args(["--key", s(&f.cloud_key)])
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_outpostctl"));
+    worker
+        .args(["cloud", "--broker", &broker.url(), "--dataset", s(&ds)])
+        .arg("--model")
+        .arg(format!(
+            "digits={}",
+            common::models().join("cloud-fp32.onnx").display()
+        ))
+        .args(["--key", s(&f.cloud_key)]);
+    let _w = common::spawn_ready(worker, "cloud worker ready");
     let d = agent(&f, &broker.url(), "f9", &["--cloud-deadline-ms", "1500"]);
+    d.wait_link_up();
     let b = f.named_bundle("d1.bundle", "edge-fp32", "digits", 1);
     let out = f.install(&d.state_dir, &b, &[]);
     assert!(
@@ -523,7 +521,7 @@ fn a_v2_tensor_request_is_forwarded_as_a_tensor_case_and_answered_by_the_cloud()
     let ds = f.path("dataset");
     let _w = worker(&f, &broker, &ds);
     let d = agent(&f, &broker.url(), "f-v2", &["--cloud-deadline-ms", "3000"]);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
     let engine =
         outpost::inference::Engine::load_files(&common::models().join("edge-int8.onnx"), None)
             .unwrap();
@@ -581,11 +579,14 @@ fn a_v2_tensor_request_is_forwarded_as_a_tensor_case_and_answered_by_the_cloud()
         answers["accepted"], 1,
         "one signed answer, verified: {answers}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        dataset_ids(&ds).len(),
-        1,
-        "nothing travelled the second time"
-    );
+    // Nothing travelled the second time: the agent forwarded one case in all, and the worker kept one.
+    let forwarded: f64 = d
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("outpost_forwarded_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(forwarded, 1.0, "one hard case forwarded in all");
+    assert_eq!(dataset_ids(&ds).len(), 1, "the worker kept one case");
     assert!(d.stop().success());
 }

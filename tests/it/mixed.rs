@@ -6,8 +6,7 @@
 use crate::common;
 
 use crate::common::{
-    next_ack, outpost, outpostctl, raw_publish, s, wait_until, Daemon, Fixture, KillOnDrop,
-    Mosquitto,
+    next_ack, outpost, outpostctl, raw_publish, s, wait_until, Daemon, Fixture, Mosquitto,
 };
 use std::path::PathBuf;
 use std::process::Command;
@@ -172,16 +171,12 @@ fn commands_from_an_operator_tool_before_the_repository_still_drive_the_default_
     assert_eq!(ack["result"]["model"]["name"], "edge-int8", "{ack}");
 
     // The old tool's update (v4, offered in 16 KiB chunks) installs into the default model.
-    let _server = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-            .args(["serve", "--broker", &url, "--chunk-size", "16384"])
-            .arg(fixture.join("bundles/edge-int8-v4.bundle"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let mut server = Command::new(env!("CARGO_BIN_EXE_outpostctl"));
+    server
+        .args(["serve", "--broker", &url, "--chunk-size", "16384"])
+        .arg(fixture.join("bundles/edge-int8-v4.bundle"))
+        .stdout(std::process::Stdio::null());
+    let _server = common::spawn_ready(server, "bundle server ready");
     let bytes = std::fs::read(msgs.join("cmd-0012-update-v4.bin")).unwrap();
     raw_publish(
         &broker,

@@ -77,7 +77,7 @@ fn detector_and_scorer_go_through_the_cache_and_the_cloud_with_signed_answers() 
     let d = Daemon::start(&f.path("state"), &args);
     d.wait_model("det-edge");
     d.wait_model("score-edge");
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
 
     // The detector: the canvases whose edge answer has an unsure box go to the cloud detector and come back signed.
     let images = canvases("test");
@@ -553,7 +553,7 @@ fn a_real_scorer_of_tensors_streams_speech_and_forwards_its_unsure_frame() {
     let mut args = vec!["--config", &cfg, "--model", &vad, "--spec", &spec];
     args.extend(f.fleet_args(&url, "vad-1"));
     let d = Daemon::start(&f.path("state"), &args);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_link_up();
     let md = d.get_json("/v2/models/silero-vad");
     assert_eq!(md["inputs"].as_array().unwrap().len(), 3, "{md}");
 

@@ -227,12 +227,16 @@ impl Link {
                             connected = true;
                             ever_connected = true;
                             tracing::info!(session_present, "connected to the broker");
+                            let mut subscribes = 0;
                             if !session_present {
-                                self.subscribe(&client).await?;
+                                subscribes += self.subscribe(&client).await?;
                             }
                             // At every connect, so the broker sends the retained trust versions again: a device
                             // checks for a newer trust whenever it comes back.
                             client.subscribe(topics::ALL_TRUST, QoS::AtLeastOnce).await?;
+                            // The status says "subscribed" once the broker has acknowledged them all: from then on
+                            // a command, a chunk or a cloud answer sent to this device reaches it.
+                            self.registry.link().connected(subscribes + 1);
                             if let Some(d) = self.download.as_mut() {
                                 d.forget_in_flight();
                             }
@@ -250,7 +254,9 @@ impl Link {
                                 tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "cannot connect to the broker (check fleet.broker, fleet.ca_file, fleet.cert_file and fleet.key_file)");
                             }
                             connected = false;
+                            self.registry.link().disconnected();
                         }
+                        LinkEvent::Subscribed => self.registry.link().subscribed(),
                         LinkEvent::Message(p) => {
                             if connected {
                                 self.on_message(&client, p).await;
@@ -298,24 +304,22 @@ impl Link {
         Ok(())
     }
 
-    async fn subscribe(&self, client: &AsyncClient) -> Result<(), FleetError> {
-        client
-            .subscribe(topics::device_cmd(&self.device), QoS::AtLeastOnce)
-            .await?;
-        client
-            .subscribe(topics::chunk(&self.device), QoS::AtLeastOnce)
-            .await?;
+    /// Subscribes to the device's topics; returns how many SUBSCRIBEs it sent.
+    async fn subscribe(&self, client: &AsyncClient) -> Result<usize, FleetError> {
+        let mut topics = vec![
+            topics::device_cmd(&self.device),
+            topics::chunk(&self.device),
+        ];
         if let Some(g) = &self.config.fleet.group {
-            client
-                .subscribe(topics::group_cmd(g), QoS::AtLeastOnce)
-                .await?;
+            topics.push(topics::group_cmd(g));
         }
         if self.forward.is_some() {
-            client
-                .subscribe(topics::cloud_reply(&self.device), QoS::AtLeastOnce)
-                .await?;
+            topics.push(topics::cloud_reply(&self.device));
         }
-        Ok(())
+        for t in &topics {
+            client.subscribe(t, QoS::AtLeastOnce).await?;
+        }
+        Ok(topics.len())
     }
 
     async fn on_message(&mut self, client: &AsyncClient, p: Publish) {
@@ -436,6 +440,7 @@ impl Link {
             clock: Some(self.registry.clock().status()),
             trust: Some(self.registry.trust().status()),
             storage: self.registry.storage_status(),
+            link: self.registry.link().status(),
             service,
             models,
         }

@@ -254,6 +254,16 @@ impl Daemon {
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
     }
 
+    /// Waits until the agent says its fleet link is up: connected, and every subscription acknowledged by the
+    /// broker, so a command, a chunk or a cloud answer sent from now on reaches it.
+    pub fn wait_link_up(&self) {
+        wait_until(
+            "the agent's fleet link is up (status link.subscribed)",
+            std::time::Duration::from_secs(30),
+            || self.local_status().link.is_some_and(|l| l.subscribed),
+        );
+    }
+
     /// `GET /v1/status`, read through the library's type (a renamed field fails the build, not the test).
     pub fn local_status(&self) -> outpost::wire::status::LocalStatus {
         serde_json::from_value(self.get_json("/v1/status"))
@@ -438,17 +448,12 @@ impl Fixture {
 
     /// A reference cloud worker (`outpostctl cloud`, cloud-fp32) signing with `cloud_key`, given time to subscribe.
     pub fn cloud_worker(&self, broker_url: &str, dataset: &Path, extra: &[&str]) -> KillOnDrop {
-        let w = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_outpostctl"))
-                .args(["cloud", "--broker", broker_url, "--dataset", s(dataset)])
-                .args(["--model", s(&models().join("cloud-fp32.onnx"))])
-                .args(["--key", s(&self.cloud_key)])
-                .args(extra)
-                .spawn()
-                .unwrap(),
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500)); // subscribed
-        w
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpostctl"));
+        cmd.args(["cloud", "--broker", broker_url, "--dataset", s(dataset)])
+            .args(["--model", s(&models().join("cloud-fp32.onnx"))])
+            .args(["--key", s(&self.cloud_key)])
+            .args(extra);
+        spawn_ready(cmd, "cloud worker ready")
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -1263,4 +1268,36 @@ pub fn alone(test: &str) -> bool {
         String::from_utf8_lossy(&out.stderr)
     );
     false
+}
+
+/// Starts a helper process (an `outpostctl` cloud worker or bundle server) and returns once its log says `ready`
+/// (it says so when the broker has acknowledged its subscriptions); its log goes on to the test's stderr.
+pub fn spawn_ready(mut cmd: Command, ready: &str) -> KillOnDrop {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("RUST_LOG", "warn,outpost=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the helper");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let phrase = ready.to_string();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            if line.contains(&phrase) {
+                if let Some(t) = tx.take() {
+                    let _ = t.send(());
+                }
+            }
+        }
+    });
+    let helper = KillOnDrop(child);
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("the helper did not say {ready:?} within 30 s"));
+    helper
 }
