@@ -76,7 +76,13 @@ fn the_slim_build_refuses_onnx_only_bundles_and_installs_nnef_variants_through_t
         t.contains("slim device build") && t.contains("outpostctl bundle"),
         "{t}"
     );
-    assert!(status(&state)["default"]["active"].is_null() || !state.join("models").exists());
+    // Nothing was installed: the default model's record has no live slot and its version floor is untouched (read
+    // through the library's type; the old check read a key `outpost status` never prints, so it could not fail).
+    let record: outpost::slots::SlotState = serde_json::from_value(status(&state)).unwrap();
+    assert!(
+        record.active.is_none() && record.highest_version == 0,
+        "{record:?}"
+    );
 
     let both = f.bundle(
         "both.bundle",
