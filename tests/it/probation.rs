@@ -261,7 +261,17 @@ fn continuous_requests_across_a_swap_and_a_rollback_never_fail() {
                 == 20
         }
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Facts, not time: the clients are sending, then each phase carries on for 20 more answers.
+    let answered = |n: usize| {
+        let log = log.clone();
+        move || log.lock().unwrap().len() >= n
+    };
+    let so_far = || log.lock().unwrap().len();
+    wait_until(
+        "the clients are sending",
+        Duration::from_secs(20),
+        answered(20),
+    );
     let b = f.bundle("v2.bundle", "edge-fp32", 2, &[&f.key1], &[]);
     let out = f.install(&state, &b, &[]);
     assert!(
@@ -274,7 +284,11 @@ fn continuous_requests_across_a_swap_and_a_rollback_never_fail() {
         Duration::from_secs(20),
         seen(&fp32),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "20 more answers on the new model",
+        Duration::from_secs(20),
+        answered(so_far() + 20),
+    );
     assert!(outpost(&["rollback", "--state-dir", s(&state)])
         .status
         .success());
@@ -283,7 +297,11 @@ fn continuous_requests_across_a_swap_and_a_rollback_never_fail() {
         Duration::from_secs(20),
         seen(&int8),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        "20 more answers on the old model",
+        Duration::from_secs(20),
+        answered(so_far() + 20),
+    );
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().unwrap();
