@@ -237,8 +237,10 @@ mod tests {
     /// The plan fails what it names (reads, writes, a key prefix) and nothing else, and clearing it recovers.
     #[test]
     fn the_fault_plan_fails_what_it_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = super::Records::open(dir.path(), None).unwrap();
+        // The records' folder inside a fresh one, so "nothing escaped beside it" is about this test alone.
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("records");
+        let r = super::Records::open(&dir, None).unwrap();
         r.put("a.x", &1u64).unwrap();
         let f = r.clone().faults();
         f.fail(false, true, "a.");
@@ -262,8 +264,8 @@ mod tests {
         r.put(".tmp-a", &7u64).unwrap();
         assert_eq!(r.get::<u64>("../x").unwrap(), Some(5));
         assert_eq!(r.get::<u64>("..%2Fx").unwrap(), Some(6));
-        assert!(!dir.path().parent().unwrap().join("x").exists());
-        let reopened = super::Records::open(dir.path(), None).unwrap();
+        assert!(!root.path().join("x").exists());
+        let reopened = super::Records::open(&dir, None).unwrap();
         assert_eq!(
             reopened.get::<u64>(".tmp-a").unwrap(),
             Some(7),
