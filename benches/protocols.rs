@@ -185,9 +185,14 @@ fn bench(stem: &str, seconds: f64) {
         (
             "in-process (service, tensor)",
             Box::new(|| {
-                rt.block_on(service.infer_output(None, Some(tensor.clone())))
-                    .unwrap()
-                    .label
+                let request = outpost::serve::Request {
+                    want_outputs: true,
+                    ..outpost::serve::Request::of(outpost::serve::Input::Tensor(tensor.clone()))
+                };
+                match rt.block_on(service.answer(request)).unwrap().answer {
+                    outpost::serve::Answer::Class(a) => a.label,
+                    other => panic!("a classifier answered {other:?}"),
+                }
             }),
         ),
         (

@@ -33,6 +33,8 @@ for c in "$@"; do
         (cd "$wt" && CARGO_TARGET_DIR="$target" scripts/test.sh >"$dir/$sha-$run.log" 2>&1) || status=$?
         t2=$(date +%s.%N)
         rows+=("| $sha | $run | $(printf '%.0f' "$(echo "$t1 - $t0" | bc)") | $(printf '%.0f' "$(echo "$t2 - $t1" | bc)") | $status |")
+        # Each row as it is measured, so a long run that is cut short still says what it measured.
+        echo "${rows[-1]}" | tee -a "$dir/rows.md" >&2
     done
     git -C "$repo" worktree remove --force "$wt"
 done

@@ -37,7 +37,7 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
-            _ = service.decided.notified() => {}
+            _ = service.decided().notified() => {}
         }
         if let Some((release, verdict)) = service.trial_verdict(Instant::now()) {
             match verdict {

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use crate::inference::task::Overrides;
 use crate::inference::InferenceError;
-use crate::serve::{Registry, Service, ServiceError};
+use crate::serve::{Answer, Input, Registry, Request, Service, ServiceError};
+use crate::telemetry::Outcome;
+use crate::wire::status::Source;
 use crate::worker::PoolError;
 
 pub mod v2;
@@ -49,32 +51,67 @@ impl IntoResponse for ApiError {
 }
 
 impl From<ServiceError> for ApiError {
+    /// The status says who must act: the caller (4xx, by what is wrong with the input), or nobody (503: retry), or
+    /// the agent (500).
     fn from(e: ServiceError) -> Self {
+        let client = |status, code, message| ApiError::Client {
+            status,
+            code,
+            message,
+        };
         match e {
-            ServiceError::BadInput(InferenceError::TooLarge { .. }) => ApiError::Client {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "too_large",
-                message: e.to_string(),
-            },
-            // Tensors that do not fit the model (or a request for the wrong kind of model): the request is wrong.
-            ServiceError::BadInput(InferenceError::Tensors(m)) => ApiError::Client {
-                status: StatusCode::BAD_REQUEST,
-                code: "bad_request",
-                message: m,
-            },
-            ServiceError::BadInput(inner) => ApiError::Client {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "bad_image",
-                message: format!("{inner}; send one PNG or JPEG image as the request body"),
-            },
+            ServiceError::BadInput(InferenceError::TooLarge { .. }) => {
+                client(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            // Tensors that do not fit the model (or a request for another kind of model): the request is wrong.
+            ServiceError::BadInput(
+                InferenceError::Tensors(_) | InferenceError::InputShape { .. },
+            ) => client(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+            // An encoded image that does not decode.
+            ServiceError::BadInput(inner) => client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_image",
+                format!("{inner}; send one PNG or JPEG image"),
+            ),
             ServiceError::Busy(PoolError::Closed) => {
                 ApiError::Busy("the agent is shutting down".into())
             }
             ServiceError::Busy(p) => ApiError::Busy(p.to_string()),
-            ServiceError::Internal(m) => ApiError::Internal(m),
-            ServiceError::Panicked(p) => ApiError::Internal(p.to_string()),
+            e @ (ServiceError::Failed(_)
+            | ServiceError::WorkerLost
+            | ServiceError::Internal(_)
+            | ServiceError::Panicked(_)) => ApiError::Internal(e.to_string()),
         }
     }
+}
+
+impl ApiError {
+    /// How a request that ends in this error is counted.
+    fn outcome(&self) -> Outcome {
+        match self {
+            ApiError::Client { .. } => Outcome::BadInput,
+            ApiError::Busy(_) => Outcome::Busy,
+            ApiError::Internal(_) => Outcome::Error,
+        }
+    }
+}
+
+/// Counts an inference request once, whichever protocol brought it and wherever it was refused (reading the body,
+/// judging it against the model, running it), so `/metrics` and the status see every request.
+async fn counted(
+    service: &Service,
+    handle: impl std::future::Future<Output = Result<(Response, Source), ApiError>>,
+) -> Result<Response, ApiError> {
+    let start = std::time::Instant::now();
+    let result = handle.await;
+    service.count(
+        match &result {
+            Ok((_, source)) => Ok(*source),
+            Err(e) => Err(e.outcome()),
+        },
+        start,
+    );
+    result.map(|(r, _)| r)
 }
 
 pub fn router(registry: Arc<Registry>) -> Router {
@@ -169,36 +206,28 @@ async fn infer(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let start = std::time::Instant::now();
-    // The body is read before the query is judged: a client still sending a large image gets the 400, not a
-    // connection closed under it.
-    let result = read_body(&service, &headers, body)
-        .await
-        .and_then(|body| Ok((body, query(overrides)?)));
-    match result {
-        Ok((body, overrides)) if service.engine().image_task().is_some() => Ok(Json(
-            service
-                .infer_task(crate::serve::TaskRequestInput::Image(body), overrides, false)
-                .await?,
-        )
-        .into_response()),
-        Ok((_, overrides)) if !overrides.is_empty() => Err(ApiError::Client {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            message: format!(
-                "model {} is not a detector: score_threshold, iou_threshold and max_detections do not apply to it",
-                service.name()
-            ),
-        }),
-        Ok((body, _)) => Ok(Json(service.infer(body).await?).into_response()),
-        Err(e) => {
-            // Refused before reaching the service: counted here so /metrics sees every request.
-            service
-                .counters
-                .record(crate::telemetry::Outcome::BadInput, start.elapsed());
-            Err(e)
-        }
-    }
+    counted(&service, async {
+        let admitted = service.admit();
+        // The body is read before the query is judged: a client still sending a large image gets the 400, not a
+        // connection closed under it.
+        let body = read_body(&service, &headers, body).await?;
+        let request = Request {
+            input: Input::Image(body),
+            overrides: query(overrides)?,
+            want_outputs: false,
+        };
+        let answered = service.handle(&admitted, request).await?;
+        let source = answered.answer.source();
+        let response = match answered.answer {
+            Answer::Class(a) => Json(a).into_response(),
+            Answer::Task(a) => Json(a).into_response(),
+            Answer::Tensors(_) => {
+                return Err(ApiError::Internal("a raw model answered an image".into()))
+            }
+        };
+        Ok((response, source))
+    })
+    .await
 }
 
 /// Checks the content type and reads the body within the configured limit.

@@ -15,9 +15,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use super::ApiError;
-use crate::inference::{Dtype, TensorData, TensorIo, TensorValue};
-use crate::serve::{InferResponse, Registry, Service};
+use super::{counted, ApiError};
+use crate::inference::task::Overrides;
+use crate::inference::{Dtype, Engine, TensorData, TensorIo, TensorValue};
+use crate::serve::{Admitted, Answer, Input, Registry, Request, Service};
 use crate::wire::status::Source;
 
 mod task;
@@ -113,6 +114,17 @@ struct RequestParameters {
     /// A task model's answer as `/v1` gives it, in the reply parameter `outpost_answer`.
     #[serde(default)]
     decoded: bool,
+}
+
+impl RequestParameters {
+    /// The call's detector thresholds (the service refuses them for a model without any).
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            score_threshold: self.score_threshold,
+            iou_threshold: self.iou_threshold,
+            max_detections: self.max_detections,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,18 +296,20 @@ fn lookup(
     name: &str,
     version: Option<&str>,
     live_only: bool,
-) -> Result<Arc<Service>, ApiError> {
+) -> Result<(Arc<Service>, Admitted), ApiError> {
     let service = registry.get(name).ok_or_else(|| {
         not_found(format!(
             "no model named {name:?} is served here (served: {})",
             registry.names().join(", ")
         ))
     })?;
+    // The releases this request is judged by and, for an inference, run on.
+    let admitted = service.admit();
     if let Some(v) = version {
-        let live = service.engine().spec().version.to_string();
-        let candidate = service.candidate().map(|c| c.spec().version.to_string());
+        let live = admitted.engine().spec().version.to_string();
+        let candidate = admitted.candidate().map(|c| c.spec().version.to_string());
         if v == live {
-            return Ok(service);
+            return Ok((service, admitted));
         }
         if candidate.as_deref() == Some(v) {
             if live_only {
@@ -303,7 +317,7 @@ fn lookup(
                     "version {v} of {name} is a staged candidate: it answers in shadow only; infer on the live version {live}"
                 )));
             }
-            return Ok(service);
+            return Ok((service, admitted));
         }
         return Err(not_found(format!(
             "model {name} has no version {v} here (live: {live}{})",
@@ -312,14 +326,14 @@ fn lookup(
                 .unwrap_or_default()
         )));
     }
-    Ok(service)
+    Ok((service, admitted))
 }
 
-fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
-    let engine = service.engine();
+fn metadata_of(admitted: &Admitted, name: &str) -> ModelMetadata {
+    let engine = admitted.engine();
     let spec = engine.spec();
     let mut versions = vec![spec.version.to_string()];
-    if let Some(c) = service.candidate() {
+    if let Some(c) = admitted.candidate() {
         versions.push(c.spec().version.to_string());
     }
     // An image model's one input: FP32 of its input shape (or an encoded image as BYTES).
@@ -334,7 +348,7 @@ fn metadata_of(service: &Service, name: &str) -> ModelMetadata {
             versions,
             platform: "onnx_onnxv1",
             inputs: vec![image_input()],
-            outputs: task::output_metadata(&engine),
+            outputs: task::output_metadata(engine),
         };
     }
     if let Some(io) = spec.raw() {
@@ -372,16 +386,16 @@ pub async fn model_metadata(
     State(registry): State<Arc<Registry>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let service = lookup(&registry, &name, None, false)?;
-    Ok(Json(metadata_of(&service, &name)).into_response())
+    let (_, admitted) = lookup(&registry, &name, None, false)?;
+    Ok(Json(metadata_of(&admitted, &name)).into_response())
 }
 
 pub async fn model_version_metadata(
     State(registry): State<Arc<Registry>>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let service = lookup(&registry, &name, Some(&version), false)?;
-    Ok(Json(metadata_of(&service, &name)).into_response())
+    let (_, admitted) = lookup(&registry, &name, Some(&version), false)?;
+    Ok(Json(metadata_of(&admitted, &name)).into_response())
 }
 
 pub async fn model_ready(
@@ -404,8 +418,8 @@ pub async fn infer(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let service = lookup(&registry, &name, None, true)?;
-    run(service, name, headers, body).await
+    let (service, admitted) = lookup(&registry, &name, None, true)?;
+    counted(&service, run(&service, admitted, name, headers, body)).await
 }
 
 pub async fn infer_version(
@@ -414,14 +428,8 @@ pub async fn infer_version(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let service = lookup(&registry, &name, Some(&version), true)?;
-    run(service, name, headers, body).await
-}
-
-/// What one request asks the model.
-enum Input {
-    Tensor(Vec<f32>),
-    Image(axum::body::Bytes),
+    let (service, admitted) = lookup(&registry, &name, Some(&version), true)?;
+    counted(&service, run(&service, admitted, name, headers, body)).await
 }
 
 /// Splits the body into the JSON header and the binary tensors after it.
@@ -477,14 +485,18 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Reads the one input of an image or tensor model, checked against its spec.
-fn read_input(service: &Service, request: &InferRequest, binary: &[u8]) -> Result<Input, ApiError> {
-    let engine = service.engine();
+/// Reads the one input of an image model (an FP32 tensor, or an encoded image as BYTES), checked against its spec.
+fn read_input(
+    name: &str,
+    engine: &Engine,
+    request: &InferRequest,
+    binary: &[u8],
+) -> Result<Input, ApiError> {
     let spec = engine.spec();
     let [input] = request.inputs.as_slice() else {
         return Err(bad(format!(
             "model {} takes one input, {:?}; the request has {}",
-            service.name(),
+            name,
             spec.input.name,
             request.inputs.len()
         )));
@@ -492,9 +504,7 @@ fn read_input(service: &Service, request: &InferRequest, binary: &[u8]) -> Resul
     if input.name != spec.input.name {
         return Err(bad(format!(
             "model {} has no input {:?}: its input is {:?}",
-            service.name(),
-            input.name,
-            spec.input.name
+            name, input.name, spec.input.name
         )));
     }
     let binary_len = input.parameters.binary_data_size;
@@ -514,7 +524,7 @@ fn read_input(service: &Service, request: &InferRequest, binary: &[u8]) -> Resul
                     "input {} has shape {:?}; model {} takes {want:?}",
                     input.name,
                     input.shape,
-                    service.name()
+                    name
                 )));
             }
             let n = spec.input.shape.iter().product::<usize>();
@@ -601,18 +611,20 @@ fn read_input(service: &Service, request: &InferRequest, binary: &[u8]) -> Resul
         other => Err(bad(format!(
             "input {} is {other}; model {} takes FP32 tensors of shape {:?}, or one encoded PNG/JPEG as BYTES",
             input.name,
-            service.name(),
+            name,
             spec.input.shape
         ))),
     }
 }
 
+/// One inference, judged and run by the releases `admitted` took.
 async fn run(
-    service: Arc<Service>,
+    service: &Service,
+    admitted: Admitted,
     name: String,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, Source), ApiError> {
     let max = service.max_body_bytes();
     let body = axum::body::to_bytes(body, max)
         .await
@@ -626,20 +638,23 @@ async fn run(
     let (json_len, binary_start) = split(&headers, &body)?;
     let request: InferRequest = serde_json::from_slice(&body[..json_len])
         .map_err(|e| bad(format!("the request is not an inference request: {e}")))?;
-    if service.engine().image_task().is_some() {
-        return task::run_task(&service, name, request, &body[binary_start..]).await;
+    let engine = admitted.engine().clone();
+    if engine.image_task().is_some() {
+        return task::run_task(service, &admitted, name, request, &body[binary_start..]).await;
     }
-    let p = &request.parameters;
-    if p.score_threshold.is_some() || p.iou_threshold.is_some() || p.max_detections.is_some() {
-        return Err(bad(format!(
-            "model {name} is not a detector: score_threshold, iou_threshold and max_detections do not apply to it"
-        )));
+    if let Some(io) = engine.spec().raw().cloned() {
+        return run_raw(
+            service,
+            &admitted,
+            name,
+            &io,
+            request,
+            &body[binary_start..],
+        )
+        .await;
     }
-    if let Some(io) = service.engine().spec().raw().cloned() {
-        return run_raw(&service, name, &io, request, &body[binary_start..]).await;
-    }
-    let input = read_input(&service, &request, &body[binary_start..])?;
-    let spec = service.engine().spec().clone();
+    let input = read_input(&name, &engine, &request, &body[binary_start..])?;
+    let spec = engine.spec();
     for o in &request.outputs {
         if o.name != spec.output.name {
             return Err(bad(format!(
@@ -648,10 +663,24 @@ async fn run(
             )));
         }
     }
-    let answer: InferResponse = match input {
-        Input::Tensor(t) => service.infer_output(None, Some(t)).await?,
-        Input::Image(bytes) => service.infer_output(Some(bytes), None).await?,
+    let overrides = request.parameters.overrides();
+    let answered = service
+        .handle(
+            &admitted,
+            Request {
+                input,
+                overrides,
+                want_outputs: true,
+            },
+        )
+        .await?;
+    let Answer::Class(answer) = answered.answer else {
+        return Err(ApiError::Internal(
+            "a classifier gave another kind of answer".into(),
+        ));
     };
+    // The labels of the release that answered (the previous one, when a release on trial failed the run).
+    let spec = answered.release.spec();
     let requested = match request.outputs.as_slice() {
         [] => vec![RequestOutput {
             name: spec.output.name.clone(),
@@ -707,7 +736,7 @@ async fn run(
             o.parameters.binary_data.then_some(&mut binary),
         ));
     }
-    reply(
+    let response = reply(
         InferReply {
             model_name: name,
             model_version: answer.model.version.to_string(),
@@ -721,7 +750,8 @@ async fn run(
             outputs,
         },
         binary,
-    )
+    )?;
+    Ok((response, answer.source))
 }
 
 /// Reads one input's values from JSON data (flat or nested, row-major): numbers of its datatype, at most `max`.
@@ -796,7 +826,7 @@ fn json_values(
 /// Reads a raw tensor model's inputs (by name, in any order; binary parts in the order of the request) and puts
 /// them in the spec's order. Everything is checked here against the spec so the error names the input.
 fn read_tensors(
-    service: &Service,
+    name: &str,
     io: &TensorIo,
     request: &InferRequest,
     binary: &[u8],
@@ -807,7 +837,7 @@ fn read_tensors(
         let Some(i) = io.inputs.iter().position(|t| t.name == input.name) else {
             return Err(bad(format!(
                 "model {} has no input {:?}: its inputs are {}",
-                service.name(),
+                name,
                 input.name,
                 io.inputs
                     .iter()
@@ -829,7 +859,7 @@ fn read_tensors(
                     "input {} is {}; model {} takes {} of shape {:?}",
                     input.name,
                     input.datatype,
-                    service.name(),
+                    name,
                     spec.datatype.name(),
                     spec.shape
                 ))
@@ -838,9 +868,7 @@ fn read_tensors(
         if input.shape != want {
             return Err(bad(format!(
                 "input {} has shape {:?}; model {} takes {want:?}",
-                input.name,
-                input.shape,
-                service.name()
+                input.name, input.shape, name
             )));
         }
         let n = spec.len();
@@ -900,12 +928,13 @@ fn read_tensors(
 /// Inference on a raw tensor model: every output (or the ones asked for), as JSON or binary.
 async fn run_raw(
     service: &Service,
+    admitted: &Admitted,
     name: String,
     io: &TensorIo,
     request: InferRequest,
     binary: &[u8],
-) -> Result<Response, ApiError> {
-    let inputs = read_tensors(service, io, &request, binary)?;
+) -> Result<(Response, Source), ApiError> {
+    let inputs = read_tensors(&name, io, &request, binary)?;
     for o in &request.outputs {
         if !io.outputs.iter().any(|t| t.name == o.name) {
             return Err(bad(format!(
@@ -925,7 +954,22 @@ async fn run_raw(
         }
     }
     let decoded = request.parameters.decoded;
-    let answer = service.infer_tensors(inputs).await?;
+    let overrides = request.parameters.overrides();
+    let answered = service
+        .handle(
+            admitted,
+            Request {
+                input: Input::Tensors(inputs),
+                overrides,
+                want_outputs: true,
+            },
+        )
+        .await?;
+    let Answer::Tensors(answer) = answered.answer else {
+        return Err(ApiError::Internal(
+            "a raw model gave another kind of answer".into(),
+        ));
+    };
     let requested: Vec<(String, bool)> = match request.outputs.as_slice() {
         [] => io
             .outputs
@@ -954,7 +998,8 @@ async fn run_raw(
             as_binary.then_some(&mut tail),
         ));
     }
-    reply(
+    let source = answer.source;
+    let response = reply(
         InferReply {
             model_name: name,
             model_version: answer.model.version.to_string(),
@@ -975,7 +1020,8 @@ async fn run_raw(
             outputs,
         },
         tail,
-    )
+    )?;
+    Ok((response, source))
 }
 
 /// One output of a reply: its data in the JSON, or appended to `binary` (the reply's binary part) when given.

@@ -173,16 +173,16 @@ pub fn baseline(
         hardness.push(h);
     }
     let score = if engine.task().is_some() {
-        "task"
+        super::BaselineScore::Task
     } else {
-        "max-prob"
+        super::BaselineScore::MaxProb
     };
     let n = hardness.len();
     hardness.sort_by(f32::total_cmp);
     Ok(Some(super::Baseline {
         hardness,
         forward_rate: wanted as f32 / n as f32,
-        score: score.into(),
+        score,
     }))
 }
 

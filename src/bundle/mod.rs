@@ -236,9 +236,50 @@ pub const MAX_BASELINE: usize = 4096;
 pub struct Baseline {
     pub hardness: Vec<f32>,
     pub forward_rate: f32,
-    /// The hardness the values are: a classifier's score (`max-prob`, `margin`, `entropy`) or `task` (a detector's
-    /// or scorer's own). A device compares live traffic with a baseline of the score it uses only.
-    pub score: String,
+    /// The hardness the values are. A device compares live traffic with a baseline of the score it uses only.
+    pub score: BaselineScore,
+}
+
+/// The hardness a baseline's values are. Signed as its name (`max-prob`, `margin`, `entropy`, `task`), as
+/// manifests always carried it: a name this agent does not know decodes too, and is never compared.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum BaselineScore {
+    /// A classifier's 1 - top probability.
+    #[default]
+    MaxProb,
+    /// A classifier's 1 - (top-1 minus top-2).
+    Margin,
+    /// A classifier's entropy.
+    Entropy,
+    /// A detector's or scorer's own hardness.
+    Task,
+    /// A score of a newer builder.
+    Other(String),
+}
+
+impl From<BaselineScore> for String {
+    fn from(s: BaselineScore) -> String {
+        match s {
+            BaselineScore::MaxProb => "max-prob".into(),
+            BaselineScore::Margin => "margin".into(),
+            BaselineScore::Entropy => "entropy".into(),
+            BaselineScore::Task => "task".into(),
+            BaselineScore::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for BaselineScore {
+    fn from(s: String) -> BaselineScore {
+        match s.as_str() {
+            "max-prob" => BaselineScore::MaxProb,
+            "margin" => BaselineScore::Margin,
+            "entropy" => BaselineScore::Entropy,
+            "task" => BaselineScore::Task,
+            _ => BaselineScore::Other(s),
+        }
+    }
 }
 
 /// A format 2 manifest (raw tensor models), as agents before task kinds read and sign it.
@@ -912,7 +953,7 @@ mod tests {
             baseline: Some(Baseline {
                 hardness: vec![0.0, 0.1, 0.5],
                 forward_rate: 0.05,
-                score: "max-prob".into(),
+                score: BaselineScore::MaxProb,
             }),
             ..manifest()
         };

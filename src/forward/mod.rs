@@ -730,7 +730,7 @@ impl Forwarder {
                 confidence: answer.confidence,
                 margin: answer.margin,
                 entropy: answer.entropy,
-                tier: "cloud".into(),
+                tier: crate::store::Tier::Cloud,
                 output: Vec::new(),
                 tensors: Vec::new(),
                 answer: answer.task.clone().map(|a| CachedAnswer {

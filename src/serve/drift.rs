@@ -149,7 +149,7 @@ mod tests {
         Baseline {
             hardness: (0..500).map(|i| (i as f32 / 500.0).powi(4)).collect(),
             forward_rate: 0.05,
-            score: "task".into(),
+            score: crate::bundle::BaselineScore::Task,
         }
     }
 

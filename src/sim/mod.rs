@@ -289,7 +289,10 @@ async fn feed(
             let t = traffic.clone();
             t.sent.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                match service.infer(image).await {
+                match service
+                    .answer(crate::serve::Request::of(crate::serve::Input::Image(image)))
+                    .await
+                {
                     Ok(_) => {
                         t.ok.fetch_add(1, Ordering::Relaxed);
                     }

@@ -77,8 +77,8 @@ pub struct CachedResult {
     pub confidence: f32,
     pub margin: f32,
     pub entropy: f32,
-    /// Which tier produced the answer (`edge` or `cloud`).
-    pub tier: String,
+    /// Which tier produced the answer.
+    pub tier: Tier,
     /// The edge model's raw output, for answers that return tensors (empty for the cloud's answers).
     #[serde(default)]
     pub output: Vec<f32>,
@@ -90,6 +90,43 @@ pub struct CachedResult {
     /// [`CachedResultV2`].
     #[serde(default)]
     pub answer: Option<CachedAnswer>,
+}
+
+/// Which tier produced a cached answer. Stored as its name (`edge`, `cloud`), as entries always were: an entry
+/// written by any agent decodes, and one of a tier this agent does not know is a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Tier {
+    /// The device's own model.
+    Edge,
+    /// The cloud's answer to a hard case.
+    Cloud,
+}
+
+impl From<Tier> for String {
+    fn from(t: Tier) -> String {
+        match t {
+            Tier::Edge => "edge",
+            Tier::Cloud => "cloud",
+        }
+        .to_string()
+    }
+}
+
+/// A tier name this agent does not know (an entry of a newer agent: a miss).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown tier {0:?}")]
+pub struct UnknownTier(String);
+
+impl TryFrom<String> for Tier {
+    type Error = UnknownTier;
+    fn try_from(s: String) -> Result<Tier, UnknownTier> {
+        match s.as_str() {
+            "edge" => Ok(Tier::Edge),
+            "cloud" => Ok(Tier::Cloud),
+            _ => Err(UnknownTier(s)),
+        }
+    }
 }
 
 /// A task model's cached answer.
@@ -107,7 +144,7 @@ struct CachedResultV2 {
     confidence: f32,
     margin: f32,
     entropy: f32,
-    tier: String,
+    tier: Tier,
     output: Vec<f32>,
     tensors: Vec<crate::inference::TensorValue>,
 }
@@ -120,7 +157,7 @@ struct CachedResultV1 {
     confidence: f32,
     margin: f32,
     entropy: f32,
-    tier: String,
+    tier: Tier,
     output: Vec<f32>,
 }
 
@@ -248,7 +285,7 @@ impl CacheDb {
                     .filter(|v| v.len() >= 8)
                     .and_then(|v| decode(&v[8..]))
                     .map(|r| r.tier);
-                if tier.as_deref() == Some("cloud") {
+                if tier == Some(Tier::Cloud) {
                     return Ok(());
                 }
             }
@@ -504,7 +541,7 @@ mod tests {
             confidence: 0.9,
             margin: 0.5,
             entropy: 0.3,
-            tier: "edge".into(),
+            tier: Tier::Edge,
             output: vec![0.5, 0.25],
             tensors: Vec::new(),
             answer: None,
@@ -522,7 +559,7 @@ mod tests {
             confidence: 0.9,
             margin: 0.5,
             entropy: 0.3,
-            tier: "cloud".into(),
+            tier: Tier::Cloud,
             output: vec![0.1],
         };
         let mut stored = 1u64.to_be_bytes().to_vec();
@@ -534,7 +571,7 @@ mod tests {
             .insert(k.as_bytes(), stored)
             .unwrap();
         let got = cache.get(&k).unwrap().unwrap();
-        assert_eq!((got.label.as_str(), got.tier.as_str()), ("7", "cloud"));
+        assert_eq!((got.label.as_str(), got.tier), ("7", Tier::Cloud));
         assert!(got.tensors.is_empty());
         // And a raw model's outputs round-trip.
         let raw = CachedResult {
@@ -616,7 +653,7 @@ mod tests {
         cache.insert_unless_cloud(&k, &result("edge-2")).unwrap();
         assert_eq!(cache.get(&k).unwrap().unwrap().label, "edge-2");
         let cloud = CachedResult {
-            tier: "cloud".into(),
+            tier: Tier::Cloud,
             ..result("cloud")
         };
         cache.insert(&k, &cloud).unwrap();

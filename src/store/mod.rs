@@ -16,7 +16,7 @@ pub mod space;
 
 use std::path::{Path, PathBuf};
 
-pub use cache::{CacheKey, CachedAnswer, CachedResult, ResultCache};
+pub use cache::{CacheKey, CachedAnswer, CachedResult, ResultCache, Tier};
 pub use layout::{Storage, StorageOptions};
 pub use outbox::Outbox;
 pub use records::{Faults, Records};

@@ -26,6 +26,7 @@ mod mixed;
 mod models;
 mod oip;
 mod probation;
+mod race;
 mod raw_bundle;
 mod rollout;
 mod rollout_models;

@@ -101,6 +101,18 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
         "the default model never moved: {st}"
     );
     assert!(st["last_transition"].is_null(), "{st}");
+    // The download was digits': its summary is in digits' status, not the default model's.
+    let typed = daemon.local_status();
+    assert!(
+        typed.models["digits"].last_transfer.is_some(),
+        "digits' download: {:?}",
+        typed.models["digits"]
+    );
+    assert!(
+        typed.service.last_transfer.is_none(),
+        "the default model downloaded nothing: {:?}",
+        typed.service.last_transfer
+    );
 
     // The default model's bad v2 over MQTT: rolled back on its own; digits serves v1 throughout.
     let bad_default = f.bundle_with_spec("e2.bundle", "edge-flat", "edge-flat", 2, &[&f.key1], &[]);

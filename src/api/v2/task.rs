@@ -10,12 +10,11 @@
 //! does. Request parameters `score_threshold`, `iou_threshold` and `max_detections` change a detector's thresholds
 //! for the call; `decoded: true` adds the answer as `/v1` gives it, as the JSON string parameter `outpost_answer`.
 
-use super::{
-    bad, output, reply, Datatype, InferReply, InferRequest, Input, OutputData, ReplyParameters,
-};
+use super::{bad, output, reply, Datatype, InferReply, InferRequest, OutputData, ReplyParameters};
 use crate::api::ApiError;
-use crate::inference::task::{Overrides, TaskAnswer};
-use crate::serve::{Service, TaskRequestInput};
+use crate::inference::task::TaskAnswer;
+use crate::serve::{Admitted, Answer, Request, Service};
+use crate::wire::status::Source;
 
 /// The decoded answer's tensors: (name, datatype, shape, data).
 fn decoded_tensors(answer: &TaskAnswer) -> Vec<(&'static str, Datatype, Vec<u64>, OutputData)> {
@@ -91,23 +90,19 @@ pub(super) fn output_metadata(engine: &crate::inference::Engine) -> Vec<super::T
 
 pub(super) async fn run_task(
     service: &Service,
+    admitted: &Admitted,
     name: String,
     request: InferRequest,
     binary: &[u8],
-) -> Result<axum::response::Response, ApiError> {
+) -> Result<(axum::response::Response, Source), ApiError> {
     let params = &request.parameters;
-    let overrides = Overrides {
-        score_threshold: params.score_threshold,
-        iou_threshold: params.iou_threshold,
-        max_detections: params.max_detections,
-    };
+    let overrides = params.overrides();
     overrides.validate().map_err(bad)?;
-    let engine = service.engine();
-    let io = engine
-        .spec()
-        .io()
-        .unwrap_or_else(|| unreachable!("a task model has tensors"));
-    let probe = decoded_tensors(&empty_answer(&engine));
+    let engine = admitted.engine();
+    let io = engine.spec().io().ok_or_else(|| {
+        ApiError::Internal(format!("model {name} is a task model without its tensors"))
+    })?;
+    let probe = decoded_tensors(&empty_answer(engine));
     for o in &request.outputs {
         let known =
             io.outputs.iter().any(|t| t.name == o.name) || probe.iter().any(|p| p.0 == o.name);
@@ -130,15 +125,26 @@ pub(super) async fn run_task(
             )));
         }
     }
-    let input = match super::read_input(service, &request, binary)? {
-        Input::Tensor(t) => TaskRequestInput::Tensor(t),
-        Input::Image(b) => TaskRequestInput::Image(b),
-    };
-    let want_raw = request
+    let input = super::read_input(&name, engine, &request, binary)?;
+    let want_outputs = request
         .outputs
         .iter()
         .any(|o| io.outputs.iter().any(|t| t.name == o.name));
-    let answer = service.infer_task(input, overrides, want_raw).await?;
+    let answered = service
+        .handle(
+            admitted,
+            Request {
+                input,
+                overrides,
+                want_outputs,
+            },
+        )
+        .await?;
+    let Answer::Task(answer) = answered.answer else {
+        return Err(ApiError::Internal(
+            "a task model gave another kind of answer".into(),
+        ));
+    };
     let decoded = decoded_tensors(&answer.answer);
     let requested: Vec<(String, bool)> = match request.outputs.as_slice() {
         [] => decoded
@@ -188,7 +194,8 @@ pub(super) async fn run_task(
     } else {
         None
     };
-    reply(
+    let source = answer.source;
+    let response = reply(
         InferReply {
             model_name: name,
             model_version: answer.model.version.to_string(),
@@ -202,7 +209,8 @@ pub(super) async fn run_task(
             outputs,
         },
         tail,
-    )
+    )?;
+    Ok((response, source))
 }
 
 /// An answer of the engine's task with nothing in it: what names the decoded outputs.

@@ -8,52 +8,14 @@ use std::time::Duration;
 use super::{Link, RecordError, LAST_SEQ, SETTINGS};
 use crate::bundle::now_unix;
 use crate::fleet::topics;
+use crate::serve::settings::{Setting, SettingKey};
 use crate::slots::SlotStore;
 use crate::trust::Role;
 use crate::wire::command::{self, Action, Checker, CommandBody, CommandError};
-use crate::wire::status::{Ack, AckResult, CommandName, Outcome, Refusal, Setting};
+use crate::wire::status::{Ack, AckResult, CommandName, Outcome, Refusal};
 
 /// A slot-record change run off the async threads.
 type SlotJob = Box<dyn FnOnce(&SlotStore) -> Result<Outcome, String> + Send>;
-
-/// Runtime settings that the `set` command may change, and their checks.
-pub const SETTABLE: &[&str] = &[
-    "hardness.threshold",
-    "telemetry.heartbeat_s",
-    "shadow.fraction",
-    "shadow.split",
-    "forward.max_fraction",
-    "forward.max_per_s",
-];
-
-pub(super) fn check_setting(key: &str, value: &str) -> Result<(), String> {
-    match key {
-        "hardness.threshold" => match value.parse::<f32>() {
-            Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(()),
-            _ => Err(format!("{key} takes a number from 0 to 100, not {value:?}")),
-        },
-        "forward.max_per_s" => match value.parse::<f32>() {
-            Ok(v) if v.is_finite() && v >= 0.0 => Ok(()),
-            _ => Err(format!(
-                "{key} takes a number of cases per second, 0 or more, not {value:?}"
-            )),
-        },
-        "shadow.fraction" | "shadow.split" | "forward.max_fraction" => match value.parse::<f64>() {
-            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
-            _ => Err(format!("{key} takes a fraction from 0 to 1, not {value:?}")),
-        },
-        "telemetry.heartbeat_s" => match value.parse::<u64>() {
-            Ok(v) if (1..=86_400).contains(&v) => Ok(()),
-            _ => Err(format!(
-                "{key} takes whole seconds from 1 to 86400, not {value:?}"
-            )),
-        },
-        _ => Err(format!(
-            "{key} cannot be set remotely (allowed: {})",
-            SETTABLE.join(", ")
-        )),
-    }
-}
 
 impl Link {
     pub(super) async fn ack(
@@ -260,8 +222,9 @@ impl Link {
                 .await,
             ),
             Action::Set { key, value } => {
-                if let Err(e) = check_setting(key, value) {
-                    return Some(Err(e));
+                // The settable keys and their ranges: `crate::serve::settings`.
+                if let Err(e) = Setting::parse(key, value) {
+                    return Some(Err(e.to_string()));
                 }
                 Some(
                     self.store_settings(&model, &[(key.clone(), value.clone())])
@@ -269,7 +232,7 @@ impl Link {
                         .map_err(|e| e.to_string())
                         .map(|()| {
                             AckResult::done(Outcome {
-                                set: Some(Setting {
+                                set: Some(crate::wire::status::Setting {
                                     key: key.clone(),
                                     value: value.clone(),
                                 }),
@@ -304,8 +267,8 @@ impl Link {
                 let mut settings = Vec::new();
                 for (key, v) in [("shadow.fraction", shadow), ("shadow.split", split)] {
                     if let Some(v) = v {
-                        if let Err(e) = check_setting(key, &v.to_string()) {
-                            return Some(Err(e));
+                        if let Err(e) = Setting::parse(key, &v.to_string()) {
+                            return Some(Err(e.to_string()));
                         }
                         settings.push((key.to_string(), v.to_string()));
                     }
@@ -420,11 +383,14 @@ impl Link {
         .await
         .map_err(RecordError::Settings)?;
         for (key, value) in settings {
-            if key == "telemetry.heartbeat_s" {
-                self.heartbeat = Duration::from_secs(value.parse().unwrap_or(30));
+            let Ok(setting) = Setting::parse(key, value) else {
+                continue;
+            };
+            if setting.key == SettingKey::HeartbeatS {
+                self.heartbeat = Duration::from_secs(setting.value as u64);
             }
             if let Some(service) = self.registry.get(model) {
-                service.set_setting(key, value);
+                service.set(setting);
             }
         }
         Ok(())
@@ -444,7 +410,7 @@ impl Link {
             match crate::blocking::run(move || records.get::<Vec<(String, String)>>(&key)).await {
                 Ok(stored) => {
                     for (k, v) in stored.iter().flatten() {
-                        service.set_setting(k, v);
+                        super::apply_recorded_setting(&service, k, v);
                     }
                     self.settings_unread.remove(&name);
                     self.settings_applied.insert(name);
@@ -476,18 +442,19 @@ mod tests {
     #[test]
     fn the_budget_is_settable_within_its_ranges() {
         assert!(
-            SETTABLE.contains(&"forward.max_fraction") && SETTABLE.contains(&"forward.max_per_s")
+            SettingKey::parse("forward.max_fraction").is_some()
+                && SettingKey::parse("forward.max_per_s").is_some()
         );
-        assert!(check_setting("forward.max_fraction", "0.05").is_ok());
-        assert!(check_setting("forward.max_per_s", "2.5").is_ok());
+        assert!(Setting::parse("forward.max_fraction", "0.05").is_ok());
+        assert!(Setting::parse("forward.max_per_s", "2.5").is_ok());
         for (k, v) in [
             ("forward.max_fraction", "1.5"),
             ("forward.max_fraction", "lots"),
             ("forward.max_per_s", "-1"),
             ("forward.max_per_s", "NaN"),
         ] {
-            let e = check_setting(k, v).unwrap_err();
-            assert!(e.contains(k), "{e}");
+            let e = Setting::parse(k, v).unwrap_err();
+            assert!(e.to_string().contains(k), "{e}");
         }
     }
 }

@@ -20,8 +20,6 @@ mod spent;
 mod trust;
 mod update;
 
-pub use commands::SETTABLE;
-
 use crate::config::Config;
 use crate::fleet::mqtt::{self, Broker, LinkEvent, Settings, TlsFiles};
 use crate::fleet::transfer::{Download, TransferError};
@@ -158,13 +156,13 @@ impl Link {
             .unwrap_or_default();
         // Settings made by `set` survive restarts.
         for (k, v) in &stored {
-            service.set_setting(k, v);
+            apply_recorded_setting(&service, k, v);
         }
         let heartbeat = stored
             .iter()
-            .find(|(k, _)| k == "telemetry.heartbeat_s")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(config.fleet.heartbeat_s);
+            .filter_map(|(k, v)| crate::serve::settings::Setting::parse(k, v).ok())
+            .find(|s| s.key == crate::serve::settings::SettingKey::HeartbeatS)
+            .map_or(config.fleet.heartbeat_s, |s| s.value as u64);
         Ok(Link {
             service,
             registry,
@@ -352,7 +350,7 @@ impl Link {
                 }
                 if let Some(d) = &d {
                     tracing::info!(bundle = %d.offer.bundle_hex(), done = d.done_count(), total = d.total(), "resuming a download");
-                    self.service.set_download(Some(d.summary()));
+                    self.progress(&d.offer.name, Some(d.summary()));
                 }
                 self.download = d;
             }
@@ -510,6 +508,17 @@ impl Link {
         {
             Ok(()) => self.last_alarm = Some(raised),
             Err(e) => tracing::warn!(error = %e, "cannot publish the alarm"),
+        }
+    }
+}
+
+/// Applies a setting read back from the records. Every recorded one passed its check when it was set; one that no
+/// longer parses (a key of a newer agent) is skipped, said once.
+fn apply_recorded_setting(service: &crate::serve::Service, key: &str, value: &str) {
+    match crate::serve::settings::Setting::parse(key, value) {
+        Ok(s) => service.set(s),
+        Err(e) => {
+            tracing::warn!(model = %service.name(), error = %e, "a recorded setting is skipped")
         }
     }
 }

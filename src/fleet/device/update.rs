@@ -26,6 +26,18 @@ pub(super) struct Queued {
 }
 
 impl Link {
+    /// A download's progress, for the status of the model it is for (a model this device does not serve yet has no
+    /// status to show it in until it starts).
+    pub(super) fn progress(
+        &self,
+        model: &str,
+        summary: Option<crate::wire::status::TransferSummary>,
+    ) {
+        if let Some(service) = self.registry.get(model) {
+            service.set_download(summary);
+        }
+    }
+
     pub(super) async fn start_download(
         &mut self,
         client: &AsyncClient,
@@ -161,8 +173,8 @@ impl Link {
         crate::blocking::run(d.discard_job())
             .await
             .map_err(RecordError::DropDownload)?;
+        self.progress(&d.offer.name, None);
         self.download = None;
-        self.service.set_download(None);
         Ok(true)
     }
 
@@ -336,7 +348,7 @@ impl Link {
             }
             Err(e) => tracing::warn!(error = %e, "chunk refused"),
         }
-        self.service.set_download(Some(d.summary()));
+        self.progress(&d.offer.name, Some(d.summary()));
         self.download = Some(d);
         self.advance(client).await;
     }
@@ -362,7 +374,7 @@ impl Link {
                     if let Err(e) = crate::blocking::run(d.discard_job()).await {
                         tracing::error!(error = %e, "cannot drop the record of the refused download");
                     }
-                    self.service.set_download(None);
+                    self.progress(&d.offer.name, None);
                     self.ack_with(
                         client,
                         Some(seq),
@@ -459,6 +471,7 @@ impl Link {
             .model_slots(&d.offer.name)
             .and_then(|_| self.repo.stage(&d.offer.name).map_err(|e| e.to_string()));
         let service = self.registry.get(&d.offer.name);
+        let model_service = service.clone();
         let summary = d.summary();
         let seq = d.seq;
         let (mode, action) = if d.candidate {
@@ -517,8 +530,10 @@ impl Link {
             r
         })
         .await;
-        self.service.set_last_transfer(summary.clone());
-        self.service.set_download(None);
+        if let Some(service) = &model_service {
+            service.set_last_transfer(summary.clone());
+            service.set_download(None);
+        }
         match result {
             Ok(installed) => {
                 tracing::info!(
