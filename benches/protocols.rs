@@ -5,12 +5,15 @@
 //! ```text
 //! cargo bench --bench protocols                      # edge-int8 and mobilenetv2-fp32, 2 s of requests per row
 //! cargo bench --bench protocols -- --seconds 5 edge-int8
+//! OUTPOST_BASELINE_BIN=/path/to/other/outpost cargo bench --bench protocols   # another build's daemon beside
 //! ```
 //!
 //! Every daemon is the `outpost` binary of this build (`CARGO_BIN_EXE_outpost`), one worker, cache off, on
 //! loopback; one keep-alive client sends requests one after the other. The rows of a model are measured in rounds
 //! of one call each way (in-process, /v1, v2 JSON, v2 binary, repeated) so that drift of the machine falls on all
 //! alike.
+//! With `OUTPOST_BASELINE_BIN`, a daemon of that binary (the build before a change) serves beside this build's and
+//! its three HTTP ways join the same rounds, so a before/after comparison shares the machine's every moment.
 //! p50/p99 nearest rank. RSS is VmRSS after 50 requests to each model served and 1.5 s idle.
 
 use outpost::inference::{DecodeLimits, Engine};
@@ -33,6 +36,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(models: &[&str]) -> Daemon {
+        Daemon::start_bin(env!("CARGO_BIN_EXE_outpost"), models)
+    }
+
+    /// A daemon of `bin` (this build's, or a baseline build's to compare with in the same rounds).
+    fn start_bin(bin: &str, models: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("outpost.toml");
         std::fs::write(
@@ -40,7 +48,7 @@ impl Daemon {
             "[cache]\nenabled = false\n\n[log]\nlevel = \"warn\"\n",
         )
         .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+        let mut cmd = Command::new(bin);
         cmd.args([
             "run",
             "--listen",
@@ -154,9 +162,11 @@ fn bench(stem: &str, seconds: f64) {
     let service = outpost::serve::Service::new(&spec.name, engine.clone(), pool, None, &config);
 
     let daemon = Daemon::start(&[stem]);
+    // `OUTPOST_BASELINE_BIN`: another build's daemon (the commit before a change), measured in the same rounds.
+    let baseline = std::env::var("OUTPOST_BASELINE_BIN")
+        .ok()
+        .map(|bin| Daemon::start_bin(&bin, &[stem]));
     let http = agent();
-    let v1 = format!("http://{}/v1/infer", daemon.addr);
-    let v2 = format!("http://{}/v2/models/{}/infer", daemon.addr, spec.name);
     let shape: Vec<usize> = spec.input.shape.clone();
     let json_body = serde_json::json!({
         "inputs": [{"name": spec.input.name, "shape": shape, "datatype": "FP32", "data": tensor}],
@@ -173,65 +183,35 @@ fn bench(stem: &str, seconds: f64) {
     for x in &tensor {
         binary_body.extend(x.to_le_bytes());
     }
-    let label_of_v2 = |body: &str| -> String {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        let s = v["outputs"][0]["data"][0]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        s.split(':').nth(2).unwrap_or_default().to_string()
+    let bodies = Bodies {
+        image: &image,
+        json: &json_body,
+        binary: &binary_body,
+        header_len: header.len(),
     };
-    let mut ways: Vec<(&str, Call)> = vec![
-        (
-            "in-process (service, tensor)",
-            Box::new(|| {
-                let request = outpost::serve::Request {
-                    want_outputs: true,
-                    ..outpost::serve::Request::of(outpost::serve::Input::Tensor(tensor.clone()))
-                };
-                match rt.block_on(service.answer(request)).unwrap().answer {
-                    outpost::serve::Answer::Class(a) => a.label,
-                    other => panic!("a classifier answered {other:?}"),
-                }
-            }),
-        ),
-        (
-            "/v1/infer (PNG, decoded by the agent)",
-            Box::new(|| {
-                let mut r = http
-                    .post(&v1)
-                    .header("content-type", "image/png")
-                    .send(&image[..])
-                    .unwrap();
-                let v: serde_json::Value =
-                    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-                v["label"].as_str().unwrap_or_default().to_string()
-            }),
-        ),
-        (
-            "v2 JSON tensor",
-            Box::new(|| {
-                let mut r = http
-                    .post(&v2)
-                    .header("content-type", "application/json")
-                    .send(&json_body)
-                    .unwrap();
-                label_of_v2(&r.body_mut().read_to_string().unwrap())
-            }),
-        ),
-        (
-            "v2 binary tensor",
-            Box::new(|| {
-                let mut r = http
-                    .post(&v2)
-                    .header("inference-header-content-length", header.len().to_string())
-                    .header("content-type", "application/octet-stream")
-                    .send(&binary_body[..])
-                    .unwrap();
-                label_of_v2(&r.body_mut().read_to_string().unwrap())
-            }),
-        ),
-    ];
+    let mut ways: Vec<(String, Call)> = vec![(
+        "in-process (service, tensor)".into(),
+        Box::new(|| {
+            let request = outpost::serve::Request {
+                want_outputs: true,
+                ..outpost::serve::Request::of(outpost::serve::Input::Tensor(tensor.clone()))
+            };
+            match rt.block_on(service.answer(request)).unwrap().answer {
+                outpost::serve::Answer::Class(a) => a.label,
+                other => panic!("a classifier answered {other:?}"),
+            }
+        }),
+    )];
+    ways.extend(http_ways(&http, &daemon.addr, &spec.name, &bodies, ""));
+    if let Some(b) = &baseline {
+        ways.extend(http_ways(
+            &http,
+            &b.addr,
+            &spec.name,
+            &bodies,
+            ", baseline binary",
+        ));
+    }
     // Warm every way up, checking each answers the same label.
     for (name, call) in ways.iter_mut() {
         for _ in 0..3 {
@@ -239,14 +219,24 @@ fn bench(stem: &str, seconds: f64) {
             assert_eq!(got, want, "{stem} {name}");
         }
     }
-    // Rounds of one call each way, one after the other: the machine's slow and fast moments (this box's speed moved
-    // by 15 % between runs) fall on every way alike, so their ratios hold even when the absolute figures drift.
+    // Rounds of one call each way: the machine's slow and fast moments (this box's speed moved by 15 % between runs)
+    // fall on every way alike, so their ratios hold even when the absolute figures drift.
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
     let start = Instant::now();
+    // Each round runs the ways in a new shuffled order, so no way always follows the same one (a way that follows
+    // itself, or the in-process run, finds the caches and the clock in another state).
+    let mut order: Vec<usize> = (0..ways.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     while start.elapsed().as_secs_f64() < seconds * ways.len() as f64 {
-        for (i, (_, call)) in ways.iter_mut().enumerate() {
+        for k in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(k, (seed % (k as u64 + 1)) as usize);
+        }
+        for &i in &order {
             let t = Instant::now();
-            std::hint::black_box(call());
+            std::hint::black_box((ways[i].1)());
             times[i].push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
@@ -267,6 +257,78 @@ fn bench(stem: &str, seconds: f64) {
     }
 }
 
+/// What the HTTP ways send: the PNG, the tensor as JSON, and as binary after its JSON header.
+struct Bodies<'a> {
+    image: &'a [u8],
+    json: &'a str,
+    binary: &'a [u8],
+    header_len: usize,
+}
+
+/// The three ways in over HTTP to the daemon at `addr`, each answering the label (`tag` names the daemon's build).
+fn http_ways<'a>(
+    http: &'a ureq::Agent,
+    addr: &str,
+    model: &str,
+    bodies: &'a Bodies<'a>,
+    tag: &str,
+) -> Vec<(String, Call<'a>)> {
+    let v1 = format!("http://{addr}/v1/infer");
+    let v2 = format!("http://{addr}/v2/models/{model}/infer");
+    let v2b = v2.clone();
+    vec![
+        (
+            format!("/v1/infer (PNG, decoded by the agent){tag}"),
+            Box::new(move || {
+                let mut r = http
+                    .post(&v1)
+                    .header("content-type", "image/png")
+                    .send(bodies.image)
+                    .unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                v["label"].as_str().unwrap_or_default().to_string()
+            }),
+        ),
+        (
+            format!("v2 JSON tensor{tag}"),
+            Box::new(move || {
+                let mut r = http
+                    .post(&v2)
+                    .header("content-type", "application/json")
+                    .send(bodies.json)
+                    .unwrap();
+                label_of_v2(&r.body_mut().read_to_string().unwrap())
+            }),
+        ),
+        (
+            format!("v2 binary tensor{tag}"),
+            Box::new(move || {
+                let mut r = http
+                    .post(&v2b)
+                    .header(
+                        "inference-header-content-length",
+                        bodies.header_len.to_string(),
+                    )
+                    .header("content-type", "application/octet-stream")
+                    .send(bodies.binary)
+                    .unwrap();
+                label_of_v2(&r.body_mut().read_to_string().unwrap())
+            }),
+        ),
+    ]
+}
+
+/// The label of a v2 reply's classification output ("score:index:label").
+fn label_of_v2(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let s = v["outputs"][0]["data"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    s.split(':').nth(2).unwrap_or_default().to_string()
+}
+
 /// Resident memory of the daemon serving the edge model alone, then with a second model beside it (MobileNetV2 fp32,
 /// then its real-int8 file), after 50 requests to each model served: what each second model adds, against its file.
 fn rss() {
@@ -274,7 +336,18 @@ fn rss() {
     let http = agent();
     let measure = |models: &[&str]| {
         let d = Daemon::start(models);
-        std::thread::sleep(Duration::from_millis(600)); // the other models start beside the default
+        // The other models start beside the default: wait until each says it is ready.
+        for m in models {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let ready = format!("http://{}/v2/models/{m}/ready", d.addr);
+            while http.get(&ready).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+                assert!(
+                    Instant::now() < deadline,
+                    "model {m} is not ready after 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         for m in models {
             for _ in 0..50 {
                 http.post(&format!("http://{}/v1/models/{m}/infer", d.addr))
