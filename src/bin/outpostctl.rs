@@ -920,24 +920,13 @@ async fn fleet(c: Command) -> Result<()> {
                         println!(
                             "{:<24} {:<10} {:>5} {:<8} {:>9} {:>7} {:>9}  {}",
                             name,
-                            r["group"].as_str().unwrap_or("-"),
-                            format!(
-                                "{}/{}",
-                                r["wave"],
-                                r["waves"].as_array().map(|w| w.len()).unwrap_or(0)
-                            ),
-                            format!(
-                                "{}{}",
-                                r["phase"].as_str().unwrap_or("?"),
-                                if r["paused"] == true { "*" } else { "" }
-                            ),
-                            format!("{}/{}", r["gate"]["reporting"], r["gate"]["targeted"]),
-                            r["failed"],
-                            r["live_on_version"],
-                            r["reason"]
-                                .as_str()
-                                .or(r["decision"].as_str())
-                                .unwrap_or("")
+                            r.group,
+                            format!("{}/{}", r.wave, r.waves.len()),
+                            format!("{}{}", r.phase, if r.paused { "*" } else { "" }),
+                            format!("{}/{}", r.gate.reporting, r.gate.targeted),
+                            r.failed,
+                            r.live_on_version,
+                            r.reason.as_deref().unwrap_or(&r.decision)
                         );
                     }
                 },
@@ -1250,7 +1239,9 @@ fn rollout(c: RolloutCommand) -> Result<()> {
             })?;
             println!(
                 "{}",
-                p.summary(&Default::default(), outpost::fleet::rollout::now_ms())
+                serde_json::to_string(
+                    &p.summary(&Default::default(), outpost::fleet::rollout::now_ms())
+                )?
             );
             return Ok(());
         }
@@ -1320,28 +1311,27 @@ fn rollout(c: RolloutCommand) -> Result<()> {
             let mut last = String::new();
             outpost::fleet::rollout::drive(file, mqtt.settings("rollout")?, keys, shutdown, |s| {
                 if json {
-                    println!("{s}");
+                    println!("{}", serde_json::to_string(s).unwrap_or_default());
                     return;
                 }
                 let line = format!(
                     "wave {}/{} {}{}: {} of {} reported, {} failed, {} live on v{}",
-                    s["wave"],
-                    s["waves"].as_array().map(|w| w.len()).unwrap_or(0),
-                    s["phase"].as_str().unwrap_or("?"),
-                    if s["paused"] == true { " (paused)" } else { "" },
-                    s["gate"]["reporting"],
-                    s["gate"]["targeted"],
-                    s["failed"],
-                    s["live_on_version"],
-                    s["bundle"]["version"],
+                    s.wave,
+                    s.waves.len(),
+                    s.phase,
+                    if s.paused { " (paused)" } else { "" },
+                    s.gate.reporting,
+                    s.gate.targeted,
+                    s.failed,
+                    s.live_on_version,
+                    s.bundle.version,
                 );
                 // One line per change of substance (the agreement moves with every shadow run).
                 if line != last {
-                    let why = s["reason"]
-                        .as_str()
-                        .or(s["decision"].as_str())
-                        .unwrap_or("");
-                    eprintln!("{line}, shadow agreement {}: {why}", s["gate"]["agreement"]);
+                    let why = s.reason.as_deref().unwrap_or(&s.decision);
+                    // As JSON: `null` until devices report, `1.0` for full agreement.
+                    let agreement = serde_json::to_string(&s.gate.agreement).unwrap_or_default();
+                    eprintln!("{line}, shadow agreement {agreement}: {why}");
                     last = line;
                 }
             })

@@ -247,7 +247,7 @@ pub async fn send(
 #[derive(Debug, Default)]
 pub struct Fleet {
     pub devices: BTreeMap<String, DeviceStatus>,
-    pub rollouts: BTreeMap<String, serde_json::Value>,
+    pub rollouts: BTreeMap<String, crate::rollout::RolloutSummary>,
 }
 
 async fn watch_subscribe(client: &AsyncClient) -> Result<(), FleetError> {
@@ -294,7 +294,10 @@ pub async fn watch(
                     .strip_prefix("outpost/v1/rollout/")
                     .and_then(|r| r.strip_suffix("/status"))
                 {
-                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
+                    // A summary that does not read (another version's driver) is left out of the view.
+                    let Ok(v) =
+                        serde_json::from_slice::<crate::rollout::RolloutSummary>(&p.payload)
+                    else {
                         continue;
                     };
                     fleet.rollouts.insert(name.to_string(), v);

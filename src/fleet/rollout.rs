@@ -46,7 +46,7 @@ pub async fn drive(
     mut settings: Settings,
     keys: Vec<SigningKeyFile>,
     shutdown: CancellationToken,
-    mut show: impl FnMut(&serde_json::Value),
+    mut show: impl FnMut(&crate::rollout::RolloutSummary),
 ) -> Result<Phase, RolloutError> {
     let mut progress = file
         .load()?
@@ -155,7 +155,7 @@ pub async fn drive(
                     }
                 }
                 let summary = progress.summary(&devices, now);
-                let text = summary.to_string();
+                let text = serde_json::to_string(&summary).unwrap_or_default();
                 // Published on change and every 2 s (observed time moves on).
                 if text != last_shown || last_published.elapsed() >= Duration::from_secs(2) {
                     if text != last_shown {

@@ -181,6 +181,17 @@ impl Phase {
         }
     }
 
+    /// Its kind, without the reason.
+    pub fn kind(&self) -> PhaseKind {
+        match self {
+            Phase::Shadow => PhaseKind::Shadow,
+            Phase::Active => PhaseKind::Active,
+            Phase::Done => PhaseKind::Done,
+            Phase::Halted(_) => PhaseKind::Halted,
+            Phase::Aborted(_) => PhaseKind::Aborted,
+        }
+    }
+
     pub fn finished(&self) -> bool {
         matches!(self, Phase::Done | Phase::Halted(_) | Phase::Aborted(_))
     }
@@ -288,8 +299,65 @@ impl DeviceView {
     }
 }
 
+/// What a rollout says of itself: published retained on `outpost/v1/rollout/<name>/status` for `outpostctl watch`,
+/// printed by `outpostctl rollout status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    pub rollout: String,
+    pub group: String,
+    pub bundle: SummaryBundle,
+    /// Cumulative percentages of the group.
+    pub waves: Vec<f64>,
+    /// The wave in progress, from 1.
+    pub wave: usize,
+    pub phase: PhaseKind,
+    /// Why it halted or was aborted.
+    pub reason: Option<String>,
+    pub paused: bool,
+    pub gate: Reading,
+    /// What the gate decides now: `passing`, or what it waits for, or why it halts.
+    pub decision: String,
+    pub devices: usize,
+    pub sent: usize,
+    pub live_on_version: usize,
+    pub staged: usize,
+    pub failed: usize,
+    /// The last ten events: (unix ms, what happened).
+    pub history: Vec<(u64, String)>,
+}
+
+/// The release a rollout delivers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummaryBundle {
+    pub name: String,
+    pub version: u64,
+}
+
+/// A phase without its reason: the closed set the summary names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseKind {
+    Shadow,
+    Active,
+    Done,
+    Halted,
+    Aborted,
+}
+
+impl std::fmt::Display for PhaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PhaseKind::Shadow => "shadow",
+            PhaseKind::Active => "active",
+            PhaseKind::Done => "done",
+            PhaseKind::Halted => "halted",
+            PhaseKind::Aborted => "aborted",
+        })
+    }
+}
+
 /// The gate's reading of a wave.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     pub targeted: usize,
     pub reporting: usize,
@@ -594,11 +662,7 @@ impl Progress {
     }
 
     /// The summary published for `outpostctl watch` and printed by `outpostctl rollout status`.
-    pub fn summary(
-        &self,
-        devices: &BTreeMap<String, DeviceView>,
-        now_ms: u64,
-    ) -> serde_json::Value {
+    pub fn summary(&self, devices: &BTreeMap<String, DeviceView>, now_ms: u64) -> RolloutSummary {
         let r = self.read(devices, now_ms);
         let version = self.plan.version();
         let on_version = devices
@@ -609,24 +673,35 @@ impl Progress {
             .values()
             .filter(|v| v.candidate_version == Some(version))
             .count();
-        serde_json::json!({
-            "rollout": self.plan.name,
-            "group": self.plan.group,
-            "bundle": {"name": self.plan.offer.name, "version": version},
-            "waves": self.plan.waves,
-            "wave": self.wave + 1,
-            "phase": self.phase.name(),
-            "reason": match &self.phase { Phase::Halted(r) | Phase::Aborted(r) => Some(r.clone()), _ => None },
-            "paused": self.paused,
-            "gate": r,
-            "decision": match self.decide(&r) { Decision::Wait(w) => w, Decision::Advance => "passing".into(), Decision::Halt(h) => h },
-            "devices": devices.len(),
-            "sent": self.sent.len(),
-            "live_on_version": on_version,
-            "staged": staged,
-            "failed": self.failed.len(),
-            "history": self.history.iter().rev().take(10).rev().collect::<Vec<_>>(),
-        })
+        let decision = match self.decide(&r) {
+            Decision::Wait(w) => w,
+            Decision::Advance => "passing".into(),
+            Decision::Halt(h) => h,
+        };
+        RolloutSummary {
+            rollout: self.plan.name.clone(),
+            group: self.plan.group.clone(),
+            bundle: SummaryBundle {
+                name: self.plan.offer.name.clone(),
+                version,
+            },
+            waves: self.plan.waves.clone(),
+            wave: self.wave + 1,
+            phase: self.phase.kind(),
+            reason: match &self.phase {
+                Phase::Halted(r) | Phase::Aborted(r) => Some(r.clone()),
+                _ => None,
+            },
+            paused: self.paused,
+            gate: r,
+            decision,
+            devices: devices.len(),
+            sent: self.sent.len(),
+            live_on_version: on_version,
+            staged,
+            failed: self.failed.len(),
+            history: self.history.iter().rev().take(10).rev().cloned().collect(),
+        }
     }
 }
 
@@ -905,5 +980,41 @@ mod tests {
         f.save(&p).unwrap();
         assert_eq!(f.load().unwrap().unwrap(), p);
         assert_eq!(f.control().unwrap(), Control::default());
+    }
+
+    /// The summary is published as JSON and read back by `outpostctl watch`: its fields keep their names, and a
+    /// halted rollout says why.
+    #[test]
+    fn the_summary_reads_back_with_the_names_watchers_read() {
+        let f = fleet(4);
+        let p = Progress::new(plan(5), 0).halt("too many rollbacks".into(), 10);
+        let s = p.summary(&f, 20);
+        let text = serde_json::to_string(&s).unwrap();
+        let back: RolloutSummary = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in [
+            "rollout",
+            "group",
+            "bundle",
+            "waves",
+            "wave",
+            "phase",
+            "reason",
+            "paused",
+            "gate",
+            "decision",
+            "devices",
+            "sent",
+            "live_on_version",
+            "staged",
+            "failed",
+            "history",
+        ] {
+            assert!(v.get(key).is_some(), "{key} in {text}");
+        }
+        assert_eq!(v["phase"], "halted", "{text}");
+        assert_eq!(s.reason.as_deref(), Some("too many rollbacks"));
+        assert_eq!((s.bundle.version, s.devices, s.wave), (2, 4, 1));
     }
 }
