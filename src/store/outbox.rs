@@ -407,6 +407,18 @@ mod tests {
             assert_eq!(left, ["c2", "c4"]);
         }
         let o = Outbox::open(dir.path(), 3, 1 << 20, 0, None);
+        // An outbox that could not open starts closed (and counts nothing) until `tend` opens it: wait for it to be
+        // open before reading what it holds. A cold `scripts/test.sh` once read 0 here; the log did not say why.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while o.current().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outbox never reopened: {:?}",
+                o.health()
+            );
+            o.tend();
+            std::thread::yield_now();
+        }
         assert_eq!(o.len(), 2);
         assert_eq!(o.dropped(), 2);
         assert_eq!(o.bytes(), 2 * case("c2", 10).len() as u64);
