@@ -65,7 +65,9 @@ impl From<ServiceError> for ApiError {
             }
             // Tensors that do not fit the model (or a request for another kind of model): the request is wrong.
             ServiceError::BadInput(
-                InferenceError::Tensors(_) | InferenceError::InputShape { .. },
+                InferenceError::Tensors(_)
+                | InferenceError::InputShape { .. }
+                | InferenceError::Task(_),
             ) => client(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
             // An encoded image that does not decode.
             ServiceError::BadInput(inner) => client(

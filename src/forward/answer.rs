@@ -197,7 +197,8 @@ pub fn verify_answer(
                 "a format 2 answer carries a task's answer".into(),
             ));
         };
-        task.check().map_err(ForwardError::Malformed)?;
+        task.check()
+            .map_err(|e| ForwardError::Malformed(e.to_string()))?;
         a
     } else {
         let v: AnswerV1 = postcard::from_bytes(&signed.answer).map_err(malformed)?;

@@ -289,7 +289,9 @@ impl ModelSpec {
                 );
             }
             io.validate()?;
-            return task.validate(&self.labels, (0, 0));
+            return task
+                .validate(&self.labels, (0, 0))
+                .map_err(|e| e.to_string());
         }
         if let Some(io) = &self.tensors {
             if self.input != InputSpec::default()
@@ -359,7 +361,9 @@ impl ModelSpec {
             }
             let io = self.io().unwrap_or_else(|| unreachable!());
             io.validate()?;
-            return task.validate(&self.labels, (w, h));
+            return task
+                .validate(&self.labels, (w, h))
+                .map_err(|e| e.to_string());
         }
         if self.labels.is_empty() {
             return Err("labels must not be empty".into());

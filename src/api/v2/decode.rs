@@ -30,8 +30,19 @@ pub(super) fn split(headers: &HeaderMap, body: &[u8]) -> Result<(usize, usize), 
     }
 }
 
+/// What is wrong with an input's JSON data (named with the input by the caller; a 400).
+#[derive(Debug, thiserror::Error)]
+enum DataError {
+    #[error("more than the {0} values the input takes")]
+    TooMany(usize),
+    #[error("a number out of range")]
+    OutOfRange,
+    #[error("a {0} where the data holds numbers")]
+    NotANumber(&'static str),
+}
+
 /// Flattens JSON tensor data (flat or nested, row-major) into numbers, at most `max` of them.
-fn flat_numbers(v: &serde_json::Value, max: usize, out: &mut Vec<f32>) -> Result<(), String> {
+fn flat_numbers(v: &serde_json::Value, max: usize, out: &mut Vec<f32>) -> Result<(), DataError> {
     match v {
         serde_json::Value::Array(items) => {
             for item in items {
@@ -41,13 +52,13 @@ fn flat_numbers(v: &serde_json::Value, max: usize, out: &mut Vec<f32>) -> Result
         }
         serde_json::Value::Number(n) => {
             if out.len() >= max {
-                return Err(format!("more than the {max} values the input takes"));
+                return Err(DataError::TooMany(max));
             }
-            let x = n.as_f64().ok_or("a number out of range")?;
+            let x = n.as_f64().ok_or(DataError::OutOfRange)?;
             out.push(x as f32);
             Ok(())
         }
-        other => Err(format!("a {} where FP32 data holds numbers", kind(other))),
+        other => Err(DataError::NotANumber(kind(other))),
     }
 }
 
@@ -206,17 +217,15 @@ fn json_values(
         v: &'a serde_json::Value,
         max: usize,
         out: &mut Vec<&'a serde_json::Number>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DataError> {
         match v {
             serde_json::Value::Array(items) => items.iter().try_for_each(|i| walk(i, max, out)),
             serde_json::Value::Number(n) if out.len() < max => {
                 out.push(n);
                 Ok(())
             }
-            serde_json::Value::Number(_) => {
-                Err(format!("more than the {max} values the input takes"))
-            }
-            other => Err(format!("a {} where the data holds numbers", kind(other))),
+            serde_json::Value::Number(_) => Err(DataError::TooMany(max)),
+            other => Err(DataError::NotANumber(kind(other))),
         }
     }
     walk(v, max, &mut flat).map_err(|e| bad(format!("input {name}: {e}")))?;

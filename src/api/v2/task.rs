@@ -97,7 +97,7 @@ pub(super) async fn run_task(
 ) -> Result<(axum::response::Response, Source), ApiError> {
     let params = &request.parameters;
     let overrides = params.overrides();
-    overrides.validate().map_err(bad)?;
+    overrides.validate().map_err(|e| bad(e.to_string()))?;
     let engine = admitted.engine();
     let io = engine.spec().io().ok_or_else(|| {
         ApiError::Internal(format!("model {name} is a task model without its tensors"))

@@ -92,15 +92,12 @@ impl TaskAnswer {
     }
 
     /// Checks an answer that came from outside (the cloud tier): bounded counts and lengths, finite values.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), TaskError> {
         let name_ok = |s: &str| !s.is_empty() && s.len() <= 256;
         match self {
             TaskAnswer::Detections(d) => {
                 if d.detections.len() > MAX_DETECTIONS as usize {
-                    return Err(format!(
-                        "{} detections, more than {MAX_DETECTIONS}",
-                        d.detections.len()
-                    ));
+                    return Err(TaskError::TooManyDetections(d.detections.len()));
                 }
                 for x in &d.detections {
                     if !name_ok(&x.label)
@@ -108,18 +105,18 @@ impl TaskAnswer {
                         || !(0.0..=1.0).contains(&x.score)
                         || x.bbox.iter().any(|v| !v.is_finite())
                     {
-                        return Err("a detection has a bad label, score or box".into());
+                        return Err(TaskError::BadDetection);
                     }
                 }
             }
             TaskAnswer::Scores(s) => {
                 if s.is_empty() || s.len() > crate::inference::tensor::MAX_TENSORS * 64 {
-                    return Err(format!("{} scores", s.len()));
+                    return Err(TaskError::ScoreAnswerCount(s.len()));
                 }
                 if s.iter()
                     .any(|x| !name_ok(&x.name) || !x.value.is_finite() || !x.threshold.is_finite())
                 {
-                    return Err("a score has a bad name or value".into());
+                    return Err(TaskError::BadScore);
                 }
             }
         }

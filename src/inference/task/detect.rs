@@ -4,39 +4,40 @@
 use super::*;
 
 impl DetectionSpec {
-    pub(super) fn validate(&self, classes: usize, (iw, ih): (usize, usize)) -> Result<(), String> {
+    pub(super) fn validate(
+        &self,
+        classes: usize,
+        (iw, ih): (usize, usize),
+    ) -> Result<(), TaskError> {
         if classes == 0 {
-            return Err("a detector's spec lists its class labels (`labels`)".into());
+            return Err(TaskError::NoLabels);
         }
-        for (what, v) in [
-            ("score_threshold", self.score_threshold),
-            ("iou_threshold", self.iou_threshold),
-            ("uncertain[0]", self.uncertain[0]),
-            ("uncertain[1]", self.uncertain[1]),
+        for (what, value) in [
+            ("detection.score_threshold", self.score_threshold),
+            ("detection.iou_threshold", self.iou_threshold),
+            ("detection.uncertain[0]", self.uncertain[0]),
+            ("detection.uncertain[1]", self.uncertain[1]),
         ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(format!("detection.{what} must be between 0 and 1, got {v}"));
+            if !(0.0..=1.0).contains(&value) {
+                return Err(TaskError::Threshold { what, value });
             }
         }
         if self.uncertain[0] >= self.uncertain[1] {
-            return Err(format!(
-                "detection.uncertain must be [low, high) with low < high, got {:?}",
-                self.uncertain
-            ));
+            return Err(TaskError::Band(self.uncertain));
         }
         if self.max_detections == 0 || self.max_detections > MAX_DETECTIONS {
-            return Err(format!(
-                "detection.max_detections must be 1 to {MAX_DETECTIONS}, got {}",
-                self.max_detections
-            ));
+            return Err(TaskError::MaxDetections {
+                what: "detection.max_detections",
+                value: self.max_detections,
+            });
         }
         let mismatch = |o: &OutputRef, want: String| {
-            Err(format!(
-                "the {} decoder reads output {} as {want}, but the spec gives it shape {:?}",
-                self.decoder.name(),
-                o.name,
-                o.shape
-            ))
+            Err(TaskError::DecoderShape {
+                decoder: self.decoder.name(),
+                output: o.name.clone(),
+                want,
+                shape: o.shape.clone(),
+            })
         };
         match &self.decoder {
             Decoder::BoxesScores { boxes, scores, .. } => {
@@ -83,12 +84,12 @@ impl DetectionSpec {
                         .iter()
                         .any(|l| l.stride == 0 || l.per_cell == 0)
                 {
-                    return Err("ssd anchors need at least one layer, each with a stride and anchors per cell".into());
+                    return Err(TaskError::NoAnchors);
                 }
                 let n = anchors
                     .count(iw, ih)
                     .filter(|&n| n <= crate::inference::tensor::MAX_TENSOR_ELEMENTS)
-                    .ok_or("ssd anchors: too many")?;
+                    .ok_or(TaskError::TooManyAnchors)?;
                 if scores.shape != [1, n, classes] {
                     return mismatch(
                         scores,
@@ -99,7 +100,7 @@ impl DetectionSpec {
                     return mismatch(boxes, format!("[1, {n}, K] with K >= 4 ({n} anchors)"));
                 }
                 if scale.iter().any(|s| !s.is_finite() || *s == 0.0) {
-                    return Err("ssd scale values must be finite and non-zero".into());
+                    return Err(TaskError::Scale);
                 }
             }
         }

@@ -23,6 +23,7 @@ use super::tensor::{TensorData, TensorSpec, TensorValue};
 mod agreement;
 mod answer;
 mod detect;
+mod error;
 mod fit;
 mod score;
 mod spec;
@@ -30,6 +31,7 @@ mod spec;
 pub use agreement::agreement;
 pub use answer::*;
 pub use detect::iou;
+pub use error::TaskError;
 pub use fit::Fit;
 pub use spec::*;
 
@@ -83,22 +85,23 @@ impl Overrides {
     }
 
     /// Checks a call's values: thresholds within 0..=1, at most [`MAX_DETECTIONS`] boxes.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TaskError> {
         for (what, v) in [
             ("score_threshold", self.score_threshold),
             ("iou_threshold", self.iou_threshold),
         ] {
-            if let Some(v) = v {
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(format!("{what} must be between 0 and 1, got {v}"));
+            if let Some(value) = v {
+                if !(0.0..=1.0).contains(&value) {
+                    return Err(TaskError::Threshold { what, value });
                 }
             }
         }
-        if let Some(m) = self.max_detections {
-            if m == 0 || m > MAX_DETECTIONS {
-                return Err(format!(
-                    "max_detections must be 1 to {MAX_DETECTIONS}, got {m}"
-                ));
+        if let Some(value) = self.max_detections {
+            if value == 0 || value > MAX_DETECTIONS {
+                return Err(TaskError::MaxDetections {
+                    what: "max_detections",
+                    value,
+                });
             }
         }
         Ok(())
@@ -136,13 +139,13 @@ impl Task {
 
     /// Checks the task against the spec's labels and input size: output shapes that fit the decoder (each mismatch
     /// named), thresholds in range. `labels` are the class names (detection); `input` is `(width, height)`.
-    pub fn validate(&self, labels: &[String], input: (usize, usize)) -> Result<(), String> {
+    pub fn validate(&self, labels: &[String], input: (usize, usize)) -> Result<(), TaskError> {
         for t in self.outputs() {
             if t.name.is_empty() || t.shape.is_empty() || t.shape[0] != 1 {
-                return Err(format!(
-                    "task output {:?} needs a name and a shape of batch 1, got {:?}",
-                    t.name, t.shape
-                ));
+                return Err(TaskError::OutputRef {
+                    name: t.name,
+                    shape: t.shape,
+                });
             }
             let n = t
                 .shape
@@ -150,10 +153,10 @@ impl Task {
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .filter(|&n| n > 0 && n <= super::tensor::MAX_TENSOR_ELEMENTS);
             if n.is_none() {
-                return Err(format!(
-                    "task output {} has shape {:?}: empty or too large",
-                    t.name, t.shape
-                ));
+                return Err(TaskError::OutputSize {
+                    name: t.name,
+                    shape: t.shape,
+                });
             }
         }
         match self {
@@ -171,7 +174,7 @@ impl Task {
         input: (usize, usize),
         fit: &Fit,
         overrides: &Overrides,
-    ) -> Result<Decoded, String> {
+    ) -> Result<Decoded, TaskError> {
         let want = self.outputs();
         let mut values = Vec::with_capacity(want.len());
         for t in &want {
@@ -179,17 +182,16 @@ impl Task {
             let o = outputs
                 .iter()
                 .find(|o| o.name == t.name)
-                .ok_or_else(|| format!("the model gave no output {}", t.name))?;
+                .ok_or_else(|| TaskError::MissingOutput(t.name.clone()))?;
             match &o.data {
                 TensorData::Fp32(v) if v.len() == t.len() => values.push(v.as_slice()),
                 _ => {
-                    return Err(format!(
-                        "output {} is {} of shape {:?}, the task reads FP32 of shape {:?}",
-                        t.name,
-                        o.data.dtype().name(),
-                        o.shape,
-                        t.shape
-                    ))
+                    return Err(TaskError::OutputType {
+                        name: t.name.clone(),
+                        dtype: o.data.dtype().name(),
+                        shape: o.shape.clone(),
+                        want: t.shape.clone(),
+                    })
                 }
             }
         }
@@ -290,7 +292,11 @@ mod tests {
             output: out("output0", &[1, 64, 14]),
         }));
         let e = task.validate(&labels(10), (64, 64)).unwrap_err();
-        assert!(e.contains("output0") && e.contains("[1, N, 15]"), "{e}");
+        assert!(
+            matches!(&e, TaskError::DecoderShape { decoder: "yolov5", output, want, shape }
+                if output == "output0" && want.contains("[1, N, 15]") && shape == &[1, 64, 14]),
+            "{e}"
+        );
         let ssd = Task::Detection(det(Decoder::Ssd {
             scores: out("scores", &[1, 890, 1]),
             boxes: out("boxes", &[1, 896, 16]),
@@ -313,7 +319,11 @@ mod tests {
             activation: Activation::Sigmoid,
         }));
         let e = ssd.validate(&labels(1), (128, 128)).unwrap_err();
-        assert!(e.contains("scores") && e.contains("896 anchors"), "{e}");
+        assert!(
+            matches!(&e, TaskError::DecoderShape { decoder: "ssd", output, want, .. }
+                if output == "scores" && want.contains("896 anchors")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -561,7 +571,10 @@ mod tests {
                 _ => unreachable!(),
             }
         });
-        assert!(bad.validate(&[], (28, 28)).unwrap_err().contains("2 names"));
+        assert!(matches!(
+            bad.validate(&[], (28, 28)),
+            Err(TaskError::ScoreCount { names: 2, .. })
+        ));
     }
 
     #[test]

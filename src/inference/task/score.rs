@@ -4,22 +4,22 @@
 use super::*;
 
 impl ScoreSpec {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), TaskError> {
         let n: usize = self.output.shape.iter().product();
         if self.names.len() != n || self.thresholds.len() != n {
-            return Err(format!(
-                "score output {} has {n} values (shape {:?}), but the spec lists {} names and {} thresholds",
-                self.output.name,
-                self.output.shape,
-                self.names.len(),
-                self.thresholds.len()
-            ));
+            return Err(TaskError::ScoreCount {
+                output: self.output.name.clone(),
+                values: n,
+                shape: self.output.shape.clone(),
+                names: self.names.len(),
+                thresholds: self.thresholds.len(),
+            });
         }
         if self.thresholds.iter().any(|t| !t.is_finite())
             || !self.band.is_finite()
             || self.band <= 0.0
         {
-            return Err("score thresholds must be finite and the band positive".into());
+            return Err(TaskError::ScoreThresholds);
         }
         Ok(())
     }

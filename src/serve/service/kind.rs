@@ -110,7 +110,7 @@ impl Kind {
         if self == Kind::ImageTask {
             overrides
                 .validate()
-                .map_err(|e| ServiceError::BadInput(InferenceError::Tensors(e)))
+                .map_err(|e| ServiceError::BadInput(InferenceError::Task(e)))
         } else if !overrides.is_empty() {
             refuse(format!(
                 "model {name} is not a detector: score_threshold, iou_threshold and max_detections do not apply \

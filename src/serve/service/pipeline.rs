@@ -332,6 +332,7 @@ async fn worker_reply<T>(
             InferenceError::InputShape { .. } | InferenceError::Tensors(_) => {
                 ServiceError::BadInput(e)
             }
+            InferenceError::Task(ref t) if t.is_request() => ServiceError::BadInput(e),
             other => ServiceError::Failed(other),
         })
 }
