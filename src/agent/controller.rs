@@ -1,22 +1,27 @@
 //! The slot controller: the daemon's one task that acts on the slot record.
 //!
-//! It does two things. It follows the record, so an install, rollback or promote made by `outpost` on the device
-//! (or, through the same library calls, by the fleet link) takes effect without a restart. And it carries out
-//! probation's verdicts: a locked record transition first, then the engine swap, so that a SIGKILL between the two
-//! leaves a record that the next start honours.
+//! It does three things, one at a time, so that two changes of the served model never interleave:
+//! - it applies what an install in this process hands over ([`crate::serve::Handoff`]: the record the install wrote
+//!   and its gated engine) at once, without parsing the model again;
+//! - it follows the record, which it polls, so an install, rollback or promote made by `outpost` on the device (another
+//!   process) takes effect without a restart;
+//! - it carries out probation's verdicts: a locked record transition first, then the engine swap, so that a SIGKILL
+//!   between the two leaves a record that the next start honours.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::models::Base;
+use super::AgentError;
 use crate::inference::{Engine, Release};
 use crate::serve::probation::Verdict;
 use crate::serve::Service;
 use crate::slots::{install::load_active, SlotError, SlotState, SlotStore};
 use crate::wire::status::{Cause, Serving, TransitionKind};
 
-/// How often the record is re-read for changes made by other processes.
+/// How often the record is re-read for changes made by other processes (an install in this process hands its
+/// release over instead).
 const POLL: Duration = Duration::from_millis(250);
 
 pub(crate) async fn run(
@@ -29,7 +34,7 @@ pub(crate) async fn run(
     // A candidate staged before this start runs in shadow again.
     let st = store.clone();
     if let Ok(state) = crate::blocking::run(move || st.load()).await {
-        sync_candidate(&service, &store, &state).await;
+        sync_candidate(&service, &store, &state, None).await;
     }
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -38,6 +43,7 @@ pub(crate) async fn run(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             _ = service.decided().notified() => {}
+            _ = service.handed().notified() => {}
         }
         if let Some((release, verdict)) = service.trial_verdict(Instant::now()) {
             match verdict {
@@ -54,13 +60,28 @@ pub(crate) async fn run(
                 }
             }
         }
+        // An install's hand-off, unless the record has moved past it since (a hand-run rollback decides then). The
+        // same generation as the last record read is applied too: the poll may have read the install's record before
+        // the hand-off came, and failed to load it or loaded it again (then `follow` finds it serving already).
+        if let Some(h) = service.take_handoff() {
+            if h.state.generation >= seen {
+                seen = h.state.generation;
+                follow(&service, &store, &base, h.state, Some(&h.engine)).await;
+                continue;
+            }
+            tracing::debug!(
+                generation = h.state.generation,
+                seen,
+                "an older hand-off is dropped"
+            );
+        }
         let st = store.clone();
         let Ok(state) = crate::blocking::run(move || st.load()).await else {
             continue;
         };
         if state.generation != seen {
             seen = state.generation;
-            follow(&service, &store, &base, state).await;
+            follow(&service, &store, &base, state, None).await;
         }
     }
 }
@@ -125,7 +146,7 @@ async fn rollback(
     let state = judge(store, release, SlotState::rollback).await?;
     let version = service.engine().spec().version;
     tracing::warn!(%reason, version, "model on trial rolled back");
-    match engine_for(service, store, base, &state).await {
+    match engine_for(service, store, base, &state, None).await {
         Some((engine, slot)) => {
             service.swap(engine, slot);
             service.set_release_info(state.active_info());
@@ -139,12 +160,13 @@ async fn rollback(
 }
 
 /// The engine the record says should serve: the kept fallback or the current engine when it is the same release,
-/// else the engine an install in this process built and gated for that slot, else loaded from the slot's files.
+/// else the engine an install in this process handed over with that record, else loaded from the slot's files.
 async fn engine_for(
     service: &Service,
     store: &SlotStore,
     base: &Base,
     state: &SlotState,
+    handed: Option<&Arc<Engine>>,
 ) -> Option<(Arc<Engine>, Serving)> {
     let want = state.active_info();
     let slot = state.active.map(Serving::slot).unwrap_or(base.serving());
@@ -156,20 +178,14 @@ async fn engine_for(
             return Some((candidate, slot));
         }
     }
-    if let (Some(active), Some(info)) = (state.active, want) {
-        if let Some(engine) = service.take_installed(Serving::slot(active), info) {
-            return Some((engine, slot));
-        }
+    if let Some(engine) = handed.filter(|e| want.is_some_and(|i| i.matches(e.release()))) {
+        return Some((engine.clone(), slot));
     }
     let (st, s, b) = (store.clone(), state.clone(), base.clone());
-    let loaded = crate::blocking::run(move || match load_active(&st, &s) {
-        Ok(Some(e)) => Ok(e),
+    let loaded = crate::blocking::run(move || match load_active(&st, &s)? {
+        Some(e) => Ok(e),
         // No live release: the base, if the model has one (else the registry stops serving it).
-        Ok(None) => b
-            .load()
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the model has no live release and no base".to_string()),
-        Err(e) => Err(e),
+        None => b.load()?.ok_or(AgentError::NothingToServe),
     })
     .await;
     match loaded {
@@ -182,7 +198,12 @@ async fn engine_for(
 }
 
 /// Makes the service's candidate the one the record stages (or none).
-async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState) {
+async fn sync_candidate(
+    service: &Service,
+    store: &SlotStore,
+    state: &SlotState,
+    handed: Option<&Arc<Engine>>,
+) {
     let want = state.candidate.zip(state.candidate_info());
     let have = service.candidate();
     match want {
@@ -191,16 +212,16 @@ async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState)
             service.set_candidate(None);
         }
         Some((slot, info)) if !have.is_some_and(|c| info.matches(c.release())) => {
-            if let Some(engine) = service.take_installed(Serving::slot(slot), info) {
+            if let Some(engine) = handed.filter(|e| info.matches(e.release())) {
                 tracing::info!(version = info.version, digest = %info.digest, "candidate staged: running in shadow");
-                service.set_candidate(Some(engine));
+                service.set_candidate(Some(engine.clone()));
                 return;
             }
             let digest = info.digest.clone();
             let (st, s) = (store.clone(), state.clone());
-            match crate::blocking::run(move || crate::slots::install::load_slot(&st, &s, slot))
-                .await
-            {
+            let load =
+                move || crate::slots::install::load_slot(&st, &s, slot).map_err(AgentError::from);
+            match crate::blocking::run(load).await {
                 Ok(engine) => {
                     tracing::info!(version = engine.spec().version, %digest, "candidate staged: running in shadow");
                     service.set_candidate(Some(Arc::new(engine)));
@@ -212,9 +233,15 @@ async fn sync_candidate(service: &Service, store: &SlotStore, state: &SlotState)
     }
 }
 
-/// Applies a record written by another process.
-async fn follow(service: &Service, store: &SlotStore, base: &Base, state: SlotState) {
-    sync_candidate(service, store, &state).await;
+/// Applies a record: one an install in this process wrote and handed over with its engine, or one read from disk.
+async fn follow(
+    service: &Service,
+    store: &SlotStore,
+    base: &Base,
+    state: SlotState,
+    handed: Option<&Arc<Engine>>,
+) {
+    sync_candidate(service, store, &state, handed).await;
     let serving = service.engine();
     // The same release, not the same bytes: a re-release of identical model bytes under a new version or spec
     // must go live (and on trial) like any other.
@@ -242,7 +269,7 @@ async fn follow(service: &Service, store: &SlotStore, base: &Base, state: SlotSt
     if same {
         return;
     }
-    let Some((engine, slot)) = engine_for(service, store, base, &state).await else {
+    let Some((engine, slot)) = engine_for(service, store, base, &state, handed).await else {
         return;
     };
     if on_trial {
@@ -266,5 +293,76 @@ async fn follow(service: &Service, store: &SlotStore, base: &Base, state: SlotSt
             "changed by an operator",
             serving.spec().version,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::Handoff;
+    use crate::slots::{SlotId, SlotInfo};
+
+    /// An install in this process reaches its model's serving side through the hand-off: the service serves the very
+    /// engine the install built (the same allocation: never parsed again from the slot's files), live on trial,
+    /// although the slot holds no model file that the poll of the record could load.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handed_over_release_serves_at_once_without_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SlotStore::open(dir.path()).unwrap();
+        let first = Base::Builtin.load().unwrap().unwrap();
+        let mut spec = first.spec().clone();
+        spec.version += 1;
+        let next = Arc::new(Engine::load_builtin(spec).unwrap());
+        let name = first.spec().name.clone();
+        let pool = Arc::new(crate::worker::Pool::start(1, 16));
+        let config = crate::config::Config::default();
+        let service = Arc::new(Service::new(&name, first, pool, None, &config));
+        let shutdown = CancellationToken::new();
+        let controller = tokio::spawn(run(
+            service.clone(),
+            store.clone(),
+            Base::Builtin,
+            0,
+            shutdown.clone(),
+        ));
+
+        // What an install writes once its variant passed the gate: the release in slot A, live on trial.
+        let info = SlotInfo {
+            name: name.clone(),
+            version: next.spec().version,
+            digest: next.digest().to_string(),
+            variant: "int8".into(),
+            reason: "only variant".into(),
+            hardness_threshold: None,
+            spec_digest: Some(crate::inference::spec_digest(next.spec())),
+            spare: None,
+            budget: None,
+            baseline: None,
+            signers: vec![],
+            trust_version: None,
+        };
+        let state = SlotState::default().flip(SlotId::A, info);
+        {
+            let _lock = store.lock().unwrap();
+            store.save(&state).unwrap();
+        }
+        service.hand_over(Handoff {
+            state,
+            slot: SlotId::A,
+            engine: next.clone(),
+        });
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Arc::ptr_eq(&service.engine(), &next) {
+            assert!(
+                Instant::now() < deadline,
+                "the handed-over release never served"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(service.on_trial(), "an install goes live on trial");
+        assert_eq!(service.slot(), Serving::slot(SlotId::A));
+        shutdown.cancel();
+        controller.await.unwrap();
     }
 }

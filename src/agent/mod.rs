@@ -49,6 +49,11 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Internal(String),
+    /// The release the slot record names does not load from its slot.
+    #[error(transparent)]
+    Slot(#[from] crate::slots::install::LoadError),
+    #[error("the model has no live release and no base to serve")]
+    NothingToServe,
     #[error(transparent)]
     Panicked(#[from] crate::blocking::Panicked),
 }

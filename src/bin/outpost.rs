@@ -660,7 +660,7 @@ fn install(
             "candidate": candidate,
             "variants": installed.trials.iter().map(|(n, r)| match r {
                 Ok(us) => serde_json::json!({"variant": n, "median_us": us}),
-                Err(e) => serde_json::json!({"variant": n, "rejected": e}),
+                Err(e) => serde_json::json!({"variant": n, "rejected": e.to_string()}),
             }).collect::<Vec<_>>(),
         })
     );

@@ -33,33 +33,61 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
-/// Decodes a chunk, refusing anything larger than `max` bytes before decoding.
-pub fn decode_chunk(bytes: &[u8], max: usize) -> Result<Chunk, String> {
-    if bytes.len() > max {
-        return Err(format!(
-            "chunk message of {} bytes exceeds {max}",
-            bytes.len()
-        ));
-    }
-    postcard::from_bytes(bytes).map_err(|e| format!("malformed chunk message: {e}"))
+/// The largest chunk request taken: a bundle digest, an index and a topic fit well within it.
+const MAX_REQUEST: usize = 1024;
+
+/// Why a chunk or chunk request message from the broker is dropped before it reaches a download or the bundle
+/// server (logged and counted; the sender asks or sends again).
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("{what} message of {len} bytes exceeds {max}")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("malformed {what} message: {source}")]
+    Malformed {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("reply topic {0:?} is not a device chunk topic")]
+    ReplyTopic(String),
 }
 
-pub fn decode_request(bytes: &[u8]) -> Result<ChunkRequest, String> {
-    if bytes.len() > 1024 {
-        return Err(format!("chunk request of {} bytes", bytes.len()));
+/// Decodes a chunk, refusing anything larger than `max` bytes before decoding.
+pub fn decode_chunk(bytes: &[u8], max: usize) -> Result<Chunk, MessageError> {
+    let what = "chunk";
+    if bytes.len() > max {
+        return Err(MessageError::TooLarge {
+            what,
+            len: bytes.len(),
+            max,
+        });
+    }
+    postcard::from_bytes(bytes).map_err(|source| MessageError::Malformed { what, source })
+}
+
+/// Decodes a chunk request, refusing an oversized one before decoding and one whose reply topic is not a device's
+/// chunk topic (a request must not make the server publish anywhere else).
+pub fn decode_request(bytes: &[u8]) -> Result<ChunkRequest, MessageError> {
+    let what = "chunk request";
+    if bytes.len() > MAX_REQUEST {
+        return Err(MessageError::TooLarge {
+            what,
+            len: bytes.len(),
+            max: MAX_REQUEST,
+        });
     }
     let r: ChunkRequest =
-        postcard::from_bytes(bytes).map_err(|e| format!("malformed chunk request: {e}"))?;
+        postcard::from_bytes(bytes).map_err(|source| MessageError::Malformed { what, source })?;
     let ok = r
         .reply_to
         .strip_prefix("outpost/v1/device/")
         .and_then(|rest| rest.strip_suffix("/chunk"))
         .is_some_and(crate::config::valid_topic_level);
     if !ok {
-        return Err(format!(
-            "reply topic {:?} is not a device chunk topic",
-            r.reply_to
-        ));
+        return Err(MessageError::ReplyTopic(r.reply_to));
     }
     Ok(r)
 }
@@ -89,8 +117,14 @@ pub enum TransferError {
         "cannot read or write the record of the download ({0}); check the disk of the state dir"
     )]
     Record(#[from] StoreError),
-    #[error("{0}")]
-    Chunk(String),
+    #[error("chunk of another bundle")]
+    OtherBundle,
+    #[error("chunk index {index} out of range (0..{total})")]
+    OutOfRange { index: usize, total: usize },
+    #[error("chunk {index} has {len} bytes, {want} expected")]
+    WrongLength { index: usize, len: usize, want: u64 },
+    #[error("chunk {0} does not match its signed digest; asking again")]
+    Digest(usize),
     #[error(transparent)]
     Panicked(#[from] crate::blocking::Panicked),
 }
@@ -332,14 +366,14 @@ impl Download {
     pub fn accept(&mut self, c: &Chunk) -> Result<Accepted, TransferError> {
         let i = c.index as usize;
         if c.bundle != self.offer.bundle {
-            return Err(TransferError::Chunk("chunk of another bundle".into()));
+            return Err(TransferError::OtherBundle);
         }
         if i >= self.done.len() {
             self.rejected += 1;
-            return Err(TransferError::Chunk(format!(
-                "chunk index {i} out of range (0..{})",
-                self.done.len()
-            )));
+            return Err(TransferError::OutOfRange {
+                index: i,
+                total: self.done.len(),
+            });
         }
         if self.done[i] {
             self.duplicates += 1;
@@ -349,17 +383,16 @@ impl Download {
         let want = self.offer.chunk_len(i);
         if c.data.len() as u64 != want {
             self.rejected += 1;
-            return Err(TransferError::Chunk(format!(
-                "chunk {i} has {} bytes, {want} expected",
-                c.data.len()
-            )));
+            return Err(TransferError::WrongLength {
+                index: i,
+                len: c.data.len(),
+                want,
+            });
         }
         if crate::bundle::sha256(&c.data) != self.offer.chunks[i] {
             self.rejected += 1;
             self.outstanding.remove(&c.index);
-            return Err(TransferError::Chunk(format!(
-                "chunk {i} does not match its signed digest; asking again"
-            )));
+            return Err(TransferError::Digest(i));
         }
         if self.file.is_none() {
             let f = std::fs::OpenOptions::new()
@@ -517,10 +550,24 @@ mod tests {
                 ..ok.clone()
             };
             assert!(
-                decode_request(&postcard::to_stdvec(&r).unwrap()).is_err(),
+                matches!(
+                    decode_request(&postcard::to_stdvec(&r).unwrap()),
+                    Err(MessageError::ReplyTopic(t)) if t == bad
+                ),
                 "{bad}"
             );
         }
-        assert!(decode_request(&[0xff; 3]).is_err());
+        assert!(matches!(
+            decode_request(&[0xff; 3]),
+            Err(MessageError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode_request(&[0; MAX_REQUEST + 1]),
+            Err(MessageError::TooLarge { len, .. }) if len == MAX_REQUEST + 1
+        ));
+        assert!(matches!(
+            decode_chunk(&[0; 65], 64),
+            Err(MessageError::TooLarge { max: 64, .. })
+        ));
     }
 }

@@ -18,4 +18,4 @@ pub mod shadow;
 pub use answer::{Answer, InferResponse, ModelInfo, TaskResponse, TensorsResponse};
 pub use registry::Registry;
 pub use request::{bytes_like, Admitted, Input, Request};
-pub use service::{Answered, Service, ServiceError};
+pub use service::{Answered, Handoff, Service, ServiceError};

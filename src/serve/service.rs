@@ -12,7 +12,7 @@ use super::settings::{Setting, SettingKey, Settings};
 use crate::config::Config;
 use crate::inference::{DecodeLimits, Engine, InferenceError, Release};
 use crate::serve::answer::{micros, ModelInfo};
-use crate::slots::SlotInfo;
+use crate::slots::{SlotId, SlotInfo, SlotState};
 use crate::store::ResultCache;
 use crate::telemetry::{Counters, Outcome};
 use crate::wire::status::{
@@ -95,9 +95,21 @@ pub struct Service {
     download: Mutex<Option<TransferSummary>>,
     /// Bumped by every change worth telling the fleet about at once (see [`Service::changes`]).
     changes: AtomicU64,
-    /// Engines that an install in this process built and passed through its quality gate, by slot, until the
-    /// controller puts them to use: the model is parsed and optimised once, not again from the slot's files.
-    installed: Mutex<Vec<(Serving, Arc<Engine>)>>,
+    /// The release an install in this process just wrote, until the model's controller applies it (see
+    /// [`Handoff`]); the newest replaces an older one not yet applied.
+    handoff: Mutex<Option<Handoff>>,
+    handed: tokio::sync::Notify,
+}
+
+/// What an install in this process hands to its model's serving side: the record it wrote and the engine it built
+/// and passed through its quality gate for that record's slot. The controller applies it at once, in order with
+/// probation's verdicts, without waiting for its poll of the record or parsing the model again from the slot's
+/// files. The record stays the durable truth: a restart reads it, and a hand-run `outpost install`, `rollback` or
+/// `promote` (another process) still reaches the daemon through the poll.
+pub struct Handoff {
+    pub state: SlotState,
+    pub slot: SlotId,
+    pub engine: Arc<Engine>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,7 +140,8 @@ impl Service {
             last_transfer: Mutex::new(None),
             download: Mutex::new(None),
             changes: AtomicU64::new(0),
-            installed: Mutex::new(Vec::new()),
+            handoff: Mutex::new(None),
+            handed: tokio::sync::Notify::new(),
             pool,
             cache,
             name: name.to_string(),
@@ -172,20 +185,20 @@ impl Service {
         self.serve(engine, slot);
     }
 
-    /// Hands over the engine an install built and gated for `slot` (it replaces any earlier one for that slot).
-    pub fn hand_over(&self, slot: Serving, engine: Engine) {
-        let mut all = lock(&self.installed);
-        all.retain(|(s, _)| *s != slot);
-        all.push((slot, Arc::new(engine)));
+    /// Hands an installed release to this model's controller, which applies it at once (see [`Handoff`]).
+    pub fn hand_over(&self, handoff: Handoff) {
+        *lock(&self.handoff) = Some(handoff);
+        self.handed.notify_one();
     }
 
-    /// The engine handed over for `slot`, if it is the release `info` records; taken (or dropped, when it is not:
-    /// the record moved on, and the slot's files decide).
-    pub fn take_installed(&self, slot: Serving, info: &SlotInfo) -> Option<Arc<Engine>> {
-        let mut all = lock(&self.installed);
-        let i = all.iter().position(|(s, _)| *s == slot)?;
-        let (_, engine) = all.swap_remove(i);
-        info.matches(engine.release()).then_some(engine)
+    /// Woken when an install hands a release over.
+    pub(crate) fn handed(&self) -> &tokio::sync::Notify {
+        &self.handed
+    }
+
+    /// The release handed over and not yet applied.
+    pub(crate) fn take_handoff(&self) -> Option<Handoff> {
+        lock(&self.handoff).take()
     }
 
     /// Counts changes of substance (model, slot, trial, candidate, transitions, transfers): the fleet link
@@ -381,11 +394,11 @@ impl Service {
     }
 
     /// Empties the result cache; returns the entries removed (blocking).
-    pub fn purge_cache(&self) -> Result<u64, String> {
+    pub fn purge_cache(&self) -> Result<u64, crate::store::StoreError> {
         match &self.cache {
             Some(c) => {
                 let n = c.len();
-                c.clear().map_err(|e| e.to_string())?;
+                c.clear()?;
                 Ok(n)
             }
             None => Ok(0),

@@ -2,7 +2,7 @@
 //! slot, check, pick a variant, flip.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{SlotError, SlotId, SlotInfo, SlotState, SlotStore};
@@ -24,14 +24,74 @@ pub enum InstallError {
     },
 }
 
+/// Why one variant of a bundle is not used on this device. The install goes on with the others, and is refused with
+/// every variant's reason ([`InstallError::QualityGate`]) when none is left.
+#[derive(Debug, thiserror::Error)]
+pub enum VariantRefused {
+    /// Not tried here: a form this build cannot read, or int8 kernels where `engine.int8 = float` says so.
+    #[error("{0}")]
+    Skipped(String),
+    /// The engine could not be built, or failed to run a golden case.
+    #[error(transparent)]
+    Engine(#[from] InferenceError),
+    #[error("golden case {case}: max difference {worst} > tolerance {tolerance}")]
+    Golden {
+        case: usize,
+        worst: f32,
+        tolerance: f32,
+    },
+    #[error("golden case {case}: output {output} is {got}, expected {want}")]
+    OutputShape {
+        case: usize,
+        output: String,
+        got: String,
+        want: String,
+    },
+    #[error("golden case {case}: output {output} differs by {worst} > tolerance {tolerance}")]
+    OutputValues {
+        case: usize,
+        output: String,
+        worst: f64,
+        tolerance: f32,
+    },
+}
+
+/// Why the release a slot record names cannot be served from its slot's files.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("slot {} is live but empty in the record", .0.name())]
+    Empty(SlotId),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The slot's spec or model file does not load.
+    #[error("slot {}: {source}", slot.name())]
+    Engine {
+        slot: SlotId,
+        source: InferenceError,
+    },
+    #[error("slot {} holds a model whose digest differs from the record", .0.name())]
+    Digest(SlotId),
+    #[error("slot {} holds {held} version {held_version} but the record names {named} version {named_version} (or another spec)", slot.name())]
+    NotTheRecord {
+        slot: SlotId,
+        held: String,
+        held_version: u64,
+        named: String,
+        named_version: u64,
+    },
+}
+
 /// What an install did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Installed {
     pub state: SlotState,
     pub slot: SlotId,
     pub info: SlotInfo,
     /// (variant, median µs or the reason it was rejected)
-    pub trials: Vec<(String, Result<f64, String>)>,
+    pub trials: Vec<(String, Result<f64, VariantRefused>)>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
@@ -80,17 +140,15 @@ fn skipped_variants(manifest: &Manifest) -> Vec<Option<String>> {
 
 /// Runs a variant's golden vectors; returns the median latency (µs) of a short timing when it passes. The timing
 /// only serves to choose between variants, so a single-variant bundle skips it (returns 0).
-fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
+fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, VariantRefused> {
     // Raw and task models (detection, score) compare every output they keep.
     if engine.spec().io().is_some() {
         return gate_tensors(engine, manifest, variant);
     }
-    let mut session = engine.session().map_err(|e| e.to_string())?;
+    let mut session = engine.session()?;
     let expected = &manifest.variants[variant].golden_outputs;
     for (i, (input, want)) in manifest.golden_inputs.iter().zip(expected).enumerate() {
-        let got = session
-            .run(input)
-            .map_err(|e: InferenceError| e.to_string())?;
+        let got = session.run(input)?;
         let worst = got
             .iter()
             .zip(want)
@@ -106,10 +164,11 @@ fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, Str
             || worst > manifest.golden_tolerance
             || argmax(&got) != argmax(want)
         {
-            return Err(format!(
-                "golden case {i}: max difference {worst} > tolerance {}",
-                manifest.golden_tolerance
-            ));
+            return Err(VariantRefused::Golden {
+                case: i,
+                worst,
+                tolerance: manifest.golden_tolerance,
+            });
         }
     }
     if manifest.variants.len() == 1 {
@@ -124,7 +183,7 @@ fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, Str
     let deadline = Instant::now() + std::time::Duration::from_millis(300);
     while times.len() < 5 || (times.len() < 50 && Instant::now() < deadline) {
         let t = Instant::now();
-        session.run(&input).map_err(|e| e.to_string())?;
+        session.run(&input)?;
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(f64::total_cmp);
@@ -133,29 +192,33 @@ fn gate(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, Str
 
 /// [`gate`] for a raw tensor model: every output of every golden case within the tolerance (the same datatype,
 /// shape and values), then the same short timing.
-fn gate_tensors(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<f64, String> {
-    let mut session = engine.session().map_err(|e| e.to_string())?;
+fn gate_tensors(
+    engine: &Engine,
+    manifest: &Manifest,
+    variant: usize,
+) -> Result<f64, VariantRefused> {
+    let mut session = engine.session()?;
     let expected = &manifest.variants[variant].golden_tensor_outputs;
     for (i, (inputs, want)) in manifest.golden_tensors.iter().zip(expected).enumerate() {
-        let got = session.run_tensors(inputs).map_err(|e| e.to_string())?;
+        let got = session.run_tensors(inputs)?;
         for (g, w) in got.iter().zip(want) {
             if g.data.dtype() != w.data.dtype() || g.shape != w.shape {
-                return Err(format!(
-                    "golden case {i}: output {} is {} {:?}, expected {} {:?}",
-                    g.name,
-                    g.data.dtype().name(),
-                    g.shape,
-                    w.data.dtype().name(),
-                    w.shape
-                ));
+                return Err(VariantRefused::OutputShape {
+                    case: i,
+                    output: g.name.clone(),
+                    got: format!("{} {:?}", g.data.dtype().name(), g.shape),
+                    want: format!("{} {:?}", w.data.dtype().name(), w.shape),
+                });
             }
             // A NaN anywhere (a non-finite output) fails the case.
             let worst = g.max_abs_diff(w);
             if worst > manifest.golden_tolerance as f64 {
-                return Err(format!(
-                    "golden case {i}: output {} differs by {worst} > tolerance {}",
-                    g.name, manifest.golden_tolerance
-                ));
+                return Err(VariantRefused::OutputValues {
+                    case: i,
+                    output: g.name.clone(),
+                    worst,
+                    tolerance: manifest.golden_tolerance,
+                });
             }
         }
     }
@@ -169,7 +232,7 @@ fn gate_tensors(engine: &Engine, manifest: &Manifest, variant: usize) -> Result<
     let deadline = Instant::now() + std::time::Duration::from_millis(300);
     while times.len() < 5 || (times.len() < 50 && Instant::now() < deadline) {
         let t = Instant::now();
-        session.run_tensors(inputs).map_err(|e| e.to_string())?;
+        session.run_tensors(inputs)?;
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(f64::total_cmp);
@@ -264,12 +327,12 @@ pub fn install_verified(
     for (i, path) in files.iter().enumerate() {
         let name = manifest.variants[i].name.clone();
         if let Some(why) = &skip[i] {
-            trials.push((name, Err(why.clone())));
+            trials.push((name, Err(VariantRefused::Skipped(why.clone()))));
             continue;
         }
         let bytes = std::fs::read(path).map_err(io(path))?;
         let outcome = Engine::load(&bytes, spec.clone())
-            .map_err(|e| e.to_string())
+            .map_err(VariantRefused::from)
             .and_then(|engine| gate(&engine, manifest, i).map(|us| (us, engine)));
         match outcome {
             Ok((us, engine)) => {
@@ -287,7 +350,10 @@ pub fn install_verified(
     let Some((chosen, us, engine)) = best else {
         let why = trials
             .iter()
-            .map(|(n, r)| format!("{n}: {}", r.as_ref().err().cloned().unwrap_or_default()))
+            .map(|(n, r)| match r {
+                Ok(_) => format!("{n}: passed"),
+                Err(e) => format!("{n}: {e}"),
+            })
             .collect::<Vec<_>>();
         return Err(InstallError::QualityGate(why.join("; ")));
     };
@@ -325,7 +391,7 @@ pub fn install_verified(
                 .iter()
                 .map(|(n, r)| match r {
                     Ok(us) => format!("{n} {us:.0} us"),
-                    Err(e) if skip.iter().flatten().any(|s| s == e) => format!("{n} skipped: {e}"),
+                    Err(VariantRefused::Skipped(e)) => format!("{n} skipped: {e}"),
                     Err(_) => format!("{n} failed"),
                 })
                 .collect::<Vec<_>>()
@@ -367,7 +433,7 @@ pub fn install_verified(
 }
 
 /// Loads the model of the live slot, checking that its file is the one the record names.
-pub fn load_active(store: &SlotStore, state: &SlotState) -> Result<Option<Engine>, String> {
+pub fn load_active(store: &SlotStore, state: &SlotState) -> Result<Option<Engine>, LoadError> {
     let Some(slot) = state.active else {
         return Ok(None);
     };
@@ -375,10 +441,8 @@ pub fn load_active(store: &SlotStore, state: &SlotState) -> Result<Option<Engine
 }
 
 /// Loads the model in `slot`, checking that its file is the one the record names.
-pub fn load_slot(store: &SlotStore, state: &SlotState, slot: SlotId) -> Result<Engine, String> {
-    let info = state
-        .slot(slot)
-        .ok_or_else(|| format!("slot {} is live but empty in the record", slot.name()))?;
+pub fn load_slot(store: &SlotStore, state: &SlotState, slot: SlotId) -> Result<Engine, LoadError> {
+    let info = state.slot(slot).ok_or(LoadError::Empty(slot))?;
     let mut model_path = store.model_path(slot);
     // The slim build reads NNEF only: a slot whose chosen variant is ONNX is served from its spare NNEF form.
     if !crate::inference::READS_ONNX
@@ -388,36 +452,35 @@ pub fn load_slot(store: &SlotStore, state: &SlotState, slot: SlotId) -> Result<E
     {
         model_path = store.spare_path(slot);
     }
-    let bytes = std::fs::read(&model_path)
-        .map_err(|e| format!("cannot read {}: {e}", model_path.display()))?;
-    let mut spec = crate::inference::ModelSpec::from_file(&store.spec_path(slot))
-        .map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&model_path).map_err(|source| LoadError::Read {
+        path: model_path.clone(),
+        source,
+    })?;
+    let engine_err = |source| LoadError::Engine { slot, source };
+    let mut spec =
+        crate::inference::ModelSpec::from_file(&store.spec_path(slot)).map_err(engine_err)?;
     // The record names the release. Specs written before installs set the name kept the spec file's own.
     if info.spec_digest.is_none() {
         spec.name = info.name.clone();
         spec.version = info.version;
     }
-    let engine = Engine::load(&bytes, spec).map_err(|e| format!("slot {}: {e}", slot.name()))?;
+    let engine = Engine::load(&bytes, spec).map_err(engine_err)?;
     let digest_ok = engine.digest() == info.digest
         || info
             .spare
             .as_ref()
             .is_some_and(|s| s.digest == engine.digest());
     if !digest_ok {
-        return Err(format!(
-            "slot {} holds a model whose digest differs from the record",
-            slot.name()
-        ));
+        return Err(LoadError::Digest(slot));
     }
     if !info.matches(engine.release()) {
-        return Err(format!(
-            "slot {} holds {} version {} but the record names {} version {} (or another spec)",
-            slot.name(),
-            engine.spec().name,
-            engine.spec().version,
-            info.name,
-            info.version
-        ));
+        return Err(LoadError::NotTheRecord {
+            slot,
+            held: engine.spec().name.clone(),
+            held_version: engine.spec().version,
+            named: info.name.clone(),
+            named_version: info.version,
+        });
     }
     Ok(engine)
 }

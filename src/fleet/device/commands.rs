@@ -5,41 +5,31 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use std::time::Duration;
 
-use super::{Link, RecordError, LAST_SEQ, SETTINGS};
+use super::{Link, RecordError, Refused, LAST_SEQ, SETTINGS};
 use crate::bundle::now_unix;
 use crate::fleet::topics;
 use crate::serve::settings::{Setting, SettingKey};
 use crate::slots::SlotStore;
 use crate::trust::Role;
 use crate::wire::command::{self, Action, Checker, CommandBody, CommandError};
-use crate::wire::status::{Ack, AckResult, CommandName, Outcome, Refusal};
+use crate::wire::status::{Ack, AckResult, CommandName, Outcome};
 
 /// A slot-record change run off the async threads.
-type SlotJob = Box<dyn FnOnce(&SlotStore) -> Result<Outcome, String> + Send>;
+type SlotJob = Box<dyn FnOnce(&SlotStore) -> Result<Outcome, Refused> + Send>;
 
 impl Link {
+    /// Answers a command on the ack topic: its result, or the sentence of its refusal and the kind of refusal that
+    /// operators act on fleet-wide.
     pub(super) async fn ack(
         &self,
         client: &AsyncClient,
         seq: Option<u64>,
         action: CommandName,
-        result: Result<AckResult, String>,
+        result: Result<AckResult, Refused>,
     ) {
-        self.ack_with(client, seq, action, result, None).await
-    }
-
-    /// [`Link::ack`], naming the kind of a refusal that operators act on fleet-wide.
-    pub(super) async fn ack_with(
-        &self,
-        client: &AsyncClient,
-        seq: Option<u64>,
-        action: CommandName,
-        result: Result<AckResult, String>,
-        refusal: Option<Refusal>,
-    ) {
-        let (ok, result, error) = match result {
-            Ok(v) => (true, Some(v), None),
-            Err(e) => (false, None, Some(e)),
+        let (ok, result, error, refusal) = match result {
+            Ok(v) => (true, Some(v), None, None),
+            Err(e) => (false, None, Some(e.to_string()), e.kind()),
         };
         let msg = Ack {
             device: self.device.clone(),
@@ -95,17 +85,11 @@ impl Link {
         let body = match verified {
             Ok(b) => b,
             Err(e) => {
-                let refusal = match &e {
-                    CommandError::KeyNotTrusted { .. } => Some(Refusal::KeyNotTrusted),
-                    CommandError::NoTrust(_) => Some(Refusal::NoTrust),
-                    _ => None,
-                };
-                self.ack_with(
+                self.ack(
                     client,
                     command::peek_seq(payload),
                     CommandName::Refused,
-                    Err(e.to_string()),
-                    refusal,
+                    Err(e.into()),
                 )
                 .await;
                 return;
@@ -126,13 +110,8 @@ impl Link {
                 tracing::debug!(seq = body.seq, "a retained command already applied");
                 return;
             }
-            self.ack(
-                client,
-                Some(body.seq),
-                CommandName::Refused,
-                Err(e.to_string()),
-            )
-            .await;
+            self.ack(client, Some(body.seq), CommandName::Refused, Err(e.into()))
+                .await;
             return;
         }
         let action = body.action.kind();
@@ -163,21 +142,21 @@ impl Link {
         &mut self,
         client: &AsyncClient,
         body: &CommandBody,
-    ) -> Option<Result<AckResult, String>> {
+    ) -> Option<Result<AckResult, Refused>> {
         // The model the command acts on: the one it names (version-2 commands), else the default model.
         let (model, slots) = match &body.model {
             None => (self.registry.default_name().to_string(), self.slots.clone()),
             Some(m) => match self.repo.existing(m) {
                 Ok(slots) => (m.clone(), slots),
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => return Some(Err(e.into())),
             },
         };
         if let (Some(m), Some(o)) = (&body.model, body.action.offer()) {
             if *m != o.name {
-                return Some(Err(format!(
-                    "the command names model {m:?} but its bundle is a release of {:?}",
-                    o.name
-                )));
+                return Some(Err(Refused::ModelMismatch {
+                    named: m.clone(),
+                    bundle: o.name.clone(),
+                }));
             }
         }
         let blocking = |f: SlotJob| async move {
@@ -186,11 +165,7 @@ impl Link {
                 .map(AckResult::done)
         };
         // What a rollback or activation checks the target release's recorded signers against.
-        let role = self
-            .registry
-            .trust()
-            .role(Role::Bundles)
-            .map_err(|e| e.to_string());
+        let role = self.registry.trust().role(Role::Bundles);
         match &body.action {
             Action::Status => {
                 self.publish_status(client, true).await;
@@ -199,9 +174,8 @@ impl Link {
             Action::Rollback => Some(
                 blocking(Box::new(move |s| {
                     let role = role?;
-                    let (st, ()) = s
-                        .update(|s| Ok((s.rollback_trusted(&role.keys, role.threshold)?, ())))
-                        .map_err(|e| e.to_string())?;
+                    let (st, ()) =
+                        s.update(|s| Ok((s.rollback_trusted(&role.keys, role.threshold)?, ())))?;
                     Ok(Outcome {
                         now_active: Some(st.active_info().map(|i| i.version)),
                         ..Outcome::default()
@@ -211,9 +185,7 @@ impl Link {
             ),
             Action::Promote => Some(
                 blocking(Box::new(|s| {
-                    let (st, ()) = s
-                        .update(|s| Ok((s.commit()?, ())))
-                        .map_err(|e| e.to_string())?;
+                    let (st, ()) = s.update(|s| Ok((s.commit()?, ())))?;
                     Ok(Outcome {
                         committed: Some(st.active_info().map(|i| i.version)),
                         ..Outcome::default()
@@ -224,12 +196,12 @@ impl Link {
             Action::Set { key, value } => {
                 // The settable keys and their ranges: `crate::serve::settings`.
                 if let Err(e) = Setting::parse(key, value) {
-                    return Some(Err(e.to_string()));
+                    return Some(Err(e.into()));
                 }
                 Some(
                     self.store_settings(&model, &[(key.clone(), value.clone())])
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(Refused::from)
                         .map(|()| {
                             AckResult::done(Outcome {
                                 set: Some(crate::wire::status::Setting {
@@ -245,7 +217,7 @@ impl Link {
                 // One cache serves every model (its keys name the release): purged whole.
                 let svc = self.service.clone();
                 Some(
-                    crate::blocking::run(move || svc.purge_cache())
+                    crate::blocking::run(move || svc.purge_cache().map_err(Refused::from))
                         .await
                         .map(|n| {
                             AckResult::done(Outcome {
@@ -268,13 +240,13 @@ impl Link {
                 for (key, v) in [("shadow.fraction", shadow), ("shadow.split", split)] {
                     if let Some(v) = v {
                         if let Err(e) = Setting::parse(key, &v.to_string()) {
-                            return Some(Err(e.to_string()));
+                            return Some(Err(e.into()));
                         }
                         settings.push((key.to_string(), v.to_string()));
                     }
                 }
                 if let Err(e) = self.store_settings(&offer.name, &settings).await {
-                    return Some(Err(e.to_string()));
+                    return Some(Err(e.into()));
                 }
                 self.start_download(client, offer.clone(), body.seq, true)
                     .await
@@ -284,11 +256,9 @@ impl Link {
                 Some(
                     blocking(Box::new(move |s| {
                         let role = role?;
-                        let (st, ()) = s
-                            .update(|s| {
-                                Ok((s.activate_trusted(v, &role.keys, role.threshold)?, ()))
-                            })
-                            .map_err(|e| e.to_string())?;
+                        let (st, ()) = s.update(|s| {
+                            Ok((s.activate_trusted(v, &role.keys, role.threshold)?, ()))
+                        })?;
                         Ok(Outcome {
                             now_active: Some(st.active_info().map(|i| i.version)),
                             trial: Some(st.trial.is_some()),
@@ -300,20 +270,16 @@ impl Link {
             }
             Action::Remove => {
                 if model == self.registry.default_name() {
-                    return Some(Err(format!(
-                        "{model} is the default model: it cannot be removed (set repository.default to another)"
-                    )));
+                    return Some(Err(Refused::DefaultModel { model }));
                 }
                 // A download of the removed model stops here: it must never complete into a slot.
                 if let Err(e) = self.drop_download(|d| d.offer.name == model).await {
-                    return Some(Err(e.to_string()));
+                    return Some(Err(e.into()));
                 }
                 let name = model.clone();
                 Some(
                     blocking(Box::new(move |s| {
-                        let (st, ()) = s
-                            .update(|s| Ok((s.remove(), ())))
-                            .map_err(|e| e.to_string())?;
+                        let (st, ()) = s.update(|s| Ok((s.remove(), ())))?;
                         Ok(Outcome {
                             removed: Some(name),
                             version: Some(st.highest_version),
@@ -328,7 +294,7 @@ impl Link {
                 // A download of the abandoned version stops here, and an offer of it waiting in the queue is
                 // dropped: it must never complete into a slot. The next queued offer (another model's) starts.
                 if let Err(e) = self.drop_queued(&model, v).await {
-                    return Some(Err(e.to_string()));
+                    return Some(Err(e.into()));
                 }
                 match self
                     .drop_download(|d| d.offer.version == v && d.offer.name == model)
@@ -336,18 +302,16 @@ impl Link {
                 {
                     Ok(true) => self.start_queued(client).await,
                     Ok(false) => {}
-                    Err(e) => return Some(Err(e.to_string())),
+                    Err(e) => return Some(Err(e.into())),
                 }
                 Some(
                     blocking(Box::new(move |s| {
-                        let (st, changed) = s
-                            .update(|now| {
-                                Ok(match now.abandon(v)? {
-                                    Some(next) => (next, true),
-                                    None => (now.clone(), false),
-                                })
+                        let (st, changed) = s.update(|now| {
+                            Ok(match now.abandon(v)? {
+                                Some(next) => (next, true),
+                                None => (now.clone(), false),
                             })
-                            .map_err(|e| e.to_string())?;
+                        })?;
                         Ok(Outcome {
                             abandoned: Some(v),
                             changed: Some(changed),

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 mod cases;
 mod commands;
 mod floors;
+mod refused;
 mod spent;
 mod trust;
 mod update;
@@ -30,6 +31,7 @@ use crate::slots::SlotError;
 use crate::slots::SlotStore;
 use crate::store::{Records, StoreError};
 use crate::wire::status::{DeviceStatus, OnlineStatus};
+use refused::Refused;
 
 const LAST_SEQ: &str = "command.last_seq";
 const SETTINGS: &str = "settings";

@@ -5,14 +5,15 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use std::time::Instant;
 
-use super::{Link, RecordError};
+use super::{Link, RecordError, Refused};
 use crate::bundle::Policy;
 use crate::fleet::topics;
 use crate::fleet::transfer::{decode_chunk, Accepted, ChunkRequest, Download, TransferError};
+use crate::repo::RepoError;
 use crate::trust::live::RoleKeysNow;
 use crate::trust::Role;
 use crate::wire::command::Offer;
-use crate::wire::status::{AckResult, Already, CommandName, Outcome, Refusal, Serving};
+use crate::wire::status::{AckResult, Already, CommandName, Outcome, Serving};
 
 /// The record of offers waiting for the running download (another model's): one per model, oldest first.
 const QUEUE: &str = "transfer.queue";
@@ -44,22 +45,22 @@ impl Link {
         offer: Offer,
         seq: u64,
         candidate: bool,
-    ) -> Option<Result<AckResult, String>> {
+    ) -> Option<Result<AckResult, Refused>> {
         if let Err(e) = offer.check(self.config.fleet.max_bundle_bytes) {
-            return Some(Err(e.to_string()));
+            return Some(Err(e.into()));
         }
         if let Some(e) = &self.download_unread {
-            return Some(Err(RecordError::DownloadUnread(e.clone()).to_string()));
+            return Some(Err(RecordError::DownloadUnread(e.clone()).into()));
         }
         // The bundle installs into the model it names: a model this device does not hold yet is added, within the
         // cap, and its own version floor applies.
         let slots = match self.model_slots(&offer.name) {
             Ok(s) => s,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(e.into())),
         };
         // The bundle's size bounds its largest variant: checked before a byte is fetched.
         if let Err(e) = self.engine_room(&offer.name, offer.size) {
-            return Some(Err(e));
+            return Some(Err(e.into()));
         }
         let st = slots.clone();
         let state = match crate::blocking::run(move || st.load()).await {
@@ -69,7 +70,7 @@ impl Link {
                     model: offer.name.clone(),
                     source,
                 }
-                .to_string()))
+                .into()))
             }
         };
         // The same offer again (a rollout resent it after a restart): already done, say so.
@@ -88,10 +89,10 @@ impl Link {
         }
         let highest = state.highest_version;
         if offer.version <= highest {
-            return Some(Err(format!(
-                "version {} is not newer than version {highest}, the highest ever accepted",
-                offer.version
-            )));
+            return Some(Err(Refused::NotNewer {
+                offered: offer.version,
+                highest,
+            }));
         }
         if let Some(d) = &self.download {
             if d.offer.bundle == offer.bundle {
@@ -135,16 +136,16 @@ impl Link {
                         &e.to_string(),
                     );
                 }
-                return Some(Err(format!(
-                    "refused before download: the bundle needs {} bytes twice (download and staged variants): {e}",
-                    offer.size
-                )));
+                return Some(Err(Refused::NoRoom {
+                    size: offer.size,
+                    source: e,
+                }));
             }
         }
         if let Some(old) = &self.download {
             tracing::info!(bundle = %old.offer.bundle_hex(), "a newer offer replaces an unfinished download");
             if let Err(e) = self.drop_download(|_| true).await {
-                return Some(Err(e.to_string()));
+                return Some(Err(e.into()));
             }
         }
         let (r, dir) = (self.records.clone(), self.incoming.clone());
@@ -156,7 +157,7 @@ impl Link {
                 self.pump(client).await;
                 None
             }
-            Err(e) => Some(Err(RecordError::StartDownload(e).to_string())),
+            Err(e) => Some(Err(RecordError::StartDownload(e).into())),
         }
     }
 
@@ -180,14 +181,13 @@ impl Link {
 
     /// Records `offer` to start when the running download ends (durably: a restart keeps the queue), replacing an
     /// earlier offer for the same model. Returns how many wait.
-    async fn enqueue(&mut self, offer: Offer, seq: u64, candidate: bool) -> Result<usize, String> {
-        let mut queue = self.queue().await.map_err(|e| e.to_string())?;
+    async fn enqueue(&mut self, offer: Offer, seq: u64, candidate: bool) -> Result<usize, Refused> {
+        let mut queue = self.queue().await?;
         queue.retain(|q| q.offer.name != offer.name);
         if queue.len() >= self.config.repository.max_models {
-            return Err(format!(
-                "{} offers already wait for the running download; try again when it ends",
-                queue.len()
-            ));
+            return Err(Refused::QueueFull {
+                waiting: queue.len(),
+            });
         }
         tracing::info!(name = %offer.name, version = offer.version, "offer queued behind the running download");
         queue.push(Queued {
@@ -196,7 +196,7 @@ impl Link {
             candidate,
         });
         let n = queue.len();
-        self.put_queue(queue).await.map_err(|e| e.to_string())?;
+        self.put_queue(queue).await?;
         Ok(n)
     }
 
@@ -375,14 +375,8 @@ impl Link {
                         tracing::error!(error = %e, "cannot drop the record of the refused download");
                     }
                     self.progress(&d.offer.name, None);
-                    self.ack_with(
-                        client,
-                        Some(seq),
-                        action,
-                        Err(format!("refused before download: {}", e.message)),
-                        e.refusal,
-                    )
-                    .await;
+                    self.ack(client, Some(seq), action, Err(Refused::Header(Box::new(e))))
+                        .await;
                     self.start_queued(client).await;
                     return;
                 }
@@ -398,36 +392,27 @@ impl Link {
 
     /// The slots of the model `name` names, if the device holds it or has room for one more; read-only, so a
     /// refused offer of a new model leaves no folder behind (the install stages one: [`crate::repo::Staged`]).
-    pub(super) fn model_slots(&self, name: &str) -> Result<crate::slots::SlotStore, String> {
+    pub(super) fn model_slots(&self, name: &str) -> Result<crate::slots::SlotStore, RepoError> {
         self.repo
             .check_room(name, self.config.repository.max_models)
             .and_then(|()| self.repo.view(name))
-            .map_err(|e| e.to_string())
     }
 
     /// Room in memory for `incoming` bytes of model into `name` (repository.max_engine_bytes).
-    pub(super) fn engine_room(&self, name: &str, incoming: u64) -> Result<(), String> {
+    pub(super) fn engine_room(&self, name: &str, incoming: u64) -> Result<(), RepoError> {
         let cap = &self.config.repository;
-        self.repo
-            .check_engine_bytes(
-                name,
-                incoming,
-                crate::repo::base_bytes(&self.config),
-                cap.max_engine_bytes,
-            )
-            .map_err(|e| e.to_string())
+        self.repo.check_engine_bytes(
+            name,
+            incoming,
+            crate::repo::base_bytes(&self.config),
+            cap.max_engine_bytes,
+        )
     }
 
     /// The bundles role of the trust in force: every bundle is checked against it, read afresh at each check so
     /// that a rotation taken during a download refuses what it removed.
     pub(super) fn policy_keys(&self) -> Result<RoleKeysNow, Refused> {
-        self.registry
-            .trust()
-            .role(Role::Bundles)
-            .map_err(|e| Refused {
-                message: e.to_string(),
-                refusal: Some(Refusal::NoTrust),
-            })
+        Ok(self.registry.trust().role(Role::Bundles)?)
     }
 
     /// The signed header, read from the first chunks: signatures, expiry, agent version, and the offer's claims.
@@ -438,7 +423,8 @@ impl Link {
         let slots = self.model_slots(&name)?;
         let clock = self.registry.clock().clone();
         crate::blocking::run(move || {
-            let mut f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            let mut f = std::fs::File::open(&path)
+                .map_err(|source| Refused::Downloaded { path, source })?;
             let policy = Policy {
                 keys: &role.keys,
                 threshold: role.threshold,
@@ -446,19 +432,23 @@ impl Link {
                 agent_version: env!("CARGO_PKG_VERSION"),
                 trust_version: Some(role.version),
             };
-            let h = crate::bundle::read_header(&mut f, &policy).map_err(Refused::bundle)?;
+            let h = crate::bundle::read_header(&mut f, &policy)?;
             // Its signatures hold: its issue time has passed, and raises the device's time floor.
             clock.observe(h.manifest.created_unix);
             if h.manifest.version != version || h.manifest.name != name {
-                return Err(format!(
-                    "the offer announced {name} version {version} but the bundle holds {} version {}",
-                    h.manifest.name, h.manifest.version
-                )
-                .into());
+                return Err(Refused::NotTheOffer {
+                    name,
+                    version,
+                    held_name: h.manifest.name,
+                    held_version: h.manifest.version,
+                });
             }
-            let highest = slots.load().map_err(|e| e.to_string())?.highest_version;
+            let highest = slots.load()?.highest_version;
             if version <= highest {
-                return Err(format!("version {version} is not newer than {highest}").into());
+                return Err(Refused::NotNewer {
+                    offered: version,
+                    highest,
+                });
             }
             Ok(())
         })
@@ -469,7 +459,7 @@ impl Link {
         let role = self.policy_keys();
         let slots = self
             .model_slots(&d.offer.name)
-            .and_then(|_| self.repo.stage(&d.offer.name).map_err(|e| e.to_string()));
+            .and_then(|_| self.repo.stage(&d.offer.name));
         let service = self.registry.get(&d.offer.name);
         let model_service = service.clone();
         let summary = d.summary();
@@ -485,7 +475,10 @@ impl Link {
         let discard = d.discard_job();
         let clock = self.registry.clock().clone();
         let result = crate::blocking::run(move || {
-            let f = std::fs::File::open(&d.path).map_err(|e| Refused::from(e.to_string()));
+            let f = std::fs::File::open(&d.path).map_err(|source| Refused::Downloaded {
+                path: d.path.clone(),
+                source,
+            });
             let r = role
                 .and_then(|role| slots.map_err(Refused::from).map(|slots| (role, slots)))
                 .and_then(|(role, slots)| f.map(|f| (role, slots, f)))
@@ -503,21 +496,17 @@ impl Link {
                         &policy,
                         mode,
                     )
-                    .map_err(|e| match e {
-                        crate::slots::install::InstallError::Bundle(b) => Refused::bundle(b),
-                        e => e.to_string().into(),
-                    })
+                    .map_err(Refused::from)
                     // A new model's folder takes its place only now.
-                    .and_then(|done| {
-                        slots
-                            .commit()
-                            .map(|_| done)
-                            .map_err(|e| Refused::from(e.to_string()))
-                    })
+                    .and_then(|done| slots.commit().map(|_| done).map_err(Refused::from))
                     .map(|(installed, engine)| {
                         // A model already served takes the gated engine as is; a new one loads when it starts.
                         if let Some(service) = &service {
-                            service.hand_over(Serving::slot(installed.slot), engine);
+                            service.hand_over(crate::serve::Handoff {
+                                state: installed.state.clone(),
+                                slot: installed.slot,
+                                engine: std::sync::Arc::new(engine),
+                            });
                         }
                         installed
                     })
@@ -554,46 +543,10 @@ impl Link {
                 )
                 .await;
             }
-            Err(e) => {
-                self.ack_with(client, Some(seq), action, Err(e.message), e.refusal)
-                    .await
-            }
+            Err(e) => self.ack(client, Some(seq), action, Err(e)).await,
         }
         self.flag_live_releases().await;
         self.publish_status(client, true).await;
         self.start_queued(client).await;
-    }
-}
-
-/// Why an update was refused: the sentence acknowledged, and its kind when operators act on it by kind.
-#[derive(Debug)]
-pub(super) struct Refused {
-    pub message: String,
-    pub refusal: Option<Refusal>,
-}
-
-impl From<String> for Refused {
-    fn from(message: String) -> Refused {
-        Refused {
-            message,
-            refusal: None,
-        }
-    }
-}
-
-impl From<crate::blocking::Panicked> for Refused {
-    fn from(p: crate::blocking::Panicked) -> Refused {
-        p.to_string().into()
-    }
-}
-
-impl Refused {
-    fn bundle(e: crate::bundle::BundleError) -> Refused {
-        let refusal = matches!(e, crate::bundle::BundleError::KeyNotTrusted { .. })
-            .then_some(Refusal::KeyNotTrusted);
-        Refused {
-            message: e.to_string(),
-            refusal,
-        }
     }
 }
