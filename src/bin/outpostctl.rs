@@ -3,8 +3,11 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use outpost::bundle::{self, Policy, SigningKeyFile, TrustedKeys};
-use outpost::inference::{Engine, ModelSpec};
+use outpost::fleet::operator::{self, Outgoing};
+use outpost::inference::ModelSpec;
+use outpost::wire::command::Action;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -61,83 +64,13 @@ enum Command {
         bundle: PathBuf,
     },
     /// Offer a signed bundle to a device or group over MQTT, serve its chunks, and wait for the install.
-    Publish {
-        #[command(flatten)]
-        mqtt: MqttArgs,
-        #[command(flatten)]
-        to: TargetArgs,
-        /// Signing key(s) for the offer.
-        #[arg(long = "key", required = true)]
-        keys: Vec<PathBuf>,
-        /// Chunk size in bytes.
-        #[arg(long, default_value_t = 64 * 1024)]
-        chunk_size: u32,
-        /// Seconds to wait for the device's acknowledgement (for a group: to collect them).
-        #[arg(long, default_value_t = 600)]
-        wait: u64,
-        /// Do not serve chunks from this process (other `outpostctl serve` processes do).
-        #[arg(long)]
-        no_serve: bool,
-        /// Print acknowledgements as JSON lines, no progress bar.
-        #[arg(long)]
-        json: bool,
-        bundle: PathBuf,
-    },
+    Publish(PublishArgs),
     /// Send a signed command: status, rollback, promote, set KEY VALUE, purge-cache.
-    Cmd {
-        #[command(flatten)]
-        mqtt: MqttArgs,
-        #[command(flatten)]
-        to: TargetArgs,
-        #[arg(long = "key", required = true)]
-        keys: Vec<PathBuf>,
-        /// Sequence number (default: Unix milliseconds).
-        #[arg(long)]
-        seq: Option<u64>,
-        /// Seconds until the command expires.
-        #[arg(long, default_value_t = 300)]
-        expires_in: u64,
-        /// Seconds to wait for acknowledgements.
-        #[arg(long, default_value_t = 15)]
-        wait: u64,
-        /// The model the command acts on (default: the device's default model). Agents from before the model
-        /// repository refuse a command that names one.
-        #[arg(long)]
-        model: Option<String>,
-        /// status | rollback | promote | set KEY VALUE | purge-cache | remove (needs --model)
-        #[arg(required = true, num_args = 1..=3)]
-        command: Vec<String>,
-    },
+    Cmd(CmdArgs),
     /// Show the live status of every device (retained status messages).
-    Watch {
-        #[command(flatten)]
-        mqtt: MqttArgs,
-        /// JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Stop after this many seconds.
-        #[arg(long = "for")]
-        duration: Option<u64>,
-    },
+    Watch(WatchArgs),
     /// Run a reference cloud-tier worker: answer hard cases with the bigger model and keep them as a dataset.
-    Cloud {
-        #[command(flatten)]
-        mqtt: MqttArgs,
-        /// The cloud model: PATH answers every case; NAME=PATH (repeatable) answers the cases of the device model
-        /// NAME. Each spec is <model stem>.spec.json beside it, or --spec for a single PATH, or NAME=PATH:SPEC.
-        #[arg(long, default_value = "models/cloud-fp32.onnx")]
-        model: Vec<String>,
-        /// The spec of a single --model PATH (default: <model stem>.spec.json beside it).
-        #[arg(long)]
-        spec: Option<PathBuf>,
-        /// Where the received cases go (cases.jsonl and the images).
-        #[arg(long, default_value = "cloud-dataset")]
-        dataset: PathBuf,
-        /// The worker's signing key (`outpostctl keygen --out cloud.key`). Devices believe only answers signed by
-        /// a key listed in their forward.cloud_keys file.
-        #[arg(long)]
-        key: PathBuf,
-    },
+    Cloud(CloudArgs),
     /// Gradual rollout of a bundle over a group: waves, shadow evaluation, gates, automatic halt.
     Rollout {
         #[command(subcommand)]
@@ -160,14 +93,99 @@ enum Command {
         bundle: PathBuf,
     },
     /// Serve bundle chunks to devices through the broker (several servers may run at once).
-    Serve {
-        #[command(flatten)]
-        mqtt: MqttArgs,
-        #[arg(long, default_value_t = 64 * 1024)]
-        chunk_size: u32,
-        #[arg(required = true)]
-        bundles: Vec<PathBuf>,
-    },
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    #[command(flatten)]
+    to: TargetArgs,
+    /// Signing key(s) for the offer.
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// Chunk size in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    chunk_size: u32,
+    /// Seconds to wait for the device's acknowledgement (for a group: to collect them).
+    #[arg(long, default_value_t = 600)]
+    wait: u64,
+    /// Do not serve chunks from this process (other `outpostctl serve` processes do).
+    #[arg(long)]
+    no_serve: bool,
+    /// Print acknowledgements as JSON lines, no progress bar.
+    #[arg(long)]
+    json: bool,
+    bundle: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CmdArgs {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    #[command(flatten)]
+    to: TargetArgs,
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// Sequence number (default: Unix milliseconds).
+    #[arg(long)]
+    seq: Option<u64>,
+    /// Seconds until the command expires.
+    #[arg(long, default_value_t = 300)]
+    expires_in: u64,
+    /// Seconds to wait for acknowledgements.
+    #[arg(long, default_value_t = 15)]
+    wait: u64,
+    /// The model the command acts on (default: the device's default model). Agents from before the model
+    /// repository refuse a command that names one.
+    #[arg(long)]
+    model: Option<String>,
+    /// status | rollback | promote | set KEY VALUE | purge-cache | remove (needs --model)
+    #[arg(required = true, num_args = 1..=3)]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many seconds.
+    #[arg(long = "for")]
+    duration: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct CloudArgs {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// The cloud model: PATH answers every case; NAME=PATH (repeatable) answers the cases of the device model
+    /// NAME. Each spec is <model stem>.spec.json beside it, or --spec for a single PATH, or NAME=PATH:SPEC.
+    #[arg(long, default_value = "models/cloud-fp32.onnx")]
+    model: Vec<String>,
+    /// The spec of a single --model PATH (default: <model stem>.spec.json beside it).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Where the received cases go (cases.jsonl and the images).
+    #[arg(long, default_value = "cloud-dataset")]
+    dataset: PathBuf,
+    /// The worker's signing key (`outpostctl keygen --out cloud.key`). Devices believe only answers signed by
+    /// a key listed in their forward.cloud_keys file.
+    #[arg(long)]
+    key: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    #[arg(long, default_value_t = 64 * 1024)]
+    chunk_size: u32,
+    #[arg(required = true)]
+    bundles: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -521,11 +539,11 @@ fn run(cli: Cli) -> Result<()> {
                 .build()?
                 .block_on(simulate(args))
         }
-        c @ (Command::Publish { .. }
-        | Command::Cmd { .. }
-        | Command::Watch { .. }
-        | Command::Serve { .. }
-        | Command::Cloud { .. }) => {
+        c @ (Command::Publish(_)
+        | Command::Cmd(_)
+        | Command::Watch(_)
+        | Command::Serve(_)
+        | Command::Cloud(_)) => {
             let _ = outpost::telemetry::init_tracing(outpost::config::LogFormat::Plain, "warn");
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -776,10 +794,8 @@ impl outpost::fleet::operator::Progress for Shown {
     }
 }
 
+/// The fleet commands: one signal (Ctrl-C) cancels whichever runs.
 async fn fleet(c: Command) -> Result<()> {
-    use outpost::fleet::operator::{self, Outgoing};
-    use outpost::wire::command::Action;
-    use std::time::Duration;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
@@ -787,395 +803,256 @@ async fn fleet(c: Command) -> Result<()> {
         token.cancel();
     });
     match c {
-        Command::Serve {
-            mqtt,
-            chunk_size,
-            bundles,
-        } => {
-            let mut offers = Vec::new();
-            for b in &bundles {
-                let o = outpost::fleet::serve::make_offer(b, chunk_size)?;
-                eprintln!(
-                    "serving {} version {} ({} bytes, {} chunks) as {}",
-                    o.name,
-                    o.version,
-                    o.size,
-                    o.chunks.len(),
-                    o.bundle_hex()
-                );
-                offers.push((o, b.clone()));
-            }
-            let served = std::sync::Arc::new(outpost::fleet::serve::Served::default());
-            outpost::fleet::serve::serve(mqtt.settings("serve")?, offers, served.clone(), shutdown)
-                .await?;
-            eprintln!(
-                "served {} chunks",
-                served.chunks.load(std::sync::atomic::Ordering::Relaxed)
-            );
-            Ok(())
-        }
-        Command::Watch {
-            mqtt,
-            json,
-            duration,
-        } => {
-            let (client, mut events) =
-                operator::connect(&mqtt.settings("watch")?, shutdown.clone()).await?;
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            operator::watch(
-                &client,
-                &mut events,
-                duration.map(Duration::from_secs),
-                shutdown,
-                |fleet, last| {
-                    if json {
-                        println!("{}", String::from_utf8_lossy(last));
-                        return;
-                    }
-                    if tty {
-                        print!("\x1b[2J\x1b[H");
-                    }
-                    println!(
-                        "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12} TRUST",
-                        "DEVICE",
-                        "STATE",
-                        "MODEL",
-                        "VERSION",
-                        "SLOT",
-                        "TRIAL",
-                        "P50_US",
-                        "P99_US",
-                        "REQ/S",
-                        "FWD/SKIPPED",
-                        "DRIFT",
-                        "CLOCK"
-                    );
-                    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-                    for (device, s) in &fleet.devices {
-                        let Some(s) = s.online() else {
-                            println!("{device:<20} offline");
-                            continue;
-                        };
-                        let state = match &s.service.download {
-                            None => "online".to_string(),
-                            Some(dl) => format!("dl {}/{}", dl.chunks_done, dl.chunks_total),
-                        };
-                        // A row per model: the default model first (with the device's request rate), then the
-                        // others by name.
-                        // The device's clock: its health, `-` from agents before the time floor.
-                        let clock = s.clock.as_ref().map_or("-", |c| c.health.name());
-                        // Its trust version and root key ids; agents before trust documents report none.
-                        let trust = match &s.trust {
-                            None => "no trust support".to_string(),
-                            Some(t) => match t.version {
-                                Some(v) => format!("v{v} root {}", t.root_keys.join(",")),
-                                None => "NO TRUST (see status)".to_string(),
-                            },
-                        };
-                        let rows = std::iter::once((&s.service, Some(s.request_rate)))
-                            .chain(s.models.values().map(|m| (m, None)));
-                        for (i, (svc, rate)) in rows.enumerate() {
-                            let trial = svc
-                                .trial
-                                .as_ref()
-                                .map_or("-".to_string(), |t| t.requests.to_string());
-                            // The forward budget's spend (forwarded/skipped) and the drift alarm.
-                            let budget = svc
-                                .forward
-                                .as_ref()
-                                .and_then(|f| f.budget.as_ref())
-                                .map_or("-".to_string(), |b| format!("{}/{}", b.forwarded, b.skipped));
-                            let drift = svc.drift.as_ref().map_or("-", |d| {
-                                if d.drift {
-                                    "DRIFT"
-                                } else {
-                                    "ok"
-                                }
-                            });
-                            println!(
-                                "{:<20} {:<8} {:<14} {:>8} {:<6} {:<8} {:>9} {:>9} {:>7} {:>13} {:<6} {:<12} {}",
-                                if i == 0 { device.as_str() } else { "" },
-                                if i == 0 { state.as_str() } else { "" },
-                                svc.model.name,
-                                svc.model.version,
-                                svc.slot.name(),
-                                trial,
-                                opt(svc.latency_us.p50),
-                                opt(svc.latency_us.p99),
-                                rate.map_or("-".to_string(), |r| r.to_string()),
-                                budget,
-                                drift,
-                                if i == 0 { clock } else { "" },
-                                if i == 0 { trust.as_str() } else { "" }
-                            );
-                        }
-                    }
-                    if !fleet.rollouts.is_empty() {
-                        println!(
-                            "\n{:<24} {:<10} {:>5} {:<8} {:>9} {:>7} {:>9}  GATE",
-                            "ROLLOUT", "GROUP", "WAVE", "PHASE", "REPORTED", "FAILED", "LIVE"
-                        );
-                    }
-                    for (name, r) in &fleet.rollouts {
-                        println!(
-                            "{:<24} {:<10} {:>5} {:<8} {:>9} {:>7} {:>9}  {}",
-                            name,
-                            r.group,
-                            format!("{}/{}", r.wave, r.waves.len()),
-                            format!("{}{}", r.phase, if r.paused { "*" } else { "" }),
-                            format!("{}/{}", r.gate.reporting, r.gate.targeted),
-                            r.failed,
-                            r.live_on_version,
-                            r.reason.as_deref().unwrap_or(&r.decision)
-                        );
-                    }
-                },
-            )
-            .await?;
-            Ok(())
-        }
-        Command::Cmd {
-            mqtt,
-            to,
-            keys,
-            seq,
-            expires_in,
-            wait,
-            model,
-            command,
-        } => {
-            let action = match command.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-                ["status"] => Action::Status,
-                ["rollback"] => Action::Rollback,
-                ["promote"] => Action::Promote,
-                ["purge-cache"] => Action::PurgeCache,
-                ["remove"] if model.is_some() => Action::Remove,
-                ["remove"] => bail!("remove needs --model NAME (the default model cannot be removed)"),
-                ["set", key, value] => Action::Set { key: key.to_string(), value: value.to_string() },
-                other => bail!("unknown command {other:?}: use status, rollback, promote, set KEY VALUE, purge-cache or remove"),
-            };
-            if let Some(m) = &model {
-                outpost::repo::check_name(m)?;
-            }
-            let keys = load_keys(&keys)?;
-            let refs: Vec<&SigningKeyFile> = keys.iter().collect();
-            let (client, mut events) = operator::connect(&mqtt.settings("cmd")?, shutdown).await?;
-            let out = Outgoing {
-                target: to.target(),
-                action,
-                model,
-                seq: seq.unwrap_or_else(operator::default_seq),
-                expires_in: Duration::from_secs(expires_in),
-            };
-            let mut shown = Shown {
-                bar: None,
-                json: true,
-            };
-            let acks = operator::send(
-                &client,
-                &mut events,
-                &out,
-                &refs,
-                Duration::from_secs(wait),
-                &mut shown,
-            )
-            .await?;
-            let _ = client.disconnect().await;
-            if acks.is_empty() {
-                bail!("no acknowledgement within {wait} s (is the device online? see `outpostctl watch`)");
-            }
-            if acks.iter().any(|a| !a.ok) {
-                bail!(
-                    "refused or failed: {}",
-                    acks.iter()
-                        .filter_map(|a| a.error.as_deref())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-            }
-            Ok(())
-        }
-        Command::Publish {
-            mqtt,
-            to,
-            keys,
-            chunk_size,
-            wait,
-            no_serve,
-            json,
-            bundle,
-        } => {
-            let offer = outpost::fleet::serve::make_offer(&bundle, chunk_size)?;
-            let keys = load_keys(&keys)?;
-            let refs: Vec<&SigningKeyFile> = keys.iter().collect();
-            let settings = mqtt.settings("publish")?;
-            if !no_serve {
-                let (s, o, b, t) = (
-                    mqtt.settings("serve")?,
-                    offer.clone(),
-                    bundle.clone(),
-                    shutdown.clone(),
-                );
-                let served = std::sync::Arc::new(outpost::fleet::serve::Served::default());
-                tokio::spawn(async move {
-                    if let Err(e) = outpost::fleet::serve::serve(s, vec![(o, b)], served, t).await {
-                        eprintln!("error: serving chunks: {e}");
-                    }
-                });
-            }
-            let (client, mut events) = operator::connect(&settings, shutdown.clone()).await?;
-            let bar = (!json).then(|| {
-                let b = indicatif::ProgressBar::new(offer.chunks.len() as u64);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{msg} [{bar:40}] {pos}/{len} chunks {elapsed}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                b
-            });
-            if !json {
-                eprintln!(
-                    "offering {} version {} ({} bytes, {} chunks of {chunk_size})",
-                    offer.name,
-                    offer.version,
-                    offer.size,
-                    offer.chunks.len()
-                );
-            }
-            let started = std::time::Instant::now();
-            let out = Outgoing {
-                target: to.target(),
-                action: Action::Update(offer),
-                model: None,
-                seq: operator::default_seq(),
-                expires_in: Duration::from_secs(wait.max(60)),
-            };
-            let mut shown = Shown { bar, json };
-            let acks = operator::send(
-                &client,
-                &mut events,
-                &out,
-                &refs,
-                Duration::from_secs(wait),
-                &mut shown,
-            )
-            .await?;
-            if let Some(b) = &shown.bar {
-                b.finish_and_clear();
-            }
-            shutdown.cancel();
-            let _ = client.disconnect().await;
-            if acks.is_empty() {
-                bail!("no device acknowledged the update within {wait} s (is it online? see `outpostctl watch`)");
-            }
-            for a in &acks {
-                if !json {
-                    let outcome = a.outcome();
-                    match (a.ok, outcome.and_then(|o| o.installed.as_ref())) {
-                        (true, Some(installed)) => eprintln!(
-                            "{}: installed version {} in slot {} after {:.1} s",
-                            a.device,
-                            installed.version,
-                            outcome.and_then(|o| o.slot).map_or("?", |s| s.name()),
-                            started.elapsed().as_secs_f64()
-                        ),
-                        (true, None) => eprintln!(
-                            "{}: version {} was already {}",
-                            a.device,
-                            outcome.and_then(|o| o.version).unwrap_or(0),
-                            match outcome.and_then(|o| o.already) {
-                                Some(outpost::wire::status::Already::Staged) => "staged",
-                                _ => "live",
-                            }
-                        ),
-                        (false, _) => eprintln!(
-                            "{}: refused: {}",
-                            a.device,
-                            a.error.as_deref().unwrap_or("no reason given")
-                        ),
-                    }
-                }
-            }
-            if acks.iter().any(|a| !a.ok) {
-                bail!("the update was refused");
-            }
-            Ok(())
-        }
-        Command::Cloud {
-            mqtt,
-            model,
-            spec,
-            dataset,
-            key,
-        } => {
-            let key = std::sync::Arc::new(SigningKeyFile::load(&key).with_context(|| {
-                format!(
-                    "the cloud worker signs its answers with {}: make it with `outpostctl keygen --out {}`",
-                    key.display(),
-                    key.display()
-                )
-            })?);
-            let mut models = outpost::fleet::cloud::CloudModels::default();
-            for m in &model {
-                match m.split_once('=') {
-                    Some((name, path)) => {
-                        outpost::repo::check_name(name)?;
-                        // NAME=MODEL:SPEC names the spec when it is not <model stem>.spec.json.
-                        let (path, spec) = match path.rsplit_once(':') {
-                            Some((p, s)) if s.ends_with(".json") => {
-                                (p, Some(std::path::Path::new(s)))
-                            }
-                            _ => (path, None),
-                        };
-                        let engine = Engine::load_files(std::path::Path::new(path), spec)
-                            .with_context(|| path.to_string())?;
-                        models
-                            .by_model
-                            .insert(name.to_string(), std::sync::Arc::new(engine));
-                    }
-                    None => {
-                        let engine = Engine::load_files(std::path::Path::new(m), spec.as_deref())
-                            .with_context(|| m.to_string())?;
-                        models.any = Some(std::sync::Arc::new(engine));
-                    }
-                }
-            }
-            let engine = models
-                .any
-                .clone()
-                .or_else(|| models.by_model.values().next().cloned())
-                .context("no cloud model: pass --model PATH or --model NAME=PATH")?;
-            let models = std::sync::Arc::new(models);
-            eprintln!(
-                "cloud worker: {} ({}), signing key {}, dataset in {}",
-                engine.spec().name,
-                engine.digest(),
-                key.id(),
-                dataset.display()
-            );
-            let stats = std::sync::Arc::new(outpost::fleet::cloud::WorkerStats::default());
-            outpost::fleet::cloud::run_worker(
-                mqtt.settings("cloud")?,
-                models,
-                key,
-                dataset,
-                stats.clone(),
-                shutdown,
-            )
-            .await?;
-            use std::sync::atomic::Ordering::Relaxed;
-            eprintln!(
-                "answered {}, stored {}, duplicates {}, refused {}",
-                stats.answered.load(Relaxed),
-                stats.stored.load(Relaxed),
-                stats.duplicates.load(Relaxed),
-                stats.refused.load(Relaxed)
-            );
-            Ok(())
-        }
+        Command::Serve(a) => serve(a, shutdown).await,
+        Command::Watch(a) => watch(a, shutdown).await,
+        Command::Cmd(a) => cmd(a, shutdown).await,
+        Command::Publish(a) => publish(a, shutdown).await,
+        Command::Cloud(a) => cloud(a, shutdown).await,
         _ => unreachable!("only fleet commands come here"),
     }
+}
+
+async fn publish(a: PublishArgs, shutdown: tokio_util::sync::CancellationToken) -> Result<()> {
+    let PublishArgs {
+        mqtt,
+        to,
+        keys,
+        chunk_size,
+        wait,
+        no_serve,
+        json,
+        bundle,
+    } = a;
+    let offer = outpost::fleet::serve::make_offer(&bundle, chunk_size)?;
+    let keys = load_keys(&keys)?;
+    let refs: Vec<&SigningKeyFile> = keys.iter().collect();
+    let settings = mqtt.settings("publish")?;
+    if !no_serve {
+        let (s, o, b, t) = (
+            mqtt.settings("serve")?,
+            offer.clone(),
+            bundle.clone(),
+            shutdown.clone(),
+        );
+        let served = std::sync::Arc::new(outpost::fleet::serve::Served::default());
+        tokio::spawn(async move {
+            if let Err(e) = outpost::fleet::serve::serve(s, vec![(o, b)], served, t).await {
+                eprintln!("error: serving chunks: {e}");
+            }
+        });
+    }
+    let (client, mut events) = operator::connect(&settings, shutdown.clone()).await?;
+    let bar = (!json).then(|| {
+        let b = indicatif::ProgressBar::new(offer.chunks.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} chunks {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    if !json {
+        eprintln!(
+            "offering {} version {} ({} bytes, {} chunks of {chunk_size})",
+            offer.name,
+            offer.version,
+            offer.size,
+            offer.chunks.len()
+        );
+    }
+    let started = std::time::Instant::now();
+    let out = Outgoing {
+        target: to.target(),
+        action: Action::Update(offer),
+        model: None,
+        seq: operator::default_seq(),
+        expires_in: Duration::from_secs(wait.max(60)),
+    };
+    let mut shown = Shown { bar, json };
+    let acks = operator::send(
+        &client,
+        &mut events,
+        &out,
+        &refs,
+        Duration::from_secs(wait),
+        &mut shown,
+    )
+    .await?;
+    if let Some(b) = &shown.bar {
+        b.finish_and_clear();
+    }
+    shutdown.cancel();
+    let _ = client.disconnect().await;
+    if acks.is_empty() {
+        bail!("no device acknowledged the update within {wait} s (is it online? see `outpostctl watch`)");
+    }
+    if !json {
+        for a in &acks {
+            eprintln!("{}", operator::update_line(a, started.elapsed()));
+        }
+    }
+    if acks.iter().any(|a| !a.ok) {
+        bail!("the update was refused");
+    }
+    Ok(())
+}
+
+async fn cmd(a: CmdArgs, shutdown: tokio_util::sync::CancellationToken) -> Result<()> {
+    let CmdArgs {
+        mqtt,
+        to,
+        keys,
+        seq,
+        expires_in,
+        wait,
+        model,
+        command,
+    } = a;
+    let action = operator::action_of(&command, model.is_some())?;
+    if let Some(m) = &model {
+        outpost::repo::check_name(m)?;
+    }
+    let keys = load_keys(&keys)?;
+    let refs: Vec<&SigningKeyFile> = keys.iter().collect();
+    let (client, mut events) = operator::connect(&mqtt.settings("cmd")?, shutdown).await?;
+    let out = Outgoing {
+        target: to.target(),
+        action,
+        model,
+        seq: seq.unwrap_or_else(operator::default_seq),
+        expires_in: Duration::from_secs(expires_in),
+    };
+    let mut shown = Shown {
+        bar: None,
+        json: true,
+    };
+    let acks = operator::send(
+        &client,
+        &mut events,
+        &out,
+        &refs,
+        Duration::from_secs(wait),
+        &mut shown,
+    )
+    .await?;
+    let _ = client.disconnect().await;
+    if acks.is_empty() {
+        bail!("no acknowledgement within {wait} s (is the device online? see `outpostctl watch`)");
+    }
+    if acks.iter().any(|a| !a.ok) {
+        bail!(
+            "refused or failed: {}",
+            acks.iter()
+                .filter_map(|a| a.error.as_deref())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}
+
+async fn watch(a: WatchArgs, shutdown: tokio_util::sync::CancellationToken) -> Result<()> {
+    let WatchArgs {
+        mqtt,
+        json,
+        duration,
+    } = a;
+    let (client, mut events) =
+        operator::connect(&mqtt.settings("watch")?, shutdown.clone()).await?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    operator::watch(
+        &client,
+        &mut events,
+        duration.map(Duration::from_secs),
+        shutdown,
+        |fleet, last| {
+            if json {
+                println!("{}", String::from_utf8_lossy(last));
+            } else {
+                // On a terminal the table replaces the last one.
+                if tty {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", fleet.table());
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cloud(a: CloudArgs, shutdown: tokio_util::sync::CancellationToken) -> Result<()> {
+    let CloudArgs {
+        mqtt,
+        model,
+        spec,
+        dataset,
+        key,
+    } = a;
+    let key = std::sync::Arc::new(SigningKeyFile::load(&key).with_context(|| {
+        format!(
+            "the cloud worker signs its answers with {}: make it with `outpostctl keygen --out {}`",
+            key.display(),
+            key.display()
+        )
+    })?);
+    let (models, engine) = outpost::fleet::cloud::CloudModels::from_args(&model, spec.as_deref())?;
+    let models = std::sync::Arc::new(models);
+    eprintln!(
+        "cloud worker: {} ({}), signing key {}, dataset in {}",
+        engine.spec().name,
+        engine.digest(),
+        key.id(),
+        dataset.display()
+    );
+    let stats = std::sync::Arc::new(outpost::fleet::cloud::WorkerStats::default());
+    outpost::fleet::cloud::run_worker(
+        mqtt.settings("cloud")?,
+        models,
+        key,
+        dataset,
+        stats.clone(),
+        shutdown,
+    )
+    .await?;
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!(
+        "answered {}, stored {}, duplicates {}, refused {}",
+        stats.answered.load(Relaxed),
+        stats.stored.load(Relaxed),
+        stats.duplicates.load(Relaxed),
+        stats.refused.load(Relaxed)
+    );
+    Ok(())
+}
+
+async fn serve(a: ServeArgs, shutdown: tokio_util::sync::CancellationToken) -> Result<()> {
+    let ServeArgs {
+        mqtt,
+        chunk_size,
+        bundles,
+    } = a;
+    let mut offers = Vec::new();
+    for b in &bundles {
+        let o = outpost::fleet::serve::make_offer(b, chunk_size)?;
+        eprintln!(
+            "serving {} version {} ({} bytes, {} chunks) as {}",
+            o.name,
+            o.version,
+            o.size,
+            o.chunks.len(),
+            o.bundle_hex()
+        );
+        offers.push((o, b.clone()));
+    }
+    let served = std::sync::Arc::new(outpost::fleet::serve::Served::default());
+    outpost::fleet::serve::serve(mqtt.settings("serve")?, offers, served.clone(), shutdown).await?;
+    eprintln!(
+        "served {} chunks",
+        served.chunks.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(())
 }
 
 /// Many agents mean many sockets and files: take the hard limit on open files.

@@ -102,7 +102,59 @@ pub struct CloudModels {
     pub any: Option<Arc<Engine>>,
 }
 
+/// Why `outpostctl cloud --model` arguments do not give a worker its models.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudModelError {
+    #[error(transparent)]
+    Name(#[from] crate::repo::RepoError),
+    #[error("{path}: {source}")]
+    Load {
+        path: String,
+        source: InferenceError,
+    },
+    #[error("no cloud model: pass --model PATH or --model NAME=PATH")]
+    None,
+}
+
 impl CloudModels {
+    /// The models of `outpostctl cloud --model` arguments: `PATH` answers any model's cases (with `spec`, else the
+    /// spec beside it), `NAME=PATH` the cases of the device model `NAME`, and `NAME=PATH:SPEC.json` names its spec.
+    /// Returns them with the model a worker reports it answers with (the `PATH` one, else the first by name).
+    pub fn from_args(
+        args: &[String],
+        spec: Option<&std::path::Path>,
+    ) -> Result<(CloudModels, Arc<Engine>), CloudModelError> {
+        use std::path::Path;
+        let load = |path: &str, spec: Option<&Path>| {
+            Engine::load_files(Path::new(path), spec)
+                .map(Arc::new)
+                .map_err(|source| CloudModelError::Load {
+                    path: path.to_string(),
+                    source,
+                })
+        };
+        let mut models = CloudModels::default();
+        for m in args {
+            match m.split_once('=') {
+                Some((name, path)) => {
+                    crate::repo::check_name(name)?;
+                    let (path, spec) = match path.rsplit_once(':') {
+                        Some((p, s)) if s.ends_with(".json") => (p, Some(Path::new(s))),
+                        _ => (path, None),
+                    };
+                    models.by_model.insert(name.to_string(), load(path, spec)?);
+                }
+                None => models.any = Some(load(m, spec)?),
+            }
+        }
+        let shown = models
+            .any
+            .clone()
+            .or_else(|| models.by_model.values().next().cloned())
+            .ok_or(CloudModelError::None)?;
+        Ok((models, shown))
+    }
+
     pub fn one(engine: Arc<Engine>) -> CloudModels {
         CloudModels {
             by_model: Default::default(),

@@ -1,10 +1,14 @@
 //! The operator's side (`outpostctl publish`, `cmd`, `watch`): sign a command, send it, wait for the
-//! acknowledgements, follow the fleet's retained status.
+//! acknowledgements (this file), follow the fleet's retained status and show it (`watch.rs`). `outpostctl` is a thin
+//! shell over these calls: what it prints is built here, where a test can read it.
+
+mod watch;
+
+pub use watch::{watch, Fleet};
 
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +52,66 @@ pub struct Outgoing {
     pub model: Option<String>,
     pub seq: u64,
     pub expires_in: Duration,
+}
+
+/// Why the words of `outpostctl cmd` are not a command.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum WordsError {
+    #[error("remove needs --model NAME (the default model cannot be removed)")]
+    RemoveNeedsModel,
+    #[error("unknown command {0:?}: use status, rollback, promote, set KEY VALUE, purge-cache or remove")]
+    Unknown(Vec<String>),
+}
+
+/// The action `outpostctl cmd` words name; `with_model`: the command names a model (`--model`).
+pub fn action_of(words: &[String], with_model: bool) -> Result<Action, WordsError> {
+    match words
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["status"] => Ok(Action::Status),
+        ["rollback"] => Ok(Action::Rollback),
+        ["promote"] => Ok(Action::Promote),
+        ["purge-cache"] => Ok(Action::PurgeCache),
+        ["remove"] if with_model => Ok(Action::Remove),
+        ["remove"] => Err(WordsError::RemoveNeedsModel),
+        ["set", key, value] => Ok(Action::Set {
+            key: key.to_string(),
+            value: value.to_string(),
+        }),
+        _ => Err(WordsError::Unknown(words.to_vec())),
+    }
+}
+
+/// One device's answer to `outpostctl publish`, as the operator reads it: installed where, already there, or the
+/// refusal's sentence.
+pub fn update_line(ack: &Ack, elapsed: Duration) -> String {
+    let outcome = ack.outcome();
+    match (ack.ok, outcome.and_then(|o| o.installed.as_ref())) {
+        (true, Some(installed)) => format!(
+            "{}: installed version {} in slot {} after {:.1} s",
+            ack.device,
+            installed.version,
+            outcome.and_then(|o| o.slot).map_or("?", |s| s.name()),
+            elapsed.as_secs_f64()
+        ),
+        (true, None) => format!(
+            "{}: version {} was already {}",
+            ack.device,
+            outcome.and_then(|o| o.version).unwrap_or(0),
+            match outcome.and_then(|o| o.already) {
+                Some(crate::wire::status::Already::Staged) => "staged",
+                _ => "live",
+            }
+        ),
+        (false, _) => format!(
+            "{}: refused: {}",
+            ack.device,
+            ack.error.as_deref().unwrap_or("no reason given")
+        ),
+    }
 }
 
 /// Unix milliseconds: increasing across invocations on one operator machine, so a good default sequence number.
@@ -243,91 +307,53 @@ pub async fn send(
     Ok(acks)
 }
 
-/// The fleet as `watch` sees it: device statuses and rollout summaries, by id and by rollout name.
-#[derive(Debug, Default)]
-pub struct Fleet {
-    pub devices: BTreeMap<String, DeviceStatus>,
-    pub rollouts: BTreeMap<String, crate::rollout::RolloutSummary>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::status::CommandName;
 
-async fn watch_subscribe(client: &AsyncClient) -> Result<(), FleetError> {
-    client
-        .subscribe(topics::ALL_STATUS, QoS::AtLeastOnce)
-        .await?;
-    client
-        .subscribe(topics::ALL_ROLLOUTS, QoS::AtLeastOnce)
-        .await?;
-    Ok(())
-}
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
 
-/// Follows the retained status of every device and every rollout; calls `show` with the whole picture on each
-/// change, until `duration` (forever if None) or `shutdown`.
-pub async fn watch(
-    client: &AsyncClient,
-    events: &mut mpsc::Receiver<LinkEvent>,
-    duration: Option<Duration>,
-    shutdown: CancellationToken,
-    mut show: impl FnMut(&Fleet, &[u8]),
-) -> Result<(), FleetError> {
-    watch_subscribe(client).await?;
-    let mut fleet = Fleet::default();
-    let end = duration.map(|d| Instant::now() + d);
-    loop {
-        let left = end
-            .map(|e| e.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
-        if left.is_zero() {
-            return Ok(());
-        }
-        let ev = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(left, events.recv()) => match r {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return Ok(()),
-                Err(_) => continue,
-            },
+    /// The words of `outpostctl cmd` map to their actions; `remove` needs a model, anything else is named back.
+    #[test]
+    fn command_words_name_their_action() {
+        assert_eq!(action_of(&words(&["status"]), false), Ok(Action::Status));
+        assert_eq!(
+            action_of(&words(&["set", "shadow.fraction", "0.5"]), false),
+            Ok(Action::Set {
+                key: "shadow.fraction".into(),
+                value: "0.5".into()
+            })
+        );
+        assert_eq!(action_of(&words(&["remove"]), true), Ok(Action::Remove));
+        assert_eq!(
+            action_of(&words(&["remove"]), false),
+            Err(WordsError::RemoveNeedsModel)
+        );
+        assert_eq!(
+            action_of(&words(&["reboot", "now"]), false),
+            Err(WordsError::Unknown(words(&["reboot", "now"])))
+        );
+    }
+
+    /// A refused update reads as the device and the refusal's sentence.
+    #[test]
+    fn a_refused_update_reads_as_its_sentence() {
+        let ack = Ack {
+            device: "dev-1".into(),
+            seq: Some(7),
+            command: CommandName::Update,
+            ok: false,
+            unix: 0,
+            result: None,
+            error: Some("version 2 is not newer than version 3".into()),
+            refusal: None,
         };
-        match ev {
-            LinkEvent::Message(p) => {
-                let topic = mqtt::topic_of(&p);
-                if let Some(name) = topic
-                    .strip_prefix("outpost/v1/rollout/")
-                    .and_then(|r| r.strip_suffix("/status"))
-                {
-                    // A summary that does not read (another version's driver) is left out of the view.
-                    let Ok(v) =
-                        serde_json::from_slice::<crate::rollout::RolloutSummary>(&p.payload)
-                    else {
-                        continue;
-                    };
-                    fleet.rollouts.insert(name.to_string(), v);
-                } else {
-                    let device = topic
-                        .strip_prefix("outpost/v1/device/")
-                        .and_then(|r| r.strip_suffix("/status"))
-                        .unwrap_or("?")
-                        .to_string();
-                    match DeviceStatus::from_json(&p.payload) {
-                        Ok(s) => {
-                            fleet.devices.insert(device, s);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%device, error = %e, "ignored a status that does not decode");
-                            continue;
-                        }
-                    }
-                }
-                show(&fleet, &p.payload);
-            }
-            LinkEvent::Connected { session_present } => {
-                if !session_present {
-                    watch_subscribe(client).await?;
-                }
-            }
-            LinkEvent::Disconnected { error, .. } => {
-                tracing::warn!(%error, "lost the broker; reconnecting")
-            }
-            LinkEvent::Subscribed => {}
-        }
+        assert_eq!(
+            update_line(&ack, Duration::from_secs(1)),
+            "dev-1: refused: version 2 is not newer than version 3"
+        );
     }
 }
