@@ -200,21 +200,23 @@ fn sigterm_under_load_finishes_or_refuses_every_request_and_exits_zero() {
         Arc::new(AtomicUsize::new(0)),
     );
     let url = daemon.url("/v1/infer");
-    let stop_at = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    // The clients run until the daemon has stopped and refused some of them.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..6)
         .map(|t| {
-            let (images, ok, busy, refused, url) = (
+            let (images, ok, busy, refused, url, done) = (
                 images.clone(),
                 ok.clone(),
                 busy.clone(),
                 refused.clone(),
                 url.clone(),
+                done.clone(),
             );
             std::thread::spawn(move || {
                 let agent = http();
                 let mut i = t;
                 let mut bad = Vec::new();
-                while std::time::Instant::now() < stop_at {
+                while !done.load(Ordering::SeqCst) {
                     match agent
                         .post(&url)
                         .header("content-type", "image/png")
@@ -254,9 +256,20 @@ fn sigterm_under_load_finishes_or_refuses_every_request_and_exits_zero() {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SIGTERM lands in the middle of the load: once every client has had answers.
+    common::wait_until(
+        "the clients are being served",
+        std::time::Duration::from_secs(30),
+        || ok.load(Ordering::SeqCst) >= 30,
+    );
     let served_before = ok.load(Ordering::SeqCst);
     let status = daemon.stop();
+    common::wait_until(
+        "requests after the stop are refused",
+        std::time::Duration::from_secs(30),
+        || refused.load(Ordering::SeqCst) > 0,
+    );
+    done.store(true, Ordering::SeqCst);
     let bad: Vec<String> = clients
         .into_iter()
         .flat_map(|c| c.join().unwrap())

@@ -166,9 +166,14 @@ fn commands_from_an_operator_tool_before_the_repository_still_drive_the_default_
 
     // Signed by the old tool, version-1 commands: decoded and run on the default model.
     let ack = send("cmd-0010-status.bin");
-    assert_eq!(ack["ok"], true, "{ack}");
-    assert_eq!(ack["seq"], 10, "{ack}");
-    assert_eq!(ack["result"]["model"]["name"], "edge-int8", "{ack}");
+    assert!(ack.ok, "{ack:?}");
+    assert_eq!(ack.seq, Some(10), "{ack:?}");
+    match &ack.result {
+        Some(outpost::wire::status::AckResult::Status(st)) => {
+            assert_eq!(st.service.model.name, "edge-int8", "{ack:?}")
+        }
+        other => panic!("a status command answers with the status: {other:?}"),
+    }
 
     // The old tool's update (v4, offered in 16 KiB chunks) installs into the default model.
     let mut server = Command::new(env!("CARGO_BIN_EXE_outpostctl"));
@@ -193,13 +198,13 @@ fn commands_from_an_operator_tool_before_the_repository_still_drive_the_default_
         },
     );
     let ack = send("cmd-0013-set-hardness-threshold-0.8.bin");
-    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(ack.ok, "{ack:?}");
     assert_eq!(
         daemon.get_json("/v1/status")["settings"]["hardness.threshold"],
         "0.8"
     );
     let ack = send("cmd-0015-rollback.bin");
-    assert_eq!(ack["ok"], true, "{ack}");
+    assert!(ack.ok, "{ack:?}");
     wait_until(
         "back on the built-in model",
         Duration::from_secs(10),

@@ -176,7 +176,19 @@ fn a_good_bundle_reaches_200_agents_wave_by_wave_and_a_bad_one_halts_in_the_cana
         "nothing went live"
     );
     assert_eq!(p4.sent.keys().cloned().collect::<BTreeSet<_>>(), canaries);
-    std::thread::sleep(Duration::from_secs(2));
+    // The halt abandons version 4 where it was staged: the canaries report it gone before the simulation stops.
+    wait_until(
+        "every canary's status drops version 4",
+        Duration::from_secs(60),
+        || {
+            let statuses = online_statuses(&m, 200);
+            canaries.iter().all(|d| {
+                statuses
+                    .get(d)
+                    .is_some_and(|st| st.service.candidate.as_ref().is_none_or(|c| c.version != 4))
+            })
+        },
+    );
 
     let report = sim.stop();
     assert_eq!(report.len(), 200);
@@ -348,7 +360,22 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
         Duration::from_secs(60),
         || try_progress(&state3).is_some_and(|p| !p.sent.is_empty()),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The abort comes once a canary reports version 3 staged, so it has something to drop.
+    wait_until(
+        "a canary's status shows version 3 staged",
+        Duration::from_secs(60),
+        || {
+            let sent = progress(&state3).sent;
+            online_statuses(&m, 60).iter().any(|(d, st)| {
+                sent.contains_key(d)
+                    && st
+                        .service
+                        .candidate
+                        .as_ref()
+                        .is_some_and(|c| c.version == 3)
+            })
+        },
+    );
     assert!(outpostctl(&["rollout", "abort", "--state", s(&state3)])
         .status
         .success());
@@ -361,7 +388,18 @@ fn devices_joining_mid_rollout_get_their_wave_and_an_abort_abandons_the_version(
         p3.phase
     );
     let canaries: Vec<String> = p3.sent.keys().cloned().collect();
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        "every canary's status drops version 3",
+        Duration::from_secs(60),
+        || {
+            let statuses = online_statuses(&m, 60);
+            canaries.iter().all(|d| {
+                statuses
+                    .get(d)
+                    .is_some_and(|st| st.service.candidate.as_ref().is_none_or(|c| c.version != 3))
+            })
+        },
+    );
     let mut report = first.stop();
     report.extend(late.stop());
     assert_eq!(report.len(), 60);

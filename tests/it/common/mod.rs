@@ -831,30 +831,73 @@ fn mosquitto_pub(broker: &Mosquitto, topic: &str, bytes: &[u8], dir: &Path, reta
     assert!(st.success());
 }
 
-/// The next acknowledgement the device publishes (subscribe first, then act).
-pub fn next_ack(broker: &Mosquitto, device: &str, act: impl FnOnce()) -> serde_json::Value {
-    let sub = std::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
-        .args([
-            "-t",
-            &format!("outpost/v1/device/{device}/ack"),
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
+/// The next acknowledgement the device publishes, read as the library's [`Ack`](outpost::wire::status::Ack): the
+/// subscription is acknowledged by the broker (its SUBACK) before `act` runs, so the answer cannot be missed.
+pub fn next_ack(
+    broker: &Mosquitto,
+    device: &str,
+    act: impl FnOnce(),
+) -> outpost::wire::status::Ack {
+    use outpost::fleet::mqtt::{Broker, LinkEvent, Settings};
+    use std::time::Duration;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    act();
-    let out = sub.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "no acknowledgement: {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let settings = Settings {
+        broker: Broker::parse(&broker.url()).unwrap(),
+        client_id: format!("test-ack-{device}-{}", free_port()),
+        tls: Default::default(),
+        keep_alive: Duration::from_secs(30),
+        max_packet: 4 << 20,
+        session_expiry_s: 0,
+        last_will: None,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ack = rt.block_on(async {
+        let (client, mut events) = outpost::fleet::operator::connect(&settings, shutdown.clone())
+            .await
+            .unwrap();
+        client
+            .subscribe(
+                format!("outpost/v1/device/{device}/ack"),
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .ok()
+                .flatten()
+        };
+        loop {
+            match next().await {
+                Some(LinkEvent::Subscribed) => break,
+                Some(_) => continue,
+                None => {
+                    panic!("the broker did not acknowledge the subscription to {device}'s acks")
+                }
+            }
+        }
+        act();
+        loop {
+            match next().await {
+                Some(LinkEvent::Message(p)) => {
+                    break outpost::wire::status::Ack::from_json(&p.payload).unwrap_or_else(|e| {
+                        panic!(
+                            "an acknowledgement that does not read ({e}): {:?}",
+                            String::from_utf8_lossy(&p.payload)
+                        )
+                    })
+                }
+                Some(_) => continue,
+                None => panic!("no acknowledgement from {device} within 10 s"),
+            }
+        }
+    });
+    shutdown.cancel();
+    ack
 }
 
 /// Waits for `child` to exit; fails the test after `timeout`.
