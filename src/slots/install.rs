@@ -1,5 +1,6 @@
-//! The install path shared by `outpost install` (and, later, the fleet link): verify, stream into the inactive
-//! slot, check, pick a variant, flip.
+//! The install path shared by `outpost install` and the fleet link: verify, stream into the inactive slot, check,
+//! pick a variant, flip. Refusals are typed: the install's ([`InstallError`]), each variant's ([`VariantRefused`],
+//! the install goes on with the others), and a slot that does not load as its record says ([`LoadError`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

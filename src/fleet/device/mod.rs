@@ -3,7 +3,10 @@
 //! publishes status.
 //!
 //! Slot changes go through the same library calls as `outpost install` / `rollback` / `promote` (a locked record
-//! transition); the daemon's slot controller then swaps the model, exactly as it does for an operator on the device.
+//! transition). An install then hands its release (the record it wrote and the gated engine) to the model's slot
+//! controller, which serves it at once; a rollback, promote or activate reaches the controller through its poll of the
+//! record, as a change made by an operator on the device does. Every refusal is acknowledged as a typed
+//! [`refused::Refused`]: its sentence, and the kind operators act on.
 
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
