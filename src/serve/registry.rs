@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use super::Service;
 use crate::clock::Clock;
 use crate::trust::LiveTrust;
-use crate::wire::status::LocalStatus;
+use crate::wire::status::{HostStatus, LocalStatus};
 
 pub struct Registry {
     default: String,
@@ -159,6 +159,16 @@ impl Registry {
         self.read().keys().cloned().collect()
     }
 
+    /// The device as a whole, for both statuses (local and retained).
+    pub fn host_status(&self) -> HostStatus {
+        HostStatus {
+            clock: Some(self.clock.status()),
+            trust: Some(self.trust.status()),
+            storage: self.storage_status(),
+            link: self.link.status(),
+        }
+    }
+
     /// The default model's status at the top (what single-model clients read), every other model's by name.
     pub fn status(&self) -> LocalStatus {
         let mut models = BTreeMap::new();
@@ -169,10 +179,7 @@ impl Registry {
         }
         LocalStatus {
             default_model: self.default.clone(),
-            clock: Some(self.clock.status()),
-            trust: Some(self.trust.status()),
-            storage: self.storage_status(),
-            link: self.link.status(),
+            host: self.host_status(),
             service: self.default_service().status(),
             models,
         }

@@ -561,6 +561,20 @@ pub struct TrustStatus {
 pub struct LocalStatus {
     /// The model `/v1/infer` serves.
     pub default_model: String,
+    /// The device as a whole: its clock, trust, storage and link.
+    #[serde(flatten)]
+    pub host: HostStatus,
+    #[serde(flatten)]
+    pub service: ServiceStatus,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ServiceStatus>,
+}
+
+/// What a status says about the device as a whole, whichever model: its clock, trust, storage and broker link. One
+/// struct, flattened into both the local status (`GET /v1/status`) and the retained one, so that the two say it with
+/// the same names and a change to one is a change to both.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostStatus {
     /// The device's clock and time floor (absent from agents before the floor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockStatus>,
@@ -573,10 +587,6 @@ pub struct LocalStatus {
     /// The link to the broker (absent without one, and from agents before it was reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkStatus>,
-    #[serde(flatten)]
-    pub service: ServiceStatus,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub models: BTreeMap<String, ServiceStatus>,
 }
 
 /// An online device's retained status.
@@ -590,18 +600,9 @@ pub struct OnlineStatus {
     /// The model the top-level fields are about (absent from agents before the model repository, which had one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
-    /// The device's clock and time floor (absent from agents before the floor).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clock: Option<ClockStatus>,
-    /// What the device trusts (absent from agents before trust documents).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trust: Option<TrustStatus>,
-    /// The state dir's storage (absent from agents before the stores were split).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage: Option<StorageStatus>,
-    /// The link to the broker (absent without one, and from agents before it was reported).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<LinkStatus>,
+    /// The device as a whole: its clock, trust, storage and link.
+    #[serde(flatten)]
+    pub host: HostStatus,
     /// The default model's status, where a single-model agent put its own.
     #[serde(flatten)]
     pub service: ServiceStatus,
@@ -846,44 +847,46 @@ mod tests {
             link_uptime_s: 7,
             request_rate: 0.0,
             default_model: Some("m".into()),
-            clock: Some(ClockStatus {
-                system_unix: 2_208_988_800,
-                floor_unix: 1_796_601_600,
-                build_unix: 1_796_601_600,
-                health: ClockHealth::FarAhead,
-                floor_error: None,
-                floor_write_failures: 0,
-            }),
-            trust: Some(TrustStatus {
-                version: Some(2),
-                root_keys: vec!["00112233aabbccdd".into()],
-                root_threshold: 1,
-                warnings: vec![TrustWarning::SingleRootKey],
-                error: None,
-                reset: None,
-                unsigned_live: vec!["m".into()],
-            }),
-            link: Some(LinkStatus {
-                connected: true,
-                subscribed: true,
-                connects: 2,
-            }),
-            storage: Some(StorageStatus {
-                dir: "/var/lib/outpost".into(),
-                free_bytes: Some(0),
-                reserve_bytes: 4 << 20,
-                reserve_held: false,
-                stores: [(
-                    StoreName::Cache,
-                    StoreHealth {
-                        state: StoreState::DiskFull,
-                        dir: "/var/lib/outpost/cache".into(),
-                        failures: 3,
-                        error: Some("No space left on device (os error 28)".into()),
-                    },
-                )]
-                .into(),
-            }),
+            host: HostStatus {
+                clock: Some(ClockStatus {
+                    system_unix: 2_208_988_800,
+                    floor_unix: 1_796_601_600,
+                    build_unix: 1_796_601_600,
+                    health: ClockHealth::FarAhead,
+                    floor_error: None,
+                    floor_write_failures: 0,
+                }),
+                trust: Some(TrustStatus {
+                    version: Some(2),
+                    root_keys: vec!["00112233aabbccdd".into()],
+                    root_threshold: 1,
+                    warnings: vec![TrustWarning::SingleRootKey],
+                    error: None,
+                    reset: None,
+                    unsigned_live: vec!["m".into()],
+                }),
+                link: Some(LinkStatus {
+                    connected: true,
+                    subscribed: true,
+                    connects: 2,
+                }),
+                storage: Some(StorageStatus {
+                    dir: "/var/lib/outpost".into(),
+                    free_bytes: Some(0),
+                    reserve_bytes: 4 << 20,
+                    reserve_held: false,
+                    stores: [(
+                        StoreName::Cache,
+                        StoreHealth {
+                            state: StoreState::DiskFull,
+                            dir: "/var/lib/outpost/cache".into(),
+                            failures: 3,
+                            error: Some("No space left on device (os error 28)".into()),
+                        },
+                    )]
+                    .into(),
+                }),
+            },
             models: BTreeMap::new(),
             service: ServiceStatus {
                 agent_version: "0.1.0".into(),

@@ -113,7 +113,7 @@ fn a_device_at_2040_names_its_clock_and_reports_it() {
         "{err}"
     );
     let status: LocalStatus = serde_json::from_value(daemon.get_json("/v1/status")).unwrap();
-    let clock = status.clock.clone().expect("the status has a clock");
+    let clock = status.host.clock.clone().expect("the status has a clock");
     assert_eq!(clock.health, ClockHealth::FarAhead);
     assert_eq!(clock.system_unix, Y2040);
     assert!(clock.floor_unix < today + DAY, "{clock:?}");
@@ -180,7 +180,7 @@ fn a_device_at_1970_remembers_the_newest_signed_time_across_restarts() {
             && err.contains("ask for a fresh bundle"),
         "{err}"
     );
-    let clock = status_at(&state, Y1970).clock.unwrap();
+    let clock = status_at(&state, Y1970).host.clock.unwrap();
     assert_eq!(clock.health, ClockHealth::BehindFloor);
     assert_eq!(clock.floor_unix, today);
     assert_eq!(clock.floor_error, None);
@@ -194,7 +194,7 @@ fn a_corrupt_floor_is_reported_and_the_agent_serves() {
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join(outpost::clock::floor::FILE), b"\xff\xfe garbage").unwrap();
     let now = outpost::clock::build_unix() + HOUR;
-    let clock = status_at(&state, now).clock.unwrap();
+    let clock = status_at(&state, now).host.clock.unwrap();
     assert_eq!(clock.floor_unix, outpost::clock::build_unix());
     assert_eq!(clock.health, ClockHealth::Ok);
     assert!(

@@ -298,6 +298,7 @@ fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
     common::wait_until("the reserve is in place", Duration::from_secs(20), || {
         daemon
             .local_status()
+            .host
             .storage
             .is_some_and(|s| s.reserve_held)
     });
@@ -309,7 +310,7 @@ fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
     disk.fill();
     assert_ok(&op.send(&set_threshold_on(ID, &key, base + 1, "0.51")));
     assert_eq!(threshold(&daemon).as_deref(), Some("0.51"));
-    let st = daemon.local_status().storage.expect("storage status");
+    let st = daemon.local_status().host.storage.expect("storage status");
     assert!(!st.reserve_held, "the reserve was released: {st:?}");
 
     // Full again, with the reserve spent: refused, not carried out.
@@ -330,7 +331,7 @@ fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
     );
     assert_refused(&op.send(&refused), &[]);
     assert_eq!(threshold(&daemon).as_deref(), Some("0.51"));
-    let records = daemon.local_status().storage.unwrap().stores[&StoreName::Records].clone();
+    let records = daemon.local_status().host.storage.unwrap().stores[&StoreName::Records].clone();
     assert_eq!(records.state, StoreState::DiskFull, "{records:?}");
 
     // Room again, no restart: the records are written again and the reserve comes back.
@@ -338,13 +339,14 @@ fn a_state_dir_whose_disk_is_full_refuses_what_it_cannot_record() {
     common::wait_until("the reserve is back", Duration::from_secs(20), || {
         daemon
             .local_status()
+            .host
             .storage
             .is_some_and(|s| s.reserve_held)
     });
     assert_refused(&op.send(&refused), &["not above"]);
     assert_ok(&op.send(&set_threshold_on(ID, &key, base + 3, "0.53")));
     assert_eq!(threshold(&daemon).as_deref(), Some("0.53"));
-    let records = daemon.local_status().storage.unwrap().stores[&StoreName::Records].clone();
+    let records = daemon.local_status().host.storage.unwrap().stores[&StoreName::Records].clone();
     assert_eq!(records.state, StoreState::Ok, "{records:?}");
 
     // A SIGKILL and restart keep all of it.

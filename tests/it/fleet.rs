@@ -239,7 +239,13 @@ fn a_transfer_survives_a_broker_restart_and_resumes_after_an_agent_sigkill() {
     wait_until(
         "the agent sees the broker gone",
         Duration::from_secs(60),
-        || daemon.local_status().link.is_some_and(|l| !l.connected),
+        || {
+            daemon
+                .local_status()
+                .host
+                .link
+                .is_some_and(|l| !l.connected)
+        },
     );
     broker.restart();
     wait_until(

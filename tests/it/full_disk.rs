@@ -52,7 +52,10 @@ fn held(state: &Path) -> [BTreeMap<String, Vec<u8>>; 3] {
 }
 
 fn storage(st: &LocalStatus) -> &outpost::wire::status::StorageStatus {
-    st.storage.as_ref().expect("the status reports the storage")
+    st.host
+        .storage
+        .as_ref()
+        .expect("the status reports the storage")
 }
 
 fn log_lines(log: &Path, needle: &str) -> usize {

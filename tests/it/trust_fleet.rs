@@ -36,7 +36,7 @@ fn acks(o: &Output) -> Vec<Ack> {
 }
 
 fn trust_version(s: &OnlineStatus) -> Option<u64> {
-    s.trust.as_ref().and_then(|t| t.version)
+    s.host.trust.as_ref().and_then(|t| t.version)
 }
 
 /// `outpostctl trust rotate --online` with `edits`, signed by `key`, written to `out`.
@@ -192,7 +192,7 @@ fn an_agent_offline_through_three_rotations_walks_the_chain_then_takes_the_newes
     let mut args = f.fleet_args(&url, "away");
     args.extend(["--group", "sim"]);
     let d = Daemon::start(&state, &args);
-    assert_eq!(local(&d).trust.unwrap().version, Some(1));
+    assert_eq!(local(&d).host.trust.unwrap().version, Some(1));
     assert!(d.stop().success());
 
     // Three rotations while it is away, each moving bundles to a new key (signed by key 2, the root throughout).
@@ -210,7 +210,7 @@ fn an_agent_offline_through_three_rotations_walks_the_chain_then_takes_the_newes
     wait_until(
         "the chain walked to version 4",
         Duration::from_secs(30),
-        || local(&d).trust.and_then(|t| t.version) == Some(4),
+        || local(&d).host.trust.and_then(|t| t.version) == Some(4),
     );
     // /metrics and `outpostctl watch` show the version and the root.
     assert!(
@@ -218,7 +218,7 @@ fn an_agent_offline_through_three_rotations_walks_the_chain_then_takes_the_newes
         "{}",
         d.metrics()
     );
-    let root = local(&d).trust.unwrap().root_keys.join(",");
+    let root = local(&d).host.trust.unwrap().root_keys.join(",");
     let watch = ok(&ctl(&m, &["watch", "--for", "2"]));
     assert!(watch.contains(&format!("v4 root {root}")), "{watch}");
     // The bundle signed by version 4's key, offered under version 4, is taken.
@@ -322,7 +322,7 @@ fn a_rollback_to_a_release_whose_signer_was_removed_is_refused_while_the_live_on
         "v2.trust",
     );
     wait_until("trust version 2", Duration::from_secs(20), || {
-        local(&d).trust.and_then(|t| t.version) == Some(2)
+        local(&d).host.trust.and_then(|t| t.version) == Some(2)
     });
     let a = acks(&send(&[
         "cmd",
@@ -342,7 +342,7 @@ fn a_rollback_to_a_release_whose_signer_was_removed_is_refused_while_the_live_on
     );
     let st = local(&d);
     assert_eq!(st.service.model.version, 3, "the live release is untouched");
-    assert!(st.trust.unwrap().unsigned_live.is_empty());
+    assert!(st.host.trust.unwrap().unsigned_live.is_empty());
     let (code, _) = d.infer(
         &common::http(),
         &std::fs::read(&common::test_images()[0].0).unwrap(),
@@ -362,6 +362,7 @@ fn a_rollback_to_a_release_whose_signer_was_removed_is_refused_while_the_live_on
     );
     wait_until("the live release flagged", Duration::from_secs(20), || {
         local(&d)
+            .host
             .trust
             .is_some_and(|t| t.unsigned_live == vec!["edge-int8".to_string()])
     });
@@ -418,7 +419,7 @@ fn a_worker_key_removed_from_the_cloud_role_is_refused_counted_and_a_current_wor
         "v2.trust",
     );
     wait_until("trust version 2", Duration::from_secs(20), || {
-        local(&d).trust.and_then(|t| t.version) == Some(2)
+        local(&d).host.trust.and_then(|t| t.version) == Some(2)
     });
     // The old worker's answer to a new case is refused and counted; the case stays queued.
     infer(1);

@@ -440,10 +440,7 @@ impl Link {
             link_uptime_s: self.started.elapsed().as_secs(),
             request_rate: (rate * 100.0).round() / 100.0,
             default_model: Some(self.registry.default_name().to_string()),
-            clock: Some(self.registry.clock().status()),
-            trust: Some(self.registry.trust().status()),
-            storage: self.registry.storage_status(),
-            link: self.registry.link().status(),
+            host: self.registry.host_status(),
             service,
             models,
         }

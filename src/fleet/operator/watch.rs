@@ -135,9 +135,9 @@ impl Fleet {
                 Some(dl) => format!("dl {}/{}", dl.chunks_done, dl.chunks_total),
             };
             // The device's clock: its health, `-` from agents before the time floor.
-            let clock = s.clock.as_ref().map_or("-", |c| c.health.name());
+            let clock = s.host.clock.as_ref().map_or("-", |c| c.health.name());
             // Its trust version and root key ids; agents before trust documents report none.
-            let trust = match &s.trust {
+            let trust = match &s.host.trust {
                 None => "no trust support".to_string(),
                 Some(t) => match t.version {
                     Some(v) => format!("v{v} root {}", t.root_keys.join(",")),

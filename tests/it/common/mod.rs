@@ -260,7 +260,7 @@ impl Daemon {
         wait_until(
             "the agent's fleet link is up (status link.subscribed)",
             std::time::Duration::from_secs(30),
-            || self.local_status().link.is_some_and(|l| l.subscribed),
+            || self.local_status().host.link.is_some_and(|l| l.subscribed),
         );
     }
 
