@@ -247,3 +247,50 @@ fn forwarded_hard_cases_say_which_model_agreed_with_the_cloud() {
         .contains("outpost_shadow_cloud_agreed_total{model=\"candidate\"}"));
     assert!(d.stop().success());
 }
+
+/// A candidate whose runs fail, on its share of an A/B split: each such request is answered again by the active
+/// release (200, its version, arm `active`: the arm that answered), and the arms' figures take only runs of their own
+/// release on their own share: the candidate's arm records none, the active's fewer than the requests (the
+/// candidate's share answered by it is on neither arm).
+#[test]
+fn a_failed_run_on_the_candidates_share_is_answered_by_the_active_release_and_on_neither_arm() {
+    use outpost::serve::InferResponse;
+    use outpost::wire::status::ArmName;
+    let f = Fixture::new();
+    let good = f.bundle_with_spec("v2.bundle", "edge-fp32", "edge-fp32", 2, &[&f.key1], &[]);
+    // The bundle holds the ONNX file alone: the candidate's digest is the file's.
+    let digest = outpost::inference::digest_hex(
+        &std::fs::read(common::models().join("edge-fp32.onnx")).unwrap(),
+    );
+    let cfg = config(
+        &f,
+        "[cache]\nenabled = false\n\n[shadow]\nfraction = 0.0\nsplit = 0.5\n",
+    );
+    let d = Daemon::start_with_env(
+        &f.path("state"),
+        &["--config", &cfg],
+        &[("OUTPOST_FAULT_FAIL_RUN", &digest)],
+    );
+    stage(&f, &d, &good, 2);
+    let agent = common::http();
+    let n = 60;
+    for img in images(n) {
+        let (code, v) = d.infer(&agent, &img, "image/png");
+        assert_eq!(code, 200, "{v}");
+        let r: InferResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(r.model.version, 1, "the active release answered: {r:?}");
+        assert_eq!(r.arm, Some(ArmName::Active), "{r:?}");
+    }
+    let ab = d
+        .local_status()
+        .service
+        .ab
+        .expect("A/B figures during a split");
+    assert_eq!(ab.candidate.requests, 0, "{ab:?}");
+    // At split 0.5, some of 60 inputs fall on the candidate's share (all 60 on one side: 2^-59).
+    assert!(
+        (1..n as u64).contains(&ab.active.requests),
+        "the active arm counts its own share only: {ab:?}"
+    );
+    assert!(d.stop().success());
+}

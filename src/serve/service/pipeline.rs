@@ -194,8 +194,11 @@ impl Service {
             _ => None,
         };
 
-        let (engine, key, ran) = match self.run(&engine, prepared).await {
-            Ok(ran) => (engine, key, ran),
+        // Whether the release admitted failed and the previous one answered: then the answer is the previous
+        // release's, and neither arm's figures take it (the candidate's would count the active's run, the active's an
+        // input of the candidate's share).
+        let (engine, key, ran, retried) = match self.run(&engine, prepared).await {
+            Ok(ran) => (engine, key, ran, false),
             Err(ServiceError::Failed(error)) => {
                 self.record_error(engine.release_id(), &error.to_string());
                 let Some((previous, from)) = retry else {
@@ -214,11 +217,17 @@ impl Service {
                 };
                 let key = needs_key.then(|| prepared.key(previous.release_id()));
                 let ran = self.run(&previous, prepared).await?;
-                (previous, key, ran)
+                (previous, key, ran, true)
             }
             Err(e) => return Err(e),
         };
         let run_us = micros(ran.run());
+        // The arm that answered: on the candidate's share, a failed run was answered by the active release.
+        let arm = if retried && on_candidate_arm {
+            Some(ArmName::Active)
+        } else {
+            arm
+        };
         let judged = self.judge(&engine, ran, (want_outputs, cache.is_some()), arm, start)?;
         self.record_run_counted(
             engine.release_id(),
@@ -226,7 +235,7 @@ impl Service {
             judged.confidence,
             judged.count,
         );
-        if let (Some(arm), Some(c)) = (arm, judged.confidence) {
+        if let (Some(arm), Some(c), false) = (arm, judged.confidence, retried) {
             self.record_arm(arm, c, Some(run_us));
         }
         let mut answer = judged.answer;
