@@ -80,34 +80,84 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     }
 }
 
+/// How long an open waits for sled's file lock to be released (see [`open_db`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether sled refused to open because another handle holds the database's file lock. sled says so only in its
+/// message (an `io::ErrorKind::Other` with this text, sled 0.34 `config.rs`).
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// Opens (or creates) a sled database in `dir`. sled's page cache is capped (sled issue 1410: large RSS after
 /// opening a large database), and writes reach disk at least every 500 ms. `what` names the store in errors.
+///
+/// A database dropped in this process releases its file lock only when sled's background flusher has let go of it,
+/// a moment later; a reopen at once (the cache or outbox reopening after a failed write, a migration) found the lock
+/// held under load and failed. So the open waits for the lock, up to [`LOCK_WAIT`] (sled's own tests block on it for
+/// the same reason); a lock another process holds for longer is still an error.
 pub(crate) fn open_db(dir: &Path, what: &'static str) -> Result<sled::Db, StoreError> {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(16 * 1024 * 1024)
-        .flush_every_ms(Some(500))
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io) if space::is_disk_full(&io) => StoreError::DiskFull {
-                what,
-                dir: dir.to_path_buf(),
-            },
-            sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
-                StoreError::Unreadable {
-                    path: dir.to_path_buf(),
-                    message: e.to_string(),
-                }
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    let opened = loop {
+        let r = sled::Config::new()
+            .path(dir)
+            .cache_capacity(16 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open();
+        match r {
+            Err(e) if lock_held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
             }
-            e => StoreError::Open {
-                path: dir.to_path_buf(),
-                message: e.to_string(),
-            },
-        })
+            r => break r,
+        }
+    };
+    opened.map_err(|e| match e {
+        sled::Error::Io(io) if space::is_disk_full(&io) => StoreError::DiskFull {
+            what,
+            dir: dir.to_path_buf(),
+        },
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Unreadable {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        },
+        e => StoreError::Open {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    /// An open waits for a lock its holder lets go of soon (a database dropped a moment ago), and refuses, with the
+    /// store named, one held on past the wait.
+    #[test]
+    fn an_open_waits_for_a_lock_released_soon_and_refuses_one_held_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = super::open_db(dir.path(), "test store").unwrap();
+        let holder = std::thread::spawn(move || {
+            // The holder lets go a moment after the second open began (the scenario, not a synchronisation).
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let reopened = super::open_db(dir.path(), "test store");
+        holder.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+
+        let held = reopened.unwrap();
+        let t = std::time::Instant::now();
+        let refused = super::open_db(dir.path(), "test store");
+        assert!(
+            matches!(refused, Err(super::StoreError::Open { .. })),
+            "{:?}",
+            refused.err()
+        );
+        assert!(t.elapsed() >= super::LOCK_WAIT);
+        drop(held);
+    }
+
     /// A database dropped and opened again at once, as a migration or a reopen after a failure does: every open
     /// succeeds and sees what the last one wrote.
     #[test]
