@@ -5,6 +5,7 @@ use crate::common;
 
 use crate::common::{outpost, s, status, wait_until, Daemon, Fixture};
 use outpost::inference::{DecodeLimits, Engine};
+use outpost::wire::status::TransitionKind;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,8 +63,8 @@ fn install_and_wait(f: &Fixture, daemon: &Daemon, state: &Path, bundle: &Path, d
         "the daemon puts the new model on trial",
         Duration::from_secs(20),
         || {
-            let st = daemon.get_json("/v1/status");
-            st["model"]["digest"] == digest && !st["trial"].is_null()
+            let st = daemon.local_status().service;
+            st.model.digest == digest && st.trial.is_some()
         },
     );
 }
@@ -91,11 +92,15 @@ fn a_healthy_model_is_committed_after_its_trial() {
     });
     // The record is written first, then the service ends the trial: the daemon's status may lag by a moment.
     wait_until("the daemon ends the trial", Duration::from_secs(5), || {
-        daemon.get_json("/v1/status")["trial"].is_null()
+        daemon.local_status().service.trial.is_none()
     });
-    let st = daemon.get_json("/v1/status");
-    assert_eq!(st["model"]["digest"], fp32.as_str());
-    assert_eq!(st["last_transition"]["transition"], "commit", "{st}");
+    let st = daemon.local_status().service;
+    assert_eq!(st.model.digest, fp32);
+    assert_eq!(
+        st.last_transition.as_ref().map(|t| t.transition),
+        Some(TransitionKind::Commit),
+        "{st:?}"
+    );
     let m = daemon.metrics();
     assert!(counted(&m, "trial", "install"), "{m}");
     assert!(counted(&m, "commit", "probation"), "{m}");
@@ -112,7 +117,7 @@ fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)], probation: &str) -
     let state = f.path("state");
     let config = write_config(&f, probation);
     let daemon = Daemon::start_with_env(&state, &["--config", &config], env);
-    let builtin = daemon.get_json("/v1/status")["model"]["digest"].clone();
+    let builtin = daemon.local_status().service.model.digest;
     send(&daemon, 40);
     let digest = digest_of(model);
     let b = f.bundle_with_spec("v2.bundle", model, spec, 2, &[&f.key1], &[]);
@@ -120,7 +125,7 @@ fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)], probation: &str) -
     // Every request is answered, by the model on trial or, after the verdict, by the previous one.
     send(&daemon, 40);
     wait_until("the daemon rolls back", Duration::from_secs(20), || {
-        daemon.get_json("/v1/status")["model"]["digest"] == builtin
+        daemon.local_status().service.model.digest == builtin
     });
     let record = status(&state);
     assert!(record["trial"].is_null(), "{record}");
@@ -132,8 +137,12 @@ fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)], probation: &str) -
         record["highest_version"], 2,
         "the bad version can never return"
     );
-    let st = daemon.get_json("/v1/status");
-    assert_eq!(st["last_transition"]["transition"], "rollback", "{st}");
+    let last = daemon
+        .local_status()
+        .service
+        .last_transition
+        .expect("a transition");
+    assert_eq!(last.transition, TransitionKind::Rollback, "{last:?}");
     let m = daemon.metrics();
     assert!(counted(&m, "rollback", "probation"), "{m}");
     assert!(
@@ -144,10 +153,7 @@ fn rolled_back(model: &str, spec: &str, env: &[(&str, &str)], probation: &str) -
     let again = f.install(&state, &b, &[]);
     assert!(!again.status.success());
     assert!(daemon.stop().success());
-    st["last_transition"]["detail"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    last.detail
 }
 
 #[test]
@@ -422,13 +428,13 @@ fn a_re_release_of_the_same_bytes_goes_live_on_trial_is_judged_and_never_answers
         "the daemon serves version 2 on trial",
         Duration::from_secs(20),
         || {
-            let st = daemon.get_json("/v1/status");
-            st["model"]["version"] == 2 && !st["trial"].is_null()
+            let st = daemon.local_status().service;
+            st.model.version == 2 && st.trial.is_some()
         },
     );
-    let st = daemon.get_json("/v1/status");
-    assert_eq!(st["model"]["digest"], int8.as_str(), "the same bytes: {st}");
-    assert_eq!(st["trial"]["version"], 2, "{st}");
+    let st = daemon.local_status().service;
+    assert_eq!(st.model.digest, int8, "the same bytes: {st:?}");
+    assert_eq!(st.trial.as_ref().map(|t| t.version), Some(2), "{st:?}");
 
     // The input cached under version 1 is answered by version 2, with version 2's label for the same class.
     let (code, v) = daemon.infer(&agent, &image, "image/png");
@@ -451,11 +457,14 @@ fn a_re_release_of_the_same_bytes_goes_live_on_trial_is_judged_and_never_answers
     });
     // The record is written first, then the service ends the trial.
     wait_until("the daemon ends the trial", Duration::from_secs(5), || {
-        daemon.get_json("/v1/status")["trial"].is_null()
+        daemon.local_status().service.trial.is_none()
     });
-    let st = daemon.get_json("/v1/status");
-    assert_eq!(st["last_transition"]["transition"], "commit", "{st}");
-    assert_eq!(st["last_transition"]["version"], 2, "{st}");
+    let last = daemon.local_status().service.last_transition;
+    assert_eq!(
+        last.as_ref().map(|t| (t.transition, t.version)),
+        Some((TransitionKind::Commit, 2)),
+        "{last:?}"
+    );
 
     // Not stuck: the next release installs and goes on trial.
     let fp32 = digest_of("edge-fp32");

@@ -24,7 +24,12 @@ fn stage(f: &Fixture, d: &Daemon, bundle: &std::path::Path, version: u64) {
     wait_until(
         "the daemon stages the candidate",
         Duration::from_secs(20),
-        || d.get_json("/v1/status")["candidate"]["version"] == version,
+        || {
+            d.local_status()
+                .service
+                .candidate
+                .is_some_and(|c| c.version == version)
+        },
     );
 }
 
@@ -46,12 +51,12 @@ fn a_candidate_shadows_live_traffic_and_an_ab_split_is_sticky_with_per_arm_metri
     );
     let d = Daemon::start(&f.path("state"), &["--config", &cfg]);
     stage(&f, &d, &good, 2);
-    let st = d.get_json("/v1/status");
+    let st = d.local_status().service;
     assert_eq!(
-        st["model"]["version"], 1,
-        "staging does not change the live model: {st}"
+        st.model.version, 1,
+        "staging does not change the live model: {st:?}"
     );
-    assert!(st["trial"].is_null());
+    assert!(st.trial.is_none());
 
     let agent = common::http();
     let imgs = images(200);
@@ -78,30 +83,27 @@ fn a_candidate_shadows_live_traffic_and_an_ab_split_is_sticky_with_per_arm_metri
         "{on_candidate} of 200 inputs on the candidate at split 0.3"
     );
 
+    let on_active = 200 - on_candidate as u64;
     wait_until("shadow runs recorded", Duration::from_secs(10), || {
-        d.get_json("/v1/status")["shadow"]["runs"].as_u64() == Some(2 * (200 - on_candidate as u64))
+        d.local_status()
+            .service
+            .shadow
+            .is_some_and(|sh| sh.runs == 2 * on_active)
     });
-    let st = d.get_json("/v1/status");
-    let sh = &st["shadow"];
+    let st = d.local_status().service;
+    let sh = st.shadow.as_ref().expect("shadow figures");
     assert!(
-        sh["agreement"].as_f64().unwrap() > 0.97,
-        "fp32 and int8 agree: {sh}"
+        sh.agreement.is_some_and(|a| a > 0.97),
+        "fp32 and int8 agree: {sh:?}"
     );
     assert!(
-        sh["candidate_mean_confidence"].as_f64().unwrap() > 0.8,
-        "{sh}"
+        sh.candidate_mean_confidence.is_some_and(|c| c > 0.8),
+        "{sh:?}"
     );
-    assert!(sh["candidate_run_us"]["p50"].as_u64().unwrap() > 0, "{sh}");
-    assert_eq!(
-        st["ab"]["candidate"]["requests"],
-        2 * on_candidate as u64,
-        "{st}"
-    );
-    assert_eq!(
-        st["ab"]["active"]["requests"],
-        2 * (200 - on_candidate as u64),
-        "{st}"
-    );
+    assert!(sh.candidate_run_us.p50.is_some_and(|p| p > 0), "{sh:?}");
+    let ab = st.ab.as_ref().expect("A/B figures");
+    assert_eq!(ab.candidate.requests, 2 * on_candidate as u64, "{ab:?}");
+    assert_eq!(ab.active.requests, 2 * on_active, "{ab:?}");
     let m = d.metrics();
     for want in [
         "outpost_candidate_staged{model=\"edge-int8\"} 1",
@@ -127,8 +129,8 @@ fn a_candidate_shadows_live_traffic_and_an_ab_split_is_sticky_with_per_arm_metri
         "the candidate goes live on trial",
         Duration::from_secs(20),
         || {
-            let st = d.get_json("/v1/status");
-            st["model"]["version"] == 2 && !st["trial"].is_null() && st["candidate"].is_null()
+            let st = d.local_status().service;
+            st.model.version == 2 && st.trial.is_some() && st.candidate.is_none()
         },
     );
     let (_, v) = d.infer(&agent, &imgs[0], "image/png");

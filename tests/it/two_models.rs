@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost::wire::status::TransitionKind;
+
 #[test]
 fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_serves() {
     let broker = Mosquitto::start();
@@ -26,7 +28,11 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
     args.extend(["--config", s(&config)]);
     let daemon = Daemon::start(&state, &args);
     wait_until("digits serves", Duration::from_secs(20), || {
-        daemon.get_json("/v1/status")["models"]["digits"]["model"]["version"] == 1
+        daemon
+            .local_status()
+            .models
+            .get("digits")
+            .is_some_and(|m| m.model.version == 1)
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -75,12 +81,14 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     let rolled_back = |model: Option<&str>| {
-        let st = daemon.get_json("/v1/status");
+        let st = daemon.local_status();
         let m = match model {
-            Some(name) => st["models"][name].clone(),
-            None => st,
+            Some(name) => st.models[name].clone(),
+            None => st.service,
         };
-        m["last_transition"]["transition"] == "rollback" && m["model"]["version"] == 1
+        m.last_transition
+            .is_some_and(|t| t.transition == TransitionKind::Rollback)
+            && m.model.version == 1
     };
 
     // digits v2 (its confidence collapses) over MQTT: on trial, rolled back by probation; the default model serves.
@@ -90,19 +98,23 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
     while !rolled_back(Some("digits")) {
         assert!(
             std::time::Instant::now() < deadline,
-            "digits v2 was not rolled back: {}",
-            daemon.get_json("/v1/status")["models"]["digits"]
+            "digits v2 was not rolled back: {:?}",
+            daemon.local_status().models.get("digits")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let st = daemon.get_json("/v1/status");
-    assert_eq!(
-        st["model"]["version"], 1,
-        "the default model never moved: {st}"
-    );
-    assert!(st["last_transition"].is_null(), "{st}");
-    // The download was digits': its summary is in digits' status, not the default model's.
     let typed = daemon.local_status();
+    assert_eq!(
+        typed.service.model.version, 1,
+        "the default model never moved: {:?}",
+        typed.service
+    );
+    assert!(
+        typed.service.last_transition.is_none(),
+        "{:?}",
+        typed.service.last_transition
+    );
+    // The download was digits': its summary is in digits' status, not the default model's.
     assert!(
         typed.models["digits"].last_transfer.is_some(),
         "digits' download: {:?}",
@@ -122,16 +134,9 @@ fn each_model_is_updated_over_mqtt_and_rolled_back_on_its_own_while_the_other_se
         Duration::from_secs(60),
         || rolled_back(None),
     );
-    let st = daemon.get_json("/v1/status");
-    assert_eq!(st["models"]["digits"]["model"]["version"], 1, "{st}");
-    assert_eq!(
-        st["models"]["digits"]["transitions"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2,
-        "{st}"
-    );
+    let digits = daemon.local_status().models["digits"].clone();
+    assert_eq!(digits.model.version, 1, "{digits:?}");
+    assert_eq!(digits.transitions.len(), 2, "{:?}", digits.transitions);
 
     // The traffic's volume, not its speed: a loaded machine answers fewer per second (a run beside a build had
     // under 400 in the ~1 s the updates took), so the client runs on until it has had 400 answers.
