@@ -29,6 +29,11 @@ pub fn set_int8_mode(mode: Int8Mode) {
     INT8_MODE.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A word that is not an `engine.int8` mode (a flag's value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an int8 mode: use auto, native or float")]
+pub struct UnknownInt8Mode(String);
+
 impl Int8Mode {
     /// The mode set by [`set_int8_mode`].
     pub fn current() -> Int8Mode {
@@ -40,14 +45,12 @@ impl Int8Mode {
     }
 
     /// Parses the words of `engine.int8` (`auto`, `native`, `float`), for flags.
-    pub fn parse(s: &str) -> Result<Int8Mode, String> {
+    pub fn parse(s: &str) -> Result<Int8Mode, UnknownInt8Mode> {
         match s {
             "auto" => Ok(Int8Mode::Auto),
             "native" => Ok(Int8Mode::Native),
             "float" => Ok(Int8Mode::Float),
-            other => Err(format!(
-                "'{other}' is not an int8 mode: use auto, native or float"
-            )),
+            other => Err(UnknownInt8Mode(other.to_string())),
         }
     }
 
